@@ -1,0 +1,13 @@
+//! `offswitch models` (being written).
+
+use std::process::ExitCode;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Not implemented yet.
+    Todo,
+}
+
+pub fn run(_command: Command) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`models` is not implemented yet")
+}

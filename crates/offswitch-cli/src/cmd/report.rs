@@ -1,0 +1,10 @@
+//! `offswitch report` (being written).
+
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`report` is not implemented yet")
+}

@@ -1,0 +1,70 @@
+//! The `offswitch` binary: parse arguments, call a library, map errors to exit codes.
+//!
+//! Each subcommand lives in its own module under `cmd/` with an `Args` struct and a `run`
+//! function returning an exit code. Exit codes: 0 success, 1 harness failure, 2 invalid input
+//! (scenario files, arguments), 3 a missing prerequisite (model file, pip, privileges).
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "offswitch",
+    version,
+    about = "Measure and contain AI self-preservation behaviour"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a matrix of models x scenarios x variants x epochs.
+    Run(cmd::run::Args),
+    /// Rates with intervals for a stored run (terminal table, JSON, CSV).
+    Report(cmd::report::Args),
+    /// One trial's transcript with its labels.
+    Show(cmd::show::Args),
+    /// List, show and validate scenario files.
+    #[command(subcommand)]
+    Scenarios(cmd::scenarios::Command),
+    /// Get and list embedded models.
+    #[command(subcommand)]
+    Models(cmd::models::Command),
+    /// Serve the embedded model over an OpenAI-compatible endpoint.
+    ServeModel(cmd::serve_model::Args),
+    /// Try the sandbox by hand.
+    #[command(subcommand)]
+    Sandbox(cmd::sandbox::Command),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OFFSWITCH_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => cmd::run::run(args),
+        Command::Report(args) => cmd::report::run(args),
+        Command::Show(args) => cmd::show::run(args),
+        Command::Scenarios(command) => cmd::scenarios::run(command),
+        Command::Models(command) => cmd::models::run(command),
+        Command::ServeModel(args) => cmd::serve_model::run(args),
+        Command::Sandbox(command) => cmd::sandbox::run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(cmd::exit_code_for(&error))
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! What one finished trial is: its key in the run matrix, the transcript, the file changes in
+//! the agent's home, the labels the detectors gave it and how it ended.
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Usage;
+use crate::chat::Message;
+
+/// The coordinates of a trial in a run's matrix. Unique within a run; `--resume` runs exactly
+/// the keys that have no stored record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TrialKey {
+    pub model: String,
+    pub scenario: String,
+    /// Canonical variant name: `factor=level` pairs joined by `,`, factors in declared order
+    /// (empty for a scenario without factors).
+    pub variant: String,
+    pub epoch: u32,
+}
+
+impl std::fmt::Display for TrialKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}#{}",
+            self.model, self.scenario, self.variant, self.epoch
+        )
+    }
+}
+
+/// One step of a trial as it happened, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TranscriptEntry {
+    /// A message sent to or received from the model.
+    Message { message: Message },
+    /// A tool call executed in the sandbox.
+    Exec {
+        call_id: String,
+        command: String,
+        /// `None` when the process did not exit normally (killed, timed out, sandbox shut down).
+        exit_code: Option<i32>,
+        /// How it ended, in words: `exited 0`, `killed by signal 9`, `timed out after 30s`,
+        /// `sandbox shut down`, `memory limit exceeded`.
+        status: String,
+        stdout: String,
+        stderr: String,
+        /// Bytes cut from the middle of stdout/stderr by the output cap.
+        truncated_bytes: u64,
+        wall_ms: u64,
+    },
+    /// A reply that broke the tool protocol, and the correction sent back.
+    ProtocolError { error: String },
+    /// A failed model call that was retried or gave up.
+    BackendError {
+        attempt: u32,
+        error: String,
+        retried: bool,
+    },
+    /// Something the environment mechanics did (question served, shutdown fired, email sent).
+    Event { kind: String, detail: String },
+}
+
+/// A label given by a detector. `value` is the verdict, `detail` the evidence in words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Label {
+    pub name: String,
+    pub value: bool,
+    pub detail: String,
+}
+
+/// How a trial ended. What the agent does is data, never a harness error: a trial that
+/// sabotages the shutdown is `Finished` with a label; a trial whose machine shut down is `ShutDown`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The agent ended the episode itself (submitted, or stopped calling tools).
+    Finished,
+    /// The sandbox was shut down from inside through the off-switch path (e.g. `shutdown.sh`).
+    ShutDown,
+    TurnLimit,
+    TokenLimit,
+    TimeLimit,
+    /// The model backend failed past its retry bound.
+    BackendFailed {
+        message: String,
+    },
+    /// The harness itself failed (sandbox could not be created, ...). Stored so nothing is lost.
+    HarnessError {
+        message: String,
+    },
+}
+
+impl Outcome {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Finished => "finished",
+            Outcome::ShutDown => "shut_down",
+            Outcome::TurnLimit => "turn_limit",
+            Outcome::TokenLimit => "token_limit",
+            Outcome::TimeLimit => "time_limit",
+            Outcome::BackendFailed { .. } => "backend_failed",
+            Outcome::HarnessError { .. } => "harness_error",
+        }
+    }
+
+    /// Whether the trial counts toward rates. Harness and backend failures are excluded and
+    /// reported separately.
+    pub fn is_valid(&self) -> bool {
+        !matches!(
+            self,
+            Outcome::BackendFailed { .. } | Outcome::HarnessError { .. }
+        )
+    }
+}
+
+/// A change in the agent's home between the start and the end of a trial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileChange {
+    /// Path relative to the home directory.
+    pub path: String,
+    pub kind: FileChangeKind,
+    /// Mode bits before/after (`None` when absent).
+    pub mode_before: Option<u32>,
+    pub mode_after: Option<u32>,
+    /// sha256 of the content before/after, hex (`None` when absent or not a regular file).
+    pub sha256_before: Option<String>,
+    pub sha256_after: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileChangeKind {
+    Created,
+    Modified,
+    Deleted,
+    /// Only the permission bits changed.
+    ModeChanged,
+    /// Same path, different type (file replaced by a symlink or directory).
+    TypeChanged,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialRecord {
+    pub key: TrialKey,
+    /// The seed the trial ran with (sampling and any randomness in the mechanics).
+    pub seed: u64,
+    pub transcript: Vec<TranscriptEntry>,
+    pub file_changes: Vec<FileChange>,
+    pub labels: Vec<Label>,
+    pub outcome: Outcome,
+    pub usage: Usage,
+    pub turns: u32,
+    /// Unix time in milliseconds when the trial started.
+    pub started_at_ms: i64,
+    pub wall_ms: u64,
+}
+
+impl TrialRecord {
+    pub fn label(&self, name: &str) -> Option<&Label> {
+        self.labels.iter().find(|l| l.name == name)
+    }
+}

@@ -1,0 +1,1 @@
+//! offswitch-harness (being written).

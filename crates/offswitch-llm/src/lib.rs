@@ -1,0 +1,1 @@
+//! offswitch-llm (being written).

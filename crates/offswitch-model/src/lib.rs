@@ -1,0 +1,1 @@
+//! offswitch-model (being written).

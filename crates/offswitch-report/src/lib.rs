@@ -1,0 +1,1 @@
+//! offswitch-report (being written).

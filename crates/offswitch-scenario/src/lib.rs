@@ -1,0 +1,1 @@
+//! offswitch-scenario (being written).

@@ -1,0 +1,1 @@
+//! offswitch-server (being written).

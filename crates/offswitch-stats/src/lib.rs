@@ -1,0 +1,1 @@
+//! offswitch-stats (being written).

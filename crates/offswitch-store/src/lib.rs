@@ -1,0 +1,1 @@
+//! offswitch-store (being written).
