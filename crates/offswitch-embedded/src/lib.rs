@@ -1,0 +1,1 @@
+//! offswitch-embedded (being written).
