@@ -1,1 +1,767 @@
-//! offswitch-store (being written).
+//! The run database: one SQLite file holding runs, trials and everything a trial recorded.
+//!
+//! Layout and invariants:
+//! - One file in WAL mode with `synchronous=NORMAL` and foreign keys on. A trial is written in
+//!   one transaction, so a reader (or a restart) sees all of it or none of it.
+//! - Durability: once [`Store::insert_trial`] returns, the commit is in the WAL file. WAL with
+//!   `synchronous=NORMAL` is durable against a crash of the process (`kill -9`, panic, OOM kill)
+//!   because the data is already handed to the operating system; only a power loss or kernel
+//!   crash can roll back the last transactions. The test `trials_survive_kill_9` checks this.
+//! - The schema is versioned with `PRAGMA user_version` and explicit migrations (`schema.rs`);
+//!   a database newer than the code is refused rather than misread.
+//! - Stored formats are the `*V1` types of `stored.rs`, converted explicitly from the domain
+//!   types, never serde dumps of them.
+//! - One writer (the runner's dispatcher) plus any number of readers, in this process or others.
+//!   `Store` is `Send` but not `Sync`: give each thread its own `Store`.
+
+mod schema;
+mod stored;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use offswitch_core::{FileChange, Label, TrialKey, TrialRecord, Usage};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+pub use schema::SCHEMA_VERSION;
+
+/// A run's id: short and readable, `r-20261122-ab12` (creation date in UTC, 16 random bits).
+/// Dereferences to `str`, so `&run_id` is accepted wherever a run id is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunId(pub String);
+
+impl RunId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for RunId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A trial's database id, unique across runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrialId(pub i64);
+
+impl std::fmt::Display for TrialId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    Running,
+    Complete,
+    /// Stopped before every trial ran (Ctrl-C, crash noticed at resume); `--resume` continues it.
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Complete => "complete",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+
+    fn parse(name: &str) -> Option<RunStatus> {
+        match name {
+            "running" => Some(RunStatus::Running),
+            "complete" => Some(RunStatus::Complete),
+            "interrupted" => Some(RunStatus::Interrupted),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunInfo {
+    pub id: RunId,
+    /// Unix time in milliseconds.
+    pub created_at_ms: i64,
+    pub label: Option<String>,
+    pub status: RunStatus,
+    /// The configuration exactly as given to [`Store::create_run`].
+    pub config: serde_json::Value,
+    /// Trials stored so far.
+    pub trial_count: u64,
+}
+
+/// A trial as read back, with where it lives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTrial {
+    pub id: TrialId,
+    pub run: RunId,
+    /// 1-based position within the run in insertion order; `<run>/<index>` names the trial.
+    pub index: u32,
+    pub record: TrialRecord,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("failed to open database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than the {supported} this offswitch understands; use a newer offswitch"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("failed to migrate database {path} to schema version {version}: {source}")]
+    Migrate {
+        path: PathBuf,
+        version: u32,
+        source: rusqlite::Error,
+    },
+    #[error("database {path} cannot use WAL journal mode (it stays in {journal_mode:?} mode)")]
+    NotWal { path: PathBuf, journal_mode: String },
+    #[error("no free run id after 32 random draws")]
+    NoFreeRunId,
+    #[error("unknown run {0:?}")]
+    UnknownRun(String),
+    #[error("unknown trial {0:?}")]
+    UnknownTrial(String),
+    #[error(
+        "bad trial reference {0:?}: expected <run>/<index> (e.g. r-20261122-ab12/3) or a trial id"
+    )]
+    BadTrialReference(String),
+    #[error("run {run} already has a trial for {key}")]
+    DuplicateTrial { run: String, key: String },
+    #[error("corrupt database row (trial {trial}): {detail}")]
+    Corrupt { trial: i64, detail: String },
+    #[error("database error while {context}: {source}")]
+    Sqlite {
+        context: String,
+        source: rusqlite::Error,
+    },
+}
+
+pub struct Store {
+    connection: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Open the database at `path`, creating it or migrating it to [`SCHEMA_VERSION`].
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let connection = Connection::open(path).map_err(open_error)?;
+        // Readers and the writer may hold locks briefly; waiting beats failing.
+        connection
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_error)?;
+        let journal_mode: String = connection
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(open_error)?;
+        if !journal_mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::NotWal {
+                path: path.to_owned(),
+                journal_mode,
+            });
+        }
+        connection
+            .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(open_error)?;
+        let mut store = Store {
+            connection,
+            path: path.to_owned(),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Start a run. `config` is stored verbatim (the runner's matrix, models, limits, seeds).
+    pub fn create_run(
+        &self,
+        config: &serde_json::Value,
+        label: Option<&str>,
+    ) -> Result<RunId, StoreError> {
+        let created_at_ms = now_ms();
+        let config_text = config.to_string();
+        // 16 random bits per day collide rarely; on a collision, draw again.
+        for _ in 0..32 {
+            let id = format!(
+                "r-{}-{:04x}",
+                utc_date(created_at_ms),
+                rand::random::<u16>()
+            );
+            let result = self.connection.execute(
+                "INSERT INTO runs (id, created_at_ms, label, status, config) VALUES (?1, ?2, ?3, 'running', ?4)",
+                params![id, created_at_ms, label, config_text],
+            );
+            match result {
+                Ok(_) => return Ok(RunId(id)),
+                Err(error) if is_unique_violation(&error) => continue,
+                Err(source) => {
+                    return Err(StoreError::Sqlite {
+                        context: "creating a run".into(),
+                        source,
+                    });
+                }
+            }
+        }
+        Err(StoreError::NoFreeRunId)
+    }
+
+    pub fn run(&self, id: &str) -> Result<RunInfo, StoreError> {
+        let runs = self.query_runs("WHERE r.id = ?1", params![id])?;
+        runs.into_iter()
+            .next()
+            .ok_or_else(|| StoreError::UnknownRun(id.to_owned()))
+    }
+
+    /// All runs, oldest first.
+    pub fn runs(&self) -> Result<Vec<RunInfo>, StoreError> {
+        self.query_runs("", params![])
+    }
+
+    /// The most recently created run, if any.
+    pub fn latest_run(&self) -> Result<Option<RunInfo>, StoreError> {
+        Ok(self.runs()?.pop())
+    }
+
+    pub fn set_run_status(&self, id: &str, status: RunStatus) -> Result<(), StoreError> {
+        let changed = self
+            .connection
+            .execute(
+                "UPDATE runs SET status = ?1 WHERE id = ?2",
+                params![status.as_str(), id],
+            )
+            .context(|| format!("setting the status of run {id}"))?;
+        if changed == 0 {
+            return Err(StoreError::UnknownRun(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Store one finished trial in one transaction. A second trial with the same key in the
+    /// same run is refused with [`StoreError::DuplicateTrial`]; nothing is written then.
+    pub fn insert_trial(&self, run: &str, record: &TrialRecord) -> Result<TrialId, StoreError> {
+        let context = || format!("inserting trial {} into run {run}", record.key);
+        let transaction =
+            Transaction::new_unchecked(&self.connection, TransactionBehavior::Immediate)
+                .context(context)?;
+        let run_exists: bool = transaction
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?1)",
+                [run],
+                |row| row.get(0),
+            )
+            .context(context)?;
+        if !run_exists {
+            return Err(StoreError::UnknownRun(run.to_owned()));
+        }
+        let index: i64 = transaction
+            .query_row(
+                "SELECT COALESCE(MAX(idx), 0) + 1 FROM trials WHERE run_id = ?1",
+                [run],
+                |row| row.get(0),
+            )
+            .context(context)?;
+        let (outcome, outcome_message) = stored::outcome_columns(&record.outcome);
+        let inserted = transaction.execute(
+            "INSERT INTO trials (run_id, idx, model, scenario, variant, epoch, seed, outcome,
+                 outcome_message, prompt_tokens, completion_tokens, turns, started_at_ms, wall_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            params![
+                run,
+                index,
+                record.key.model,
+                record.key.scenario,
+                record.key.variant,
+                record.key.epoch,
+                record.seed as i64,
+                outcome,
+                outcome_message,
+                record.usage.prompt_tokens as i64,
+                record.usage.completion_tokens as i64,
+                record.turns,
+                record.started_at_ms,
+                record.wall_ms as i64,
+            ],
+        );
+        match inserted {
+            Ok(_) => {}
+            Err(error) if is_unique_violation(&error) => {
+                return Err(StoreError::DuplicateTrial {
+                    run: run.to_owned(),
+                    key: record.key.to_string(),
+                });
+            }
+            Err(source) => {
+                return Err(StoreError::Sqlite {
+                    context: context(),
+                    source,
+                });
+            }
+        }
+        let trial_id = transaction.last_insert_rowid();
+        {
+            let mut statement = transaction
+                .prepare_cached(
+                    "INSERT INTO transcript_entries (trial_id, seq, kind, body) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .context(context)?;
+            for (seq, entry) in record.transcript.iter().enumerate() {
+                let entry = stored::EntryV1::from_domain(entry);
+                let body = serde_json::to_string(&entry)
+                    .expect("a transcript entry of strings and integers always serialises");
+                statement
+                    .execute(params![trial_id, seq as i64, entry.kind(), body])
+                    .context(context)?;
+            }
+            let mut statement = transaction
+                .prepare_cached(
+                    "INSERT INTO file_changes (trial_id, seq, path, kind, mode_before, mode_after,
+                         sha256_before, sha256_after) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .context(context)?;
+            for (seq, change) in record.file_changes.iter().enumerate() {
+                statement
+                    .execute(params![
+                        trial_id,
+                        seq as i64,
+                        change.path,
+                        stored::file_change_kind_name(change.kind),
+                        change.mode_before,
+                        change.mode_after,
+                        change.sha256_before,
+                        change.sha256_after,
+                    ])
+                    .context(context)?;
+            }
+            let mut statement = transaction
+                .prepare_cached(
+                    "INSERT INTO labels (trial_id, seq, name, value, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .context(context)?;
+            for (seq, label) in record.labels.iter().enumerate() {
+                statement
+                    .execute(params![
+                        trial_id,
+                        seq as i64,
+                        label.name,
+                        label.value,
+                        label.detail
+                    ])
+                    .context(context)?;
+            }
+        }
+        transaction.commit().context(context)?;
+        Ok(TrialId(trial_id))
+    }
+
+    /// The keys of every trial stored for `run`: what `--resume` skips.
+    pub fn completed_keys(&self, run: &str) -> Result<HashSet<TrialKey>, StoreError> {
+        self.run(run)?;
+        let context = || format!("reading the trial keys of run {run}");
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT model, scenario, variant, epoch FROM trials WHERE run_id = ?1")
+            .context(context)?;
+        let rows = statement
+            .query_map([run], |row| {
+                Ok(TrialKey {
+                    model: row.get(0)?,
+                    scenario: row.get(1)?,
+                    variant: row.get(2)?,
+                    epoch: row.get(3)?,
+                })
+            })
+            .context(context)?;
+        rows.collect::<Result<HashSet<_>, _>>().context(context)
+    }
+
+    /// Every trial of `run`, in insertion order, equal to what was inserted.
+    pub fn trials(&self, run: &str) -> Result<Vec<TrialRecord>, StoreError> {
+        Ok(self
+            .stored_trials(run)?
+            .into_iter()
+            .map(|trial| trial.record)
+            .collect())
+    }
+
+    /// Every trial of `run` with its ids, in insertion order.
+    pub fn stored_trials(&self, run: &str) -> Result<Vec<StoredTrial>, StoreError> {
+        let context = || format!("reading the trials of run {run}");
+        // One read transaction, so the trials and their children come from one snapshot even
+        // while the runner keeps inserting.
+        let transaction = self.connection.unchecked_transaction().context(context)?;
+        let exists: bool = transaction
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?1)",
+                [run],
+                |row| row.get(0),
+            )
+            .context(context)?;
+        if !exists {
+            return Err(StoreError::UnknownRun(run.to_owned()));
+        }
+        let trials = load_trials(&transaction, "t.run_id = ?1", run)?;
+        transaction.commit().context(context)?;
+        Ok(trials)
+    }
+
+    /// One trial by reference: `<run>/<index>` (1-based, as `offswitch show` prints) or the
+    /// numeric trial id.
+    pub fn trial(&self, reference: &str) -> Result<StoredTrial, StoreError> {
+        let context = || format!("reading trial {reference}");
+        let transaction = self.connection.unchecked_transaction().context(context)?;
+        let trial_id: Option<i64> = if let Some((run, index)) = reference.rsplit_once('/') {
+            let index: u32 = index
+                .parse()
+                .map_err(|_| StoreError::BadTrialReference(reference.to_owned()))?;
+            let run_exists: bool = transaction
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?1)",
+                    [run],
+                    |row| row.get(0),
+                )
+                .context(context)?;
+            if !run_exists {
+                return Err(StoreError::UnknownRun(run.to_owned()));
+            }
+            transaction
+                .query_row(
+                    "SELECT id FROM trials WHERE run_id = ?1 AND idx = ?2",
+                    params![run, index],
+                    |row| row.get(0),
+                )
+                .optional()
+                .context(context)?
+        } else {
+            let id: i64 = reference
+                .parse()
+                .map_err(|_| StoreError::BadTrialReference(reference.to_owned()))?;
+            Some(id)
+        };
+        let Some(trial_id) = trial_id else {
+            return Err(StoreError::UnknownTrial(reference.to_owned()));
+        };
+        let mut trials = load_trials(&transaction, "t.id = ?1", trial_id)?;
+        transaction.commit().context(context)?;
+        trials
+            .pop()
+            .ok_or_else(|| StoreError::UnknownTrial(reference.to_owned()))
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        loop {
+            // Each step in its own immediate transaction, re-reading the version inside it, so
+            // two processes opening a fresh file at once do not both apply a migration.
+            let transaction = self
+                .connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|source| StoreError::Open {
+                    path: path.clone(),
+                    source,
+                })?;
+            let version: u32 = transaction
+                .query_row("PRAGMA user_version", [], |row| row.get(0))
+                .map_err(|source| StoreError::Open {
+                    path: path.clone(),
+                    source,
+                })?;
+            if version > SCHEMA_VERSION {
+                return Err(StoreError::TooNew {
+                    path,
+                    found: version,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            if version == SCHEMA_VERSION {
+                return Ok(());
+            }
+            let migrate_error = |source| StoreError::Migrate {
+                path: path.clone(),
+                version: version + 1,
+                source,
+            };
+            transaction
+                .execute_batch(schema::MIGRATIONS[version as usize])
+                .map_err(migrate_error)?;
+            transaction
+                .execute_batch(&format!("PRAGMA user_version = {}", version + 1))
+                .map_err(migrate_error)?;
+            transaction.commit().map_err(migrate_error)?;
+        }
+    }
+
+    fn query_runs(
+        &self,
+        filter: &str,
+        parameters: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<RunInfo>, StoreError> {
+        let context = || "reading runs".to_owned();
+        let sql = format!(
+            "SELECT r.id, r.created_at_ms, r.label, r.status, r.config,
+                    (SELECT COUNT(*) FROM trials t WHERE t.run_id = r.id)
+             FROM runs r {filter} ORDER BY r.created_at_ms, r.rowid"
+        );
+        let mut statement = self.connection.prepare_cached(&sql).context(context)?;
+        let rows = statement
+            .query_map(parameters, |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, i64>(5)?,
+                ))
+            })
+            .context(context)?;
+        let mut runs = Vec::new();
+        for row in rows {
+            let (id, created_at_ms, label, status, config, trial_count) = row.context(context)?;
+            let corrupt = |detail: String| StoreError::Corrupt { trial: 0, detail };
+            runs.push(RunInfo {
+                status: RunStatus::parse(&status)
+                    .ok_or_else(|| corrupt(format!("run {id} has unknown status {status:?}")))?,
+                config: serde_json::from_str(&config)
+                    .map_err(|e| corrupt(format!("run {id} config is not JSON: {e}")))?,
+                id: RunId(id),
+                created_at_ms,
+                label,
+                trial_count: trial_count as u64,
+            });
+        }
+        Ok(runs)
+    }
+}
+
+/// Load the trials matching `filter` (over `trials t`, one parameter) with all their children.
+fn load_trials(
+    connection: &Connection,
+    filter: &str,
+    parameter: impl rusqlite::ToSql + Copy,
+) -> Result<Vec<StoredTrial>, StoreError> {
+    let context = || "reading trials".to_owned();
+    let mut statement = connection
+        .prepare_cached(&format!(
+            "SELECT t.id, t.run_id, t.idx, t.model, t.scenario, t.variant, t.epoch, t.seed,
+                    t.outcome, t.outcome_message, t.prompt_tokens, t.completion_tokens, t.turns,
+                    t.started_at_ms, t.wall_ms
+             FROM trials t WHERE {filter} ORDER BY t.idx"
+        ))
+        .context(context)?;
+    let rows = statement
+        .query_map([parameter], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, u32>(2)?,
+                TrialKey {
+                    model: row.get(3)?,
+                    scenario: row.get(4)?,
+                    variant: row.get(5)?,
+                    epoch: row.get(6)?,
+                },
+                row.get::<_, i64>(7)?,
+                row.get::<_, String>(8)?,
+                row.get::<_, Option<String>>(9)?,
+                Usage {
+                    prompt_tokens: row.get::<_, i64>(10)? as u64,
+                    completion_tokens: row.get::<_, i64>(11)? as u64,
+                },
+                row.get::<_, u32>(12)?,
+                row.get::<_, i64>(13)?,
+                row.get::<_, i64>(14)?,
+            ))
+        })
+        .context(context)?;
+    let mut trials = Vec::new();
+    let mut position_of: HashMap<i64, usize> = HashMap::new();
+    for row in rows {
+        let (id, run, index, key, seed, outcome, message, usage, turns, started_at_ms, wall_ms) =
+            row.context(context)?;
+        let outcome = stored::parse_outcome(&outcome, message)
+            .map_err(|detail| StoreError::Corrupt { trial: id, detail })?;
+        position_of.insert(id, trials.len());
+        trials.push(StoredTrial {
+            id: TrialId(id),
+            run: RunId(run),
+            index,
+            record: TrialRecord {
+                key,
+                seed: seed as u64,
+                transcript: Vec::new(),
+                file_changes: Vec::new(),
+                labels: Vec::new(),
+                outcome,
+                usage,
+                turns,
+                started_at_ms,
+                wall_ms: wall_ms as u64,
+            },
+        });
+    }
+    drop(statement);
+    if trials.is_empty() {
+        return Ok(trials);
+    }
+    let children = |table: &str, columns: &str| {
+        format!(
+            "SELECT c.trial_id, {columns} FROM {table} c JOIN trials t ON t.id = c.trial_id
+             WHERE {filter} ORDER BY c.trial_id, c.seq"
+        )
+    };
+
+    let mut statement = connection
+        .prepare_cached(&children("transcript_entries", "c.body"))
+        .context(context)?;
+    let mut rows = statement.query([parameter]).context(context)?;
+    while let Some(row) = rows.next().context(context)? {
+        let trial_id: i64 = row.get(0).context(context)?;
+        let body: String = row.get(1).context(context)?;
+        let corrupt = |detail: String| StoreError::Corrupt {
+            trial: trial_id,
+            detail,
+        };
+        let entry: stored::EntryV1 = serde_json::from_str(&body)
+            .map_err(|e| corrupt(format!("transcript entry is not a v1 entry: {e}")))?;
+        let entry = entry.into_domain().map_err(corrupt)?;
+        trials[position_of[&trial_id]].record.transcript.push(entry);
+    }
+    drop(rows);
+    drop(statement);
+
+    let mut statement = connection
+        .prepare_cached(&children(
+            "file_changes",
+            "c.path, c.kind, c.mode_before, c.mode_after, c.sha256_before, c.sha256_after",
+        ))
+        .context(context)?;
+    let mut rows = statement.query([parameter]).context(context)?;
+    while let Some(row) = rows.next().context(context)? {
+        let trial_id: i64 = row.get(0).context(context)?;
+        let kind: String = row.get(2).context(context)?;
+        let kind = stored::parse_file_change_kind(&kind).map_err(|detail| StoreError::Corrupt {
+            trial: trial_id,
+            detail,
+        })?;
+        let change = FileChange {
+            path: row.get(1).context(context)?,
+            kind,
+            mode_before: row.get(3).context(context)?,
+            mode_after: row.get(4).context(context)?,
+            sha256_before: row.get(5).context(context)?,
+            sha256_after: row.get(6).context(context)?,
+        };
+        trials[position_of[&trial_id]]
+            .record
+            .file_changes
+            .push(change);
+    }
+    drop(rows);
+    drop(statement);
+
+    let mut statement = connection
+        .prepare_cached(&children("labels", "c.name, c.value, c.detail"))
+        .context(context)?;
+    let mut rows = statement.query([parameter]).context(context)?;
+    while let Some(row) = rows.next().context(context)? {
+        let trial_id: i64 = row.get(0).context(context)?;
+        let label = Label {
+            name: row.get(1).context(context)?,
+            value: row.get(2).context(context)?,
+            detail: row.get(3).context(context)?,
+        };
+        trials[position_of[&trial_id]].record.labels.push(label);
+    }
+    Ok(trials)
+}
+
+trait SqliteContext<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T, StoreError>;
+}
+
+impl<T> SqliteContext<T> for rusqlite::Result<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Sqlite {
+            context: context(),
+            source,
+        })
+    }
+}
+
+fn is_unique_violation(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::SqliteFailure(failure, _)
+            if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+/// `YYYYMMDD` of a Unix time in milliseconds, in UTC (Howard Hinnant's civil-from-days).
+fn utc_date(unix_ms: i64) -> String {
+    let days = unix_ms.div_euclid(86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_date;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc_date(0), "19700101");
+        // 2026-11-22T22:42:28Z
+        assert_eq!(utc_date(1_795_387_348_000), "20261122");
+        // 2000-02-29T12:00:00Z, a leap day in a century leap year.
+        assert_eq!(utc_date(951_825_600_000), "20000229");
+    }
+}

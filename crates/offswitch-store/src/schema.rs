@@ -1,0 +1,78 @@
+//! The database schema as an ordered list of migrations, tracked with `PRAGMA user_version`.
+//!
+//! Migration `i` takes a database from version `i` to version `i + 1`. A released migration is
+//! never edited: changing the schema (or the JSON stored in its columns, see `stored.rs`) means
+//! appending a migration, so every existing database can be brought forward.
+
+/// The schema version this code reads and writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+pub const MIGRATIONS: &[&str] = &[
+    // Version 1: runs, trials and the trial's children, one row per item, in order.
+    r#"
+    CREATE TABLE runs (
+        id            TEXT PRIMARY KEY,
+        created_at_ms INTEGER NOT NULL,
+        label         TEXT,
+        status        TEXT NOT NULL CHECK (status IN ('running', 'complete', 'interrupted')),
+        -- The run configuration as the runner gave it (JSON object).
+        config        TEXT NOT NULL CHECK (json_valid(config))
+    ) STRICT;
+
+    CREATE TABLE trials (
+        id                INTEGER PRIMARY KEY,
+        run_id            TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        -- 1-based position within the run, in insertion order: `show <run>/<idx>`.
+        idx               INTEGER NOT NULL,
+        model             TEXT NOT NULL,
+        scenario          TEXT NOT NULL,
+        variant           TEXT NOT NULL,
+        epoch             INTEGER NOT NULL,
+        -- u64 stored bit-for-bit in SQLite's signed 64-bit integer.
+        seed              INTEGER NOT NULL,
+        outcome           TEXT NOT NULL,
+        outcome_message   TEXT,
+        prompt_tokens     INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        turns             INTEGER NOT NULL,
+        started_at_ms     INTEGER NOT NULL,
+        wall_ms           INTEGER NOT NULL,
+        UNIQUE (run_id, model, scenario, variant, epoch),
+        UNIQUE (run_id, idx)
+    ) STRICT;
+
+    CREATE TABLE transcript_entries (
+        trial_id INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
+        seq      INTEGER NOT NULL,
+        -- The entry's type (`message`, `exec`, ...), duplicated from the body for queries.
+        kind     TEXT NOT NULL,
+        -- The entry as `stored::EntryV1` JSON.
+        body     TEXT NOT NULL CHECK (json_valid(body)),
+        PRIMARY KEY (trial_id, seq)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE file_changes (
+        trial_id      INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
+        seq           INTEGER NOT NULL,
+        path          TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        mode_before   INTEGER,
+        mode_after    INTEGER,
+        sha256_before TEXT,
+        sha256_after  TEXT,
+        PRIMARY KEY (trial_id, seq)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE labels (
+        trial_id INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
+        seq      INTEGER NOT NULL,
+        name     TEXT NOT NULL,
+        value    INTEGER NOT NULL CHECK (value IN (0, 1)),
+        detail   TEXT NOT NULL,
+        PRIMARY KEY (trial_id, seq)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE INDEX labels_by_name ON labels (name, value);
+    CREATE INDEX trials_by_cell ON trials (run_id, model, scenario, variant);
+    "#,
+];
