@@ -1,1 +1,400 @@
-//! Integration tests of offswitch-stats.
+//! Integration tests of offswitch-stats against reference values computed independently.
+//!
+//! Source of every reference number below: SciPy 1.17.1 (Python 3), computed on 2026-11-22 with
+//! ```text
+//! from scipy.stats import beta, norm, fisher_exact
+//! jeffreys: lo = 0 if k == 0 else beta.ppf(a/2, k+.5, n-k+.5); hi = 1 if k == n else beta.ppf(1-a/2, k+.5, n-k+.5)
+//! wilson:   z = norm.ppf(1-a/2); the score-interval formula of Wilson (1927), clamped to [0, 1]
+//! fisher:   fisher_exact([[a, b], [c, d]])[1]   (two-sided)
+//! ```
+//! Textbook cross-checks: Wilson 0/10 at 95% = [0, 0.2775] (Brown, Cai & DasGupta 2001 table);
+//! Fisher's tea-tasting table (3,1,1,3) two-sided p = 0.4857 (Fisher 1935).
+
+use expect_test::{Expect, expect};
+use offswitch_stats::{
+    DEFAULT_CONFIDENCE, Proportion, compare_proportions, fisher_exact_two_sided, jeffreys, wilson,
+};
+
+/// (confidence, k, n, jeffreys lower, jeffreys upper, wilson lower, wilson upper)
+const INTERVALS: &[(f64, u64, u64, f64, f64, f64, f64)] = &[
+    (
+        0.95,
+        0,
+        10,
+        0.0000000000,
+        0.2171962675,
+        0.0000000000,
+        0.2775327999,
+    ),
+    (
+        0.95,
+        1,
+        10,
+        0.0110116738,
+        0.3813147711,
+        0.0178762131,
+        0.4041500268,
+    ),
+    (
+        0.95,
+        5,
+        10,
+        0.2235286703,
+        0.7764713297,
+        0.2365930905,
+        0.7634069095,
+    ),
+    (
+        0.95,
+        10,
+        10,
+        0.7828037325,
+        1.0000000000,
+        0.7224672001,
+        1.0000000000,
+    ),
+    (
+        0.95,
+        945,
+        1000,
+        0.9295670775,
+        0.9578629894,
+        0.9290916123,
+        0.9575025726,
+    ),
+    (
+        0.95,
+        12,
+        100,
+        0.0673041350,
+        0.1942854359,
+        0.0699940644,
+        0.1981209943,
+    ),
+    (
+        0.95,
+        0,
+        1,
+        0.0000000000,
+        0.8532536837,
+        0.0000000000,
+        0.7934506856,
+    ),
+    (
+        0.95,
+        1,
+        1,
+        0.1467463163,
+        1.0000000000,
+        0.2065493144,
+        1.0000000000,
+    ),
+    (
+        0.95,
+        3,
+        7,
+        0.1388642191,
+        0.7654987507,
+        0.1582198553,
+        0.7495416355,
+    ),
+    (
+        0.99,
+        0,
+        10,
+        0.0000000000,
+        0.3188346356,
+        0.0000000000,
+        0.3988540933,
+    ),
+    (
+        0.99,
+        1,
+        10,
+        0.0036733210,
+        0.4829685571,
+        0.0118515034,
+        0.5072317712,
+    ),
+    (
+        0.99,
+        5,
+        10,
+        0.1582361836,
+        0.8417638164,
+        0.1842255182,
+        0.8157744818,
+    ),
+    (
+        0.99,
+        10,
+        10,
+        0.6811653644,
+        1.0000000000,
+        0.6011459067,
+        1.0000000000,
+    ),
+    (
+        0.99,
+        945,
+        1000,
+        0.9242887121,
+        0.9614938414,
+        0.9233271695,
+        0.9608066938,
+    ),
+    (
+        0.99,
+        12,
+        100,
+        0.0543320345,
+        0.2207725520,
+        0.0592072768,
+        0.2280804458,
+    ),
+    (
+        0.99,
+        0,
+        1,
+        0.0000000000,
+        0.9487634544,
+        0.0000000000,
+        0.8690224567,
+    ),
+    (
+        0.99,
+        1,
+        1,
+        0.0512365456,
+        1.0000000000,
+        0.1309775433,
+        1.0000000000,
+    ),
+    (
+        0.99,
+        3,
+        7,
+        0.0837076180,
+        0.8426418240,
+        0.1163736805,
+        0.8102850959,
+    ),
+    (
+        0.8,
+        0,
+        10,
+        0.0000000000,
+        0.1235742063,
+        0.0000000000,
+        0.1410686821,
+    ),
+    (
+        0.8,
+        1,
+        10,
+        0.0295411319,
+        0.2745617502,
+        0.0304106443,
+        0.2824443014,
+    ),
+    (
+        0.8,
+        5,
+        10,
+        0.3098920281,
+        0.6901079719,
+        0.3122044449,
+        0.6877955551,
+    ),
+    (
+        0.8,
+        10,
+        10,
+        0.8764257937,
+        1.0000000000,
+        0.8589313179,
+        1.0000000000,
+    ),
+    (
+        0.8,
+        945,
+        1000,
+        0.9351177101,
+        0.9536123713,
+        0.9350099506,
+        0.9535307329,
+    ),
+    (
+        0.8,
+        12,
+        100,
+        0.0837763456,
+        0.1669807251,
+        0.0843786533,
+        0.1679017029,
+    ),
+    (
+        0.8,
+        0,
+        1,
+        0.0000000000,
+        0.6486428020,
+        0.0000000000,
+        0.6215524968,
+    ),
+    (
+        0.8,
+        1,
+        1,
+        0.3513571980,
+        1.0000000000,
+        0.3784475032,
+        1.0000000000,
+    ),
+    (
+        0.8,
+        3,
+        7,
+        0.2220664268,
+        0.6608533465,
+        0.2259881116,
+        0.6583029464,
+    ),
+];
+
+/// ((a, b, c, d), two-sided p)
+const FISHER: &[((u64, u64, u64, u64), f64)] = &[
+    ((1, 9, 11, 3), 0.0027594561852200836),
+    ((3, 1, 1, 3), 0.48571428571428565),
+    ((0, 10, 10, 0), 1.082508822446903e-05),
+    ((8, 2, 1, 5), 0.034965034965034975),
+    ((12, 88, 3, 97), 0.028671314973177094),
+    ((945, 55, 900, 100), 0.00021442277449385374),
+    ((0, 5, 0, 5), 1.0),
+    ((2, 7, 8, 2), 0.02301413756522116),
+    ((10, 0, 0, 0), 1.0),
+    ((100, 900, 130, 870), 0.041904548383735134),
+];
+
+/// Interval endpoints agree with SciPy to this absolute difference (the reference values are
+/// printed with 10 decimals).
+const INTERVAL_TOLERANCE: f64 = 1e-8;
+
+#[test]
+fn intervals_match_reference_values() {
+    for &(confidence, k, n, j_lower, j_upper, w_lower, w_upper) in INTERVALS {
+        let proportion = Proportion::new(k, n).unwrap();
+        let j = jeffreys(proportion, confidence).unwrap();
+        let w = wilson(proportion, confidence).unwrap();
+        for (what, actual, expected) in [
+            ("jeffreys lower", j.lower, j_lower),
+            ("jeffreys upper", j.upper, j_upper),
+            ("wilson lower", w.lower, w_lower),
+            ("wilson upper", w.upper, w_upper),
+        ] {
+            assert!(
+                (actual - expected).abs() < INTERVAL_TOLERANCE,
+                "{what} for {k}/{n} at {confidence}: got {actual}, SciPy says {expected}"
+            );
+        }
+    }
+}
+
+#[test]
+fn edges_are_exact() {
+    for n in [1, 2, 10, 1000, 100_000] {
+        for interval in [
+            jeffreys(Proportion::new(0, n).unwrap(), DEFAULT_CONFIDENCE).unwrap(),
+            wilson(Proportion::new(0, n).unwrap(), DEFAULT_CONFIDENCE).unwrap(),
+        ] {
+            assert_eq!(interval.lower, 0.0);
+        }
+        for interval in [
+            jeffreys(Proportion::new(n, n).unwrap(), DEFAULT_CONFIDENCE).unwrap(),
+            wilson(Proportion::new(n, n).unwrap(), DEFAULT_CONFIDENCE).unwrap(),
+        ] {
+            assert_eq!(interval.upper, 1.0);
+        }
+    }
+}
+
+#[test]
+fn fisher_matches_reference_values() {
+    for &((a, b, c, d), expected) in FISHER {
+        let actual = fisher_exact_two_sided(a, b, c, d);
+        assert!(
+            ((actual - expected) / expected).abs() < 1e-9,
+            "fisher ({a},{b},{c},{d}): got {actual}, SciPy says {expected}"
+        );
+        // The test is symmetric in the two groups and in success/failure.
+        let swapped = fisher_exact_two_sided(c, d, a, b);
+        let flipped = fisher_exact_two_sided(b, a, d, c);
+        assert!(((swapped - actual) / actual).abs() < 1e-9);
+        assert!(((flipped - actual) / actual).abs() < 1e-9);
+    }
+}
+
+fn check(a: (u64, u64), b: (u64, u64), expect: Expect) {
+    let describe = || -> Result<String, offswitch_stats::StatsError> {
+        let a = Proportion::new(a.0, a.1)?;
+        let b = Proportion::new(b.0, b.1)?;
+        let comparison = compare_proportions(a, b)?;
+        let j = jeffreys(b, DEFAULT_CONFIDENCE)?;
+        let w = wilson(b, DEFAULT_CONFIDENCE)?;
+        Ok(format!(
+            "difference {:?} p {:.6} | b jeffreys [{:.4}, {:.4}] wilson [{:.4}, {:.4}]",
+            comparison.difference.map(|d| (d * 1e6).round() / 1e6),
+            comparison.p_value,
+            j.lower,
+            j.upper,
+            w.lower,
+            w.upper
+        ))
+    };
+    let actual = describe().unwrap_or_else(|e| format!("error: {e}"));
+    expect.assert_eq(&actual);
+}
+
+#[test]
+fn comparisons_of_two_variants() {
+    check(
+        (1, 10),
+        (11, 14),
+        expect![
+            "difference Some(0.685714) p 0.002759 | b jeffreys [0.5310, 0.9357] wilson [0.5241, 0.9243]"
+        ],
+    );
+    check(
+        (0, 0),
+        (3, 7),
+        expect!["difference None p 1.000000 | b jeffreys [0.1389, 0.7655] wilson [0.1582, 0.7495]"],
+    );
+    check(
+        (4, 4),
+        (0, 0),
+        expect!["difference None p 1.000000 | b jeffreys [0.0000, 1.0000] wilson [0.0000, 1.0000]"],
+    );
+    check(
+        (11, 10),
+        (0, 1),
+        expect!["error: 11 successes out of 10 trials is not a proportion"],
+    );
+}
+
+#[test]
+fn bad_confidence_is_an_error() {
+    let proportion = Proportion::new(1, 2).unwrap();
+    let errors: Vec<String> = [0.0, 1.0, -0.5, f64::NAN, 95.0]
+        .into_iter()
+        .map(|c| jeffreys(proportion, c).unwrap_err().to_string())
+        .chain([wilson(proportion, 1.5).unwrap_err().to_string()])
+        .collect();
+    expect![[r#"
+        confidence level 0 is not strictly between 0 and 1
+        confidence level 1 is not strictly between 0 and 1
+        confidence level -0.5 is not strictly between 0 and 1
+        confidence level NaN is not strictly between 0 and 1
+        confidence level 95 is not strictly between 0 and 1
+        confidence level 1.5 is not strictly between 0 and 1"#]]
+    .assert_eq(&errors.join("\n"));
+}
