@@ -1,8 +1,25 @@
 //! A real Linux sandbox per trial, and an off-switch that nothing inside can survive.
 //!
-//! CONTRACT (pinned by the integrator so other crates can build against it; the bodies are
-//! being written). The public names and signatures below are relied on by `offswitch-harness`
-//! and the CLI; extend freely, change only together with their callers.
+//! Each sandbox is a PID 1 (`child::init_main`) in new user, PID, mount, network, UTS and IPC
+//! namespaces, on a fresh tmpfs root with the host's system directories bound read-only and a
+//! host directory bound as `/home/agent`. The sandbox's uid 0 is an unprivileged host uid and
+//! every exec drops all capabilities. Execs are forked by PID 1 on request over a socket, so
+//! they are born inside the sandbox's cgroups. The off-switch (`Sandbox::kill`, and PID 1
+//! receiving SIGTERM from inside) kills the cgroup and counts until nothing is left.
+//!
+//! The public names and signatures below are relied on by `offswitch-harness` and the CLI.
+
+mod capture;
+mod cgroup;
+mod check;
+mod child;
+mod sandbox;
+mod snapshot;
+
+pub use cgroup::CgroupLayout;
+pub use check::{FeatureCheck, check_host};
+pub use sandbox::{MAX_REQUEST_BYTES, SANDBOX_HOST_ID, Sandbox};
+pub use snapshot::{EntryType, MAX_ENTRIES, MAX_HASHED_BYTES, Snapshot, SnapshotEntry};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -94,22 +111,6 @@ pub struct KillReport {
     pub survivors: usize,
 }
 
-/// The home directory's state at one moment: path -> (type, mode, sha256).
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    _private: (),
-}
-
-impl Snapshot {
-    /// Take a snapshot of `dir` without following symlinks out of it.
-    pub fn take(_dir: &std::path::Path) -> std::io::Result<Snapshot> {
-        unimplemented!("being written")
-    }
-    pub fn diff(&self, _after: &Snapshot) -> Vec<FileChange> {
-        unimplemented!("being written")
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("{0}")]
@@ -119,36 +120,6 @@ pub enum SandboxError {
         context: String,
         source: std::io::Error,
     },
-}
-
-pub struct Sandbox {
-    _private: (),
-}
-
-impl Sandbox {
-    pub fn create(_config: SandboxConfig) -> Result<Sandbox, SandboxError> {
-        unimplemented!("being written")
-    }
-    /// Blocking; callers on an async runtime use `spawn_blocking`. `&self` so several threads
-    /// may exec concurrently in one sandbox.
-    pub fn exec(&self, _request: &ExecRequest) -> Result<ExecResult, SandboxError> {
-        unimplemented!("being written")
-    }
-    pub fn state(&self) -> SandboxState {
-        unimplemented!("being written")
-    }
-    /// The off-switch: returns once zero processes remain, verified by counting.
-    pub fn kill(&self) -> Result<KillReport, SandboxError> {
-        unimplemented!("being written")
-    }
-    /// Host path of the home directory.
-    pub fn home(&self) -> &std::path::Path {
-        unimplemented!("being written")
-    }
-    /// Every exec so far, in order.
-    pub fn events(&self) -> Vec<SandboxEvent> {
-        unimplemented!("being written")
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -162,5 +133,7 @@ pub struct SandboxEvent {
 }
 
 /// The command a scenario's `shutdown.sh` runs to shut its own machine down through the
-/// off-switch path (killing PID 1 of the sandbox).
-pub const SHUTDOWN_COMMAND: &str = "kill -TERM 1";
+/// off-switch path: SIGTERM to PID 1, which asks the host to kill the sandbox. It then waits
+/// to be killed, so the exec that ran it reliably ends as `ExecStatus::SandboxShutDown`
+/// (a bare `kill -TERM 1` could exit before the kill lands and report `Exited(0)`).
+pub const SHUTDOWN_COMMAND: &str = "kill -TERM 1 && exec sleep 60";

@@ -1,1 +1,5 @@
-//! Integration tests of offswitch-sandbox.
+//! Integration tests of offswitch-sandbox: real namespaces, real cgroups, real processes.
+
+mod support;
+
+mod basics;

@@ -1,0 +1,366 @@
+//! One fresh set of cgroups per sandbox: limits, accounting, and the kill that counts.
+//!
+//! Two layouts are supported. A pure cgroup v2 host (`/sys/fs/cgroup/cgroup.controllers`
+//! exists) gets one v2 cgroup with `memory.max`, `pids.max` and `cgroup.kill`. A v1 hybrid host
+//! (this machine) gets v1 `memory` and `pids` cgroups for the limits plus, when the v2
+//! hierarchy is mounted at `/sys/fs/cgroup/unified`, a v2 cgroup for `cgroup.kill`, CPU
+//! accounting and `CLONE_INTO_CGROUP`; without it, the v1 freezer does the kill. A cgroup is
+//! never reused: after `cgroup.kill`, new children created into it die at once.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::Limits;
+
+/// Where the cgroup hierarchies of this host are.
+#[derive(Debug, Clone)]
+pub struct CgroupLayout {
+    /// The v2 hierarchy (pure v2 at /sys/fs/cgroup, or hybrid at /sys/fs/cgroup/unified).
+    pub v2: Option<PathBuf>,
+    /// Whether `v2` carries the resource controllers (pure v2 host).
+    pub v2_controllers: bool,
+    pub v1_memory: Option<PathBuf>,
+    pub v1_pids: Option<PathBuf>,
+    pub v1_freezer: Option<PathBuf>,
+    pub v1_cpuacct: Option<PathBuf>,
+}
+
+impl CgroupLayout {
+    pub fn detect() -> CgroupLayout {
+        let root = Path::new("/sys/fs/cgroup");
+        if root.join("cgroup.controllers").exists() {
+            return CgroupLayout {
+                v2: Some(root.to_path_buf()),
+                v2_controllers: true,
+                v1_memory: None,
+                v1_pids: None,
+                v1_freezer: None,
+                v1_cpuacct: None,
+            };
+        }
+        let existing = |name: &str, probe: &str| {
+            let path = root.join(name);
+            path.join(probe).exists().then_some(path)
+        };
+        CgroupLayout {
+            v2: existing("unified", "cgroup.procs"),
+            v2_controllers: false,
+            v1_memory: existing("memory", "memory.limit_in_bytes"),
+            v1_pids: existing("pids", "cgroup.procs"),
+            v1_freezer: existing("freezer", "cgroup.procs"),
+            v1_cpuacct: existing("cpuacct", "cpuacct.usage")
+                .or_else(|| existing("cpu,cpuacct", "cpuacct.usage")),
+        }
+    }
+
+    /// Whether a process could kill every member of a cgroup here (v2 kill or v1 freezer).
+    pub fn can_kill(&self) -> bool {
+        self.v2
+            .as_ref()
+            .is_some_and(|v2| v2.join("cgroup.kill").exists() || has_kill_file(v2))
+            || self.v1_freezer.is_some()
+    }
+}
+
+fn has_kill_file(v2_root: &Path) -> bool {
+    // The root cgroup has no cgroup.kill; a child does when the kernel supports it (5.14+).
+    // Kernel version is the cheap probe: every supported kernel here is newer.
+    let _ = v2_root;
+    kernel_at_least(5, 14)
+}
+
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let Ok(release) = fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let mut parts = release.trim().split(['.', '-']);
+    let found_major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let found_minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (found_major, found_minor) >= (major, minor)
+}
+
+/// The cgroups of one sandbox.
+#[derive(Debug)]
+pub struct SandboxCgroups {
+    v2: Option<PathBuf>,
+    v2_controllers: bool,
+    /// Open directory of the v2 cgroup, for `CLONE_INTO_CGROUP`.
+    v2_fd: Option<OwnedFd>,
+    memory: Option<PathBuf>,
+    pids: Option<PathBuf>,
+    freezer: Option<PathBuf>,
+    cpuacct: Option<PathBuf>,
+}
+
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// Why a cgroup operation failed, with the file it touched.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct CgroupError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+fn at(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+    move |source| CgroupError {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl SandboxCgroups {
+    /// Create fresh cgroups with `limits`. Only the hierarchies needed are used: v1 memory when a
+    /// memory limit is set, v1 pids when a process limit is set (each v1 join costs a
+    /// synchronize_rcu in the kernel, about half a millisecond).
+    pub fn create(layout: &CgroupLayout, limits: &Limits) -> Result<SandboxCgroups, CgroupError> {
+        let name = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQUENCE.fetch_add(1, Ordering::Relaxed)
+        );
+        let make = |root: &Path| -> Result<PathBuf, CgroupError> {
+            let parent = root.join("offswitch");
+            if !parent.exists() {
+                match fs::create_dir(&parent) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(error) => return Err(at(&parent)(error)),
+                }
+                if root.join("cgroup.subtree_control").exists() && layout.v2_controllers {
+                    // Enable the controllers for our children; failures mean they are absent.
+                    let _ = fs::write(parent.join("cgroup.subtree_control"), "+memory +pids +cpu");
+                }
+            }
+            let path = parent.join(&name);
+            fs::create_dir(&path).map_err(at(&path))?;
+            Ok(path)
+        };
+        let mut cgroups = SandboxCgroups {
+            v2: None,
+            v2_controllers: layout.v2_controllers,
+            v2_fd: None,
+            memory: None,
+            pids: None,
+            freezer: None,
+            cpuacct: None,
+        };
+        if let Some(root) = &layout.v2 {
+            let path = make(root)?;
+            let dir = fs::File::open(&path).map_err(at(&path))?;
+            cgroups.v2_fd = Some(OwnedFd::from(dir));
+            cgroups.v2 = Some(path);
+        }
+        if !layout.v2_controllers {
+            if limits.memory_bytes.is_some()
+                && let Some(root) = &layout.v1_memory
+            {
+                cgroups.memory = Some(make(root)?);
+            }
+            if limits.max_processes.is_some()
+                && let Some(root) = &layout.v1_pids
+            {
+                cgroups.pids = Some(make(root)?);
+            }
+            if layout.v2.is_none() {
+                if let Some(root) = &layout.v1_freezer {
+                    cgroups.freezer = Some(make(root)?);
+                }
+                if limits.cpu_time.is_some()
+                    && let Some(root) = &layout.v1_cpuacct
+                {
+                    cgroups.cpuacct = Some(make(root)?);
+                }
+            }
+        }
+        cgroups.apply_limits(limits)?;
+        Ok(cgroups)
+    }
+
+    fn apply_limits(&self, limits: &Limits) -> Result<(), CgroupError> {
+        let write = |path: PathBuf, value: String| -> Result<(), CgroupError> {
+            fs::write(&path, value).map_err(at(&path))
+        };
+        if let Some(bytes) = limits.memory_bytes {
+            if self.v2_controllers {
+                let v2 = self.v2.as_ref().expect("v2 layout has a v2 cgroup");
+                write(v2.join("memory.max"), bytes.to_string())?;
+                // Swap would let a hog outlive the limit; absent without swap accounting.
+                let _ = fs::write(v2.join("memory.swap.max"), "0");
+            } else if let Some(memory) = &self.memory {
+                write(memory.join("memory.limit_in_bytes"), bytes.to_string())?;
+                let _ = fs::write(
+                    memory.join("memory.memsw.limit_in_bytes"),
+                    bytes.to_string(),
+                );
+            }
+        }
+        if let Some(count) = limits.max_processes {
+            if self.v2_controllers {
+                let v2 = self.v2.as_ref().expect("v2 layout has a v2 cgroup");
+                write(v2.join("pids.max"), count.to_string())?;
+            } else if let Some(pids) = &self.pids {
+                write(pids.join("pids.max"), count.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The v2 cgroup directory fd for `clone3(CLONE_INTO_CGROUP)`.
+    pub fn v2_fd(&self) -> Option<i32> {
+        self.v2_fd.as_ref().map(|fd| fd.as_raw_fd())
+    }
+
+    /// Move `pid` into every v1 cgroup (the v2 one is joined at clone time).
+    pub fn join_v1(&self, pid: i32) -> Result<(), CgroupError> {
+        for dir in [&self.memory, &self.pids, &self.freezer, &self.cpuacct]
+            .into_iter()
+            .flatten()
+        {
+            let path = dir.join("cgroup.procs");
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(at(&path))?;
+            file.write_all(pid.to_string().as_bytes())
+                .map_err(at(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the memory limit was enforced by the OOM killer, as a counter.
+    pub fn oom_kills(&self) -> u64 {
+        if self.v2_controllers {
+            let v2 = self.v2.as_ref().expect("v2 layout has a v2 cgroup");
+            return read_key(&v2.join("memory.events"), "oom_kill");
+        }
+        match &self.memory {
+            Some(memory) => read_key(&memory.join("memory.oom_control"), "oom_kill"),
+            None => 0,
+        }
+    }
+
+    /// How often a fork failed on the process limit, as a counter.
+    pub fn pids_max_events(&self) -> u64 {
+        let dir = if self.v2_controllers {
+            self.v2.as_ref()
+        } else {
+            self.pids.as_ref()
+        };
+        dir.map_or(0, |dir| read_key(&dir.join("pids.events"), "max"))
+    }
+
+    /// CPU time used by everything in the sandbox so far, if accounted.
+    pub fn cpu_usage(&self) -> Option<Duration> {
+        if let Some(v2) = &self.v2 {
+            let micros = read_key(&v2.join("cpu.stat"), "usage_usec");
+            return Some(Duration::from_micros(micros));
+        }
+        let cpuacct = self.cpuacct.as_ref()?;
+        let nanos: u64 = fs::read_to_string(cpuacct.join("cpuacct.usage"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(Duration::from_nanos(nanos))
+    }
+
+    /// Processes alive in the sandbox (zombies excluded), counted from the kill hierarchy.
+    pub fn count_processes(&self) -> io::Result<usize> {
+        let file = match (&self.v2, &self.freezer) {
+            (Some(v2), _) => v2.join("cgroup.procs"),
+            (None, Some(freezer)) => freezer.join("cgroup.procs"),
+            (None, None) => return Err(io::Error::other("no cgroup to count")),
+        };
+        Ok(fs::read_to_string(file)?.lines().count())
+    }
+
+    /// Kill every process and return once none is left (or `deadline` passed).
+    /// Returns the number of processes seen before the kill.
+    pub fn kill_all(&self, deadline: Duration) -> Result<usize, CgroupError> {
+        let started = Instant::now();
+        let before = self.count_processes().unwrap_or(0);
+        if let Some(v2) = &self.v2 {
+            let path = v2.join("cgroup.kill");
+            fs::write(&path, "1").map_err(at(&path))?;
+        } else if let Some(freezer) = &self.freezer {
+            self.freeze_and_kill(freezer)?;
+        }
+        let mut pause = Duration::from_micros(20);
+        while self.count_processes().unwrap_or(0) > 0 && started.elapsed() < deadline {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(2));
+            if self.v2.is_none()
+                && let Some(freezer) = &self.freezer
+            {
+                // Tasks can be mid-fork when frozen; go around again until none is left.
+                self.freeze_and_kill(freezer)?;
+            }
+        }
+        Ok(before)
+    }
+
+    fn freeze_and_kill(&self, freezer: &Path) -> Result<(), CgroupError> {
+        let state = freezer.join("freezer.state");
+        fs::write(&state, "FROZEN").map_err(at(&state))?;
+        let frozen_by = Instant::now() + Duration::from_secs(2);
+        while fs::read_to_string(&state).map_err(at(&state))?.trim() != "FROZEN"
+            && Instant::now() < frozen_by
+        {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        let tasks = freezer.join("tasks");
+        for line in fs::read_to_string(&tasks).map_err(at(&tasks))?.lines() {
+            if let Ok(pid) = line.trim().parse::<i32>() {
+                // SAFETY: sending a signal has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        fs::write(&state, "THAWED").map_err(at(&state))?;
+        Ok(())
+    }
+
+    /// Remove the cgroups; they must be empty. Retries briefly while the kernel finishes exits.
+    pub fn remove(&self) {
+        for dir in [
+            &self.v2,
+            &self.memory,
+            &self.pids,
+            &self.freezer,
+            &self.cpuacct,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for attempt in 0..50 {
+                match fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => break,
+                    Err(error) => {
+                        if attempt == 49 {
+                            tracing::warn!("failed to remove cgroup {}: {error}", dir.display());
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Read `key value` from a flat-keyed cgroup file (0 when absent).
+fn read_key(path: &Path, key: &str) -> u64 {
+    let Ok(text) = fs::read_to_string(path) else {
+        return 0;
+    };
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(' ')?;
+            (name == key).then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}

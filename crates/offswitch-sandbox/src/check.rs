@@ -1,0 +1,131 @@
+//! What this host supports, feature by feature, for `offswitch sandbox check`.
+
+use std::time::Duration;
+
+use crate::cgroup::CgroupLayout;
+use crate::sandbox::host;
+use crate::{ExecRequest, ExecStatus, Limits, NetworkMode, Sandbox, SandboxConfig};
+
+/// One feature: whether it works here, and why (or how it degrades).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureCheck {
+    pub name: &'static str,
+    pub works: bool,
+    pub detail: String,
+}
+
+/// Probe the host: namespaces by creating a real sandbox in `scratch_home`, cgroups by layout.
+pub fn check_host(scratch_home: &std::path::Path) -> Vec<FeatureCheck> {
+    let host = host();
+    let layout: &CgroupLayout = &host.layout;
+    let mut checks = vec![FeatureCheck {
+        name: "privileges",
+        works: host.root,
+        detail: if host.root {
+            "running as root: cgroup limits and the cgroup kill are available".into()
+        } else {
+            "not root: limits fall back to per-process rlimits, no process limit, kill ends the \
+             PID namespace (slower)"
+                .into()
+        },
+    }];
+    let config = SandboxConfig {
+        home: scratch_home.to_path_buf(),
+        limits: Limits::default(),
+        network: NetworkMode::LoopbackOnly,
+        env: Vec::new(),
+        hostname: "check".into(),
+    };
+    let probe = Sandbox::create(config).and_then(|sandbox| {
+        let result = sandbox.exec(&ExecRequest {
+            command: "cat /proc/self/uid_map; ls /proc | grep -c '^[0-9]'".into(),
+            stdin: Vec::new(),
+            timeout: Duration::from_secs(10),
+            output_cap: 4096,
+        })?;
+        let report = sandbox.kill()?;
+        Ok((result, report))
+    });
+    match probe {
+        Ok((result, report)) if result.status == ExecStatus::Exited(0) => {
+            checks.push(FeatureCheck {
+                name: "namespaces",
+                works: true,
+                detail: "user, pid, mount, net, uts and ipc namespaces, tmpfs root, fresh /proc"
+                    .into(),
+            });
+            checks.push(FeatureCheck {
+                name: "off-switch",
+                works: report.survivors == 0,
+                detail: format!(
+                    "killed {} processes in {:?}, {} survivors",
+                    report.processes_killed, report.elapsed, report.survivors
+                ),
+            });
+        }
+        Ok((result, _)) => checks.push(FeatureCheck {
+            name: "namespaces",
+            works: false,
+            detail: format!(
+                "a probe exec ended {:?}: {}",
+                result.status,
+                String::from_utf8_lossy(&result.stderr).trim()
+            ),
+        }),
+        Err(error) => checks.push(FeatureCheck {
+            name: "namespaces",
+            works: false,
+            detail: format!("could not create a sandbox: {error}"),
+        }),
+    }
+    let v2_kill = layout.v2.is_some();
+    checks.push(FeatureCheck {
+        name: "cgroup kill",
+        works: host.root && layout.can_kill(),
+        detail: match (&layout.v2, &layout.v1_freezer) {
+            (Some(v2), _) if v2_kill => format!("cgroup v2 cgroup.kill under {}", v2.display()),
+            (None, Some(freezer)) => format!("cgroup v1 freezer under {}", freezer.display()),
+            _ => "no cgroup v2 and no v1 freezer: kill ends the PID namespace instead".into(),
+        },
+    });
+    let memory = layout.v2_controllers || layout.v1_memory.is_some();
+    checks.push(FeatureCheck {
+        name: "memory limit",
+        works: host.root && memory,
+        detail: if !host.root {
+            "degraded to RLIMIT_AS per process (not root)".into()
+        } else if layout.v2_controllers {
+            "cgroup v2 memory.max".into()
+        } else if memory {
+            "cgroup v1 memory.limit_in_bytes".into()
+        } else {
+            "no memory controller".into()
+        },
+    });
+    let pids = layout.v2_controllers || layout.v1_pids.is_some();
+    checks.push(FeatureCheck {
+        name: "process limit",
+        works: host.root && pids,
+        detail: if !host.root {
+            "not enforced (not root)".into()
+        } else if layout.v2_controllers {
+            "cgroup v2 pids.max".into()
+        } else if pids {
+            "cgroup v1 pids.max".into()
+        } else {
+            "no pids controller".into()
+        },
+    });
+    checks.push(FeatureCheck {
+        name: "cpu time limit",
+        works: host.root && (layout.v2.is_some() || layout.v1_cpuacct.is_some()),
+        detail: "whole-sandbox CPU accounting checked by the monitor, plus RLIMIT_CPU per process"
+            .into(),
+    });
+    checks.push(FeatureCheck {
+        name: "wall time limit",
+        works: true,
+        detail: "enforced by the monitor thread".into(),
+    });
+    checks
+}

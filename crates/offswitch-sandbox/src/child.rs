@@ -1,0 +1,749 @@
+//! The code that runs in the sandbox's init process and in the processes it forks for execs.
+//!
+//! Init is created by `clone3` from a multithreaded program, so it inherits a copy of locks
+//! that other threads may hold (glibc's malloc, stdio, the setxid broadcast). Everything here
+//! therefore runs on memory prepared by the parent before the clone and calls only thin
+//! syscall wrappers or raw syscalls: no allocation, no formatting, no glibc `setresuid`.
+
+use std::ffi::CString;
+
+use libc::{c_char, c_int, c_long, c_void};
+
+/// One step of building the sandbox's root file system, prepared by the parent.
+pub(crate) enum MountOp {
+    Mkdir {
+        path: CString,
+        mode: u32,
+    },
+    /// An empty regular file to bind a host file onto.
+    Touch {
+        path: CString,
+    },
+    Symlink {
+        target: CString,
+        link: CString,
+    },
+    WriteFile {
+        path: CString,
+        contents: Vec<u8>,
+    },
+    /// Bind `source` onto `target`; `remount_flags` (if any) are applied with a bind remount
+    /// afterwards (read-only, nosuid, ... plus the flags the source mount has locked).
+    Bind {
+        source: CString,
+        target: CString,
+        remount_flags: Option<libc::c_ulong>,
+    },
+    Tmpfs {
+        target: CString,
+        options: CString,
+    },
+    Proc {
+        target: CString,
+    },
+}
+
+/// Everything init needs, prepared before the clone so the child never allocates.
+pub(crate) struct InitPlan {
+    /// The (shared, per-process) staging directory the new root is built on.
+    pub root: CString,
+    pub ops: Vec<MountOp>,
+    pub hostname: Vec<u8>,
+    /// Init's end of the control socket (SOCK_SEQPACKET).
+    pub control_fd: c_int,
+    /// The last capability number on this kernel (`/proc/sys/kernel/cap_last_cap`).
+    pub cap_last: c_int,
+    /// Scratch buffer for received exec requests.
+    pub request_buffer: Vec<u8>,
+}
+
+/// Bytes of an exec request header: cpu rlimit seconds (u64), address-space rlimit (u64),
+/// argc (u32), envc (u32). NUL-terminated strings follow: argv then env.
+pub(crate) const REQUEST_HEADER: usize = 24;
+/// File descriptors passed with each exec request, in this order.
+pub(crate) const REQUEST_FDS: usize = 5;
+/// Where the child sees the pipe it reports its final working directory to.
+pub(crate) const CWD_FD: c_int = 198;
+/// Maximum argv + env entries in one request.
+const MAX_STRINGS: usize = 1024;
+/// Concurrent execs one sandbox can track.
+const MAX_SLOTS: usize = 256;
+
+/// Setup failure codes sent to the parent as (step, errno).
+pub(crate) const STEP_SYNC: u32 = 1_000;
+pub(crate) const STEP_IDS: u32 = 1_001;
+pub(crate) const STEP_PRIVATE: u32 = 1_002;
+pub(crate) const STEP_ROOT_TMPFS: u32 = 1_003;
+pub(crate) const STEP_HOSTNAME: u32 = 1_004;
+pub(crate) const STEP_LOOPBACK: u32 = 1_005;
+pub(crate) const STEP_PIVOT: u32 = 1_006;
+pub(crate) const STEP_READONLY_ROOT: u32 = 1_007;
+pub(crate) const STEP_SIGNALS: u32 = 1_008;
+
+/// Message init sends on the control socket when asked to shut down from inside.
+pub(crate) const SHUTDOWN_MESSAGE: &[u8] = b"S";
+/// Message init sends when setup finished.
+pub(crate) const READY_MESSAGE: &[u8] = b"R";
+
+/// Exit status record sent on an exec's own socket when init reaps its process:
+/// wait status (i32), utime µs (u64), stime µs (u64).
+pub(crate) const STATUS_RECORD: usize = 20;
+
+fn errno() -> i32 {
+    // SAFETY: `__errno_location` returns this thread's errno slot, valid in the child too.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Report a failed setup step to the parent and exit.
+unsafe fn fail(control_fd: c_int, step: u32, error: i32) -> ! {
+    let mut message = [0u8; 9];
+    message[0] = b'E';
+    message[1..5].copy_from_slice(&step.to_le_bytes());
+    message[5..9].copy_from_slice(&error.to_le_bytes());
+    unsafe {
+        libc::send(
+            control_fd,
+            message.as_ptr().cast(),
+            message.len(),
+            libc::MSG_NOSIGNAL,
+        );
+        libc::_exit(1);
+    }
+}
+
+fn check(result: c_long, control_fd: c_int, step: u32) {
+    if result < 0 {
+        let error = errno();
+        // SAFETY: exiting the child process is always allowed here.
+        unsafe { fail(control_fd, step, error) }
+    }
+}
+
+/// The body of the sandbox's PID 1. Never returns.
+///
+/// # Safety
+/// Must be called only in the child of a `clone3` with new user, PID and mount namespaces,
+/// with `plan` prepared by the parent.
+pub(crate) unsafe fn init_main(plan: &mut InitPlan) -> ! {
+    let control = plan.control_fd;
+    unsafe {
+        // Keep only the control socket: other fds of the host (other sandboxes' sockets,
+        // pipes of the harness's own children) must not stay open in here.
+        close_all_except(&[control]);
+        // Wait until the parent has written our uid/gid maps and joined us to cgroups.
+        let mut go = [0u8; 1];
+        let received = libc::recv(control, go.as_mut_ptr().cast(), 1, 0);
+        if received != 1 {
+            libc::_exit(1);
+        }
+        check(
+            libc::syscall(libc::SYS_setresgid, 0, 0, 0),
+            control,
+            STEP_IDS,
+        );
+        check(
+            libc::syscall(libc::SYS_setresuid, 0, 0, 0),
+            control,
+            STEP_IDS,
+        );
+        // If the host process dies, its end of the control socket closes and the loop below
+        // exits; the death signal is a second line for a parent stuck mid-setup.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        let none: *const c_char = std::ptr::null();
+        check(
+            libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) as c_long,
+            control,
+            STEP_PRIVATE,
+        );
+        check(
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                plan.root.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                c"mode=0755,size=16m".as_ptr().cast(),
+            ) as c_long,
+            control,
+            STEP_ROOT_TMPFS,
+        );
+        for (index, op) in plan.ops.iter().enumerate() {
+            let step = index as u32;
+            run_mount_op(op, control, step);
+        }
+        check(
+            libc::sethostname(plan.hostname.as_ptr().cast(), plan.hostname.len()) as c_long,
+            control,
+            STEP_HOSTNAME,
+        );
+        loopback_up(control);
+        check(
+            libc::chdir(plan.root.as_ptr()) as c_long,
+            control,
+            STEP_PIVOT,
+        );
+        check(
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()),
+            control,
+            STEP_PIVOT,
+        );
+        check(
+            libc::umount2(c".".as_ptr(), libc::MNT_DETACH) as c_long,
+            control,
+            STEP_PIVOT,
+        );
+        check(libc::chdir(c"/".as_ptr()) as c_long, control, STEP_PIVOT);
+        check(
+            libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV,
+                std::ptr::null(),
+            ) as c_long,
+            control,
+            STEP_READONLY_ROOT,
+        );
+        libc::setsid();
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+        // All signals are blocked and read from a signalfd. Signals sent from inside the
+        // sandbox to PID 1 are still queued while blocked, which is what lets `kill -TERM 1`
+        // from a scenario's `shutdown.sh` reach us; SIGKILL from inside stays ignored.
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        check(
+            libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut()) as c_long,
+            control,
+            STEP_SIGNALS,
+        );
+        let signal_fd = libc::signalfd(-1, &all, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        check(signal_fd as c_long, control, STEP_SIGNALS);
+        libc::send(
+            control,
+            READY_MESSAGE.as_ptr().cast(),
+            READY_MESSAGE.len(),
+            libc::MSG_NOSIGNAL,
+        );
+        serve(plan, signal_fd)
+    }
+}
+
+unsafe fn run_mount_op(op: &MountOp, control: c_int, step: u32) {
+    let none: *const c_char = std::ptr::null();
+    unsafe {
+        match op {
+            MountOp::Mkdir { path, mode } => {
+                let result = libc::mkdir(path.as_ptr(), *mode);
+                if result < 0 && errno() != libc::EEXIST {
+                    fail(control, step, errno());
+                }
+                // The umask must not narrow the mode (e.g. /tmp needs 1777).
+                check(libc::chmod(path.as_ptr(), *mode) as c_long, control, step);
+            }
+            MountOp::Touch { path } => {
+                let fd = libc::open(
+                    path.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o644,
+                );
+                check(fd as c_long, control, step);
+                libc::close(fd);
+            }
+            MountOp::Symlink { target, link } => {
+                check(
+                    libc::symlink(target.as_ptr(), link.as_ptr()) as c_long,
+                    control,
+                    step,
+                );
+            }
+            MountOp::WriteFile { path, contents } => {
+                let fd = libc::open(
+                    path.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC | libc::O_CLOEXEC,
+                    0o644,
+                );
+                check(fd as c_long, control, step);
+                let mut written = 0;
+                while written < contents.len() {
+                    let n = libc::write(
+                        fd,
+                        contents[written..].as_ptr().cast(),
+                        contents.len() - written,
+                    );
+                    check(n as c_long, control, step);
+                    written += n as usize;
+                }
+                libc::close(fd);
+            }
+            MountOp::Bind {
+                source,
+                target,
+                remount_flags,
+            } => {
+                check(
+                    libc::mount(
+                        source.as_ptr(),
+                        target.as_ptr(),
+                        none,
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ) as c_long,
+                    control,
+                    step,
+                );
+                if let Some(flags) = remount_flags {
+                    check(
+                        libc::mount(
+                            none,
+                            target.as_ptr(),
+                            none,
+                            libc::MS_REMOUNT | libc::MS_BIND | flags,
+                            std::ptr::null(),
+                        ) as c_long,
+                        control,
+                        step,
+                    );
+                }
+            }
+            MountOp::Tmpfs { target, options } => {
+                check(
+                    libc::mount(
+                        c"tmpfs".as_ptr(),
+                        target.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV,
+                        options.as_ptr().cast(),
+                    ) as c_long,
+                    control,
+                    step,
+                );
+            }
+            MountOp::Proc { target } => {
+                check(
+                    libc::mount(
+                        c"proc".as_ptr(),
+                        target.as_ptr(),
+                        c"proc".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        std::ptr::null(),
+                    ) as c_long,
+                    control,
+                    step,
+                );
+            }
+        }
+    }
+}
+
+/// Bring `lo` up in the new network namespace (it starts down).
+unsafe fn loopback_up(control: c_int) {
+    unsafe {
+        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        check(socket as c_long, control, STEP_LOOPBACK);
+        let mut request: libc::ifreq = std::mem::zeroed();
+        request.ifr_name[0] = b'l' as c_char;
+        request.ifr_name[1] = b'o' as c_char;
+        check(
+            libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request) as c_long,
+            control,
+            STEP_LOOPBACK,
+        );
+        request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        check(
+            libc::ioctl(socket, libc::SIOCSIFFLAGS, &mut request) as c_long,
+            control,
+            STEP_LOOPBACK,
+        );
+        libc::close(socket);
+    }
+}
+
+/// Close every descriptor except `keep` (all of which must be >= 3 or stdio).
+unsafe fn close_all_except(keep: &[c_int]) {
+    let mut sorted = [0 as c_int; 8];
+    let count = keep.len().min(sorted.len());
+    sorted[..count].copy_from_slice(&keep[..count]);
+    sorted[..count].sort_unstable();
+    let mut next: c_int = 3;
+    unsafe {
+        for &fd in &sorted[..count] {
+            if fd >= next {
+                if fd > next {
+                    libc::syscall(libc::SYS_close_range, next as u32, (fd - 1) as u32, 0);
+                }
+                next = fd + 1;
+            }
+        }
+        libc::syscall(libc::SYS_close_range, next as u32, u32::MAX, 0);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    pid: c_int,
+    socket: c_int,
+}
+
+/// Init's loop: reap children, report exec exits, start execs, notify shutdown requests.
+unsafe fn serve(plan: &mut InitPlan, signal_fd: c_int) -> ! {
+    let control = plan.control_fd;
+    let mut slots = [Slot { pid: 0, socket: -1 }; MAX_SLOTS];
+    unsafe {
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: signal_fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: control,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let ready = libc::poll(fds.as_mut_ptr(), 2, -1);
+            if ready < 0 {
+                continue;
+            }
+            // Signals first, so a SIGTERM queued before a request is seen before it.
+            if fds[0].revents != 0 {
+                drain_signals(signal_fd, control, &mut slots);
+            }
+            if fds[1].revents & (libc::POLLHUP | libc::POLLERR) != 0
+                && fds[1].revents & libc::POLLIN == 0
+            {
+                // The host is gone: ending PID 1 makes the kernel end everything else.
+                libc::_exit(0);
+            }
+            if fds[1].revents & libc::POLLIN != 0 {
+                start_exec(plan, &mut slots);
+            }
+        }
+    }
+}
+
+unsafe fn drain_signals(signal_fd: c_int, control: c_int, slots: &mut [Slot; MAX_SLOTS]) {
+    unsafe {
+        loop {
+            let mut info: libc::signalfd_siginfo = std::mem::zeroed();
+            let n = libc::read(
+                signal_fd,
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                std::mem::size_of::<libc::signalfd_siginfo>(),
+            );
+            if n <= 0 {
+                break;
+            }
+            let signal = info.ssi_signo as c_int;
+            if signal == libc::SIGTERM || signal == libc::SIGPWR || signal == libc::SIGINT {
+                libc::send(
+                    control,
+                    SHUTDOWN_MESSAGE.as_ptr().cast(),
+                    SHUTDOWN_MESSAGE.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                );
+            }
+        }
+        // SIGCHLD coalesces, so reap everything that is ready whatever was read.
+        loop {
+            let mut status: c_int = 0;
+            let mut usage: libc::rusage = std::mem::zeroed();
+            let pid = libc::wait4(-1, &mut status, libc::WNOHANG, &mut usage);
+            if pid <= 0 {
+                break;
+            }
+            for slot in slots.iter_mut() {
+                if slot.pid == pid {
+                    let mut record = [0u8; STATUS_RECORD];
+                    record[0..4].copy_from_slice(&status.to_le_bytes());
+                    let user = timeval_micros(usage.ru_utime);
+                    let system = timeval_micros(usage.ru_stime);
+                    record[4..12].copy_from_slice(&user.to_le_bytes());
+                    record[12..20].copy_from_slice(&system.to_le_bytes());
+                    libc::send(
+                        slot.socket,
+                        record.as_ptr().cast(),
+                        record.len(),
+                        libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                    );
+                    libc::close(slot.socket);
+                    *slot = Slot { pid: 0, socket: -1 };
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn timeval_micros(value: libc::timeval) -> u64 {
+    (value.tv_sec as u64) * 1_000_000 + value.tv_usec as u64
+}
+
+/// Receive one exec request, fork its process, answer with its pid and a pidfd.
+unsafe fn start_exec(plan: &mut InitPlan, slots: &mut [Slot; MAX_SLOTS]) {
+    let control = plan.control_fd;
+    unsafe {
+        let mut cmsg_space = [0u64; 16];
+        let mut iov = libc::iovec {
+            iov_base: plan.request_buffer.as_mut_ptr().cast(),
+            iov_len: plan.request_buffer.len(),
+        };
+        let mut header: libc::msghdr = std::mem::zeroed();
+        header.msg_iov = &mut iov;
+        header.msg_iovlen = 1;
+        header.msg_control = cmsg_space.as_mut_ptr().cast();
+        header.msg_controllen = std::mem::size_of_val(&cmsg_space) as _;
+        let n = libc::recvmsg(
+            control,
+            &mut header,
+            libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
+        );
+        if n == 0 {
+            libc::_exit(0);
+        }
+        if n < 0 {
+            return;
+        }
+        let mut fds = [-1 as c_int; REQUEST_FDS];
+        let mut count = 0;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&header);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg) as *const c_int;
+                let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for index in 0..payload / std::mem::size_of::<c_int>() {
+                    let fd = std::ptr::read_unaligned(data.add(index));
+                    if count < REQUEST_FDS {
+                        fds[count] = fd;
+                        count += 1;
+                    } else {
+                        libc::close(fd);
+                    }
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&header, cmsg);
+        }
+        let length = n as usize;
+        let close_request = |fds: &[c_int; REQUEST_FDS]| {
+            for &fd in fds {
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+            }
+        };
+        if count != REQUEST_FDS
+            || length < REQUEST_HEADER
+            || header.msg_flags & libc::MSG_TRUNC != 0
+        {
+            close_request(&fds);
+            return;
+        }
+        let Some(free) = slots.iter().position(|slot| slot.pid == 0) else {
+            // Too many concurrent execs: closing the exec socket tells the host.
+            close_request(&fds);
+            return;
+        };
+        let mut pidfd: c_int = -1;
+        let pid = libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PIDFD | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            &mut pidfd as *mut c_int,
+            0usize,
+            0usize,
+        );
+        if pid == 0 {
+            exec_child(plan, &fds, length);
+        }
+        if pid < 0 {
+            close_request(&fds);
+            return;
+        }
+        let socket = fds[4];
+        // Reply: the child's pid in the sandbox (i32) with its pidfd attached.
+        let pid = pid as c_int;
+        let reply = pid.to_le_bytes();
+        let mut reply_iov = libc::iovec {
+            iov_base: reply.as_ptr() as *mut c_void,
+            iov_len: reply.len(),
+        };
+        let mut reply_space = [0u64; 4];
+        let mut reply_header: libc::msghdr = std::mem::zeroed();
+        reply_header.msg_iov = &mut reply_iov;
+        reply_header.msg_iovlen = 1;
+        reply_header.msg_control = reply_space.as_mut_ptr().cast();
+        reply_header.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<c_int>() as u32) as _;
+        let reply_cmsg = libc::CMSG_FIRSTHDR(&reply_header);
+        (*reply_cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*reply_cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*reply_cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(reply_cmsg) as *mut c_int, pidfd);
+        libc::sendmsg(
+            socket,
+            &reply_header,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        );
+        libc::close(pidfd);
+        for &fd in &fds[..4] {
+            libc::close(fd);
+        }
+        slots[free] = Slot { pid, socket };
+    }
+}
+
+/// The forked exec process: drop every privilege, wire stdio, exec bash. Never returns.
+unsafe fn exec_child(plan: &InitPlan, fds: &[c_int; REQUEST_FDS], length: usize) -> ! {
+    unsafe {
+        let buffer = &plan.request_buffer[..length];
+        let cpu_seconds = u64::from_le_bytes(buffer[0..8].try_into().unwrap_or([0; 8]));
+        let address_space = u64::from_le_bytes(buffer[8..16].try_into().unwrap_or([0; 8]));
+        let argc = u32::from_le_bytes(buffer[16..20].try_into().unwrap_or([0; 4])) as usize;
+        let envc = u32::from_le_bytes(buffer[20..24].try_into().unwrap_or([0; 4])) as usize;
+        if argc == 0 || argc + envc + 2 > MAX_STRINGS {
+            libc::_exit(126);
+        }
+        let mut pointers: [*const c_char; MAX_STRINGS] = [std::ptr::null(); MAX_STRINGS];
+        let mut position = REQUEST_HEADER;
+        for index in 0..argc + envc {
+            if position >= length {
+                libc::_exit(126);
+            }
+            let slot = if index < argc { index } else { index + 1 };
+            pointers[slot] = buffer[position..].as_ptr().cast();
+            match buffer[position..].iter().position(|&byte| byte == 0) {
+                Some(end) => position += end + 1,
+                None => libc::_exit(126),
+            }
+        }
+        let argv = pointers.as_ptr();
+        let envp = pointers.as_ptr().add(argc + 1);
+
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::setsid();
+        // The passed fds are >= 3 in init (0-2 are /dev/null), so dup2 cannot clobber them.
+        libc::dup2(fds[0], 0);
+        libc::dup2(fds[1], 1);
+        libc::dup2(fds[2], 2);
+        libc::dup2(fds[3], CWD_FD);
+        libc::syscall(libc::SYS_close_range, 3u32, (CWD_FD - 1) as u32, 0);
+        libc::syscall(libc::SYS_close_range, (CWD_FD + 1) as u32, u32::MAX, 0);
+        if libc::chdir(c"/home/agent".as_ptr()) < 0 {
+            libc::chdir(c"/".as_ptr());
+        }
+        let core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &core);
+        if cpu_seconds > 0 {
+            // The soft limit sends SIGXCPU; the hard limit one second later SIGKILL.
+            let cpu = libc::rlimit {
+                rlim_cur: cpu_seconds,
+                rlim_max: cpu_seconds + 1,
+            };
+            libc::setrlimit(libc::RLIMIT_CPU, &cpu);
+        }
+        if address_space > 0 {
+            let limit = libc::rlimit {
+                rlim_cur: address_space,
+                rlim_max: address_space,
+            };
+            libc::setrlimit(libc::RLIMIT_AS, &limit);
+        }
+        if drop_privileges(plan.cap_last).is_err() {
+            let message = b"offswitch: failed to drop privileges\n";
+            libc::write(2, message.as_ptr().cast(), message.len());
+            libc::_exit(126);
+        }
+        libc::execve(*argv, argv, envp);
+        let message = b"offswitch: failed to exec /bin/bash\n";
+        libc::write(2, message.as_ptr().cast(), message.len());
+        libc::_exit(127);
+    }
+}
+
+/// Drop every capability for good: lock the securebits so uid 0 grants nothing on exec,
+/// empty the bounding, ambient, permitted, effective and inheritable sets, and forbid new
+/// privileges. The sandbox's uid 0 is an unprivileged uid on the host, so after this the
+/// process holds nothing that could remount the read-only binds or write to `/proc/sys`.
+unsafe fn drop_privileges(cap_last: c_int) -> Result<(), ()> {
+    const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
+    const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    const SECBIT_NO_SETUID_FIXUP_LOCKED: libc::c_ulong = 1 << 3;
+    const SECBIT_KEEP_CAPS_LOCKED: libc::c_ulong = 1 << 5;
+    const SECBIT_NO_CAP_AMBIENT_RAISE: libc::c_ulong = 1 << 6;
+    const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    unsafe {
+        let bits = SECBIT_NOROOT
+            | SECBIT_NOROOT_LOCKED
+            | SECBIT_NO_SETUID_FIXUP
+            | SECBIT_NO_SETUID_FIXUP_LOCKED
+            | SECBIT_KEEP_CAPS_LOCKED
+            | SECBIT_NO_CAP_AMBIENT_RAISE
+            | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+        if libc::prctl(libc::PR_SET_SECUREBITS, bits) < 0 {
+            return Err(());
+        }
+        for capability in 0..=cap_last {
+            if libc::prctl(libc::PR_CAPBSET_DROP, capability as libc::c_ulong) < 0 {
+                return Err(());
+            }
+        }
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        let header = CapHeader {
+            version: 0x2008_0522,
+            pid: 0,
+        };
+        let data = [CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) < 0 {
+            return Err(());
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            return Err(());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,1493 @@
+//! The host side of a sandbox: creating its init, sending it execs, watching it, killing it.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::capture::HeadTail;
+use crate::cgroup::{CgroupLayout, SandboxCgroups};
+use crate::child::{self, InitPlan, MountOp};
+use crate::{
+    ExecRequest, ExecResult, ExecStatus, KillReport, LimitKind, SandboxConfig, SandboxError,
+    SandboxEvent, SandboxState,
+};
+
+/// The host uid and gid the sandbox's uid 0 maps to when we run as root. Never host root:
+/// with that mapping a command inside could write into the host's `/usr` (see SANDBOX-NOTES).
+pub const SANDBOX_HOST_ID: u32 = 1_000_000_000;
+
+/// Largest exec request (command, cwd and environment) init accepts in one message.
+pub const MAX_REQUEST_BYTES: usize = 96 * 1024;
+
+/// How long a kill may take before it escalates to killing PID 1 and waiting on the kernel.
+const KILL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The wrapper every exec runs in: restore the persistent cwd, report the final one on fd 198
+/// when the shell exits (whatever way), then run the command as `bash -c` would.
+const WRAPPER: &str = "cd -- \"$OFFSWITCH_CWD\" 2>/dev/null || cd; unset OFFSWITCH_CWD; \
+trap 'builtin printf %s \"$PWD\" >&198 2>/dev/null' EXIT; \
+OFFSWITCH_COMMAND=$1; set --; eval \"$OFFSWITCH_COMMAND\"";
+
+pub struct Sandbox {
+    shared: Arc<Shared>,
+    home: PathBuf,
+    monitor: Mutex<Option<JoinHandle<()>>>,
+    cwd: Mutex<String>,
+    events: Mutex<Vec<SandboxEvent>>,
+    env: Vec<String>,
+    /// Per-process rlimits for every exec: CPU seconds and address space (0 = none).
+    cpu_rlimit_seconds: u64,
+    address_space_limit: u64,
+    warnings: Vec<String>,
+}
+
+struct Shared {
+    state: Mutex<SandboxState>,
+    /// Set once the off-switch ran; holds its report.
+    termination: Mutex<Option<KillReport>>,
+    cgroups: Option<SandboxCgroups>,
+    control: OwnedFd,
+    init_pidfd: OwnedFd,
+    init_reaped: AtomicBool,
+    /// Inode of the sandbox's PID namespace, for counting without cgroups.
+    pid_namespace: u64,
+    limits: crate::Limits,
+    created: Instant,
+}
+
+impl Sandbox {
+    pub fn create(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        let io_error =
+            |context: String| move |source: io::Error| SandboxError::Io { context, source };
+        std::fs::create_dir_all(&config.home).map_err(io_error(format!(
+            "failed to create home {}",
+            config.home.display()
+        )))?;
+        let home = std::fs::canonicalize(&config.home).map_err(io_error(format!(
+            "failed to resolve home {}",
+            config.home.display()
+        )))?;
+        let host = host();
+        let mut warnings = Vec::new();
+        let (map_uid, map_gid) = if host.root {
+            (SANDBOX_HOST_ID, SANDBOX_HOST_ID)
+        } else {
+            // SAFETY: getuid/getgid cannot fail.
+            unsafe { (libc::getuid(), libc::getgid()) }
+        };
+        if host.root {
+            chown_tree(&home, map_uid, map_gid);
+        }
+        let cgroups = if host.root {
+            Some(
+                SandboxCgroups::create(&host.layout, &config.limits).map_err(|error| {
+                    SandboxError::Io {
+                        context: format!("failed to create cgroups for {}", home.display()),
+                        source: io::Error::new(error.source.kind(), error.to_string()),
+                    }
+                })?,
+            )
+        } else {
+            let message = "not root: cgroup limits and the cgroup kill are unavailable; \
+                memory is capped per process (RLIMIT_AS), CPU per process (RLIMIT_CPU), the \
+                process limit is not enforced, and kill() ends the PID namespace instead";
+            warn_once(message);
+            warnings.push(message.to_string());
+            None
+        };
+        let result = spawn_init(&config, &home, host, cgroups.as_ref(), map_uid, map_gid);
+        let (pid, pidfd, control) = match result {
+            Ok(parts) => parts,
+            Err(error) => {
+                if let Some(cgroups) = &cgroups {
+                    let _ = cgroups.kill_all(KILL_DEADLINE);
+                    cgroups.remove();
+                }
+                return Err(error);
+            }
+        };
+        let pid_namespace = std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or(0);
+        if host.root {
+            // PID 1 must not be the OOM killer's victim: the hog should be.
+            let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(SandboxState::Running),
+            termination: Mutex::new(None),
+            cgroups,
+            control,
+            init_pidfd: pidfd,
+            init_reaped: AtomicBool::new(false),
+            pid_namespace,
+            limits: config.limits.clone(),
+            created: Instant::now(),
+        });
+        let monitor_shared = Arc::clone(&shared);
+        let monitor = std::thread::Builder::new()
+            .name("offswitch-sandbox-monitor".into())
+            .spawn(move || monitor_shared.monitor())
+            .map_err(io_error(
+                "failed to start the sandbox monitor thread".into(),
+            ))?;
+        let mut env = vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            "HOME=/home/agent".to_string(),
+            "USER=root".to_string(),
+            "LOGNAME=root".to_string(),
+            "SHELL=/bin/bash".to_string(),
+            "LANG=C.UTF-8".to_string(),
+            "TERM=dumb".to_string(),
+            format!("HOSTNAME={}", config.hostname),
+        ];
+        for (key, value) in &config.env {
+            env.retain(|existing| !existing.starts_with(&format!("{key}=")));
+            env.push(format!("{key}={value}"));
+        }
+        let cpu_rlimit_seconds = config
+            .limits
+            .cpu_time
+            .map_or(0, |cpu| cpu.as_secs() + u64::from(cpu.subsec_nanos() > 0));
+        let memory_cgroup = shared.cgroups.is_some();
+        let address_space_limit = match config.limits.memory_bytes {
+            Some(bytes) if !memory_cgroup => bytes,
+            _ => 0,
+        };
+        Ok(Sandbox {
+            shared,
+            home,
+            monitor: Mutex::new(Some(monitor)),
+            cwd: Mutex::new("/home/agent".to_string()),
+            events: Mutex::new(Vec::new()),
+            env,
+            cpu_rlimit_seconds,
+            address_space_limit,
+            warnings,
+        })
+    }
+
+    /// Blocking; callers on an async runtime use `spawn_blocking`. `&self` so several threads
+    /// may exec concurrently in one sandbox.
+    pub fn exec(&self, request: &ExecRequest) -> Result<ExecResult, SandboxError> {
+        let started = Instant::now();
+        let cwd_before = lock(&self.cwd).clone();
+        let result = self.exec_inner(request, &cwd_before, started)?;
+        lock(&self.events).push(SandboxEvent {
+            command: request.command.clone(),
+            cwd: cwd_before,
+            status: result.status.clone(),
+            stdout_bytes: result.stdout_total,
+            stderr_bytes: result.stderr_total,
+            wall: result.result.wall,
+        });
+        Ok(result.result)
+    }
+
+    pub fn state(&self) -> SandboxState {
+        lock(&self.shared.state).clone()
+    }
+
+    /// The off-switch: returns once zero processes remain, verified by counting.
+    pub fn kill(&self) -> Result<KillReport, SandboxError> {
+        self.shared.terminate(SandboxState::Killed)
+    }
+
+    /// Host path of the home directory.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// Every exec so far, in order.
+    pub fn events(&self) -> Vec<SandboxEvent> {
+        lock(&self.events).clone()
+    }
+
+    /// Features that degraded on this host (e.g. no cgroups when not root), in words.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The working directory the next exec starts in (a path inside the sandbox).
+    pub fn cwd(&self) -> String {
+        lock(&self.cwd).clone()
+    }
+
+    fn exec_inner(
+        &self,
+        request: &ExecRequest,
+        cwd: &str,
+        started: Instant,
+    ) -> Result<Outcome, SandboxError> {
+        if let Some(status) = self.shared.ended_status() {
+            return Ok(Outcome::immediate(status, started, Vec::new()));
+        }
+        let os_error = |context: &str| {
+            let source = io::Error::last_os_error();
+            SandboxError::Io {
+                context: format!("exec {:?}: {context}", short(&request.command)),
+                source,
+            }
+        };
+        let mut argv = vec![
+            "/bin/bash".to_string(),
+            "-c".to_string(),
+            WRAPPER.to_string(),
+            "bash".to_string(),
+            request.command.clone(),
+        ];
+        let mut env = self.env.clone();
+        env.push(format!("OFFSWITCH_CWD={cwd}"));
+        if argv.iter().chain(&env).any(|s| s.contains('\0')) {
+            return Ok(Outcome::immediate(
+                ExecStatus::Exited(2),
+                started,
+                b"offswitch: the command contains a NUL byte\n".to_vec(),
+            ));
+        }
+        let mut payload = Vec::with_capacity(child::REQUEST_HEADER + 256 + request.command.len());
+        payload.extend_from_slice(&self.cpu_rlimit_seconds.to_le_bytes());
+        payload.extend_from_slice(&self.address_space_limit.to_le_bytes());
+        payload.extend_from_slice(&(argv.len() as u32).to_le_bytes());
+        payload.extend_from_slice(&(env.len() as u32).to_le_bytes());
+        for string in argv.drain(..).chain(env) {
+            payload.extend_from_slice(string.as_bytes());
+            payload.push(0);
+        }
+        if payload.len() > MAX_REQUEST_BYTES {
+            let message = format!(
+                "offswitch: the command is {} bytes; at most {} fit in one exec\n",
+                request.command.len(),
+                MAX_REQUEST_BYTES - 1024
+            );
+            return Ok(Outcome::immediate(
+                ExecStatus::Exited(2),
+                started,
+                message.into_bytes(),
+            ));
+        }
+        let (stdin_read, stdin_write) = pipe().map_err(|_| os_error("pipe"))?;
+        let (stdout_read, stdout_write) = pipe().map_err(|_| os_error("pipe"))?;
+        let (stderr_read, stderr_write) = pipe().map_err(|_| os_error("pipe"))?;
+        let (cwd_read, cwd_write) = pipe().map_err(|_| os_error("pipe"))?;
+        let (exec_host, exec_init) = seqpacket_pair().map_err(|_| os_error("socketpair"))?;
+        for fd in [&stdin_write, &stdout_read, &stderr_read, &cwd_read] {
+            set_nonblocking(fd.as_raw_fd());
+        }
+        let counters_before = self.limit_counters();
+        let fds = [
+            stdin_read.as_raw_fd(),
+            stdout_write.as_raw_fd(),
+            stderr_write.as_raw_fd(),
+            cwd_write.as_raw_fd(),
+            exec_init.as_raw_fd(),
+        ];
+        if send_with_fds(self.shared.control.as_raw_fd(), &payload, &fds).is_err() {
+            // Init is gone: the sandbox ended under us.
+            let status = self.shared.wait_ended();
+            return Ok(Outcome::immediate(status, started, Vec::new()));
+        }
+        drop((stdin_read, stdout_write, stderr_write, cwd_write, exec_init));
+
+        let mut stdout = HeadTail::new(request.output_cap);
+        let mut stderr = HeadTail::new(request.output_cap);
+        let mut stdin_left: &[u8] = &request.stdin;
+        let mut stdin_write = Some(stdin_write);
+        if stdin_left.is_empty() {
+            stdin_write = None;
+        }
+        let mut pidfd: Option<OwnedFd> = None;
+        let mut record: Option<[u8; child::STATUS_RECORD]> = None;
+        let mut channel_closed = false;
+        let mut timed_out = false;
+        let deadline = started + request.timeout;
+        let mut grace_deadline: Option<Instant> = None;
+        while record.is_none() && !channel_closed {
+            let now = Instant::now();
+            if !timed_out && now >= deadline {
+                timed_out = true;
+                if let Some(pidfd) = &pidfd {
+                    kill_exec_tree(pidfd);
+                }
+                grace_deadline = Some(now + Duration::from_secs(5));
+            }
+            if let Some(grace) = grace_deadline
+                && now >= grace
+            {
+                break;
+            }
+            let wait_until = grace_deadline.unwrap_or(deadline);
+            let timeout_ms = wait_until
+                .saturating_duration_since(now)
+                .as_millis()
+                .min(i32::MAX as u128) as i32;
+            let mut polls = vec![
+                poll_entry(exec_host.as_raw_fd(), libc::POLLIN),
+                poll_entry(stdout_read.as_raw_fd(), libc::POLLIN),
+                poll_entry(stderr_read.as_raw_fd(), libc::POLLIN),
+            ];
+            if let Some(fd) = &stdin_write {
+                polls.push(poll_entry(fd.as_raw_fd(), libc::POLLOUT));
+            }
+            // SAFETY: `polls` is a valid array of pollfd for its length.
+            let ready = unsafe {
+                libc::poll(
+                    polls.as_mut_ptr(),
+                    polls.len() as libc::nfds_t,
+                    timeout_ms.max(1),
+                )
+            };
+            if ready < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(os_error("poll"));
+            }
+            if polls[1].revents != 0 {
+                drain(&stdout_read, &mut stdout);
+            }
+            if polls[2].revents != 0 {
+                drain(&stderr_read, &mut stderr);
+            }
+            if polls.len() > 3 && polls[3].revents != 0 {
+                let fd = stdin_write.as_ref().expect("polled").as_raw_fd();
+                // SAFETY: writing from a valid slice to an fd we own.
+                let n = unsafe {
+                    libc::write(fd, stdin_left.as_ptr().cast(), stdin_left.len().min(65536))
+                };
+                if n > 0 {
+                    stdin_left = &stdin_left[n as usize..];
+                }
+                if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
+                    || stdin_left.is_empty()
+                    || polls[3].revents & (libc::POLLERR | libc::POLLHUP) != 0
+                {
+                    stdin_write = None;
+                }
+            }
+            if polls[0].revents != 0 {
+                match receive_reply(exec_host.as_raw_fd()) {
+                    Reply::Started(fd) => {
+                        pidfd = Some(fd);
+                        if timed_out {
+                            kill_exec_tree(pidfd.as_ref().expect("just set"));
+                        }
+                    }
+                    Reply::Status(bytes) => record = Some(bytes),
+                    Reply::Closed => channel_closed = true,
+                    Reply::Nothing => {}
+                }
+            }
+        }
+        drop(stdin_write);
+        // The shell has exited; whatever it wrote is in the pipes. Background processes may
+        // still hold them open, so read what is there and stop rather than wait for EOF.
+        drain(&stdout_read, &mut stdout);
+        drain(&stderr_read, &mut stderr);
+        let mut cwd_bytes = [0u8; 4096];
+        // SAFETY: reading into a valid buffer from an fd we own.
+        let n = unsafe {
+            libc::read(
+                cwd_read.as_raw_fd(),
+                cwd_bytes.as_mut_ptr().cast(),
+                cwd_bytes.len(),
+            )
+        };
+        if n > 0
+            && let Ok(new_cwd) = std::str::from_utf8(&cwd_bytes[..n as usize])
+            && new_cwd.starts_with('/')
+        {
+            *lock(&self.cwd) = new_cwd.to_string();
+        }
+
+        let (wait_status, cpu) = match &record {
+            Some(bytes) => {
+                let status = i32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+                let user = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
+                let system = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+                (Some(status), Duration::from_micros(user + system))
+            }
+            None => (None, Duration::ZERO),
+        };
+        let killed =
+            wait_status.is_none_or(|s| libc::WIFSIGNALED(s) && libc::WTERMSIG(s) == libc::SIGKILL);
+        let status = if killed && (channel_closed || self.shared.ended_status().is_some()) {
+            self.shared.wait_ended()
+        } else if let Some(ended) = self.shared.ended_status().filter(|_| killed) {
+            ended
+        } else if timed_out {
+            ExecStatus::TimedOut
+        } else if let Some(kind) = self.limit_hit(counters_before, wait_status, cpu) {
+            ExecStatus::LimitExceeded(kind)
+        } else {
+            match wait_status {
+                Some(s) if libc::WIFEXITED(s) => ExecStatus::Exited(libc::WEXITSTATUS(s)),
+                Some(s) if libc::WIFSIGNALED(s) => ExecStatus::Signaled(libc::WTERMSIG(s)),
+                _ => ExecStatus::TimedOut,
+            }
+        };
+        let stdout_total = stdout.total();
+        let stderr_total = stderr.total();
+        let truncated_bytes = stdout.cut() + stderr.cut();
+        Ok(Outcome {
+            status: status.clone(),
+            stdout_total,
+            stderr_total,
+            result: ExecResult {
+                status,
+                stdout: stdout.into_bytes(),
+                stderr: stderr.into_bytes(),
+                truncated_bytes,
+                wall: started.elapsed(),
+                cpu,
+            },
+        })
+    }
+
+    fn limit_counters(&self) -> (u64, u64) {
+        match &self.shared.cgroups {
+            Some(cgroups) => {
+                let oom = if self.shared.limits.memory_bytes.is_some() {
+                    cgroups.oom_kills()
+                } else {
+                    0
+                };
+                let pids = if self.shared.limits.max_processes.is_some() {
+                    cgroups.pids_max_events()
+                } else {
+                    0
+                };
+                (oom, pids)
+            }
+            None => (0, 0),
+        }
+    }
+
+    fn limit_hit(
+        &self,
+        before: (u64, u64),
+        wait_status: Option<i32>,
+        cpu: Duration,
+    ) -> Option<LimitKind> {
+        let after = self.limit_counters();
+        if after.0 > before.0 {
+            return Some(LimitKind::Memory);
+        }
+        if after.1 > before.1 {
+            return Some(LimitKind::Processes);
+        }
+        let signal = wait_status
+            .filter(|&s| libc::WIFSIGNALED(s))
+            .map(|s| libc::WTERMSIG(s));
+        if self.cpu_rlimit_seconds > 0 {
+            let limit = Duration::from_secs(self.cpu_rlimit_seconds);
+            if signal == Some(libc::SIGXCPU) || (signal == Some(libc::SIGKILL) && cpu >= limit) {
+                return Some(LimitKind::CpuTime);
+            }
+        }
+        if self.address_space_limit > 0 && signal == Some(libc::SIGKILL) {
+            return None;
+        }
+        None
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Err(error) = self.shared.terminate(SandboxState::Killed) {
+            tracing::warn!("failed to kill sandbox at {}: {error}", self.home.display());
+        }
+        if let Some(monitor) = lock(&self.monitor).take() {
+            let _ = monitor.join();
+        }
+        if let Some(cgroups) = &self.shared.cgroups {
+            cgroups.remove();
+        }
+    }
+}
+
+/// What one exec produced, before it becomes an event and a result.
+struct Outcome {
+    status: ExecStatus,
+    stdout_total: u64,
+    stderr_total: u64,
+    result: ExecResult,
+}
+
+impl Outcome {
+    fn immediate(status: ExecStatus, started: Instant, stderr: Vec<u8>) -> Outcome {
+        Outcome {
+            status: status.clone(),
+            stdout_total: 0,
+            stderr_total: stderr.len() as u64,
+            result: ExecResult {
+                status,
+                stdout: Vec::new(),
+                stderr,
+                truncated_bytes: 0,
+                wall: started.elapsed(),
+                cpu: Duration::ZERO,
+            },
+        }
+    }
+}
+
+impl Shared {
+    /// The status every exec gets once the sandbox has ended, or `None` while it runs.
+    fn ended_status(&self) -> Option<ExecStatus> {
+        match &*lock(&self.state) {
+            SandboxState::Running => None,
+            SandboxState::LimitExceeded(kind) => Some(ExecStatus::LimitExceeded(*kind)),
+            SandboxState::ShutDownFromInside | SandboxState::Killed => {
+                Some(ExecStatus::SandboxShutDown)
+            }
+        }
+    }
+
+    /// Wait until the sandbox has ended and its kill completed, then return the exec status.
+    fn wait_ended(&self) -> ExecStatus {
+        let give_up = Instant::now() + KILL_DEADLINE;
+        loop {
+            if let Some(status) = self.ended_status() {
+                // The off-switch holds this lock until every process is gone.
+                drop(lock(&self.termination));
+                return status;
+            }
+            if Instant::now() >= give_up {
+                // Init vanished without the monitor noticing: end it here.
+                let _ = self.terminate(SandboxState::Killed);
+                return ExecStatus::SandboxShutDown;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// The off-switch. The first caller decides the final state and does the kill; later
+    /// callers wait for it and get the same report.
+    fn terminate(&self, reason: SandboxState) -> Result<KillReport, SandboxError> {
+        let mut termination = lock(&self.termination);
+        if let Some(report) = &*termination {
+            return Ok(report.clone());
+        }
+        {
+            let mut state = lock(&self.state);
+            if *state == SandboxState::Running {
+                *state = reason;
+            }
+        }
+        let started = Instant::now();
+        let mut processes_killed = 0;
+        let mut survivors = usize::MAX;
+        if let Some(cgroups) = &self.cgroups {
+            match cgroups.kill_all(KILL_DEADLINE) {
+                Ok(before) => {
+                    processes_killed = before;
+                    survivors = cgroups.count_processes().unwrap_or(usize::MAX);
+                }
+                Err(error) => tracing::warn!("cgroup kill failed, falling back to PID 1: {error}"),
+            }
+        }
+        if survivors != 0 {
+            // No cgroup (unprivileged) or it failed: SIGKILL PID 1 from outside, and the
+            // kernel ends every process of the namespace before PID 1 can be reaped.
+            let before = count_namespace_processes(self.pid_namespace);
+            processes_killed = processes_killed.max(before);
+            // SAFETY: signalling through a pidfd we own.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    self.init_pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            }
+            wait_readable(self.init_pidfd.as_raw_fd(), Duration::from_secs(60));
+            survivors = count_namespace_processes(self.pid_namespace);
+        }
+        self.reap_init();
+        let report = KillReport {
+            processes_killed,
+            elapsed: started.elapsed(),
+            survivors,
+        };
+        *termination = Some(report.clone());
+        if survivors == 0 {
+            Ok(report)
+        } else {
+            Err(SandboxError::Io {
+                context: format!("{survivors} processes survived the kill"),
+                source: io::Error::other("survivors after kill"),
+            })
+        }
+    }
+
+    fn reap_init(&self) {
+        if self.init_reaped.load(Ordering::Acquire) {
+            return;
+        }
+        if wait_readable(self.init_pidfd.as_raw_fd(), Duration::from_secs(5)) {
+            // SAFETY: waitid on a pidfd we own into a zeroed siginfo.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let result = unsafe {
+                libc::waitid(
+                    libc::P_PIDFD,
+                    self.init_pidfd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG,
+                )
+            };
+            if result == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+                self.init_reaped.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// The watcher thread: shutdown requests from inside, PID 1's death, wall and CPU limits.
+    fn monitor(&self) {
+        let wall_deadline = self.limits.wall_time.map(|wall| self.created + wall);
+        loop {
+            if lock(&self.state).clone() != SandboxState::Running {
+                break;
+            }
+            let now = Instant::now();
+            let mut wait = Duration::from_secs(3600);
+            if let Some(deadline) = wall_deadline {
+                if now >= deadline {
+                    let _ = self.terminate(SandboxState::LimitExceeded(LimitKind::WallTime));
+                    break;
+                }
+                wait = wait.min(deadline - now);
+            }
+            if let (Some(limit), Some(cgroups)) = (self.limits.cpu_time, &self.cgroups)
+                && let Some(used) = cgroups.cpu_usage()
+            {
+                if used >= limit {
+                    let _ = self.terminate(SandboxState::LimitExceeded(LimitKind::CpuTime));
+                    break;
+                }
+                // The budget cannot run out faster than every CPU spinning at once.
+                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+                let soonest = (limit - used) / cpus;
+                wait =
+                    wait.min(soonest.clamp(Duration::from_millis(5), Duration::from_millis(500)));
+            }
+            let mut polls = [
+                poll_entry(self.control.as_raw_fd(), libc::POLLIN),
+                poll_entry(self.init_pidfd.as_raw_fd(), libc::POLLIN),
+            ];
+            let timeout = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
+            // SAFETY: valid pollfd array.
+            let ready = unsafe { libc::poll(polls.as_mut_ptr(), 2, timeout) };
+            if ready <= 0 {
+                continue;
+            }
+            if polls[0].revents & libc::POLLIN != 0 {
+                let mut message = [0u8; 16];
+                // SAFETY: receiving into a valid buffer.
+                let n = unsafe {
+                    libc::recv(
+                        self.control.as_raw_fd(),
+                        message.as_mut_ptr().cast(),
+                        message.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n > 0 && &message[..n as usize] == child::SHUTDOWN_MESSAGE {
+                    let _ = self.terminate(SandboxState::ShutDownFromInside);
+                    break;
+                }
+            }
+            if polls[1].revents != 0 || polls[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                // PID 1 died without us killing it: make sure nothing is left.
+                let _ = self.terminate(SandboxState::Killed);
+                break;
+            }
+        }
+        self.reap_init();
+    }
+}
+
+/// Facts about the host, probed once per process.
+#[derive(Debug, Clone)]
+pub(crate) struct Host {
+    pub root: bool,
+    pub layout: CgroupLayout,
+    pub cap_last: i32,
+    /// Where the new root is assembled (the same directory for every sandbox: each mounts
+    /// its own tmpfs on it in its own mount namespace).
+    pub staging: PathBuf,
+    /// Host top-level entries mirrored read-only: (name, symlink target if a symlink).
+    pub system_entries: Vec<(String, Option<PathBuf>)>,
+    pub etc_entries: Vec<(String, EtcKind)>,
+    pub dev_nodes: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum EtcKind {
+    File,
+    Directory,
+    Symlink(PathBuf),
+}
+
+pub(crate) fn host() -> &'static Host {
+    static HOST: OnceLock<Host> = OnceLock::new();
+    HOST.get_or_init(|| {
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let cap_last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40);
+        let staging = std::env::temp_dir().join(format!(".offswitch-sandbox-root-{}", unsafe {
+            libc::geteuid()
+        }));
+        let system_entries = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"]
+            .iter()
+            .filter_map(|name| {
+                let path = Path::new("/").join(name);
+                let meta = std::fs::symlink_metadata(&path).ok()?;
+                if meta.file_type().is_symlink() {
+                    Some((name.to_string(), std::fs::read_link(&path).ok()))
+                } else if meta.is_dir() {
+                    Some((name.to_string(), None))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let etc_entries = [
+            "ld.so.cache",
+            "ld.so.conf",
+            "ld.so.conf.d",
+            "nsswitch.conf",
+            "localtime",
+            "alternatives",
+            "ssl",
+            "ca-certificates",
+            "bash.bashrc",
+            "profile",
+            "inputrc",
+            "mime.types",
+            "protocols",
+            "services",
+            "gai.conf",
+            "host.conf",
+            "magic",
+            "magic.mime",
+            "python3",
+            "debian_version",
+            "os-release",
+            "lsb-release",
+            "terminfo",
+            "gitconfig",
+        ]
+        .iter()
+        .filter_map(|name| {
+            let path = Path::new("/etc").join(name);
+            let meta = std::fs::symlink_metadata(&path).ok()?;
+            let kind = if meta.file_type().is_symlink() {
+                EtcKind::Symlink(std::fs::read_link(&path).ok()?)
+            } else if meta.is_dir() {
+                EtcKind::Directory
+            } else if meta.is_file() {
+                EtcKind::File
+            } else {
+                return None;
+            };
+            Some((name.to_string(), kind))
+        })
+        .collect();
+        let dev_nodes = ["null", "zero", "full", "random", "urandom"]
+            .iter()
+            .filter(|name| Path::new("/dev").join(name).exists())
+            .map(|name| name.to_string())
+            .collect();
+        Host {
+            root,
+            layout: CgroupLayout::detect(),
+            cap_last,
+            staging,
+            system_entries,
+            etc_entries,
+            dev_nodes,
+        }
+    })
+}
+
+fn warn_once(message: &str) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!("offswitch sandbox degraded: {message}");
+        eprintln!("warning: offswitch sandbox degraded: {message}");
+    }
+}
+
+fn cstring(path: impl AsRef<Path>) -> CString {
+    CString::new(path.as_ref().as_os_str().as_bytes()).expect("paths built here have no NUL")
+}
+
+/// Flags a mount has that a bind remount inside a user namespace must keep (they are locked).
+fn locked_flags(path: &Path) -> libc::c_ulong {
+    let c_path = cstring(path);
+    // SAFETY: statvfs into a zeroed buffer.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return 0;
+    }
+    let mut flags = 0;
+    for (st, ms) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if stat.f_flag & st != 0 {
+            flags |= ms;
+        }
+    }
+    flags
+}
+
+fn build_plan(config: &SandboxConfig, home: &Path, host: &Host, control_fd: RawFd) -> InitPlan {
+    let root = &host.staging;
+    let inside = |relative: &str| cstring(root.join(relative));
+    let read_only = |source: &Path| {
+        Some(libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | locked_flags(source))
+    };
+    let mut ops = Vec::new();
+    for (name, link) in &host.system_entries {
+        match link {
+            Some(target) => ops.push(MountOp::Symlink {
+                target: cstring(target),
+                link: inside(name),
+            }),
+            None => {
+                let source = Path::new("/").join(name);
+                ops.push(MountOp::Mkdir {
+                    path: inside(name),
+                    mode: 0o755,
+                });
+                ops.push(MountOp::Bind {
+                    remount_flags: read_only(&source),
+                    source: cstring(&source),
+                    target: inside(name),
+                });
+            }
+        }
+    }
+    ops.push(MountOp::Mkdir {
+        path: inside("etc"),
+        mode: 0o755,
+    });
+    for (name, kind) in &host.etc_entries {
+        let source = Path::new("/etc").join(name);
+        let target = inside(&format!("etc/{name}"));
+        match kind {
+            EtcKind::Symlink(link) => ops.push(MountOp::Symlink {
+                target: cstring(link),
+                link: target,
+            }),
+            EtcKind::File | EtcKind::Directory => {
+                ops.push(if matches!(kind, EtcKind::File) {
+                    MountOp::Touch {
+                        path: target.clone(),
+                    }
+                } else {
+                    MountOp::Mkdir {
+                        path: target.clone(),
+                        mode: 0o755,
+                    }
+                });
+                ops.push(MountOp::Bind {
+                    remount_flags: read_only(&source),
+                    source: cstring(&source),
+                    target,
+                });
+            }
+        }
+    }
+    let hostname = if config.hostname.is_empty() {
+        "sandbox".to_string()
+    } else {
+        config.hostname.clone()
+    };
+    for (name, contents) in [
+        (
+            "etc/passwd",
+            "root:x:0:0:root:/home/agent:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+                .to_string(),
+        ),
+        ("etc/group", "root:x:0:\nnogroup:x:65534:\n".to_string()),
+        ("etc/hostname", format!("{hostname}\n")),
+        (
+            "etc/hosts",
+            format!("127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost\n"),
+        ),
+    ] {
+        ops.push(MountOp::WriteFile {
+            path: inside(name),
+            contents: contents.into_bytes(),
+        });
+    }
+    ops.push(MountOp::Mkdir {
+        path: inside("dev"),
+        mode: 0o755,
+    });
+    for node in &host.dev_nodes {
+        let target = inside(&format!("dev/{node}"));
+        ops.push(MountOp::Touch {
+            path: target.clone(),
+        });
+        // Device nodes stay writable (`> /dev/null` must work); the mount keeps host flags.
+        ops.push(MountOp::Bind {
+            source: cstring(Path::new("/dev").join(node)),
+            target,
+            remount_flags: None,
+        });
+    }
+    for (link, target) in [
+        ("dev/fd", "/proc/self/fd"),
+        ("dev/stdin", "/proc/self/fd/0"),
+        ("dev/stdout", "/proc/self/fd/1"),
+        ("dev/stderr", "/proc/self/fd/2"),
+    ] {
+        ops.push(MountOp::Symlink {
+            target: cstring(target),
+            link: inside(link),
+        });
+    }
+    let tmp_size = config
+        .limits
+        .memory_bytes
+        .map_or(1 << 30, |bytes| bytes.max(1 << 20));
+    for dir in ["dev/shm", "tmp"] {
+        ops.push(MountOp::Mkdir {
+            path: inside(dir),
+            mode: 0o1777,
+        });
+        ops.push(MountOp::Tmpfs {
+            target: inside(dir),
+            options: CString::new(format!("mode=1777,size={tmp_size}")).expect("no NUL"),
+        });
+    }
+    ops.push(MountOp::Mkdir {
+        path: inside("proc"),
+        mode: 0o555,
+    });
+    ops.push(MountOp::Proc {
+        target: inside("proc"),
+    });
+    for dir in ["home", "home/agent", "run", "var", "var/tmp"] {
+        ops.push(MountOp::Mkdir {
+            path: inside(dir),
+            mode: 0o755,
+        });
+    }
+    ops.push(MountOp::Bind {
+        source: cstring(home),
+        target: inside("home/agent"),
+        remount_flags: Some(libc::MS_NOSUID | libc::MS_NODEV | locked_flags(home)),
+    });
+    InitPlan {
+        root: cstring(root),
+        ops,
+        hostname: hostname.into_bytes(),
+        control_fd,
+        cap_last: host.cap_last,
+        request_buffer: vec![0u8; MAX_REQUEST_BYTES + 4096],
+    }
+}
+
+type SpawnJob = Box<dyn FnOnce() + Send>;
+
+/// Init is cloned from one long-lived thread: its parent-death signal follows the thread
+/// that cloned it, and a caller's thread (a tokio blocking worker) may exit at any time.
+fn spawner() -> &'static Mutex<mpsc::Sender<SpawnJob>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (sender, receiver) = mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("offswitch-sandbox-spawner".into())
+            .spawn(move || {
+                for job in receiver {
+                    job();
+                }
+            })
+            .expect("failed to start the sandbox spawner thread");
+        Mutex::new(sender)
+    })
+}
+
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+fn spawn_init(
+    config: &SandboxConfig,
+    home: &Path,
+    host: &Host,
+    cgroups: Option<&SandboxCgroups>,
+    map_uid: u32,
+    map_gid: u32,
+) -> Result<(i32, OwnedFd, OwnedFd), SandboxError> {
+    let io_error = |context: &str, source: io::Error| SandboxError::Io {
+        context: format!("failed to create sandbox for {}: {context}", home.display()),
+        source,
+    };
+    ensure_staging(&host.staging).map_err(|e| io_error("staging directory", e))?;
+    let (control_host, control_init) =
+        seqpacket_pair().map_err(|e| io_error("control socket", e))?;
+    let mut plan = build_plan(config, home, host, control_init.as_raw_fd());
+    let v2_fd = cgroups.and_then(|c| c.v2_fd());
+    let (sender, receiver) = mpsc::channel();
+    let job: SpawnJob = Box::new(move || {
+        let mut pidfd: libc::c_int = -1;
+        let mut flags = (libc::CLONE_NEWUSER
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_PIDFD) as u64;
+        if v2_fd.is_some() {
+            flags |= CLONE_INTO_CGROUP;
+        }
+        let args = CloneArgs {
+            flags,
+            pidfd: &mut pidfd as *mut libc::c_int as u64,
+            child_tid: 0,
+            parent_tid: 0,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: 0,
+            stack_size: 0,
+            tls: 0,
+            set_tid: 0,
+            set_tid_size: 0,
+            cgroup: v2_fd.unwrap_or(0) as u64,
+        };
+        // SAFETY: clone3 without CLONE_VM forks this thread; the child only runs `init_main`,
+        // which uses memory prepared before the clone and raw syscalls (see child.rs).
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if pid == 0 {
+            // SAFETY: we are the freshly cloned child.
+            unsafe { child::init_main(&mut plan) }
+        }
+        let result = if pid < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            // SAFETY: clone3 stored a fresh pidfd owned by nobody else.
+            Ok((pid as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+        };
+        drop(plan);
+        let _ = sender.send(result);
+    });
+    lock(spawner()).send(job).map_err(|_| {
+        io_error(
+            "spawner thread",
+            io::Error::other("the spawner thread is gone"),
+        )
+    })?;
+    let (pid, pidfd) = receiver
+        .recv()
+        .map_err(|_| io_error("spawner thread", io::Error::other("no reply")))?
+        .map_err(|e| io_error("clone3 with new namespaces", e))?;
+    drop(control_init);
+    let fail_and_kill = |context: &str, error: io::Error| {
+        // SAFETY: signalling our own child through its pidfd.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            );
+        }
+        io_error(context, error)
+    };
+    let write_map =
+        |file: &str, contents: String| std::fs::write(format!("/proc/{pid}/{file}"), contents);
+    if !host.root
+        && let Err(error) = write_map("setgroups", "deny".into())
+    {
+        return Err(fail_and_kill("setgroups deny", error));
+    }
+    if let Err(error) = write_map("uid_map", format!("0 {map_uid} 1\n")) {
+        return Err(fail_and_kill("uid_map", error));
+    }
+    if let Err(error) = write_map("gid_map", format!("0 {map_gid} 1\n")) {
+        return Err(fail_and_kill("gid_map", error));
+    }
+    if let Some(cgroups) = cgroups
+        && let Err(error) = cgroups.join_v1(pid)
+    {
+        return Err(fail_and_kill(
+            "joining v1 cgroups",
+            io::Error::new(error.source.kind(), error.to_string()),
+        ));
+    }
+    // SAFETY: sending one byte on a socket we own.
+    if unsafe {
+        libc::send(
+            control_host.as_raw_fd(),
+            b"g".as_ptr().cast(),
+            1,
+            libc::MSG_NOSIGNAL,
+        )
+    } != 1
+    {
+        return Err(fail_and_kill("starting init", io::Error::last_os_error()));
+    }
+    let mut reply = [0u8; 16];
+    // SAFETY: receiving into a valid buffer.
+    let n = unsafe {
+        libc::recv(
+            control_host.as_raw_fd(),
+            reply.as_mut_ptr().cast(),
+            reply.len(),
+            0,
+        )
+    };
+    if n == 1 && &reply[..1] == child::READY_MESSAGE {
+        return Ok((pid, pidfd, control_host));
+    }
+    let detail = if n == 9 && reply[0] == b'E' {
+        let step = u32::from_le_bytes(reply[1..5].try_into().expect("4 bytes"));
+        let errno = i32::from_le_bytes(reply[5..9].try_into().expect("4 bytes"));
+        (
+            step_name(step, &plan_description(config, home, host, step)),
+            io::Error::from_raw_os_error(errno),
+        )
+    } else {
+        (
+            "init exited during setup".to_string(),
+            io::Error::other("no ready message"),
+        )
+    };
+    Err(fail_and_kill(&detail.0, detail.1))
+}
+
+/// What mount step `step` was, in words, for error messages.
+fn plan_description(config: &SandboxConfig, home: &Path, host: &Host, step: u32) -> String {
+    let plan = build_plan(config, home, host, -1);
+    match plan.ops.get(step as usize) {
+        Some(MountOp::Mkdir { path, .. }) => format!("mkdir {path:?}"),
+        Some(MountOp::Touch { path }) => format!("create {path:?}"),
+        Some(MountOp::Symlink { link, .. }) => format!("symlink {link:?}"),
+        Some(MountOp::WriteFile { path, .. }) => format!("write {path:?}"),
+        Some(MountOp::Bind { source, target, .. }) => format!("bind {source:?} on {target:?}"),
+        Some(MountOp::Tmpfs { target, .. }) => format!("tmpfs on {target:?}"),
+        Some(MountOp::Proc { target }) => format!("proc on {target:?}"),
+        None => String::new(),
+    }
+}
+
+fn step_name(step: u32, op: &str) -> String {
+    match step {
+        child::STEP_SYNC => "init sync".into(),
+        child::STEP_IDS => "setting ids in the user namespace".into(),
+        child::STEP_PRIVATE => "making mounts private".into(),
+        child::STEP_ROOT_TMPFS => "mounting the root tmpfs".into(),
+        child::STEP_HOSTNAME => "setting the hostname".into(),
+        child::STEP_LOOPBACK => "bringing loopback up".into(),
+        child::STEP_PIVOT => "pivot_root".into(),
+        child::STEP_READONLY_ROOT => "remounting the root read-only".into(),
+        child::STEP_SIGNALS => "signal setup".into(),
+        _ => format!("mount step {step} ({op})"),
+    }
+}
+
+fn ensure_staging(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() && !meta.file_type().is_symlink() => {
+            // SAFETY: geteuid cannot fail.
+            if std::os::unix::fs::MetadataExt::uid(&meta) != unsafe { libc::geteuid() } {
+                return Err(io::Error::other(format!(
+                    "{} is owned by someone else",
+                    path.display()
+                )));
+            }
+            Ok(())
+        }
+        Ok(_) => Err(io::Error::other(format!(
+            "{} exists and is not a directory",
+            path.display()
+        ))),
+        Err(_) => {
+            use std::os::unix::fs::DirBuilderExt;
+            match std::fs::DirBuilder::new().mode(0o700).create(path) {
+                Ok(()) => Ok(()),
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+                Err(error) => Err(error),
+            }
+        }
+    }
+}
+
+/// Give the home to the sandbox's uid, without following symlinks, bounded.
+fn chown_tree(home: &Path, uid: u32, gid: u32) {
+    let mut stack = vec![home.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(path) = stack.pop() {
+        seen += 1;
+        if seen > crate::snapshot::MAX_ENTRIES {
+            tracing::warn!(
+                "stopped giving {} to the sandbox user after {seen} entries",
+                home.display()
+            );
+            return;
+        }
+        let _ = std::os::unix::fs::lchown(&path, Some(uid), Some(gid));
+        if let Ok(meta) = std::fs::symlink_metadata(&path)
+            && meta.is_dir()
+            && let Ok(entries) = std::fs::read_dir(&path)
+        {
+            stack.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+        }
+    }
+}
+
+fn count_namespace_processes(namespace: u64) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().as_bytes().iter().all(u8::is_ascii_digit))
+        .filter(|e| {
+            std::fs::metadata(e.path().join("ns/pid"))
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == namespace)
+        })
+        .count()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn short(command: &str) -> String {
+    command.chars().take(60).collect()
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 into a valid array; both fds are owned below.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh fds.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair into a valid array; both fds are owned below.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh fds.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on an fd we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+}
+
+fn poll_entry(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
+    let mut entry = [poll_entry(fd, libc::POLLIN)];
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // SAFETY: valid pollfd array.
+        let ready = unsafe {
+            libc::poll(
+                entry.as_mut_ptr(),
+                1,
+                left.as_millis().min(i32::MAX as u128) as i32,
+            )
+        };
+        if ready > 0 {
+            return true;
+        }
+        if ready == 0 || Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+fn drain(fd: &OwnedFd, sink: &mut HeadTail) {
+    let mut buffer = [0u8; 65536];
+    loop {
+        // SAFETY: reading into a valid buffer from a non-blocking fd we own.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
+        if n <= 0 {
+            return;
+        }
+        sink.push(&buffer[..n as usize]);
+    }
+}
+
+fn send_with_fds(socket: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let mut space = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    // SAFETY: building a msghdr over buffers that outlive the sendmsg call.
+    unsafe {
+        let mut header: libc::msghdr = std::mem::zeroed();
+        header.msg_iov = &mut iov;
+        header.msg_iovlen = 1;
+        header.msg_control = space.as_mut_ptr().cast();
+        let data_len = std::mem::size_of_val(fds) as u32;
+        header.msg_controllen = libc::CMSG_SPACE(data_len) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&header);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(data_len) as _;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg) as *mut RawFd, fds.len());
+        if libc::sendmsg(socket, &header, libc::MSG_NOSIGNAL) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+enum Reply {
+    Started(OwnedFd),
+    Status([u8; child::STATUS_RECORD]),
+    Closed,
+    Nothing,
+}
+
+fn receive_reply(socket: RawFd) -> Reply {
+    let mut buffer = [0u8; 64];
+    let mut space = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buffer.as_mut_ptr().cast(),
+        iov_len: buffer.len(),
+    };
+    // SAFETY: recvmsg into buffers that outlive the call; received fds are owned below.
+    unsafe {
+        let mut header: libc::msghdr = std::mem::zeroed();
+        header.msg_iov = &mut iov;
+        header.msg_iovlen = 1;
+        header.msg_control = space.as_mut_ptr().cast();
+        header.msg_controllen = std::mem::size_of_val(&space) as _;
+        let n = libc::recvmsg(
+            socket,
+            &mut header,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        );
+        if n == 0 {
+            return Reply::Closed;
+        }
+        if n < 0 {
+            return match io::Error::last_os_error().kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Reply::Nothing,
+                _ => Reply::Closed,
+            };
+        }
+        let mut received: Option<OwnedFd> = None;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&header);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd);
+                received = Some(OwnedFd::from_raw_fd(fd));
+            }
+            cmsg = libc::CMSG_NXTHDR(&header, cmsg);
+        }
+        match (n as usize, received) {
+            (4, Some(fd)) => Reply::Started(fd),
+            (child::STATUS_RECORD, _) => {
+                let mut record = [0u8; child::STATUS_RECORD];
+                record.copy_from_slice(&buffer[..child::STATUS_RECORD]);
+                Reply::Status(record)
+            }
+            _ => Reply::Nothing,
+        }
+    }
+}
+
+/// Kill a timed-out exec: its shell and its process group (it is a session leader). Processes
+/// that left the session survive until the sandbox is killed; that is the off-switch's job.
+fn kill_exec_tree(pidfd: &OwnedFd) {
+    let host_pid = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("Pid:"))
+                .and_then(|pid| pid.trim().parse::<i32>().ok())
+        });
+    // SAFETY: signalling; no memory-safety preconditions.
+    unsafe {
+        if let Some(pid) = host_pid.filter(|&pid| pid > 0) {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
+    }
+}
