@@ -44,9 +44,19 @@ impl ChatTemplate {
     /// Tool calls and tool results are rendered as text tags (the embedded model has no
     /// native tool calling).
     pub fn render(&self, messages: &[Message]) -> String {
+        self.render_segments(messages)
+            .into_iter()
+            .map(|segment| segment.text)
+            .collect()
+    }
+
+    /// [`ChatTemplate::render`] split into the template's own markers (to be tokenized as
+    /// special tokens) and everything else (tokenized as plain text, so that a message that
+    /// contains `<|im_end|>` cannot end its turn early).
+    pub fn render_segments(&self, messages: &[Message]) -> Vec<Segment> {
         let ChatTemplate::ChatMl { default_system } = self;
         let messages = offswitch_core::tags::to_text_messages(messages);
-        let mut out = String::new();
+        let mut out = Vec::new();
         if messages.first().is_none_or(|m| m.role != Role::System)
             && let Some(system) = default_system
         {
@@ -60,7 +70,8 @@ impl ChatTemplate {
             };
             push_turn(&mut out, role, &message.content);
         }
-        out.push_str("<|im_start|>assistant\n");
+        out.push(Segment::special("<|im_start|>"));
+        out.push(Segment::text("assistant\n"));
         out
     }
 
@@ -70,13 +81,34 @@ impl ChatTemplate {
     }
 }
 
-fn push_turn(out: &mut String, role: &str, content: &str) {
-    out.push_str("<|im_start|>");
-    out.push_str(role);
-    out.push('\n');
-    out.push_str(content);
-    out.push_str(CHATML_END);
-    out.push('\n');
+/// A piece of a rendered prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub text: String,
+    /// A marker of the template, to be tokenized as a special token.
+    pub special: bool,
+}
+
+impl Segment {
+    fn special(text: &str) -> Segment {
+        Segment {
+            text: text.to_owned(),
+            special: true,
+        }
+    }
+    fn text(text: &str) -> Segment {
+        Segment {
+            text: text.to_owned(),
+            special: false,
+        }
+    }
+}
+
+fn push_turn(out: &mut Vec<Segment>, role: &str, content: &str) {
+    out.push(Segment::special("<|im_start|>"));
+    out.push(Segment::text(&format!("{role}\n{content}")));
+    out.push(Segment::special(CHATML_END));
+    out.push(Segment::text("\n"));
 }
 
 /// The default system prompt of a ChatML template, if it inserts one when the conversation
