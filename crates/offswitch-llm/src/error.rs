@@ -25,6 +25,8 @@ pub enum LlmError {
     },
     #[error("sequence overflow: {needed} tokens do not fit in a sequence of capacity {capacity}")]
     SequenceFull { needed: usize, capacity: usize },
+    #[error("batch entry {index} has no new tokens")]
+    EmptyInput { index: usize },
     #[error("token id {id} is outside the vocabulary of {vocab_size} tokens")]
     TokenOutOfRange { id: u32, vocab_size: usize },
 }

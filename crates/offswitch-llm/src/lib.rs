@@ -5,7 +5,9 @@
 
 mod error;
 pub mod gguf;
+mod matmul;
 mod model;
+pub mod quant;
 mod sampler;
 mod tokenizer;
 

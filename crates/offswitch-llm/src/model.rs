@@ -1,8 +1,18 @@
 //! The Llama-architecture model: weights repacked at load, a batched forward pass over per-conversation KV caches.
+//!
+//! One forward call stacks every new token of every sequence into one activation matrix, so a batch of decoding
+//! sequences (one token each) and a long prefill share each pass over the weights. Attention then runs per token
+//! against that token's own sequence cache.
 
 use std::path::Path;
+use std::sync::Mutex;
+
+use rayon::prelude::*;
 
 use crate::error::LlmError;
+use crate::gguf::{GgmlType, GgufFile, TensorInfo, Value};
+use crate::matmul::{QActs, QMatrix, matmul};
+use crate::quant::{BLOCK, dequantize};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, Default)]
@@ -26,18 +36,185 @@ pub struct ModelConfig {
     pub chat_template: Option<String>,
 }
 
+impl ModelConfig {
+    pub fn head_dim(&self) -> usize {
+        self.dim / self.n_heads
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.head_dim() * self.n_kv_heads
+    }
+}
+
 /// Immutable weights; `Send + Sync`, share it through an `Arc`.
 pub struct Model {
     config: ModelConfig,
     tokenizer: Tokenizer,
+    embed: QMatrix,
+    /// `None` when the file ties the output projection to the token embedding.
+    output: Option<QMatrix>,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+    pool: rayon::ThreadPool,
+    /// Reused buffers of the forward pass; a concurrent caller that finds it taken builds its own.
+    scratch: Mutex<Option<Scratch>>,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    /// Q, K and V projections fused into one matrix (rows: dim + kv_dim + kv_dim) so they share one pass.
+    wqkv: QMatrix,
+    wo: QMatrix,
+    ffn_norm: Vec<f32>,
+    /// Gate and up projections fused (rows: ffn_dim gate, then ffn_dim up).
+    w13: QMatrix,
+    w2: QMatrix,
+}
+
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    tmp: Vec<f32>,
+    gu: Vec<f32>,
+    h: Vec<f32>,
+    acts: QActs,
+    transpose: Vec<f32>,
+    rope: Vec<f32>,
+    last: Vec<f32>,
+    logits: Vec<f32>,
 }
 
 impl Model {
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Model, LlmError> {
-        let _ = options;
-        Err(LlmError::Unsupported {
-            path: path.to_path_buf(),
-            reason: "loading is not written yet".to_string(),
+        let mut file = GgufFile::open(path)?;
+        let config = read_config(&file)?;
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        if tokenizer.vocab_size() != config.vocab_size {
+            return Err(unsupported(
+                path,
+                format!(
+                    "tokenizer has {} tokens but the embedding has {} rows",
+                    tokenizer.vocab_size(),
+                    config.vocab_size
+                ),
+            ));
+        }
+        if config.dim % BLOCK != 0 || config.ffn_dim % BLOCK != 0 || config.head_dim() % 2 != 0 {
+            return Err(unsupported(
+                path,
+                format!(
+                    "dimensions {} / {} are not multiples of {BLOCK}",
+                    config.dim, config.ffn_dim
+                ),
+            ));
+        }
+        let mut buffer = Vec::new();
+        let (dim, kv_dim, ffn) = (config.dim, config.kv_dim(), config.ffn_dim);
+        let embed = load_matrix(
+            &mut file,
+            "token_embd.weight",
+            config.vocab_size,
+            dim,
+            &mut buffer,
+        )?;
+        let output = if file.tensor("output.weight").is_some() {
+            Some(load_matrix(
+                &mut file,
+                "output.weight",
+                config.vocab_size,
+                dim,
+                &mut buffer,
+            )?)
+        } else {
+            None
+        };
+        let output_norm = load_vector(&mut file, "output_norm.weight", dim, &mut buffer)?;
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            let name = |suffix: &str| format!("blk.{i}.{suffix}");
+            let mut wqkv = QMatrix::zeroed(dim + 2 * kv_dim, dim);
+            fill_from(
+                &mut file,
+                &mut wqkv,
+                0,
+                &name("attn_q.weight"),
+                dim,
+                &mut buffer,
+            )?;
+            fill_from(
+                &mut file,
+                &mut wqkv,
+                dim,
+                &name("attn_k.weight"),
+                kv_dim,
+                &mut buffer,
+            )?;
+            fill_from(
+                &mut file,
+                &mut wqkv,
+                dim + kv_dim,
+                &name("attn_v.weight"),
+                kv_dim,
+                &mut buffer,
+            )?;
+            wqkv.drop_zero_offsets();
+            let mut w13 = QMatrix::zeroed(2 * ffn, dim);
+            fill_from(
+                &mut file,
+                &mut w13,
+                0,
+                &name("ffn_gate.weight"),
+                ffn,
+                &mut buffer,
+            )?;
+            fill_from(
+                &mut file,
+                &mut w13,
+                ffn,
+                &name("ffn_up.weight"),
+                ffn,
+                &mut buffer,
+            )?;
+            w13.drop_zero_offsets();
+            layers.push(Layer {
+                attn_norm: load_vector(&mut file, &name("attn_norm.weight"), dim, &mut buffer)?,
+                wqkv,
+                wo: load_matrix(
+                    &mut file,
+                    &name("attn_output.weight"),
+                    dim,
+                    dim,
+                    &mut buffer,
+                )?,
+                ffn_norm: load_vector(&mut file, &name("ffn_norm.weight"), dim, &mut buffer)?,
+                w13,
+                w2: load_matrix(&mut file, &name("ffn_down.weight"), dim, ffn, &mut buffer)?,
+            });
+        }
+        let threads = if options.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            options.threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("offswitch-llm-{i}"))
+            .build()
+            .map_err(|e| {
+                unsupported(path, format!("cannot start {threads} worker threads: {e}"))
+            })?;
+        Ok(Model {
+            config,
+            tokenizer,
+            embed,
+            output,
+            output_norm,
+            layers,
+            pool,
+            scratch: Mutex::new(None),
         })
     }
 
@@ -49,11 +226,30 @@ impl Model {
         &self.config
     }
 
-    /// A preallocated KV cache for one conversation of at most `max_tokens` tokens.
+    /// Bytes held by the repacked weights (for reports; the KV caches are per sequence).
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.wqkv.memory_bytes()
+                    + l.wo.memory_bytes()
+                    + l.w13.memory_bytes()
+                    + l.w2.memory_bytes()
+            })
+            .sum();
+        layers + self.embed.memory_bytes() + self.output.as_ref().map_or(0, QMatrix::memory_bytes)
+    }
+
+    /// A preallocated KV cache for one conversation of at most `max_tokens` tokens. The cache is zero-initialised
+    /// memory that the OS commits only as positions are written, so a generous `max_tokens` costs little.
     pub fn new_sequence(&self, max_tokens: usize) -> Sequence {
+        let per_layer = max_tokens * self.config.kv_dim();
         Sequence {
             tokens: Vec::with_capacity(max_tokens),
             capacity: max_tokens,
+            k: vec![0.0; self.config.n_layers * per_layer],
+            v: vec![0.0; self.config.n_layers * per_layer],
         }
     }
 
@@ -63,8 +259,172 @@ impl Model {
         &self,
         batch: &mut [(&mut Sequence, &[u32])],
     ) -> Result<Vec<Vec<f32>>, LlmError> {
-        let _ = batch;
-        Ok(Vec::new())
+        for (index, (sequence, new_tokens)) in batch.iter().enumerate() {
+            if new_tokens.is_empty() {
+                return Err(LlmError::EmptyInput { index });
+            }
+            let needed = sequence.len() + new_tokens.len();
+            if needed > sequence.capacity {
+                return Err(LlmError::SequenceFull {
+                    needed,
+                    capacity: sequence.capacity,
+                });
+            }
+            if let Some(&id) = new_tokens
+                .iter()
+                .find(|&&id| id as usize >= self.config.vocab_size)
+            {
+                return Err(LlmError::TokenOutOfRange {
+                    id,
+                    vocab_size: self.config.vocab_size,
+                });
+            }
+        }
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut scratch = self
+            .scratch
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+            .unwrap_or_default();
+        let logits = self
+            .pool
+            .install(|| self.forward_inner(batch, &mut scratch));
+        *self
+            .scratch
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(scratch);
+        for (sequence, new_tokens) in batch.iter_mut() {
+            sequence.tokens.extend_from_slice(new_tokens);
+        }
+        Ok(logits)
+    }
+
+    fn forward_inner(
+        &self,
+        batch: &mut [(&mut Sequence, &[u32])],
+        s: &mut Scratch,
+    ) -> Vec<Vec<f32>> {
+        let c = &self.config;
+        let (dim, kv_dim, hd, ffn) = (c.dim, c.kv_dim(), c.head_dim(), c.ffn_dim);
+        let qkv_dim = dim + 2 * kv_dim;
+        // (sequence index, position) of every stacked token row.
+        let rows: Vec<(usize, usize)> = batch
+            .iter()
+            .enumerate()
+            .flat_map(|(si, (seq, new))| (0..new.len()).map(move |j| (si, seq.len() + j)))
+            .collect();
+        let n = rows.len();
+        s.x.resize(n * dim, 0.0);
+        for (t, token) in batch.iter().flat_map(|(_, new)| new.iter()).enumerate() {
+            self.embed
+                .row_f32(*token as usize, &mut s.x[t * dim..(t + 1) * dim]);
+        }
+        // RoPE tables per token: cos then sin for each of the hd/2 rotation frequencies.
+        s.rope.resize(n * hd, 0.0);
+        for (t, &(_, pos)) in rows.iter().enumerate() {
+            let table = &mut s.rope[t * hd..(t + 1) * hd];
+            for i in 0..hd / 2 {
+                let freq = f64::from(c.rope_theta).powf(-2.0 * i as f64 / hd as f64);
+                let angle = pos as f64 * freq;
+                table[i] = angle.cos() as f32;
+                table[hd / 2 + i] = angle.sin() as f32;
+            }
+        }
+        s.xn.resize(n * dim, 0.0);
+        s.qkv.resize(n * qkv_dim, 0.0);
+        s.att.resize(n * dim, 0.0);
+        s.tmp.resize(n * dim, 0.0);
+        s.gu.resize(n * 2 * ffn, 0.0);
+        s.h.resize(n * ffn, 0.0);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let group = c.n_heads / c.n_kv_heads;
+        for (li, layer) in self.layers.iter().enumerate() {
+            rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.xn);
+            s.acts.quantize(&s.xn, dim);
+            matmul(&layer.wqkv, &s.acts, &mut s.qkv, &mut s.transpose);
+            for (t, row) in s.qkv.chunks_exact_mut(qkv_dim).enumerate() {
+                let table = &s.rope[t * hd..(t + 1) * hd];
+                // Q and K heads are contiguous runs of hd values; V is not rotated.
+                for head in row[..dim + kv_dim].chunks_exact_mut(hd) {
+                    rope(head, table);
+                }
+                let (si, pos) = rows[t];
+                let seq = &mut *batch[si].0;
+                let cap = seq.capacity;
+                for g in 0..c.n_kv_heads {
+                    let at = ((li * c.n_kv_heads + g) * cap + pos) * hd;
+                    seq.k[at..at + hd].copy_from_slice(&row[dim + g * hd..dim + (g + 1) * hd]);
+                    seq.v[at..at + hd]
+                        .copy_from_slice(&row[dim + kv_dim + g * hd..dim + kv_dim + (g + 1) * hd]);
+                }
+            }
+            let sequences: Vec<&Sequence> = batch.iter().map(|(seq, _)| &**seq).collect();
+            let qkv = &s.qkv;
+            let rows = &rows;
+            s.att.par_chunks_mut(dim).enumerate().for_each_init(
+                Vec::new,
+                |scores: &mut Vec<f32>, (t, out)| {
+                    let (si, pos) = rows[t];
+                    let seq = sequences[si];
+                    let q_row = &qkv[t * qkv_dim..t * qkv_dim + dim];
+                    for h in 0..c.n_heads {
+                        let g = h / group;
+                        let base = (li * c.n_kv_heads + g) * seq.capacity * hd;
+                        let keys = &seq.k[base..base + (pos + 1) * hd];
+                        let values = &seq.v[base..base + (pos + 1) * hd];
+                        attend(
+                            &q_row[h * hd..(h + 1) * hd],
+                            keys,
+                            values,
+                            scale,
+                            scores,
+                            &mut out[h * hd..(h + 1) * hd],
+                        );
+                    }
+                },
+            );
+            s.acts.quantize(&s.att, dim);
+            matmul(&layer.wo, &s.acts, &mut s.tmp, &mut s.transpose);
+            add_into(&mut s.x, &s.tmp);
+            rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.xn);
+            s.acts.quantize(&s.xn, dim);
+            matmul(&layer.w13, &s.acts, &mut s.gu, &mut s.transpose);
+            for (gu, h) in s.gu.chunks_exact(2 * ffn).zip(s.h.chunks_exact_mut(ffn)) {
+                let (gate, up) = gu.split_at(ffn);
+                for ((h, &g), &u) in h.iter_mut().zip(gate).zip(up) {
+                    *h = g / (1.0 + (-g).exp()) * u;
+                }
+            }
+            s.acts.quantize(&s.h, ffn);
+            matmul(&layer.w2, &s.acts, &mut s.tmp, &mut s.transpose);
+            add_into(&mut s.x, &s.tmp);
+        }
+        // Only the last new token of each sequence needs logits.
+        let b = batch.len();
+        s.last.resize(b * dim, 0.0);
+        let mut t_end = 0;
+        for (i, (_, new)) in batch.iter().enumerate() {
+            t_end += new.len();
+            let src = &s.x[(t_end - 1) * dim..t_end * dim];
+            s.xn[..dim].copy_from_slice(src);
+            rms_norm(
+                &s.xn[..dim],
+                &self.output_norm,
+                c.rms_eps,
+                &mut s.last[i * dim..(i + 1) * dim],
+            );
+        }
+        s.acts.quantize(&s.last, dim);
+        s.logits.resize(b * c.vocab_size, 0.0);
+        let output = self.output.as_ref().unwrap_or(&self.embed);
+        matmul(output, &s.acts, &mut s.logits, &mut s.transpose);
+        s.logits
+            .chunks_exact(c.vocab_size)
+            .map(<[f32]>::to_vec)
+            .collect()
     }
 }
 
@@ -72,6 +432,9 @@ impl Model {
 pub struct Sequence {
     tokens: Vec<u32>,
     capacity: usize,
+    /// Layout: [layer][kv head][position][head dim], so one head's keys are contiguous for the attention scan.
+    k: Vec<f32>,
+    v: Vec<f32>,
 }
 
 impl Sequence {
@@ -87,12 +450,221 @@ impl Sequence {
         self.tokens.is_empty()
     }
 
-    /// Forget everything after the first `n` tokens (keeps the cache of the shared prefix).
+    /// Forget everything after the first `n` tokens; the cache of the kept prefix stays valid, so feeding only the
+    /// new suffix continues the conversation.
     pub fn truncate(&mut self, n: usize) {
         self.tokens.truncate(n);
     }
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+}
+
+fn unsupported(path: &Path, reason: String) -> LlmError {
+    LlmError::Unsupported {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+fn read_config(file: &GgufFile) -> Result<ModelConfig, LlmError> {
+    let path = &file.path;
+    let get = |key: &str| file.metadata.get(key);
+    let architecture = get("general.architecture")
+        .and_then(Value::as_str)
+        .ok_or_else(|| unsupported(path, "no general.architecture".to_string()))?
+        .to_string();
+    if architecture != "llama" {
+        return Err(unsupported(
+            path,
+            format!("architecture {architecture} (only llama is implemented)"),
+        ));
+    }
+    let int = |key: &str| -> Result<usize, LlmError> {
+        get(&format!("{architecture}.{key}"))
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+            .ok_or_else(|| {
+                unsupported(path, format!("missing or non-integer {architecture}.{key}"))
+            })
+    };
+    let n_heads = int("attention.head_count")?;
+    let dim = int("embedding_length")?;
+    let embed = file
+        .tensor("token_embd.weight")
+        .ok_or_else(|| LlmError::MissingTensor {
+            path: path.clone(),
+            name: "token_embd.weight".to_string(),
+        })?;
+    let config = ModelConfig {
+        n_layers: int("block_count")?,
+        n_heads,
+        n_kv_heads: int("attention.head_count_kv").unwrap_or(n_heads),
+        dim,
+        ffn_dim: int("feed_forward_length")?,
+        vocab_size: embed.dims.get(1).copied().unwrap_or(0) as usize,
+        context_length: int("context_length")?,
+        rope_theta: get(&format!("{architecture}.rope.freq_base"))
+            .and_then(Value::as_f64)
+            .unwrap_or(10_000.0) as f32,
+        rms_eps: get(&format!("{architecture}.attention.layer_norm_rms_epsilon"))
+            .and_then(Value::as_f64)
+            .unwrap_or(1e-5) as f32,
+        chat_template: get("tokenizer.chat_template")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        architecture,
+    };
+    if config.n_heads == 0
+        || config.n_kv_heads == 0
+        || !config.n_heads.is_multiple_of(config.n_kv_heads)
+    {
+        return Err(unsupported(
+            path,
+            format!(
+                "{} heads cannot be grouped over {} kv heads",
+                config.n_heads, config.n_kv_heads
+            ),
+        ));
+    }
+    Ok(config)
+}
+
+fn tensor_info(
+    file: &GgufFile,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<TensorInfo, LlmError> {
+    let info = file.tensor(name).ok_or_else(|| LlmError::MissingTensor {
+        path: file.path.clone(),
+        name: name.to_string(),
+    })?;
+    let expected = if rows == 1 {
+        vec![cols as u64]
+    } else {
+        vec![cols as u64, rows as u64]
+    };
+    if info.dims != expected {
+        return Err(LlmError::TensorShape {
+            path: file.path.clone(),
+            name: name.to_string(),
+            actual: info.dims.clone(),
+            expected,
+        });
+    }
+    Ok(info.clone())
+}
+
+fn load_matrix(
+    file: &mut GgufFile,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    buffer: &mut Vec<u8>,
+) -> Result<QMatrix, LlmError> {
+    let info = tensor_info(file, name, rows, cols)?;
+    file.read_tensor(&info, buffer)?;
+    Ok(QMatrix::from_ggml(info.ggml_type, buffer, rows, cols))
+}
+
+fn fill_from(
+    file: &mut GgufFile,
+    matrix: &mut QMatrix,
+    first_row: usize,
+    name: &str,
+    rows: usize,
+    buffer: &mut Vec<u8>,
+) -> Result<(), LlmError> {
+    let info = tensor_info(file, name, rows, matrix.cols)?;
+    file.read_tensor(&info, buffer)?;
+    matrix.fill_rows(first_row, info.ggml_type, buffer);
+    Ok(())
+}
+
+fn load_vector(
+    file: &mut GgufFile,
+    name: &str,
+    len: usize,
+    buffer: &mut Vec<u8>,
+) -> Result<Vec<f32>, LlmError> {
+    let info = tensor_info(file, name, 1, len)?;
+    if !matches!(
+        info.ggml_type,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16
+    ) {
+        return Err(unsupported(
+            &file.path,
+            format!(
+                "norm tensor {name} has type {:?}, expected a float type",
+                info.ggml_type
+            ),
+        ));
+    }
+    file.read_tensor(&info, buffer)?;
+    let mut out = vec![0.0; len];
+    dequantize(info.ggml_type, buffer, &mut out);
+    Ok(out)
+}
+
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let dim = weight.len();
+    for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let mean_square = xr.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+        let inv = 1.0 / (mean_square + eps).sqrt();
+        for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
+            *o = v * inv * w;
+        }
+    }
+}
+
+/// Rotate adjacent pairs (x[2i], x[2i+1]): GGUF llama files store Q and K permuted for this pairing.
+fn rope(head: &mut [f32], table: &[f32]) {
+    let half = head.len() / 2;
+    let (cos, sin) = table.split_at(half);
+    for i in 0..half {
+        let (a, b) = (head[2 * i], head[2 * i + 1]);
+        head[2 * i] = a * cos[i] - b * sin[i];
+        head[2 * i + 1] = a * sin[i] + b * cos[i];
+    }
+}
+
+fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let n = keys.len() / hd;
+    scores.resize(n, 0.0);
+    let mut max = f32::NEG_INFINITY;
+    for (score, key) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
+        *score = q.iter().zip(key).map(|(a, b)| a * b).sum::<f32>() * scale;
+        max = max.max(*score);
+    }
+    let mut total = 0.0;
+    for score in scores.iter_mut() {
+        *score = (*score - max).exp();
+        total += *score;
+    }
+    out.fill(0.0);
+    for (&p, value) in scores.iter().zip(values.chunks_exact(hd)) {
+        for (o, &v) in out.iter_mut().zip(value) {
+            *o += p * v;
+        }
+    }
+    let inv = 1.0 / total;
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+fn add_into(x: &mut [f32], delta: &[f32]) {
+    for (a, b) in x.iter_mut().zip(delta) {
+        *a += b;
     }
 }

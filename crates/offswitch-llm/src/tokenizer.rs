@@ -1,22 +1,184 @@
-//! Byte-level BPE tokenizer built from GGUF metadata alone (tokens, merges, token types).
+//! Byte-level BPE tokenizer built from GGUF metadata alone (tokens, merges, token types, pre-tokenizer name).
+//!
+//! Matches llama.cpp's BPE path: special tokens are split out first (control tokens only when asked to parse
+//! them), the pre-tokenizer splits the rest into words (for SmolLM2, every digit on its own, then the GPT-2 rules),
+//! each word's bytes are mapped to GPT-2's printable characters and merged by rank.
 
 use std::collections::HashMap;
+
+use regex::Regex;
+
+use crate::error::LlmError;
+use crate::gguf::{GgufFile, Value};
+
+/// llama.cpp's token types (`tokenizer.ggml.token_type`).
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
 pub struct Tokenizer {
     pieces: Vec<String>,
     bytes: Vec<Vec<u8>>,
     control: Vec<bool>,
     piece_to_id: HashMap<String, u32>,
+    /// (left id, right id) -> (rank, merged id).
+    merges: HashMap<(u32, u32), (u32, u32)>,
+    /// Token id of each byte's GPT-2 character, `None` if the vocabulary lacks it.
+    byte_ids: [Option<u32>; 256],
+    /// Special pieces matched before pre-tokenisation: (text, id, is control), longest first.
+    specials: Vec<(String, u32, bool)>,
+    split_digits: bool,
+    word_pattern: Regex,
     eos_id: Option<u32>,
 }
 
 impl Tokenizer {
-    pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
-        let _ = (text, parse_special);
-        Vec::new()
+    pub(crate) fn from_gguf(file: &GgufFile) -> Result<Tokenizer, LlmError> {
+        let invalid = |reason: String| LlmError::Unsupported {
+            path: file.path.clone(),
+            reason,
+        };
+        let get = |key: &str| file.metadata.get(key);
+        let model = get("tokenizer.ggml.model")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if model != "gpt2" {
+            return Err(invalid(format!(
+                "tokenizer model {model:?} (only byte-level BPE, \"gpt2\", is implemented)"
+            )));
+        }
+        let pieces: Vec<String> = get("tokenizer.ggml.tokens")
+            .and_then(Value::as_array)
+            .ok_or_else(|| invalid("no tokenizer.ggml.tokens".to_string()))?
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .collect();
+        let types: Vec<i64> = get("tokenizer.ggml.token_type")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|v| v.as_i64().unwrap_or(1)).collect())
+            .unwrap_or_else(|| vec![1; pieces.len()]);
+        let piece_to_id: HashMap<String, u32> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.clone(), i as u32))
+            .collect();
+        let char_to_byte = byte_level_chars()
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect::<HashMap<char, u8>>();
+        let mut byte_ids = [None; 256];
+        for (b, c) in byte_level_chars().iter().enumerate() {
+            byte_ids[b] = piece_to_id.get(&c.to_string()).copied();
+        }
+        let mut merges = HashMap::new();
+        if let Some(list) = get("tokenizer.ggml.merges").and_then(Value::as_array) {
+            for (rank, merge) in list.iter().enumerate() {
+                let text = merge.as_str().unwrap_or_default();
+                let Some((left, right)) = text.split_once(' ') else {
+                    return Err(invalid(format!("merge {rank} {text:?} has no space")));
+                };
+                let (Some(&l), Some(&r), Some(&m)) = (
+                    piece_to_id.get(left),
+                    piece_to_id.get(right),
+                    piece_to_id.get(&format!("{left}{right}")),
+                ) else {
+                    // A merge whose pieces are not in the vocabulary can never fire; llama.cpp skips it too.
+                    continue;
+                };
+                merges.entry((l, r)).or_insert((rank as u32, m));
+            }
+        }
+        let control: Vec<bool> = (0..pieces.len())
+            .map(|i| types.get(i) == Some(&TOKEN_TYPE_CONTROL))
+            .collect();
+        let bytes = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, piece)| {
+                if control[i] {
+                    return Vec::new();
+                }
+                let mapped: Option<Vec<u8>> = piece
+                    .chars()
+                    .map(|c| char_to_byte.get(&c).copied())
+                    .collect();
+                // User-defined pieces are stored as plain text rather than byte-level characters.
+                mapped.unwrap_or_else(|| piece.as_bytes().to_vec())
+            })
+            .collect();
+        let mut specials: Vec<(String, u32, bool)> = pieces
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| {
+                !p.is_empty()
+                    && matches!(
+                        types.get(*i),
+                        Some(&TOKEN_TYPE_CONTROL) | Some(&TOKEN_TYPE_USER_DEFINED)
+                    )
+            })
+            .map(|(i, p)| (p.clone(), i as u32, control[i]))
+            .collect();
+        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        let pre = get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        // The pre-tokenizers that llama.cpp runs as "\p{N}" then the GPT-2 pattern.
+        let split_digits = matches!(
+            pre,
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b"
+        );
+        if !split_digits
+            && !matches!(
+                pre,
+                "gpt-2" | "gpt2" | "default" | "phi-2" | "jina-es" | "jina-de"
+            )
+        {
+            tracing::warn!(
+                pre,
+                "unknown pre-tokenizer; using the GPT-2 rules, token ids may differ from llama.cpp"
+            );
+        }
+        let word_pattern =
+            Regex::new(r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+")
+                .map_err(|e| invalid(format!("pre-tokenizer pattern: {e}")))?;
+        Ok(Tokenizer {
+            eos_id: get("tokenizer.ggml.eos_token_id")
+                .and_then(Value::as_u64)
+                .map(|v| v as u32),
+            pieces,
+            bytes,
+            control,
+            piece_to_id,
+            merges,
+            byte_ids,
+            specials,
+            split_digits,
+            word_pattern,
+        })
     }
 
-    /// Lossy for partial UTF-8 sequences.
+    /// Token ids of `text`. With `parse_special`, control-token text such as `<|im_start|>` becomes that token;
+    /// without it, such text is tokenised as ordinary characters. No BOS is added.
+    pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        let mut ids = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            match self.next_special(rest, parse_special) {
+                Some((at, piece_len, id)) => {
+                    self.encode_plain(&rest[..at], &mut ids);
+                    ids.push(id);
+                    rest = &rest[at + piece_len..];
+                }
+                None => {
+                    self.encode_plain(rest, &mut ids);
+                    break;
+                }
+            }
+        }
+        ids
+    }
+
+    /// Lossy for partial UTF-8 sequences; control tokens decode to nothing.
     pub fn decode(&self, ids: &[u32]) -> String {
         let mut out = Vec::new();
         for &id in ids {
@@ -28,6 +190,11 @@ impl Tokenizer {
     /// The raw bytes a token stands for; empty for control tokens and ids outside the vocabulary.
     pub fn token_bytes(&self, id: u32) -> &[u8] {
         self.bytes.get(id as usize).map_or(&[], |b| b.as_slice())
+    }
+
+    /// The token's text as stored in the file (byte-level characters, e.g. `Ġthe`).
+    pub fn piece(&self, id: u32) -> Option<&str> {
+        self.pieces.get(id as usize).map(String::as_str)
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -45,4 +212,108 @@ impl Tokenizer {
     pub fn eos_id(&self) -> Option<u32> {
         self.eos_id
     }
+
+    /// The earliest special piece in `text`: (byte offset, byte length, id).
+    fn next_special(&self, text: &str, parse_special: bool) -> Option<(usize, usize, u32)> {
+        let mut best: Option<(usize, usize, u32)> = None;
+        for (piece, id, is_control) in &self.specials {
+            if *is_control && !parse_special {
+                continue;
+            }
+            if let Some(at) = text.find(piece.as_str())
+                && best.is_none_or(|(b, len, _)| at < b || (at == b && piece.len() > len))
+            {
+                best = Some((at, piece.len(), *id));
+            }
+        }
+        best
+    }
+
+    fn encode_plain(&self, text: &str, ids: &mut Vec<u32>) {
+        if text.is_empty() {
+            return;
+        }
+        if self.split_digits {
+            let mut start = 0;
+            for (i, c) in text.char_indices() {
+                if c.is_numeric() {
+                    self.encode_words(&text[start..i], ids);
+                    self.encode_words(&text[i..i + c.len_utf8()], ids);
+                    start = i + c.len_utf8();
+                }
+            }
+            self.encode_words(&text[start..], ids);
+        } else {
+            self.encode_words(text, ids);
+        }
+    }
+
+    /// Split by the GPT-2 pattern, emulating its `\s+(?!\S)` rule (the regex crate has no look-ahead): a whitespace
+    /// run followed by a non-space gives up its last character to the next word.
+    fn encode_words(&self, text: &str, ids: &mut Vec<u32>) {
+        let mut pos = 0;
+        while pos < text.len() {
+            let Some(found) = self.word_pattern.find_at(text, pos) else {
+                self.bpe(&text[pos..], ids);
+                break;
+            };
+            if found.start() > pos {
+                self.bpe(&text[pos..found.start()], ids);
+            }
+            let mut end = found.end();
+            let word = found.as_str();
+            if word.chars().all(char::is_whitespace) && end < text.len() && word.chars().count() > 1
+            {
+                let last = word.chars().next_back().map_or(0, char::len_utf8);
+                end -= last;
+            }
+            self.bpe(&text[found.start()..end], ids);
+            pos = end;
+        }
+    }
+
+    fn bpe(&self, word: &str, ids: &mut Vec<u32>) {
+        if word.is_empty() {
+            return;
+        }
+        let mut symbols: Vec<u32> = Vec::with_capacity(word.len());
+        for &b in word.as_bytes() {
+            match self.byte_ids[b as usize] {
+                Some(id) => symbols.push(id),
+                // A vocabulary without this byte's character cannot spell it; skip it as llama.cpp does.
+                None => continue,
+            }
+        }
+        loop {
+            let mut best: Option<(u32, usize, u32)> = None;
+            for i in 0..symbols.len().saturating_sub(1) {
+                if let Some(&(rank, merged)) = self.merges.get(&(symbols[i], symbols[i + 1]))
+                    && best.is_none_or(|(r, _, _)| rank < r)
+                {
+                    best = Some((rank, i, merged));
+                }
+            }
+            let Some((_, i, merged)) = best else { break };
+            symbols[i] = merged;
+            symbols.remove(i + 1);
+        }
+        ids.extend_from_slice(&symbols);
+    }
+}
+
+/// GPT-2's map from bytes to printable characters: printable Latin-1 bytes map to themselves, the rest to 256 + n.
+fn byte_level_chars() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut next = 256u32;
+    for b in 0..=255u8 {
+        let printable = matches!(b, 33..=126 | 161..=172 | 174..=255);
+        table[b as usize] = if printable {
+            char::from(b)
+        } else {
+            let c = char::from_u32(next).unwrap_or('\0');
+            next += 1;
+            c
+        };
+    }
+    table
 }

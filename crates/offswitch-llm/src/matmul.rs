@@ -1,0 +1,188 @@
+//! Int8 matrix products: weights in the engine's Q8-affine layout times activations quantised to int8 per block.
+//!
+//! `out[t][r] = sum_b d_w[r,b] * d_a[t,b] * (q_w[r,b] . q_a[t,b]) + m_w[r,b] * s_a[t,b]` where `s_a` is the exact
+//! float sum of the activation block (so the offset term adds no quantisation error). Rows are split across the
+//! pool's threads; each thread walks its rows for a tile of tokens so a weight row is read from memory once per tile.
+
+use rayon::prelude::*;
+
+use crate::gguf::GgmlType;
+use crate::quant::{BLOCK, RowOut, quantize_symmetric, repack_row};
+
+/// A weight matrix of `rows` x `cols` in the engine layout.
+pub struct QMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    q: Vec<i8>,
+    d: Vec<f32>,
+    /// `None` when every offset is zero (symmetric formats), so the kernel can skip the offset term.
+    m: Option<Vec<f32>>,
+}
+
+impl QMatrix {
+    /// Repack `rows` rows of `cols` values of type `ty` from `src`.
+    pub fn from_ggml(ty: GgmlType, src: &[u8], rows: usize, cols: usize) -> QMatrix {
+        let mut matrix = QMatrix::zeroed(rows, cols);
+        matrix.fill_rows(0, ty, src);
+        matrix.drop_zero_offsets();
+        matrix
+    }
+
+    pub fn zeroed(rows: usize, cols: usize) -> QMatrix {
+        let nb = cols / BLOCK;
+        QMatrix {
+            rows,
+            cols,
+            q: vec![0; rows * cols],
+            d: vec![0.0; rows * nb],
+            m: Some(vec![0.0; rows * nb]),
+        }
+    }
+
+    /// Repack source rows into rows `first..` of this matrix (used to fuse Q, K and V into one matrix).
+    pub fn fill_rows(&mut self, first: usize, ty: GgmlType, src: &[u8]) {
+        let (block_elements, block_bytes) = ty.block_layout();
+        let row_bytes = self.cols / block_elements * block_bytes;
+        let nb = self.cols / BLOCK;
+        let m = self.m.get_or_insert_with(|| vec![0.0; self.rows * nb]);
+        let mut scratch = Vec::new();
+        for (i, row) in src.chunks_exact(row_bytes).enumerate() {
+            let r = first + i;
+            repack_row(
+                ty,
+                row,
+                RowOut {
+                    q: &mut self.q[r * self.cols..(r + 1) * self.cols],
+                    d: &mut self.d[r * nb..(r + 1) * nb],
+                    m: &mut m[r * nb..(r + 1) * nb],
+                },
+                &mut scratch,
+            );
+        }
+    }
+
+    pub fn drop_zero_offsets(&mut self) {
+        if self.m.as_ref().is_some_and(|m| m.iter().all(|&v| v == 0.0)) {
+            self.m = None;
+        }
+    }
+
+    /// Dequantise row `r` into `out` (embedding lookup).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let nb = self.cols / BLOCK;
+        let q = &self.q[r * self.cols..(r + 1) * self.cols];
+        for b in 0..nb {
+            let d = self.d[r * nb + b];
+            let m = self.m.as_ref().map_or(0.0, |m| m[r * nb + b]);
+            for i in 0..BLOCK {
+                out[b * BLOCK + i] = d * f32::from(q[b * BLOCK + i]) + m;
+            }
+        }
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.q.len() + 4 * self.d.len() + self.m.as_ref().map_or(0, |m| 4 * m.len())
+    }
+}
+
+/// Activations of `n` tokens quantised per block; buffers are reused across calls.
+#[derive(Default)]
+pub struct QActs {
+    pub n: usize,
+    pub cols: usize,
+    q: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+impl QActs {
+    /// Quantise `x` (`n` rows of `cols`) into this buffer.
+    pub fn quantize(&mut self, x: &[f32], cols: usize) {
+        let n = x.len() / cols;
+        let nb = cols / BLOCK;
+        self.n = n;
+        self.cols = cols;
+        self.q.resize(n * cols, 0);
+        self.d.resize(n * nb, 0.0);
+        self.s.resize(n * nb, 0.0);
+        quantize_symmetric(x, &mut self.q, &mut self.d);
+        for (s, xb) in self.s.iter_mut().zip(x.chunks_exact(BLOCK)) {
+            *s = xb.iter().sum();
+        }
+    }
+}
+
+/// Tokens per tile: 16 rows of int8 activations of the widest input (1536) stay in L1 with a weight row.
+const TOKEN_TILE: usize = 16;
+
+/// `out` (n x rows, row-major by token) = acts x W^T. `scratch` holds the row-major-by-weight-row result before the
+/// transpose; it is reused across calls.
+pub fn matmul(w: &QMatrix, a: &QActs, out: &mut [f32], scratch: &mut Vec<f32>) {
+    assert_eq!(w.cols, a.cols, "matmul inner dimensions differ");
+    let n = a.n;
+    out[..n * w.rows].fill(0.0);
+    scratch.resize(w.rows * n, 0.0);
+    let nb = w.cols / BLOCK;
+    let threads = rayon::current_num_threads().max(1);
+    // Enough chunks for load balance, few enough that the per-chunk overhead stays small.
+    let rows_per_chunk = w.rows.div_ceil(threads * 4).max(8);
+    scratch
+        .par_chunks_mut(rows_per_chunk * n)
+        .enumerate()
+        .for_each(|(chunk, result)| {
+            let first = chunk * rows_per_chunk;
+            let chunk_rows = result.len() / n;
+            for t0 in (0..n).step_by(TOKEN_TILE) {
+                let t1 = (t0 + TOKEN_TILE).min(n);
+                for rr in 0..chunk_rows {
+                    let r = first + rr;
+                    let wq = &w.q[r * w.cols..(r + 1) * w.cols];
+                    let wd = &w.d[r * nb..(r + 1) * nb];
+                    let wm = w.m.as_ref().map(|m| &m[r * nb..(r + 1) * nb]);
+                    for t in t0..t1 {
+                        let aq = &a.q[t * w.cols..(t + 1) * w.cols];
+                        let ad = &a.d[t * nb..(t + 1) * nb];
+                        let mut sum = dot_row(wq, wd, aq, ad);
+                        if let Some(wm) = wm {
+                            let s = &a.s[t * nb..(t + 1) * nb];
+                            sum += wm.iter().zip(s).map(|(m, s)| m * s).sum::<f32>();
+                        }
+                        result[rr * n + t] = sum;
+                    }
+                }
+            }
+        });
+    for r in 0..w.rows {
+        for t in 0..n {
+            out[t * w.rows + r] = scratch[r * n + t];
+        }
+    }
+}
+
+/// One weight row against one activation row: per-block int8 dot products scaled by both block scales.
+#[inline]
+fn dot_row(wq: &[i8], wd: &[f32], aq: &[i8], ad: &[f32]) -> f32 {
+    let mut sum = 0f32;
+    for ((wb, ab), (dw, da)) in wq
+        .chunks_exact(BLOCK)
+        .zip(aq.chunks_exact(BLOCK))
+        .zip(wd.iter().zip(ad))
+    {
+        sum += dot_block(wb, ab) as f32 * (dw * da);
+    }
+    sum
+}
+
+/// 32 int8 products summed in i32. Written as i16 products added in pairs so LLVM lowers it to
+/// sign-extend + vpmaddwd on AVX2.
+#[inline(always)]
+fn dot_block(w: &[i8], a: &[i8]) -> i32 {
+    let w: &[i8; BLOCK] = w.try_into().expect("block of 32");
+    let a: &[i8; BLOCK] = a.try_into().expect("block of 32");
+    let mut acc = [0i32; 16];
+    for i in 0..16 {
+        acc[i] = i32::from(i16::from(w[2 * i]) * i16::from(a[2 * i]))
+            + i32::from(i16::from(w[2 * i + 1]) * i16::from(a[2 * i + 1]));
+    }
+    acc.iter().sum()
+}
