@@ -33,6 +33,8 @@ pub enum EmbeddedError {
     BadManifest { path: PathBuf, message: String },
     #[error("model {name} is not cached at {path}; run `offswitch models pull {name}`")]
     NotCached { name: String, path: PathBuf },
+    #[error("model file {path} does not exist")]
+    LocalModelMissing { path: PathBuf },
     #[error("failed to {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -44,4 +46,17 @@ pub enum EmbeddedError {
     Load { path: PathBuf, message: String },
     #[error("model {path} has an unsupported chat template (only ChatML is known): {template:?}")]
     UnknownTemplate { path: PathBuf, template: String },
+}
+
+impl EmbeddedError {
+    /// Whether the machine lacks something the user can install or fetch (pip, the model
+    /// file), as opposed to a fault of offswitch; the CLI gives these their own exit code.
+    pub fn is_missing_prerequisite(&self) -> bool {
+        matches!(
+            self,
+            EmbeddedError::PipMissing
+                | EmbeddedError::NotCached { .. }
+                | EmbeddedError::LocalModelMissing { .. }
+        )
+    }
 }

