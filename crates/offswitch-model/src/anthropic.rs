@@ -6,7 +6,9 @@ use offswitch_core::{
 };
 use serde_json::{Value, json};
 
-use crate::http::{BuildError, HttpClient, HttpConfig, check_base_url, join_url, snippet};
+use crate::http::{
+    BuildError, HttpClient, HttpConfig, check_base_url, join_url, json_f32, snippet,
+};
 
 /// The provider's own endpoint, used when neither the spec, a flag nor `ANTHROPIC_BASE_URL` names one.
 pub const ANTHROPIC_DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
@@ -74,11 +76,11 @@ impl AnthropicBackend {
             body.insert("system".into(), json!(system));
         }
         body.insert("messages".into(), Value::Array(turns));
-        body.insert("temperature".into(), json!(request.sampling.temperature));
+        body.insert("temperature".into(), json_f32(request.sampling.temperature));
         // Recent Claude models refuse `temperature` and `top_p` together; send `top_p` only
         // when it actually restricts sampling.
         if request.sampling.top_p < 1.0 {
-            body.insert("top_p".into(), json!(request.sampling.top_p));
+            body.insert("top_p".into(), json_f32(request.sampling.top_p));
         }
         if native && !request.tools.is_empty() {
             let tools: Vec<Value> = request

@@ -210,6 +210,17 @@ pub(crate) fn snippet(text: &str) -> String {
     }
 }
 
+/// An `f32` as the JSON number a person would write: `0.9`, not the `0.8999999761581421`
+/// that widening to `f64` gives.
+pub(crate) fn json_f32(value: f32) -> serde_json::Value {
+    value
+        .to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(serde_json::Value::Null, serde_json::Value::Number)
+}
+
 /// Join a base URL and an endpoint path with exactly one slash between them.
 pub(crate) fn join_url(base_url: &str, path: &str) -> String {
     format!(

@@ -7,7 +7,7 @@ use offswitch_core::{
 };
 use serde_json::{Value, json};
 
-use crate::http::{BuildError, HttpClient, HttpConfig, check_base_url, join_url};
+use crate::http::{BuildError, HttpClient, HttpConfig, check_base_url, join_url, json_f32};
 
 /// The provider's own endpoint, used when neither the spec, a flag nor `OPENAI_BASE_URL` names one.
 pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -79,8 +79,8 @@ impl OpenAiBackend {
         let mut body = serde_json::Map::new();
         body.insert("model".into(), json!(model));
         body.insert("messages".into(), Value::Array(messages));
-        body.insert("temperature".into(), json!(request.sampling.temperature));
-        body.insert("top_p".into(), json!(request.sampling.top_p));
+        body.insert("temperature".into(), json_f32(request.sampling.temperature));
+        body.insert("top_p".into(), json_f32(request.sampling.top_p));
         let limit_field = match self.config.token_limit_field {
             TokenLimitField::MaxTokens => "max_tokens",
             TokenLimitField::MaxCompletionTokens => "max_completion_tokens",
