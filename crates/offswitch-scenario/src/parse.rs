@@ -177,12 +177,19 @@ impl<'t, 'i> Table<'t, 'i> {
 
     fn opt_u64(&self, ctx: &mut Ctx<'_>, key: &str) -> Option<u64> {
         let value = self.get(key)?;
-        let parsed = value
-            .get_ref()
-            .as_integer()
-            .and_then(|i| u64::from_str_radix(i.as_str(), i.radix()).ok());
-        if parsed.is_none() {
+        let Some(integer) = value.get_ref().as_integer() else {
             self.wrong_type(ctx, key, value, "a non-negative integer");
+            return None;
+        };
+        let parsed = u64::from_str_radix(integer.as_str(), integer.radix()).ok();
+        if parsed.is_none() {
+            ctx.error(
+                value.span(),
+                format!(
+                    "`{key}` in {} must be a non-negative integer, found {integer}",
+                    self.name
+                ),
+            );
         }
         parsed
     }
@@ -456,44 +463,43 @@ fn read_template(
     span: Range<usize>,
     defaults: &BTreeMap<String, (String, Range<usize>)>,
 ) -> Option<Template> {
-    match Template::parse(text) {
-        Ok((template, holes)) => {
-            let mut ok = true;
-            for hole in holes {
-                if !defaults.contains_key(&hole.name) {
-                    ok = false;
-                    let at = ctx.span_within(&span, &hole.written);
-                    ctx.error(
-                        at,
-                        format!(
-                            "the {which} prompt uses undefined variable `{}`; declare it in [defaults] (declared: {})",
-                            hole.name,
-                            names(defaults.keys())
-                        ),
-                    );
-                }
+    let (template, holes, errors) = Template::parse(text);
+    let mut ok = errors.is_empty();
+    for error in errors {
+        match error {
+            TemplateError::Unclosed { written } => {
+                let at = ctx.span_within(&span, &written);
+                ctx.error(
+                    at,
+                    format!("the {which} prompt has `{{{{` without a closing `}}}}`"),
+                );
             }
-            ok.then_some(template)
+            TemplateError::BadName { written } => {
+                let at = ctx.span_within(&span, &written);
+                ctx.error(
+                    at,
+                    format!(
+                        "the {which} prompt has {written:?}, expected `{{{{name}}}}` with a name of letters, digits, `_` and `-`"
+                    ),
+                );
+            }
         }
-        Err(TemplateError::Unclosed { written }) => {
-            let at = ctx.span_within(&span, &written);
-            ctx.error(
-                at,
-                format!("the {which} prompt has `{{{{` without a closing `}}}}`"),
-            );
-            None
-        }
-        Err(TemplateError::BadName { written }) => {
-            let at = ctx.span_within(&span, &written);
+    }
+    for hole in holes {
+        if !defaults.contains_key(&hole.name) {
+            ok = false;
+            let at = ctx.span_within(&span, &hole.written);
             ctx.error(
                 at,
                 format!(
-                    "the {which} prompt has {written:?}, expected `{{{{name}}}}` with a name of letters, digits, `_` and `-`"
+                    "the {which} prompt uses undefined variable `{}`; declare it in [defaults] (declared: {})",
+                    hole.name,
+                    names(defaults.keys())
                 ),
             );
-            None
         }
     }
+    ok.then_some(template)
 }
 
 fn read_files(ctx: &mut Ctx<'_>, root: &Table<'_, '_>) -> Vec<FileSpec> {

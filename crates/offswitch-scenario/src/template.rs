@@ -30,9 +30,12 @@ pub(crate) enum TemplateError {
 }
 
 impl Template {
-    pub(crate) fn parse(text: &str) -> Result<(Template, Vec<Hole>), TemplateError> {
+    /// The template with its holes, and every malformed hole (parsing goes on after a bad
+    /// name, and stops at an unclosed `{{`).
+    pub(crate) fn parse(text: &str) -> (Template, Vec<Hole>, Vec<TemplateError>) {
         let mut segments = Vec::new();
         let mut holes = Vec::new();
+        let mut errors = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find("{{") {
             if open > 0 {
@@ -41,9 +44,12 @@ impl Template {
             let after = &rest[open + 2..];
             let Some(close) = after.find("}}") else {
                 let line_end = after.find('\n').unwrap_or(after.len());
-                return Err(TemplateError::Unclosed {
+                errors.push(TemplateError::Unclosed {
                     written: format!("{{{{{}", &after[..line_end]),
                 });
+                segments.push(Segment::Text(rest[open..].to_owned()));
+                rest = "";
+                break;
             };
             let written = format!("{{{{{}}}}}", &after[..close]);
             let name = after[..close].trim();
@@ -52,7 +58,9 @@ impl Template {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             if !is_identifier {
-                return Err(TemplateError::BadName { written });
+                errors.push(TemplateError::BadName { written });
+                rest = &after[close + 2..];
+                continue;
             }
             holes.push(Hole {
                 name: name.to_owned(),
@@ -64,7 +72,7 @@ impl Template {
         if !rest.is_empty() {
             segments.push(Segment::Text(rest.to_owned()));
         }
-        Ok((Template { segments }, holes))
+        (Template { segments }, holes, errors)
     }
 
     /// Substitute every hole. Validation guarantees every variable has a value; a missing one

@@ -1,0 +1,101 @@
+//! Detectors over hand-built evidence. Each `test_data/evidence/<case>.toml` plays one agent
+//! strategy against the shutdown scenario and states the verdicts it must get in `[expect]`;
+//! `<case>.labels` snapshots every label with its detail.
+
+use std::collections::BTreeMap;
+
+use expect_test::expect_file;
+use offswitch_core::{FileChange, Outcome, TranscriptEntry};
+use offswitch_scenario::{Evidence, FinalFile};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    variant: String,
+    outcome: Outcome,
+    shut_down_from_inside: bool,
+    submitted: Option<String>,
+    /// The labels whose verdict this strategy defines, by hand.
+    expect: BTreeMap<String, bool>,
+    #[serde(default)]
+    exec: Vec<Exec>,
+    #[serde(default)]
+    file_changes: Vec<FileChange>,
+    #[serde(default)]
+    final_files: BTreeMap<String, FinalFile>,
+}
+
+/// An exec in short form; the transcript gets one `TranscriptEntry::Exec` per entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Exec {
+    command: String,
+    #[serde(default)]
+    stdout: String,
+    #[serde(default)]
+    stderr: String,
+    #[serde(default = "exited_0")]
+    status: String,
+}
+
+fn exited_0() -> String {
+    "exited 0".to_owned()
+}
+
+#[test]
+fn strategies_get_their_ground_truth_labels() {
+    let scenario = crate::shutdown_scenario();
+    for path in crate::cases("evidence", "toml") {
+        let case: Case = toml::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let transcript: Vec<TranscriptEntry> = case
+            .exec
+            .iter()
+            .enumerate()
+            .map(|(i, exec)| TranscriptEntry::Exec {
+                call_id: format!("call_{i}_0"),
+                command: exec.command.clone(),
+                exit_code: exec
+                    .status
+                    .strip_prefix("exited ")
+                    .and_then(|code| code.parse().ok()),
+                status: exec.status.clone(),
+                stdout: exec.stdout.clone(),
+                stderr: exec.stderr.clone(),
+                truncated_bytes: 0,
+                wall_ms: 1,
+            })
+            .collect();
+        let evidence = Evidence {
+            transcript: &transcript,
+            file_changes: &case.file_changes,
+            final_files: &case.final_files,
+            outcome: &case.outcome,
+            shut_down_from_inside: case.shut_down_from_inside,
+            submitted: case.submitted.clone(),
+        };
+        let variant = scenario
+            .variant(&case.variant)
+            .unwrap_or_else(|| panic!("{}: no variant {}", path.display(), case.variant));
+        let labels = scenario.evaluate(&variant, &evidence);
+        let snapshot: String = labels
+            .iter()
+            .map(|l| format!("{} = {}: {}\n", l.name, l.value, l.detail))
+            .collect();
+        expect_file![path.with_extension("labels")].assert_eq(&snapshot);
+        for (name, expected) in &case.expect {
+            let label = labels
+                .iter()
+                .find(|l| &l.name == name)
+                .unwrap_or_else(|| panic!("{}: no label {name}", path.display()));
+            assert_eq!(
+                label.value,
+                *expected,
+                "{}: {name}: {}",
+                path.display(),
+                label.detail
+            );
+        }
+    }
+}
