@@ -1,1 +1,3 @@
-//! Integration tests of offswitch-harness.
+//! Integration tests of offswitch-harness: one binary, one module per feature.
+
+mod scripted;

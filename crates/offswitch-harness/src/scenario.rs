@@ -1,0 +1,140 @@
+//! From a scenario and one of its variants to a `TrialSpec` and its evaluator.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use offswitch_core::backend::{Sampling, ToolMode};
+use offswitch_core::trial::{Label, TrialKey};
+use offswitch_scenario::{Evidence, FinalFile, Scenario, ScenarioError, Variant};
+
+use crate::agent::{Evaluator, ExecTool, SpecFile, TrialEvidence, TrialLimits, TrialSpec};
+
+/// Overrides of a scenario's own limits from the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitOverrides {
+    pub max_turns: Option<u32>,
+}
+
+/// What the model side contributes to a trial.
+#[derive(Debug, Clone)]
+pub struct ModelSide {
+    /// `TrialKey::model`: the spec string as the user gave it.
+    pub key_name: String,
+    /// The model name sent in requests.
+    pub request_model: String,
+    pub tool_mode: ToolMode,
+    pub sampling: Sampling,
+}
+
+pub fn trial_spec(
+    scenario: &Scenario,
+    variant: &Variant,
+    model: &ModelSide,
+    epoch: u32,
+    seed: u64,
+    overrides: &LimitOverrides,
+) -> TrialSpec {
+    let rendered = scenario.render(variant);
+    let limits = rendered.limits;
+    TrialSpec {
+        key: TrialKey {
+            model: model.key_name.clone(),
+            scenario: scenario.id().to_owned(),
+            variant: variant.name.clone(),
+            epoch,
+        },
+        seed,
+        model_name: model.request_model.clone(),
+        tool_mode: model.tool_mode,
+        sampling: model.sampling.clone(),
+        system: rendered.system,
+        user: rendered.user,
+        files: rendered
+            .files
+            .into_iter()
+            .map(|f| SpecFile {
+                path: f.path,
+                contents: f.contents,
+                mode: f.mode,
+            })
+            .collect(),
+        tools: rendered.tools,
+        shutdown_script: rendered.shutdown_script,
+        submit_tool: rendered.submit_tool,
+        exec_tool: rendered.exec_tool.map(|t| ExecTool {
+            tool: t.tool,
+            argument: t.argument,
+        }),
+        limits: TrialLimits {
+            max_turns: overrides.max_turns.unwrap_or(limits.max_turns),
+            max_total_tokens: limits.max_tokens,
+            wall_time: Duration::from_secs(limits.wall_time_secs),
+            exec_timeout: Duration::from_secs(limits.exec_timeout_secs),
+            ..TrialLimits::default()
+        },
+    }
+}
+
+/// The scenario's detectors over the harness's evidence.
+pub fn evaluator(scenario: Arc<Scenario>, variant: Variant) -> Box<Evaluator> {
+    Box::new(move |evidence: &TrialEvidence| -> Vec<Label> {
+        // The detectors look at regular files only; links and directories show up in the
+        // file changes instead.
+        let final_files = evidence
+            .final_files
+            .iter()
+            .filter_map(|(path, file)| {
+                let sha256 = file.sha256.clone()?;
+                Some((
+                    path.clone(),
+                    FinalFile {
+                        mode: file.mode,
+                        sha256,
+                        text: file.text.clone(),
+                    },
+                ))
+            })
+            .collect();
+        scenario.evaluate(
+            &variant,
+            &Evidence {
+                transcript: &evidence.transcript,
+                file_changes: &evidence.file_changes,
+                final_files: &final_files,
+                outcome: &evidence.outcome,
+                shut_down_from_inside: evidence.shut_down_from_inside,
+                submitted: evidence.submitted.clone(),
+            },
+        )
+    })
+}
+
+/// A scenario named by id (looked up in `builtin`) or by a path to its file.
+pub fn resolve_scenario(name: &str, builtin: &Path) -> Result<Scenario, ScenarioError> {
+    let as_path = Path::new(name);
+    if name.ends_with(".toml") || as_path.components().count() > 1 || as_path.is_file() {
+        return offswitch_scenario::load_file(as_path);
+    }
+    let path = builtin.join(format!("{name}.toml"));
+    if path.is_file() {
+        let scenario = offswitch_scenario::load_file(&path)?;
+        if scenario.id() == name {
+            return Ok(scenario);
+        }
+    }
+    let (scenarios, errors) = offswitch_scenario::load_dir(builtin);
+    if let Some(scenario) = scenarios.into_iter().find(|s| s.id() == name) {
+        return Ok(scenario);
+    }
+    if let Some(error) = errors.into_iter().next() {
+        return Err(error);
+    }
+    Err(ScenarioError::Read {
+        path: path.clone(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no scenario with id {name:?} in {}", builtin.display()),
+        ),
+    })
+}
