@@ -1,1 +1,323 @@
-//! offswitch-report (being written).
+//! Reports over finished trials: rate tables with intervals, variant comparisons, and one
+//! trial's transcript, rendered as terminal text, JSON and CSV.
+//!
+//! Pure: records in, strings out. Reading the store and writing files is the CLI's job.
+//! Invariants: a rate counts only valid trials (`Outcome::is_valid`) that carry the label;
+//! cells are ordered by (model, scenario, variant) so output does not depend on the order in
+//! which concurrent trials finished; the JSON and CSV layouts are versioned (`REPORT_SCHEMA`).
+
+mod render;
+mod transcript;
+
+use std::collections::BTreeMap;
+
+use offswitch_core::TrialRecord;
+use offswitch_stats::{Interval, Proportion, StatsError};
+
+pub use render::{render_csv, render_json, render_table};
+pub use transcript::{TrialHeader, render_trial};
+
+/// The version tag of the JSON report (`"schema"`) and, by the same number, of the CSV columns.
+pub const REPORT_SCHEMA: &str = "offswitch.report/1";
+
+/// Outcome names in the order tables show them (the order of `Outcome`'s variants).
+pub const OUTCOME_ORDER: &[&str] = &[
+    "finished",
+    "shut_down",
+    "turn_limit",
+    "token_limit",
+    "time_limit",
+    "backend_failed",
+    "harness_error",
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportConfig {
+    /// Only these labels, in this order; empty means every label seen, in first-seen order.
+    pub labels: Vec<String>,
+    /// Confidence level of both intervals.
+    pub confidence: f64,
+}
+
+impl Default for ReportConfig {
+    fn default() -> ReportConfig {
+        ReportConfig {
+            labels: Vec::new(),
+            confidence: offswitch_stats::DEFAULT_CONFIDENCE,
+        }
+    }
+}
+
+/// Which run the report is about, for headers and output files.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RunMeta {
+    pub id: String,
+    pub label: Option<String>,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub run: RunMeta,
+    pub confidence: f64,
+    /// The label names reported, in column order.
+    pub label_names: Vec<String>,
+    pub cells: Vec<Cell>,
+    pub comparisons: Vec<Comparison>,
+}
+
+/// One (model, scenario, variant) cell of the run matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    pub model: String,
+    pub scenario: String,
+    pub variant: String,
+    /// Every stored trial of the cell, valid or not.
+    pub trials: u64,
+    /// Trials that count toward rates.
+    pub valid: u64,
+    /// Trials per outcome name (only outcomes that occurred).
+    pub outcomes: BTreeMap<String, u64>,
+    /// Means over the valid trials (0 when there are none).
+    pub mean_turns: f64,
+    pub mean_prompt_tokens: f64,
+    pub mean_completion_tokens: f64,
+    /// One per reported label name, in `Report::label_names` order.
+    pub labels: Vec<LabelRate>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelRate {
+    pub name: String,
+    /// Valid trials with the label true, out of valid trials carrying the label at all.
+    pub proportion: Proportion,
+    /// Valid trials that lack this label (a detector did not run); not in `proportion`.
+    pub unlabelled: u64,
+    pub jeffreys: Interval,
+    pub wilson: Interval,
+}
+
+/// Variant `a` against variant `b` for one model, scenario and label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    pub model: String,
+    pub scenario: String,
+    pub label: String,
+    pub variant_a: String,
+    pub variant_b: String,
+    pub result: offswitch_stats::Comparison,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Stats(#[from] StatsError),
+    #[error(
+        "cannot compare {spec:?}: expected two variants separated by a comma, each one of: {known}"
+    )]
+    BadComparison { spec: String, known: String },
+    #[error("cannot compare variant {0:?} with itself")]
+    SameVariant(String),
+    #[error("label {label:?} does not occur in this run; labels: {known}")]
+    UnknownLabel { label: String, known: String },
+    #[error("no (model, scenario) in this run has both variants {a:?} and {b:?}")]
+    NothingToCompare { a: String, b: String },
+}
+
+/// Build the rate table of `records` (a run's trials, in any order).
+pub fn build_report(
+    run: RunMeta,
+    records: &[TrialRecord],
+    config: &ReportConfig,
+) -> Result<Report, ReportError> {
+    let seen = label_names_seen(records);
+    let label_names = if config.labels.is_empty() {
+        seen
+    } else {
+        for label in &config.labels {
+            if !seen.contains(label) {
+                return Err(ReportError::UnknownLabel {
+                    label: label.clone(),
+                    known: list_or_none(&seen),
+                });
+            }
+        }
+        config.labels.clone()
+    };
+
+    let mut groups: BTreeMap<(&str, &str, &str), Vec<&TrialRecord>> = BTreeMap::new();
+    for record in records {
+        groups
+            .entry((
+                record.key.model.as_str(),
+                record.key.scenario.as_str(),
+                record.key.variant.as_str(),
+            ))
+            .or_default()
+            .push(record);
+    }
+    let mut cells = Vec::with_capacity(groups.len());
+    for ((model, scenario, variant), trials) in groups {
+        let valid: Vec<&TrialRecord> = trials
+            .iter()
+            .copied()
+            .filter(|r| r.outcome.is_valid())
+            .collect();
+        let mut outcomes = BTreeMap::new();
+        for record in &trials {
+            *outcomes
+                .entry(record.outcome.name().to_owned())
+                .or_insert(0) += 1;
+        }
+        let mean = |value: fn(&TrialRecord) -> f64| {
+            if valid.is_empty() {
+                0.0
+            } else {
+                valid.iter().map(|r| value(r)).sum::<f64>() / valid.len() as f64
+            }
+        };
+        let mut labels = Vec::with_capacity(label_names.len());
+        for name in &label_names {
+            let mut successes = 0;
+            let mut labelled = 0;
+            for record in &valid {
+                if let Some(label) = record.label(name) {
+                    labelled += 1;
+                    successes += u64::from(label.value);
+                }
+            }
+            let proportion = Proportion::new(successes, labelled)?;
+            labels.push(LabelRate {
+                name: name.clone(),
+                proportion,
+                unlabelled: valid.len() as u64 - labelled,
+                jeffreys: offswitch_stats::jeffreys(proportion, config.confidence)?,
+                wilson: offswitch_stats::wilson(proportion, config.confidence)?,
+            });
+        }
+        cells.push(Cell {
+            model: model.to_owned(),
+            scenario: scenario.to_owned(),
+            variant: variant.to_owned(),
+            trials: trials.len() as u64,
+            valid: valid.len() as u64,
+            outcomes,
+            mean_turns: mean(|r| f64::from(r.turns)),
+            mean_prompt_tokens: mean(|r| r.usage.prompt_tokens as f64),
+            mean_completion_tokens: mean(|r| r.usage.completion_tokens as f64),
+            labels,
+        });
+    }
+    Ok(Report {
+        run,
+        confidence: config.confidence,
+        label_names,
+        cells,
+        comparisons: Vec::new(),
+    })
+}
+
+/// Split a `--compare` argument into two variant names. Variant names contain commas
+/// themselves when a scenario has several factors (`f=a,g=b`), so the split point is the comma
+/// that leaves a known variant on both sides.
+pub fn parse_comparison(spec: &str, report: &Report) -> Result<(String, String), ReportError> {
+    let known: Vec<&str> = {
+        let mut variants: Vec<&str> = report.cells.iter().map(|c| c.variant.as_str()).collect();
+        variants.sort_unstable();
+        variants.dedup();
+        variants
+    };
+    let splits: Vec<(String, String)> = spec
+        .match_indices(',')
+        .map(|(at, _)| (&spec[..at], &spec[at + 1..]))
+        .filter(|(a, b)| known.contains(a) && known.contains(b))
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+    match splits.as_slice() {
+        [(a, b)] if a == b => Err(ReportError::SameVariant(a.clone())),
+        [one] => Ok(one.clone()),
+        _ => Err(ReportError::BadComparison {
+            spec: spec.to_owned(),
+            known: list_or_none(&known),
+        }),
+    }
+}
+
+/// Add the comparison of `variant_a` against `variant_b` for each of `labels` (all reported
+/// labels when empty) in every (model, scenario) that has both variants.
+pub fn add_comparison(
+    report: &mut Report,
+    variant_a: &str,
+    variant_b: &str,
+    labels: &[String],
+) -> Result<(), ReportError> {
+    let labels: Vec<String> = if labels.is_empty() {
+        report.label_names.clone()
+    } else {
+        labels.to_vec()
+    };
+    let mut added = 0;
+    let mut comparisons = Vec::new();
+    for a in report.cells.iter().filter(|c| c.variant == variant_a) {
+        let Some(b) = report
+            .cells
+            .iter()
+            .find(|c| c.variant == variant_b && c.model == a.model && c.scenario == a.scenario)
+        else {
+            continue;
+        };
+        added += 1;
+        for label in &labels {
+            let rate = |cell: &Cell| {
+                cell.labels
+                    .iter()
+                    .find(|l| &l.name == label)
+                    .map(|l| l.proportion)
+                    .ok_or_else(|| ReportError::UnknownLabel {
+                        label: label.clone(),
+                        known: list_or_none(&report.label_names),
+                    })
+            };
+            comparisons.push(Comparison {
+                model: a.model.clone(),
+                scenario: a.scenario.clone(),
+                label: label.clone(),
+                variant_a: variant_a.to_owned(),
+                variant_b: variant_b.to_owned(),
+                result: offswitch_stats::compare_proportions(rate(a)?, rate(b)?)?,
+            });
+        }
+    }
+    if added == 0 {
+        return Err(ReportError::NothingToCompare {
+            a: variant_a.to_owned(),
+            b: variant_b.to_owned(),
+        });
+    }
+    report.comparisons.extend(comparisons);
+    Ok(())
+}
+
+fn label_names_seen(records: &[TrialRecord]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for record in records {
+        for label in &record.labels {
+            if !names.contains(&label.name) {
+                names.push(label.name.clone());
+            }
+        }
+    }
+    names
+}
+
+fn list_or_none<S: AsRef<str>>(items: &[S]) -> String {
+    if items.is_empty() {
+        "(none)".to_owned()
+    } else {
+        items
+            .iter()
+            .map(|s| s.as_ref())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
