@@ -97,11 +97,7 @@ impl HttpClient {
             .await
             .map_err(|e| self.transport_error(url, &e))?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let retry_after = retry_after_header(response.headers());
         let bytes = response
             .bytes()
             .await
@@ -157,6 +153,19 @@ impl HttpClient {
         };
         self.error(kind, format!("HTTP {status}: {detail}"))
     }
+}
+
+/// The server's wait hint: OpenAI's millisecond `retry-after-ms` when present (it is the more
+/// precise), else the standard `Retry-After`.
+fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(millis) = text("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok())
+        && millis.is_finite()
+        && millis >= 0.0
+    {
+        return Some(Duration::from_secs_f64(millis / 1000.0));
+    }
+    text("retry-after").and_then(|v| parse_retry_after(v, SystemTime::now()))
 }
 
 /// Parse a `Retry-After` value: delay seconds or an HTTP-date (RFC 9110 section 10.2.3).

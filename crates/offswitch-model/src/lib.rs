@@ -21,7 +21,7 @@ pub use anthropic::{AnthropicBackend, AnthropicConfig};
 pub use cache::{CacheError, CacheStatus, CachedBackend, ResponseCache};
 pub use client::{ModelCall, ModelClient};
 pub use http::{BuildError, HttpConfig, parse_retry_after};
-pub use openai::{OpenAiBackend, OpenAiConfig, TokenLimitField};
+pub use openai::{OpenAiBackend, OpenAiConfig, OpenAiDialect};
 pub use resilient::{AttemptFailure, RateLimits, ResilienceConfig, ResilientBackend, RetryPolicy};
 pub use spec::{
     EMBEDDED_MODEL, HttpOptions, ModelSpec, SpecError, build_http_backend,

@@ -12,13 +12,35 @@ use crate::http::{BuildError, HttpClient, HttpConfig, check_base_url, join_url, 
 /// The provider's own endpoint, used when neither the spec, a flag nor `OPENAI_BASE_URL` names one.
 pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
-/// Which field carries the completion-token limit. OpenAI's reasoning models (o1, o3, ...)
-/// reject `max_tokens`; most other servers only know `max_tokens`.
+/// Which variant of the request format a server takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TokenLimitField {
+pub enum OpenAiDialect {
+    /// `max_tokens`, `temperature`, `top_p`: what vLLM, llama.cpp, Ollama and most providers take.
     #[default]
-    MaxTokens,
-    MaxCompletionTokens,
+    Standard,
+    /// OpenAI's reasoning models (o1, o3, o4-mini, gpt-5): they reject `max_tokens` in favour of
+    /// `max_completion_tokens` and refuse any temperature or top_p but the default, so neither
+    /// is sent. The study's sampling settings then cannot be applied; the stored request says so.
+    Reasoning,
+}
+
+impl OpenAiDialect {
+    /// A guess from the model name, for when the user does not say: OpenAI's reasoning model
+    /// families by their published name prefixes, `Standard` for everything else.
+    pub fn for_model(model: &str) -> OpenAiDialect {
+        let name = model.rsplit('/').next().unwrap_or(model);
+        let reasoning = ["o1", "o3", "o4", "gpt-5"].iter().any(|family| {
+            name == *family
+                || name
+                    .strip_prefix(family)
+                    .is_some_and(|rest| rest.starts_with('-'))
+        });
+        if reasoning {
+            OpenAiDialect::Reasoning
+        } else {
+            OpenAiDialect::Standard
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -31,7 +53,7 @@ pub struct OpenAiConfig {
     /// The model used when a request leaves `ChatRequest::model` empty.
     pub model: String,
     pub http: HttpConfig,
-    pub token_limit_field: TokenLimitField,
+    pub dialect: OpenAiDialect,
 }
 
 #[derive(Debug, Clone)]
@@ -79,13 +101,19 @@ impl OpenAiBackend {
         let mut body = serde_json::Map::new();
         body.insert("model".into(), json!(model));
         body.insert("messages".into(), Value::Array(messages));
-        body.insert("temperature".into(), json_f32(request.sampling.temperature));
-        body.insert("top_p".into(), json_f32(request.sampling.top_p));
-        let limit_field = match self.config.token_limit_field {
-            TokenLimitField::MaxTokens => "max_tokens",
-            TokenLimitField::MaxCompletionTokens => "max_completion_tokens",
-        };
-        body.insert(limit_field.into(), json!(request.sampling.max_tokens));
+        match self.config.dialect {
+            OpenAiDialect::Standard => {
+                body.insert("temperature".into(), json_f32(request.sampling.temperature));
+                body.insert("top_p".into(), json_f32(request.sampling.top_p));
+                body.insert("max_tokens".into(), json!(request.sampling.max_tokens));
+            }
+            OpenAiDialect::Reasoning => {
+                body.insert(
+                    "max_completion_tokens".into(),
+                    json!(request.sampling.max_tokens),
+                );
+            }
+        }
         if let Some(seed) = request.sampling.seed {
             body.insert("seed".into(), json!(seed));
         }
@@ -121,6 +149,20 @@ impl OpenAiBackend {
                 format!("reply from {} has {what}", self.url),
             )
         };
+        // Some gateways report an upstream failure as status 200 with an error object.
+        if let Some(message) = reply
+            .get("error")
+            .and_then(|e| e.get("message").or(Some(e)))
+            .filter(|_| reply.get("choices").is_none())
+        {
+            let message = message
+                .as_str()
+                .map_or_else(|| message.to_string(), str::to_owned);
+            return Err(self.client.error(
+                BackendErrorKind::Protocol,
+                format!("reply from {} is an error: {message}", self.url),
+            ));
+        }
         let choice = reply
             .get("choices")
             .and_then(|c| c.get(0))

@@ -8,7 +8,7 @@ use offswitch_core::ChatBackend;
 
 use crate::anthropic::{ANTHROPIC_DEFAULT_BASE_URL, AnthropicBackend, AnthropicConfig};
 use crate::http::{BuildError, HttpConfig};
-use crate::openai::{OPENAI_DEFAULT_BASE_URL, OpenAiBackend, OpenAiConfig, TokenLimitField};
+use crate::openai::{OPENAI_DEFAULT_BASE_URL, OpenAiBackend, OpenAiConfig, OpenAiDialect};
 
 /// The name of the embedded default model.
 pub const EMBEDDED_MODEL: &str = "smollm2-135m";
@@ -155,7 +155,9 @@ pub struct HttpOptions {
     pub base_url: Option<String>,
     pub timeout: Duration,
     pub extra_headers: Vec<(String, String)>,
-    pub token_limit_field: TokenLimitField,
+    /// The OpenAI request dialect; `None` guesses it from the model name
+    /// (`OpenAiDialect::for_model`).
+    pub openai_dialect: Option<OpenAiDialect>,
 }
 
 impl Default for HttpOptions {
@@ -165,7 +167,7 @@ impl Default for HttpOptions {
             base_url: None,
             timeout: HttpConfig::default().timeout,
             extra_headers: Vec::new(),
-            token_limit_field: TokenLimitField::default(),
+            openai_dialect: None,
         }
     }
 }
@@ -227,7 +229,9 @@ pub fn build_http_backend_with_env(
             api_key,
             model: model.clone(),
             http,
-            token_limit_field: options.token_limit_field,
+            dialect: options
+                .openai_dialect
+                .unwrap_or_else(|| OpenAiDialect::for_model(model)),
         })?),
         _ => Arc::new(AnthropicBackend::new(AnthropicConfig {
             base_url,

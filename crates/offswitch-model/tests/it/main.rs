@@ -87,7 +87,7 @@ async fn openai_pair(timeout: Duration) -> (MockServer, Arc<dyn ChatBackend>) {
         api_key: Some("sk-test".into()),
         model: "test-model".into(),
         http: http(timeout),
-        token_limit_field: Default::default(),
+        dialect: Default::default(),
     })
     .unwrap();
     (server, Arc::new(backend))

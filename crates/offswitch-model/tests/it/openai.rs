@@ -221,6 +221,29 @@ async fn replies_and_failures_map_to_responses_and_error_kinds() {
         "#]],
     )
     .await;
+    check_reply(
+        MockReply::Error {
+            status: 429,
+            message: "slow down".into(),
+            headers: vec![
+                ("retry-after-ms".into(), "1500".into()),
+                ("retry-after".into(), "2".into()),
+            ],
+        },
+        long,
+        expect![[r#"
+            error RateLimited { retry_after: Some(1.5s) }: openai:test-model@http://127.0.0.1:PORT/v1: HTTP 429: slow down
+        "#]],
+    )
+    .await;
+    check_reply(
+        MockReply::error(200, "upstream provider failed"),
+        long,
+        expect![[r#"
+            error Protocol: openai:test-model@http://127.0.0.1:PORT/v1: reply from http://127.0.0.1:PORT/v1/chat/completions is an error: upstream provider failed
+        "#]],
+    )
+    .await;
     check_reply(MockReply::Truncated, long, expect![[r#"
         error Protocol: openai:test-model@http://127.0.0.1:PORT/v1: reply from http://127.0.0.1:PORT/v1/chat/completions is not valid JSON (EOF while parsing a string at line 1 column 134): {"id":"chatcmpl-mock-1","object":"chat.completion","created":0,"model":"test-model","choices":[{"index":0,"message":{"role":"assistant
     "#]]).await;
@@ -275,7 +298,7 @@ async fn connection_refused_is_a_transport_error() {
         api_key: None,
         model: "m".into(),
         http: Default::default(),
-        token_limit_field: Default::default(),
+        dialect: Default::default(),
     })
     .unwrap();
     let error = backend
@@ -287,4 +310,61 @@ async fn connection_refused_is_a_transport_error() {
         offswitch_core::BackendErrorKind::Transport,
         "{error}"
     );
+}
+
+#[test]
+fn reasoning_models_get_their_dialect() {
+    use offswitch_model::{OpenAiBackend, OpenAiConfig, OpenAiDialect};
+    let guesses: Vec<String> = [
+        "o3",
+        "o3-2025-04-16",
+        "o4-mini",
+        "gpt-5",
+        "openai/gpt-5-mini",
+        "gpt-4o",
+        "o3x",
+        "llama-3.1-8b",
+    ]
+    .iter()
+    .map(|m| format!("{m}: {:?}", OpenAiDialect::for_model(m)))
+    .collect();
+    expect![[r#"
+        o3: Reasoning
+        o3-2025-04-16: Reasoning
+        o4-mini: Reasoning
+        gpt-5: Reasoning
+        openai/gpt-5-mini: Reasoning
+        gpt-4o: Standard
+        o3x: Standard
+        llama-3.1-8b: Standard"#]]
+    .assert_eq(&guesses.join("\n"));
+
+    let backend = OpenAiBackend::new(OpenAiConfig {
+        base_url: "http://127.0.0.1:1/v1".into(),
+        api_key: None,
+        model: "o3".into(),
+        http: Default::default(),
+        dialect: OpenAiDialect::Reasoning,
+    })
+    .unwrap();
+    let mut request = first_request(ToolMode::Native);
+    request.tools.clear();
+    expect![[r#"
+        {
+          "model": "test-model",
+          "messages": [
+            {
+              "role": "system",
+              "content": "You are a careful agent."
+            },
+            {
+              "role": "user",
+              "content": "Call ./next_question to get a task."
+            }
+          ],
+          "max_completion_tokens": 256,
+          "seed": 7
+        }
+    "#]]
+    .assert_eq(&pretty(&backend.request_body(&request)));
 }
