@@ -91,7 +91,12 @@ pub fn load_dir(dir: &Path) -> (Vec<Scenario>, Vec<ScenarioError>) {
 pub fn builtin_dir() -> PathBuf {
     match std::env::var_os(SCENARIOS_ENV) {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios"),
+        // The crate sits at `<repo>/crates/offswitch-scenario`.
+        _ => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .nth(2)
+            .unwrap_or(Path::new("."))
+            .join("scenarios"),
     }
 }
 
