@@ -215,6 +215,12 @@ impl Sandbox {
         &self.warnings
     }
 
+    /// Host pids of every process in the sandbox's PID namespace, found by scanning the host's
+    /// `/proc` (independent of the cgroups the off-switch counts with).
+    pub fn host_pids(&self) -> Vec<i32> {
+        namespace_processes(self.shared.pid_namespace)
+    }
+
     /// The working directory the next exec starts in (a path inside the sandbox).
     pub fn cwd(&self) -> String {
         lock(&self.cwd).clone()
@@ -610,6 +616,8 @@ impl Shared {
                 );
             }
             wait_readable(self.init_pidfd.as_raw_fd(), Duration::from_secs(60));
+            // PID 1's zombie still belongs to the namespace until we reap it.
+            self.reap_init();
             survivors = count_namespace_processes(self.pid_namespace);
         }
         self.reap_init();
@@ -1284,17 +1292,22 @@ fn chown_tree(home: &Path, uid: u32, gid: u32) {
 }
 
 fn count_namespace_processes(namespace: u64) -> usize {
+    namespace_processes(namespace).len()
+}
+
+fn namespace_processes(namespace: u64) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
+        return Vec::new();
     };
     entries
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().as_bytes().iter().all(u8::is_ascii_digit))
-        .filter(|e| {
-            std::fs::metadata(e.path().join("ns/pid"))
-                .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == namespace)
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            // A zombie has no namespaces left to stat, so it is not counted: it is dead.
+            let meta = std::fs::metadata(e.path().join("ns/pid")).ok()?;
+            (std::os::unix::fs::MetadataExt::ino(&meta) == namespace).then_some(pid)
         })
-        .count()
+        .collect()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

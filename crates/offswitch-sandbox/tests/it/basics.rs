@@ -1,25 +1,255 @@
-//! Exec basics: output, exit status, stdin, cwd persistence, environment, timeouts.
+//! Exec basics: output, exit status, stdin, cwd and files across execs, environment, timeouts,
+//! output caps, concurrency, and the shutdown path from inside.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use expect_test::{Expect, expect};
-use offswitch_sandbox::{ExecRequest, ExecStatus};
+use offswitch_sandbox::{ExecRequest, ExecStatus, Limits, SHUTDOWN_COMMAND, SandboxState};
 
-use crate::support::{run, run_with, sandbox, text};
+use crate::support::{run, run_with, sandbox, sandbox_seeded, text};
 
-fn check(command: &str, expected: Expect) {
+/// Run `commands` in order in one fresh sandbox; render each status and output.
+fn check(commands: &[&str], expected: Expect) {
     let test = sandbox();
-    let result = run(&test.sandbox, command);
-    expected.assert_eq(&format!("{:?}\n{}", result.status, text(&result)));
+    let mut rendered = String::new();
+    for command in commands {
+        let result = run(&test.sandbox, command);
+        rendered.push_str(&format!(
+            "$ {command}\n{:?}\n{}",
+            result.status,
+            text(&result)
+        ));
+    }
+    expected.assert_eq(&rendered);
 }
 
 #[test]
-fn echo_and_status() {
+fn output_and_exit_status() {
     check(
-        "echo hello; exit 3",
+        &["echo hello; echo oops >&2; exit 3", "kill -9 $$"],
         expect![[r#"
-        Exited(3)
-        hello
-    "#]],
+            $ echo hello; echo oops >&2; exit 3
+            Exited(3)
+            hello
+            [stderr] oops
+            $ kill -9 $$
+            Signaled(9)
+        "#]],
+    );
+}
+
+#[test]
+fn cwd_and_files_persist_between_execs() {
+    check(
+        &[
+            "pwd; mkdir -p work/deep && cd work/deep && echo data > file",
+            "pwd; cat file; cd /tmp; echo scratch > t",
+            "pwd; cat t; exit 4",
+            "pwd",
+        ],
+        expect![[r#"
+            $ pwd; mkdir -p work/deep && cd work/deep && echo data > file
+            Exited(0)
+            /home/agent
+            $ pwd; cat file; cd /tmp; echo scratch > t
+            Exited(0)
+            /home/agent/work/deep
+            data
+            $ pwd; cat t; exit 4
+            Exited(4)
+            /tmp
+            scratch
+            $ pwd
+            Exited(0)
+            /tmp
+        "#]],
+    );
+}
+
+#[test]
+fn identity_environment_and_hostname() {
+    check(
+        &[
+            "id; hostname; cat /etc/hostname; env | grep -v '^_=' | sort",
+            "grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status",
+        ],
+        expect![[r#"
+            $ id; hostname; cat /etc/hostname; env | grep -v '^_=' | sort
+            Exited(0)
+            uid=0(root) gid=0(root) groups=0(root)
+            trial-host
+            trial-host
+            HOME=/home/agent
+            HOSTNAME=trial-host
+            LANG=C.UTF-8
+            LOGNAME=root
+            OLDPWD=/home/agent
+            PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+            PWD=/home/agent
+            SCENARIO=test
+            SHELL=/bin/bash
+            SHLVL=1
+            TERM=dumb
+            USER=root
+            $ grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status
+            Exited(0)
+            CapInh:	0000000000000000
+            CapPrm:	0000000000000000
+            CapEff:	0000000000000000
+            CapBnd:	0000000000000000
+            CapAmb:	0000000000000000
+            NoNewPrivs:	1
+            Seccomp:	0
+        "#]],
+    );
+}
+
+#[test]
+fn stdin_is_delivered() {
+    let test = sandbox();
+    let stdin: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let result = test
+        .sandbox
+        .exec(&ExecRequest {
+            command: "wc -c; echo done".into(),
+            stdin,
+            timeout: Duration::from_secs(20),
+            output_cap: 1024,
+        })
+        .unwrap();
+    assert_eq!(text(&result), "200000\ndone\n");
+}
+
+#[test]
+fn output_cap_keeps_head_and_tail() {
+    let test = sandbox();
+    let result = test
+        .sandbox
+        .exec(&ExecRequest {
+            command: "seq 1 100000".into(),
+            stdin: Vec::new(),
+            timeout: Duration::from_secs(20),
+            output_cap: 20,
+        })
+        .unwrap();
+    expect![[r#"
+        "1\n2\n3\n4\n5\n99\n100000\n" cut 588875
+    "#]]
+    .assert_eq(&format!(
+        "{:?} cut {}\n",
+        String::from_utf8_lossy(&result.stdout),
+        result.truncated_bytes
+    ));
+}
+
+#[test]
+fn timeout_kills_the_exec_not_the_sandbox() {
+    let test = sandbox();
+    let result = run_with(
+        &test.sandbox,
+        "echo started; sleep 30",
+        Duration::from_millis(300),
+    );
+    assert_eq!(result.status, ExecStatus::TimedOut);
+    assert_eq!(text(&result), "started\n");
+    assert!(result.wall < Duration::from_secs(10), "{:?}", result.wall);
+    assert_eq!(test.sandbox.state(), SandboxState::Running);
+    assert_eq!(
+        run(&test.sandbox, "echo again").status,
+        ExecStatus::Exited(0)
+    );
+}
+
+#[test]
+fn concurrent_execs_from_threads() {
+    let test = sandbox();
+    let sandbox = Arc::new(test.sandbox);
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let sandbox = Arc::clone(&sandbox);
+            std::thread::spawn(move || {
+                let result = run(&sandbox, &format!("sleep 0.1; echo {i}"));
+                (result.status.clone(), text(&result))
+            })
+        })
+        .collect();
+    for (i, thread) in threads.into_iter().enumerate() {
+        let (status, output) = thread.join().unwrap();
+        assert_eq!(status, ExecStatus::Exited(0));
+        assert_eq!(output, format!("{i}\n"));
+    }
+    assert_eq!(sandbox.events().len(), 8);
+}
+
+#[test]
+fn events_record_every_exec() {
+    let test = sandbox();
+    run(&test.sandbox, "cd /tmp; echo abc");
+    run(&test.sandbox, "echo xy >&2; exit 1");
+    let rendered: Vec<String> = test
+        .sandbox
+        .events()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} | {} | {:?} | out {} err {}",
+                e.command, e.cwd, e.status, e.stdout_bytes, e.stderr_bytes
+            )
+        })
+        .collect();
+    expect![[r#"
+        [
+            "cd /tmp; echo abc | /home/agent | Exited(0) | out 4 err 0",
+            "echo xy >&2; exit 1 | /tmp | Exited(1) | out 0 err 3",
+        ]
+    "#]]
+    .assert_debug_eq(&rendered);
+}
+
+#[test]
+fn shutdown_from_inside_ends_the_sandbox() {
+    let script = format!("#!/bin/bash\n{SHUTDOWN_COMMAND}\n");
+    let test = sandbox_seeded(Limits::default(), &[("shutdown.sh", &script, 0o755)]);
+    // Survivors-to-be: a daemon, a TERM-ignorer.
+    run(
+        &test.sandbox,
+        "(setsid sleep 1000 &); (trap '' TERM; sleep 1000) & true",
+    );
+    assert!(test.sandbox.host_pids().len() >= 3);
+    let result = run(&test.sandbox, "./shutdown.sh");
+    assert_eq!(result.status, ExecStatus::SandboxShutDown);
+    assert_eq!(test.sandbox.state(), SandboxState::ShutDownFromInside);
+    assert_eq!(test.sandbox.host_pids(), Vec::<i32>::new());
+    let later = run(&test.sandbox, "echo never");
+    assert_eq!(later.status, ExecStatus::SandboxShutDown);
+    assert!(later.stdout.is_empty());
+    // The outside kill afterwards reports the same, finished kill.
+    assert_eq!(test.sandbox.kill().unwrap().survivors, 0);
+}
+
+#[test]
+fn bare_kill_of_pid_1_also_shuts_down() {
+    let test = sandbox();
+    run(&test.sandbox, "kill -TERM 1; sleep 5");
+    assert_eq!(test.sandbox.state(), SandboxState::ShutDownFromInside);
+    assert_eq!(
+        run(&test.sandbox, "true").status,
+        ExecStatus::SandboxShutDown
+    );
+}
+
+#[test]
+fn sigkill_to_pid_1_from_inside_is_ignored() {
+    let test = sandbox();
+    let result = run(
+        &test.sandbox,
+        "kill -KILL 1; kill -STOP 1; sleep 0.2; echo alive",
+    );
+    assert_eq!(text(&result), "alive\n");
+    assert_eq!(test.sandbox.state(), SandboxState::Running);
+    assert_eq!(
+        run(&test.sandbox, "echo still").status,
+        ExecStatus::Exited(0)
     );
 }

@@ -1,5 +1,11 @@
 //! Integration tests of offswitch-sandbox: real namespaces, real cgroups, real processes.
+//! Everything runs as root here and in CI; tests that need root say so when they skip.
 
 mod support;
 
 mod basics;
+mod escapes;
+mod kill;
+mod limits;
+mod snapshot;
+mod unprivileged;

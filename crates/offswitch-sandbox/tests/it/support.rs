@@ -7,7 +7,8 @@ use offswitch_sandbox::{ExecRequest, ExecResult, Limits, NetworkMode, Sandbox, S
 
 pub struct TestSandbox {
     pub sandbox: Sandbox,
-    pub dir: tempfile::TempDir,
+    /// Owns the temporary directory holding the home; removed when the test ends.
+    pub _dir: tempfile::TempDir,
 }
 
 impl TestSandbox {
@@ -17,7 +18,20 @@ impl TestSandbox {
 }
 
 pub fn sandbox_with(limits: Limits) -> TestSandbox {
+    sandbox_seeded(limits, &[])
+}
+
+/// A sandbox whose home holds `files` (path, contents, mode) before it starts, as the harness
+/// writes a scenario's files before creating the sandbox.
+pub fn sandbox_seeded(limits: Limits, files: &[(&str, &str, u32)]) -> TestSandbox {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
+    for (path, contents, mode) in files {
+        let path = dir.path().join("home").join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).unwrap();
+    }
     let config = SandboxConfig {
         home: dir.path().join("home"),
         limits,
@@ -26,7 +40,7 @@ pub fn sandbox_with(limits: Limits) -> TestSandbox {
         hostname: "trial-host".into(),
     };
     let sandbox = Sandbox::create(config).expect("create sandbox");
-    TestSandbox { sandbox, dir }
+    TestSandbox { sandbox, _dir: dir }
 }
 
 pub fn sandbox() -> TestSandbox {

@@ -1,0 +1,96 @@
+//! Limits: each exceeded limit is an outcome with a reason, never a harness error.
+
+use std::time::Duration;
+
+use offswitch_sandbox::{ExecStatus, LimitKind, Limits, SandboxState};
+
+use crate::support::{root_or_skip, run, run_with, sandbox_with};
+
+#[test]
+fn memory_hog_is_killed_and_reported() {
+    if !root_or_skip("memory limit") {
+        return;
+    }
+    let test = sandbox_with(Limits {
+        memory_bytes: Some(64 << 20),
+        ..Limits::default()
+    });
+    let result = run(
+        &test.sandbox,
+        "python3 -c 'x = bytearray(512 << 20); print(len(x))'",
+    );
+    assert_eq!(result.status, ExecStatus::LimitExceeded(LimitKind::Memory));
+    // The machine survives its hog: the agent can go on.
+    assert_eq!(test.sandbox.state(), SandboxState::Running);
+    assert_eq!(run(&test.sandbox, "echo ok").status, ExecStatus::Exited(0));
+}
+
+#[test]
+fn process_cap_holds() {
+    if !root_or_skip("process limit") {
+        return;
+    }
+    let test = sandbox_with(Limits {
+        max_processes: Some(20),
+        ..Limits::default()
+    });
+    let result = run(
+        &test.sandbox,
+        "for i in $(seq 60); do sleep 5 & done 2>/dev/null; ls /proc | grep -c '^[0-9]'",
+    );
+    assert_eq!(
+        result.status,
+        ExecStatus::LimitExceeded(LimitKind::Processes)
+    );
+    let count: usize = String::from_utf8_lossy(&result.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(count <= 20, "{count} processes alive under a cap of 20");
+    assert!(test.sandbox.host_pids().len() <= 20);
+}
+
+#[test]
+fn cpu_time_cap_holds_across_processes() {
+    if !root_or_skip("cpu limit") {
+        return;
+    }
+    let test = sandbox_with(Limits {
+        cpu_time: Some(Duration::from_millis(1500)),
+        ..Limits::default()
+    });
+    // Three busy loops: RLIMIT_CPU alone would give each its own budget.
+    let result = run_with(
+        &test.sandbox,
+        "for i in 1 2 3; do (while :; do :; done) & done; wait",
+        Duration::from_secs(60),
+    );
+    assert_eq!(result.status, ExecStatus::LimitExceeded(LimitKind::CpuTime));
+    assert_eq!(
+        test.sandbox.state(),
+        SandboxState::LimitExceeded(LimitKind::CpuTime)
+    );
+    assert_eq!(test.sandbox.host_pids(), Vec::<i32>::new());
+}
+
+#[test]
+fn wall_time_cap_holds() {
+    let test = sandbox_with(Limits {
+        wall_time: Some(Duration::from_millis(500)),
+        ..Limits::default()
+    });
+    let result = run_with(&test.sandbox, "sleep 30", Duration::from_secs(60));
+    assert_eq!(
+        result.status,
+        ExecStatus::LimitExceeded(LimitKind::WallTime)
+    );
+    assert_eq!(
+        test.sandbox.state(),
+        SandboxState::LimitExceeded(LimitKind::WallTime)
+    );
+    assert_eq!(
+        run(&test.sandbox, "true").status,
+        ExecStatus::LimitExceeded(LimitKind::WallTime)
+    );
+    assert_eq!(test.sandbox.host_pids(), Vec::<i32>::new());
+}
