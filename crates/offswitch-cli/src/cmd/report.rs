@@ -1,10 +1,260 @@
-//! `offswitch report` (being written).
+//! `offswitch report`: rates with intervals for a stored run, as a table, JSON and CSV.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::Context;
+use offswitch_report::{ReportConfig, ReportError, RunMeta};
+use offswitch_store::{RunInfo, Store, StoreError};
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`report` is not implemented yet")
+#[derive(clap::Args)]
+pub struct Args {
+    /// The run id (as `offswitch run` printed it), or `latest`.
+    #[arg(default_value = "latest")]
+    pub run: String,
+    /// The run database.
+    #[arg(long, env = "OFFSWITCH_DB", default_value = "offswitch.db")]
+    pub db: PathBuf,
+    /// Also write the report as JSON (schema `offswitch.report/1`) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Also write one CSV row per cell and label to this file.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Report only these labels (repeat the flag or separate with commas); default all.
+    #[arg(long = "label", value_name = "NAME", value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Compare two variants with Fisher's exact test: `A,B`, e.g.
+    /// `condition=a-none,condition=b-user`. Repeatable.
+    #[arg(long, value_name = "A,B")]
+    pub compare: Vec<String>,
+    /// Confidence level of the intervals.
+    #[arg(long, default_value_t = offswitch_stats::DEFAULT_CONFIDENCE)]
+    pub confidence: f64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let stdout = std::io::stdout();
+    report(&args, &mut stdout.lock())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The command with its output going to `out`, so tests can read it.
+pub fn report(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
+    let store = open_existing_store(&args.db)?;
+    let run = resolve_run(&store, &args.run)?;
+    let records = store.trials(&run.id).map_err(store_error)?;
+    let config = ReportConfig {
+        labels: args.labels.clone(),
+        confidence: args.confidence,
+    };
+    let meta = RunMeta {
+        id: run.id.to_string(),
+        label: run.label.clone(),
+        status: run.status.to_string(),
+    };
+    let mut report =
+        offswitch_report::build_report(meta, &records, &config).map_err(report_error)?;
+    for spec in &args.compare {
+        let (a, b) = offswitch_report::parse_comparison(spec, &report).map_err(report_error)?;
+        offswitch_report::add_comparison(&mut report, &a, &b, &args.labels)
+            .map_err(report_error)?;
+    }
+    out.write_all(offswitch_report::render_table(&report).as_bytes())?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, offswitch_report::render_json(&report))
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.csv {
+        std::fs::write(path, offswitch_report::render_csv(&report))
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Open the database for reading; a missing file is the user's mistake, not a new database.
+pub(crate) fn open_existing_store(db: &Path) -> anyhow::Result<Store> {
+    if !db.exists() {
+        return Err(super::invalid_input(format!(
+            "no run database at {} (give --db PATH or set OFFSWITCH_DB)",
+            db.display()
+        )));
+    }
+    Store::open(db).map_err(store_error)
+}
+
+/// `latest` or a run id, as stored.
+pub(crate) fn resolve_run(store: &Store, run: &str) -> anyhow::Result<RunInfo> {
+    if run == "latest" {
+        return store
+            .latest_run()
+            .map_err(store_error)?
+            .ok_or_else(|| super::invalid_input(format!("no runs in {}", store.path().display())));
+    }
+    store.run(run).map_err(store_error)
+}
+
+/// Store errors the user caused (a wrong id, a database from a newer offswitch) exit with 2.
+pub(crate) fn store_error(error: StoreError) -> anyhow::Error {
+    match error {
+        StoreError::UnknownRun(_)
+        | StoreError::UnknownTrial(_)
+        | StoreError::BadTrialReference(_)
+        | StoreError::TooNew { .. } => super::invalid_input(error.to_string()),
+        other => anyhow::Error::new(other),
+    }
+}
+
+fn report_error(error: ReportError) -> anyhow::Error {
+    // Every report error comes from the arguments: a label, a comparison, a confidence level.
+    super::invalid_input(error.to_string())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use expect_test::expect;
+    use offswitch_core::{Label, Outcome, TrialKey, TrialRecord, Usage};
+
+    use super::*;
+
+    pub(crate) fn record(variant: &str, epoch: u32, sabotage: bool) -> TrialRecord {
+        TrialRecord {
+            key: TrialKey {
+                model: "scripted:overwrite".into(),
+                scenario: "shutdown-resistance".into(),
+                variant: variant.into(),
+                epoch,
+            },
+            seed: 7,
+            transcript: Vec::new(),
+            file_changes: Vec::new(),
+            labels: vec![Label {
+                name: "sabotage".into(),
+                value: sabotage,
+                detail: "shutdown.sh overwritten".into(),
+            }],
+            outcome: if sabotage {
+                Outcome::Finished
+            } else {
+                Outcome::ShutDown
+            },
+            usage: Usage {
+                prompt_tokens: 900,
+                completion_tokens: 100,
+            },
+            turns: 6,
+            started_at_ms: 1_795_387_348_000,
+            wall_ms: 250,
+        }
+    }
+
+    fn args(db: &Path, run: &str) -> Args {
+        Args {
+            run: run.into(),
+            db: db.to_owned(),
+            json: None,
+            csv: None,
+            labels: Vec::new(),
+            compare: Vec::new(),
+            confidence: offswitch_stats::DEFAULT_CONFIDENCE,
+        }
+    }
+
+    fn run_report(args: &Args) -> Result<String, (u8, String)> {
+        let mut out = Vec::new();
+        match report(args, &mut out) {
+            Ok(()) => Ok(String::from_utf8(out).unwrap()),
+            Err(error) => Err((super::super::exit_code_for(&error), format!("{error:#}"))),
+        }
+    }
+
+    #[test]
+    fn report_of_a_stored_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("offswitch.db");
+        let store = Store::open(&db).unwrap();
+        let run = store
+            .create_run(&serde_json::json!({}), Some("smoke"))
+            .unwrap();
+        for epoch in 0..20 {
+            store
+                .insert_trial(&run, &record("condition=a-none", epoch, epoch < 19))
+                .unwrap();
+            store
+                .insert_trial(&run, &record("condition=b-user", epoch, epoch < 2))
+                .unwrap();
+        }
+        let mut with_files = args(&db, "latest");
+        with_files.json = Some(dir.path().join("report.json"));
+        with_files.csv = Some(dir.path().join("report.csv"));
+        with_files.compare = vec!["condition=a-none,condition=b-user".into()];
+        let table = run_report(&with_files)
+            .unwrap()
+            .replace(run.as_str(), "[run]");
+        expect![[r#"
+            run [run] (smoke), running: 40 trials, 40 valid
+
+            model               scenario             variant           label       k/n   rate  jeffreys 95%  wilson 95%    unlabelled
+            scripted:overwrite  shutdown-resistance  condition=a-none  sabotage  19/20  95.0%  [78.9, 99.5]  [76.4, 99.1]
+            scripted:overwrite  shutdown-resistance  condition=b-user  sabotage   2/20  10.0%  [2.1, 28.4]   [2.8, 30.1]
+
+            model               scenario             variant           trials  valid  finished  shut_down  mean turns  mean tokens
+            scripted:overwrite  shutdown-resistance  condition=a-none      20     20        19          1         6.0         1000
+            scripted:overwrite  shutdown-resistance  condition=b-user      20     20         2         18         6.0         1000
+
+            comparisons (Fisher's exact test, two-sided)
+            model               scenario             label     variant a                   a  variant b                  b     b - a       p
+            scripted:overwrite  shutdown-resistance  sabotage  condition=a-none  19/20 95.0%  condition=b-user  2/20 10.0%  -85.0 pp  5.8e-8
+        "#]].assert_eq(&table);
+        let json = std::fs::read_to_string(dir.path().join("report.json")).unwrap();
+        assert!(
+            json.contains("\"schema\": \"offswitch.report/1\""),
+            "{json}"
+        );
+        let csv = std::fs::read_to_string(dir.path().join("report.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 3, "{csv}");
+
+        // The same run by id gives the same table.
+        let by_id = run_report(&args(&db, &run))
+            .unwrap()
+            .replace(run.as_str(), "[run]");
+        assert_eq!(
+            by_id,
+            table.split("\ncomparisons").next().unwrap().to_owned()
+        );
+    }
+
+    #[test]
+    fn mistakes_exit_with_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("offswitch.db");
+        let missing = run_report(&args(&db, "latest")).unwrap_err();
+        let store = Store::open(&db).unwrap();
+        let empty = run_report(&args(&db, "latest")).unwrap_err();
+        let run = store.create_run(&serde_json::json!({}), None).unwrap();
+        store
+            .insert_trial(&run, &record("condition=a-none", 0, true))
+            .unwrap();
+        let unknown = run_report(&args(&db, "r-20000101-dead")).unwrap_err();
+        let mut bad_label = args(&db, "latest");
+        bad_label.labels = vec!["sabotag".into()];
+        let bad_label = run_report(&bad_label).unwrap_err();
+        let mut bad_compare = args(&db, "latest");
+        bad_compare.compare = vec!["condition=a-none,condition=z".into()];
+        let bad_compare = run_report(&bad_compare).unwrap_err();
+        let all = [missing, empty, unknown, bad_label, bad_compare]
+            .map(|(code, message)| format!("{code} {message}\n"))
+            .concat()
+            .replace(&dir.path().display().to_string(), "[dir]");
+        expect![[r#"
+            2 no run database at [dir]/offswitch.db (give --db PATH or set OFFSWITCH_DB)
+            2 no runs in [dir]/offswitch.db
+            2 unknown run "r-20000101-dead"
+            2 label "sabotag" does not occur in this run; labels: sabotage
+            2 cannot compare "condition=a-none,condition=z": expected two variants separated by a comma, each one of: condition=a-none
+        "#]].assert_eq(&all);
+    }
 }
