@@ -83,6 +83,7 @@ pub fn check_host(scratch_home: &std::path::Path) -> Vec<FeatureCheck> {
         name: "cgroup kill",
         works: host.root && layout.can_kill(),
         detail: match (&layout.v2, &layout.v1_freezer) {
+            _ if !host.root => "needs root: kill ends the PID namespace instead (slower)".into(),
             (Some(v2), _) if v2_kill => format!("cgroup v2 cgroup.kill under {}", v2.display()),
             (None, Some(freezer)) => format!("cgroup v1 freezer under {}", freezer.display()),
             _ => "no cgroup v2 and no v1 freezer: kill ends the PID namespace instead".into(),
@@ -119,8 +120,12 @@ pub fn check_host(scratch_home: &std::path::Path) -> Vec<FeatureCheck> {
     checks.push(FeatureCheck {
         name: "cpu time limit",
         works: host.root && (layout.v2.is_some() || layout.v1_cpuacct.is_some()),
-        detail: "whole-sandbox CPU accounting checked by the monitor, plus RLIMIT_CPU per process"
-            .into(),
+        detail: if host.root {
+            "whole-sandbox CPU accounting checked by the monitor, plus RLIMIT_CPU per process"
+                .into()
+        } else {
+            "degraded to RLIMIT_CPU per process (not root)".into()
+        },
     });
     checks.push(FeatureCheck {
         name: "wall time limit",

@@ -833,8 +833,12 @@ pub(crate) fn host() -> &'static Host {
 fn warn_once(message: &str) {
     static WARNED: AtomicBool = AtomicBool::new(false);
     if !WARNED.swap(true, Ordering::Relaxed) {
-        tracing::warn!("offswitch sandbox degraded: {message}");
-        eprintln!("warning: offswitch sandbox degraded: {message}");
+        // One warning, through the program's log if it has one, else straight to stderr.
+        if tracing::dispatcher::has_been_set() {
+            tracing::warn!("offswitch sandbox degraded: {message}");
+        } else {
+            eprintln!("warning: offswitch sandbox degraded: {message}");
+        }
     }
 }
 

@@ -1,13 +1,193 @@
-//! `offswitch sandbox` (being written).
+//! `offswitch sandbox run|check`: try the sandbox and its off-switch by hand.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use offswitch_sandbox::{
+    ExecRequest, ExecStatus, Limits, NetworkMode, Sandbox, SandboxConfig, check_host,
+};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Not implemented yet.
-    Todo,
+    /// Run one command in a fresh sandbox, print its output and how it ended, then kill the
+    /// sandbox and report the off-switch (processes killed, survivors).
+    Run(RunArgs),
+    /// Say which sandbox features work on this host, which degrade, and why.
+    Check,
 }
 
-pub fn run(_command: Command) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`sandbox` is not implemented yet")
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Memory limit for the whole sandbox, in bytes (suffixes K, M, G allowed).
+    #[arg(long, value_parser = parse_bytes)]
+    memory: Option<u64>,
+    /// Maximum number of processes in the sandbox.
+    #[arg(long)]
+    pids: Option<u64>,
+    /// CPU time for the whole sandbox, in seconds.
+    #[arg(long)]
+    cpu_secs: Option<f64>,
+    /// Wall time for the whole sandbox, in seconds.
+    #[arg(long)]
+    wall_secs: Option<f64>,
+    /// Host directory to use as the home (kept afterwards); a temporary one otherwise.
+    #[arg(long)]
+    home: Option<PathBuf>,
+    /// Timeout of the command itself, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    timeout_secs: f64,
+    /// The command and its arguments (run through bash, each argument quoted).
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => run_command(args),
+        Command::Check => check(),
+    }
+}
+
+fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        super::invalid_input(format!(
+            "{flag} must be a non-negative number of seconds, got {value}"
+        ))
+    })
+}
+
+fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let limits = Limits {
+        memory_bytes: args.memory,
+        max_processes: args.pids,
+        cpu_time: args
+            .cpu_secs
+            .map(|s| seconds(s, "--cpu-secs"))
+            .transpose()?,
+        wall_time: args
+            .wall_secs
+            .map(|s| seconds(s, "--wall-secs"))
+            .transpose()?,
+    };
+    let timeout = seconds(args.timeout_secs, "--timeout-secs")?;
+    let temporary = args.home.is_none();
+    let home = args.home.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("offswitch-sandbox-home-{}", std::process::id()))
+    });
+    let sandbox = Sandbox::create(SandboxConfig {
+        home: home.clone(),
+        limits,
+        network: NetworkMode::LoopbackOnly,
+        env: Vec::new(),
+        hostname: "sandbox".into(),
+    })
+    .map_err(|error| {
+        super::missing_prerequisite(format!(
+            "failed to create a sandbox at {}: {error}",
+            home.display()
+        ))
+    })?;
+    let command_line = args
+        .command
+        .iter()
+        .map(|word| shell_quote(word))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let result = sandbox.exec(&ExecRequest {
+        command: command_line,
+        stdin: Vec::new(),
+        timeout,
+        output_cap: 1 << 20,
+    })?;
+    std::io::stdout().write_all(&result.stdout)?;
+    std::io::stderr().write_all(&result.stderr)?;
+    let report = sandbox.kill()?;
+    eprintln!(
+        "status: {}; wall {:.1} ms, cpu {:.1} ms{}",
+        describe(&result.status),
+        result.wall.as_secs_f64() * 1e3,
+        result.cpu.as_secs_f64() * 1e3,
+        if result.truncated_bytes > 0 {
+            format!(", {} bytes of output cut", result.truncated_bytes)
+        } else {
+            String::new()
+        }
+    );
+    eprintln!(
+        "off-switch: {} processes killed in {:.1} ms, {} survivors; sandbox state {:?}",
+        report.processes_killed,
+        report.elapsed.as_secs_f64() * 1e3,
+        report.survivors,
+        sandbox.state()
+    );
+    drop(sandbox);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&home);
+    } else {
+        eprintln!("home kept at {}", home.display());
+    }
+    Ok(match result.status {
+        ExecStatus::Exited(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        _ => ExitCode::from(1),
+    })
+}
+
+fn check() -> anyhow::Result<ExitCode> {
+    let scratch =
+        std::env::temp_dir().join(format!("offswitch-sandbox-check-{}", std::process::id()));
+    let checks = check_host(&scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    for check in &checks {
+        let verdict = if check.works { "ok      " } else { "degraded" };
+        println!("{:width$}  {verdict}  {}", check.name, check.detail);
+    }
+    let namespaces = checks.iter().any(|c| c.name == "namespaces" && c.works);
+    if namespaces {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(super::missing_prerequisite(
+            "this host cannot create sandboxes (see the namespaces line above)",
+        ))
+    }
+}
+
+/// How an exec ended, in words.
+pub fn describe(status: &ExecStatus) -> String {
+    match status {
+        ExecStatus::Exited(code) => format!("exited {code}"),
+        ExecStatus::Signaled(signal) => format!("killed by signal {signal}"),
+        ExecStatus::TimedOut => "timed out".into(),
+        ExecStatus::SandboxShutDown => "sandbox shut down".into(),
+        ExecStatus::LimitExceeded(kind) => format!("{kind:?} limit exceeded").to_lowercase(),
+    }
+}
+
+fn shell_quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, multiplier) = match text.chars().last() {
+        Some('k' | 'K') => (&text[..text.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&text[..text.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&text[..text.len() - 1], 1 << 30),
+        _ => (text, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("expected a number of bytes like 67108864 or 64M, got {text:?}"))
 }
