@@ -72,14 +72,18 @@ impl HttpClient {
             header_value.set_sensitive(true);
             headers.insert(header_name, header_value);
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
-            .default_headers(headers)
-            .build()
-            .map_err(|e| BuildError::Client {
-                base_url: base_url.to_owned(),
-                message: e.to_string(),
-            })?;
+            .default_headers(headers);
+        // A proxy from the environment cannot reach this machine's loopback, where local
+        // model servers (and the test mocks) listen.
+        if is_loopback(base_url) {
+            builder = builder.no_proxy();
+        }
+        let client = builder.build().map_err(|e| BuildError::Client {
+            base_url: base_url.to_owned(),
+            message: e.to_string(),
+        })?;
         Ok(HttpClient { backend_id, client })
     }
 
@@ -239,6 +243,20 @@ pub(crate) fn join_url(base_url: &str, path: &str) -> String {
     )
 }
 
+fn is_loopback(base_url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(base_url) else {
+        return false;
+    };
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 pub(crate) fn check_base_url(base_url: &str) -> Result<(), BuildError> {
     if base_url.starts_with("http://") || base_url.starts_with("https://") {
         Ok(())
@@ -271,6 +289,15 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-3", now), None);
+    }
+
+    #[test]
+    fn loopback_hosts_are_recognised() {
+        assert!(is_loopback("http://127.0.0.1:8000/v1"));
+        assert!(is_loopback("http://localhost:11434/v1"));
+        assert!(is_loopback("http://[::1]:8080"));
+        assert!(!is_loopback("https://api.example.org/v1"));
+        assert!(!is_loopback("http://10.0.0.1/v1"));
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// Give up once the waits so far plus the next one would exceed this.
     pub max_total_delay: Duration,
-    /// A server's `Retry-After` is honoured up to this long; a longer one is cut to it.
+    /// A server's `Retry-After` is honoured up to this long; a longer one is cut to it. Up to
+    /// `base_delay` of jitter is added on top.
     pub max_retry_after: Duration,
 }
 
@@ -170,20 +171,20 @@ impl ResilientBackend {
         tokio::time::sleep_until(start).await;
     }
 
-    /// Full jitter (a uniform wait between zero and the exponential ceiling) unless the server
-    /// said when to come back.
+    /// Full jitter: a uniform wait between zero and the exponential ceiling. When the server
+    /// said when to come back, its (capped) wait plus up to `base_delay` of jitter, so that
+    /// calls refused together do not all return in the same instant.
     fn delay_before_retry(&self, attempt: u32, error: &BackendError) -> Duration {
         let policy = &self.config.retry;
         if let Some(retry_after) = error.retry_after() {
-            return retry_after.min(policy.max_retry_after);
+            return retry_after.min(policy.max_retry_after) + jitter(policy.base_delay);
         }
         let doublings = attempt.saturating_sub(1).min(20);
         let ceiling = policy
             .base_delay
             .saturating_mul(1 << doublings)
             .min(policy.max_delay);
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(rand::rng().random_range(0..=nanos))
+        jitter(ceiling)
     }
 }
 
@@ -196,4 +197,10 @@ impl ChatBackend for ResilientBackend {
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, BackendError> {
         self.chat_logged(request).await.0
     }
+}
+
+/// A uniformly random duration in `0..=ceiling`.
+fn jitter(ceiling: Duration) -> Duration {
+    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rand::rng().random_range(0..=nanos))
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use expect_test::{Expect, expect};
-use offswitch_core::{BackendErrorKind, ChatBackend, ToolMode};
+use offswitch_core::{ChatBackend, ToolMode};
 use offswitch_model::mock::{MockReply, MockServer};
 use offswitch_model::{
     AttemptFailure, RateLimits, ResilienceConfig, ResilientBackend, RetryPolicy,
@@ -30,17 +30,21 @@ fn config(retry: RetryPolicy) -> ResilienceConfig {
     }
 }
 
-/// The failures without their random jitter: attempt, kind, retried, and the delay only when
-/// it came from Retry-After (so it is exact).
-fn describe_failures(failures: &[AttemptFailure]) -> String {
+/// The failures without their random jitter: attempt, kind, retried, and for a wait the server
+/// asked for, the capped wait after checking that the delay is that wait plus at most
+/// `base_delay` of jitter.
+fn describe_failures(failures: &[AttemptFailure], policy: &RetryPolicy) -> String {
     failures
         .iter()
         .map(|f| {
-            let delay = match f.error.kind {
-                BackendErrorKind::RateLimited {
-                    retry_after: Some(_),
-                } => {
-                    format!(" delay={:?}", f.delay)
+            let delay = match f.error.retry_after() {
+                Some(retry_after) if f.retried => {
+                    let honoured = retry_after.min(policy.max_retry_after);
+                    assert!(
+                        f.delay >= honoured && f.delay <= honoured + policy.base_delay,
+                        "{f:?} does not honour {honoured:?}"
+                    );
+                    format!(" delay={honoured:?}+jitter")
                 }
                 _ => String::new(),
             };
@@ -62,8 +66,8 @@ async fn check(
 ) {
     let (server, backend) = server_and_backend;
     server.push_all(replies);
-    let policy_caps = (policy.max_delay, policy.max_retry_after);
-    let resilient = ResilientBackend::new(backend, config(policy));
+    let policy_caps = (policy.max_delay, policy.max_retry_after + policy.base_delay);
+    let resilient = ResilientBackend::new(backend, config(policy.clone()));
     let (result, failures) = resilient
         .chat_logged(&first_request(ToolMode::Native))
         .await;
@@ -74,7 +78,7 @@ async fn check(
     let actual = format!(
         "{outcome}\nrequests: {}\n{}",
         server.request_count(),
-        describe_failures(&failures)
+        describe_failures(&failures, &policy)
     );
     // Every failure but the last of a failed call was retried, and the log is complete.
     let expected_failures = server.request_count() - usize::from(result.is_ok());
@@ -191,7 +195,7 @@ async fn retry_after_is_honoured_and_capped() {
         expect![[r#"
             ok "after the wait"
             requests: 2
-            attempt 1 retried=true RateLimited { retry_after: Some(1s) } delay=1s: HTTP 429: rate limit reached
+            attempt 1 retried=true RateLimited { retry_after: Some(1s) } delay=1s+jitter: HTTP 429: rate limit reached
         "#]],
     )
     .await;
@@ -210,7 +214,7 @@ async fn retry_after_is_honoured_and_capped() {
         expect![[r#"
             ok "soon"
             requests: 2
-            attempt 1 retried=true RateLimited { retry_after: Some(3600s) } delay=20ms: HTTP 429: rate limit reached
+            attempt 1 retried=true RateLimited { retry_after: Some(3600s) } delay=20ms+jitter: HTTP 429: rate limit reached
         "#]],
     )
     .await;
@@ -225,7 +229,7 @@ async fn retry_after_is_honoured_and_capped() {
         expect![[r#"
             err RateLimited { retry_after: Some(1s) }
             requests: 1
-            attempt 1 retried=false RateLimited { retry_after: Some(1s) } delay=0ns: HTTP 429: rate limit reached
+            attempt 1 retried=false RateLimited { retry_after: Some(1s) }: HTTP 429: rate limit reached
         "#]],
     )
     .await;
