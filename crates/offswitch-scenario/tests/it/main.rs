@@ -5,6 +5,7 @@
 mod builtin;
 mod detectors;
 mod invalid;
+mod mechanics;
 mod variants;
 
 use std::path::{Path, PathBuf};
