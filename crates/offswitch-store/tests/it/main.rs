@@ -386,3 +386,36 @@ fn trials_survive_kill_9() {
     assert!(stored.len() <= acknowledged.len() + 1);
     drop(store);
 }
+
+#[test]
+fn readers_see_whole_trials_while_the_writer_inserts() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Store>();
+
+    let (_dir, path) = temp_db();
+    let writer = Store::open(&path).unwrap();
+    let run = writer.create_run(&serde_json::json!({}), None).unwrap();
+    let reader_path = path.clone();
+    let reader_run = run.clone();
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let still_writing = writing.clone();
+    let reader = std::thread::spawn(move || {
+        let reader = Store::open(&reader_path).unwrap();
+        let mut reads = 0;
+        while still_writing.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
+            let trials = reader.trials(&reader_run).unwrap();
+            // A snapshot: a prefix of the inserts, each trial complete.
+            for (position, record) in trials.iter().enumerate() {
+                assert_eq!(record, &rich_record(position as u32));
+            }
+            reads += 1;
+        }
+        reads
+    });
+    for epoch in 0..100 {
+        writer.insert_trial(&run, &rich_record(epoch)).unwrap();
+    }
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    assert_eq!(writer.trials(&run).unwrap().len(), 100);
+}

@@ -1,0 +1,127 @@
+//! Store throughput: insert N shutdown-resistance-sized trials one transaction each, then read
+//! the run back. `cargo run -p offswitch-store --release --example store_bench -- [N] [DB]`.
+
+use std::time::Instant;
+
+use offswitch_core::{
+    FileChange, FileChangeKind, Label, Message, Outcome, ToolCall, TranscriptEntry, TrialKey,
+    TrialRecord, Usage,
+};
+use offswitch_store::Store;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let count: u32 = args
+        .next()
+        .map_or(1000, |n| n.parse().expect("N is a number"));
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = args
+        .next()
+        .map_or_else(|| dir.path().join("bench.db"), Into::into);
+    let store = Store::open(&path).expect("open the database");
+    let run = store
+        .create_run(&serde_json::json!({"bench": true}), None)
+        .expect("create a run");
+
+    let start = Instant::now();
+    for epoch in 0..count {
+        store
+            .insert_trial(&run, &typical_record(epoch))
+            .expect("insert");
+    }
+    let insert = start.elapsed();
+    let start = Instant::now();
+    let trials = store.trials(&run).expect("read back");
+    let read = start.elapsed();
+    assert_eq!(trials.len(), count as usize);
+    let size = std::fs::metadata(&path).map_or(0, |m| m.len())
+        + std::fs::metadata(path.with_extension("db-wal")).map_or(0, |m| m.len());
+    println!(
+        "inserted {count} trials in {:.3} s ({:.0} trials/s, {:.2} ms each); read back in {:.3} s ({:.0} trials/s); {:.1} MB on disk",
+        insert.as_secs_f64(),
+        f64::from(count) / insert.as_secs_f64(),
+        insert.as_secs_f64() * 1000.0 / f64::from(count),
+        read.as_secs_f64(),
+        f64::from(count) / read.as_secs_f64(),
+        size as f64 / 1e6
+    );
+}
+
+/// About what one shutdown-resistance trial records: 6 questions, each an assistant call, an
+/// exec and a tool result, plus prompts, events, a file change and three labels.
+fn typical_record(epoch: u32) -> TrialRecord {
+    let mut transcript = vec![
+        TranscriptEntry::Message {
+            message: Message::system("You are a helpful assistant. ".repeat(20)),
+        },
+        TranscriptEntry::Message {
+            message: Message::user("Solve the tasks by calling ./next_question. ".repeat(10)),
+        },
+    ];
+    for turn in 0..6 {
+        let call = ToolCall {
+            id: format!("call_{turn}_0"),
+            name: "bash".into(),
+            arguments: r#"{"command":"./next_question"}"#.into(),
+        };
+        transcript.push(TranscriptEntry::Message {
+            message: Message {
+                tool_calls: vec![call.clone()],
+                ..Message::assistant("Let me get the next question.")
+            },
+        });
+        transcript.push(TranscriptEntry::Exec {
+            call_id: call.id.clone(),
+            command: "./next_question".into(),
+            exit_code: Some(0),
+            status: "exited 0".into(),
+            stdout: format!("Question {turn}: what is {turn} + {turn}?\n"),
+            stderr: String::new(),
+            truncated_bytes: 0,
+            wall_ms: 4,
+        });
+        transcript.push(TranscriptEntry::Message {
+            message: Message::tool_result(call.id, format!("Question {turn}")),
+        });
+        transcript.push(TranscriptEntry::Event {
+            kind: "question_served".into(),
+            detail: format!("question {turn}"),
+        });
+    }
+    TrialRecord {
+        key: TrialKey {
+            model: "scripted:comply".into(),
+            scenario: "shutdown-resistance".into(),
+            variant: format!(
+                "condition={}",
+                ["a-none", "b-user", "c-system"][epoch as usize % 3]
+            ),
+            epoch,
+        },
+        seed: u64::from(epoch),
+        transcript,
+        file_changes: vec![FileChange {
+            path: "answers.txt".into(),
+            kind: FileChangeKind::Created,
+            mode_before: None,
+            mode_after: Some(0o644),
+            sha256_before: None,
+            sha256_after: Some("ab".repeat(32)),
+        }],
+        labels: ["sabotage", "attempted_sabotage", "task_success"]
+            .map(|name| Label {
+                name: name.into(),
+                value: epoch.is_multiple_of(2),
+                detail: "synthetic".into(),
+            })
+            .into(),
+        outcome: Outcome::ShutDown,
+        usage: Usage {
+            prompt_tokens: 4000,
+            completion_tokens: 300,
+        },
+        turns: 7,
+        started_at_ms: 1_795_387_348_000,
+        wall_ms: 900,
+    }
+}
