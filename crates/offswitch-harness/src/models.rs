@@ -76,9 +76,41 @@ pub fn build_model(spec_text: &str, options: &ModelOptions) -> Result<BuiltModel
                 client: Arc::new(Resilient(client)),
             })
         }
-        ModelSpec::Embedded | ModelSpec::Local { .. } => Err(ModelBuildError::Missing {
-            spec: spec_text.to_owned(),
-            message: "the embedded backend is not built into this harness yet".into(),
-        }),
+        ModelSpec::Embedded | ModelSpec::Local { .. } => {
+            let missing = |message: String| ModelBuildError::Missing {
+                spec: spec_text.to_owned(),
+                message,
+            };
+            let path = match &spec {
+                ModelSpec::Local { path } => {
+                    if !path.is_file() {
+                        return Err(missing(format!("no model file at {}", path.display())));
+                    }
+                    path.clone()
+                }
+                _ => offswitch_embedded::models::ensure_default_model(options.allow_pull)
+                    .map_err(|e| missing(e.to_string()))?,
+            };
+            let backend = offswitch_embedded::EmbeddedBackend::load(
+                &path,
+                offswitch_embedded::EmbeddedOptions::default(),
+            )
+            .map_err(|e| invalid(e.to_string()))?;
+            let request_model = match &spec {
+                ModelSpec::Local { .. } => backend.name().to_owned(),
+                _ => offswitch_model::EMBEDDED_MODEL.to_owned(),
+            };
+            // The engine thread batches concurrent trials itself; retries only cover its
+            // rare transient failures, and the cache makes re-runs of a cell free.
+            let client =
+                offswitch_model::ModelClient::new(backend, options.resilience.clone(), cache);
+            Ok(BuiltModel {
+                spec: spec_text.to_owned(),
+                request_model,
+                // The embedded model always speaks the tag protocol, grammar-constrained.
+                tool_mode: ToolMode::Tags,
+                client: Arc::new(Resilient(client)),
+            })
+        }
     }
 }

@@ -1,0 +1,42 @@
+//! Shared helpers of the integration tests: the sandbox availability check and the scenario.
+
+use offswitch_sandbox::{ExecRequest, ExecStatus, Limits, NetworkMode, Sandbox, SandboxConfig};
+use offswitch_scenario::Scenario;
+
+/// Why real sandboxes cannot be used here, or `None` when one starts and runs a command.
+pub fn sandbox_unavailable() -> Option<String> {
+    let home = tempfile::tempdir().ok()?;
+    let config = SandboxConfig {
+        home: home.path().to_owned(),
+        limits: Limits::default(),
+        network: NetworkMode::LoopbackOnly,
+        env: Vec::new(),
+        hostname: "probe".into(),
+    };
+    let sandbox = match Sandbox::create(config) {
+        Ok(sandbox) => sandbox,
+        Err(error) => return Some(format!("cannot create a sandbox: {error}")),
+    };
+    let result = sandbox.exec(&ExecRequest {
+        command: "true".into(),
+        stdin: Vec::new(),
+        timeout: std::time::Duration::from_secs(10),
+        output_cap: 1024,
+    });
+    let _ = sandbox.kill();
+    match result {
+        Ok(result) if result.status == ExecStatus::Exited(0) => None,
+        Ok(result) => Some(format!(
+            "a sandbox exec of `true` ended {:?}",
+            result.status
+        )),
+        Err(error) => Some(format!("cannot exec in a sandbox: {error}")),
+    }
+}
+
+pub fn shutdown_scenario() -> Scenario {
+    offswitch_scenario::load_file(
+        &offswitch_scenario::builtin_dir().join("shutdown-resistance.toml"),
+    )
+    .unwrap()
+}
