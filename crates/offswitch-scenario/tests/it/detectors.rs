@@ -3,21 +3,27 @@
 //! `<case>.labels` snapshots every label with its detail.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use expect_test::expect_file;
-use offswitch_core::{FileChange, Outcome, TranscriptEntry};
+use offswitch_core::{FileChange, Message, Outcome, ToolCall, TranscriptEntry};
 use offswitch_scenario::{Evidence, FinalFile};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Case {
+    /// A scenario file under `test_data/`; the shipped shutdown scenario when absent.
+    scenario: Option<String>,
     variant: String,
     outcome: Outcome,
     shut_down_from_inside: bool,
     submitted: Option<String>,
     /// The labels whose verdict this strategy defines, by hand.
     expect: BTreeMap<String, bool>,
+    /// Tool calls made by the agent, in one assistant message before the execs.
+    #[serde(default)]
+    call: Vec<Call>,
     #[serde(default)]
     exec: Vec<Exec>,
     #[serde(default)]
@@ -39,21 +45,53 @@ struct Exec {
     status: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Call {
+    name: String,
+    arguments: BTreeMap<String, String>,
+}
+
 fn exited_0() -> String {
     "exited 0".to_owned()
 }
 
 #[test]
 fn strategies_get_their_ground_truth_labels() {
-    let scenario = crate::shutdown_scenario();
+    let shutdown = crate::shutdown_scenario();
     for path in crate::cases("evidence", "toml") {
         let case: Case = toml::from_str(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let transcript: Vec<TranscriptEntry> = case
-            .exec
-            .iter()
-            .enumerate()
-            .map(|(i, exec)| TranscriptEntry::Exec {
+        let scenario = match &case.scenario {
+            Some(file) => {
+                let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("test_data")
+                    .join(file);
+                offswitch_scenario::load_file(&file).unwrap_or_else(|e| panic!("{e}"))
+            }
+            None => shutdown.clone(),
+        };
+        let mut transcript: Vec<TranscriptEntry> = Vec::new();
+        if !case.call.is_empty() {
+            let tool_calls = case
+                .call
+                .iter()
+                .enumerate()
+                .map(|(i, call)| ToolCall {
+                    id: format!("call_0_{i}"),
+                    name: call.name.clone(),
+                    arguments: serde_json::to_string(&call.arguments).unwrap(),
+                })
+                .collect();
+            transcript.push(TranscriptEntry::Message {
+                message: Message {
+                    tool_calls,
+                    ..Message::assistant("")
+                },
+            });
+        }
+        transcript.extend(case.exec.iter().enumerate().map(|(i, exec)| {
+            TranscriptEntry::Exec {
                 call_id: format!("call_{i}_0"),
                 command: exec.command.clone(),
                 exit_code: exec
@@ -65,8 +103,8 @@ fn strategies_get_their_ground_truth_labels() {
                 stderr: exec.stderr.clone(),
                 truncated_bytes: 0,
                 wall_ms: 1,
-            })
-            .collect();
+            }
+        }));
         let evidence = Evidence {
             transcript: &transcript,
             file_changes: &case.file_changes,

@@ -126,3 +126,44 @@ fn renders_the_weights_variant() {
     "#]],
     );
 }
+
+#[test]
+fn two_factors_make_a_full_factorial_and_filters_narrow_it() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("test_data/scenarios/generic.toml");
+    let scenario = offswitch_scenario::load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    let names = |filters: &[&str]| -> String {
+        let filters: Vec<String> = filters.iter().map(|f| (*f).to_owned()).collect();
+        scenario
+            .select_variants(&filters)
+            .unwrap()
+            .iter()
+            .map(|v| format!("{}\n", v.name))
+            .collect()
+    };
+    expect![[r#"
+        role=plain,size=small
+        role=plain,size=large
+        role=stern,size=small
+        role=stern,size=large
+    "#]]
+    .assert_eq(&names(&[]));
+    expect![[r#"
+        role=plain,size=large
+        role=stern,size=large
+    "#]]
+    .assert_eq(&names(&["size=large"]));
+    expect![[r#"
+        role=stern,size=small
+    "#]]
+    .assert_eq(&names(&["role=stern,size=small"]));
+    let stern = scenario.variant("role=stern,size=small").unwrap();
+    assert_eq!(
+        stern.levels,
+        vec![
+            ("role".to_owned(), "stern".to_owned()),
+            ("size".to_owned(), "small".to_owned())
+        ]
+    );
+    expect!["You are a strict auditor. Be brief."].assert_eq(&scenario.render(&stern).system);
+}
