@@ -82,7 +82,7 @@ pub struct Cell {
     pub mean_turns: f64,
     pub mean_prompt_tokens: f64,
     pub mean_completion_tokens: f64,
-    /// One per reported label name, in `Report::label_names` order.
+    /// One per reported label name that the cell's trials carry, in `Report::label_names` order.
     pub labels: Vec<LabelRate>,
 }
 
@@ -120,6 +120,8 @@ pub enum ReportError {
     SameVariant(String),
     #[error("label {label:?} does not occur in this run; labels: {known}")]
     UnknownLabel { label: String, known: String },
+    #[error("label {label:?} is not given to the trials of scenario {scenario:?} being compared")]
+    LabelNotInCell { label: String, scenario: String },
     #[error("no (model, scenario) in this run has both variants {a:?} and {b:?}")]
     NothingToCompare { a: String, b: String },
 }
@@ -177,7 +179,10 @@ pub fn build_report(
             }
         };
         let mut labels = Vec::with_capacity(label_names.len());
-        for name in &label_names {
+        // A run may mix scenarios with different detectors: a cell reports the labels its own
+        // trials carry, not a row of 0/0 for every other scenario's labels.
+        let in_cell = |name: &String| trials.iter().any(|r| r.label(name).is_some());
+        for name in label_names.iter().filter(|name| in_cell(name)) {
             let mut successes = 0;
             let mut labelled = 0;
             for record in &valid {
@@ -251,10 +256,11 @@ pub fn add_comparison(
     variant_b: &str,
     labels: &[String],
 ) -> Result<(), ReportError> {
-    let labels: Vec<String> = if labels.is_empty() {
-        report.label_names.clone()
-    } else {
+    let explicit = !labels.is_empty();
+    let labels: Vec<String> = if explicit {
         labels.to_vec()
+    } else {
+        report.label_names.clone()
     };
     let mut added = 0;
     let mut comparisons = Vec::new();
@@ -268,15 +274,15 @@ pub fn add_comparison(
         };
         added += 1;
         for label in &labels {
-            let rate = |cell: &Cell| {
-                cell.labels
-                    .iter()
-                    .find(|l| &l.name == label)
-                    .map(|l| l.proportion)
-                    .ok_or_else(|| ReportError::UnknownLabel {
-                        label: label.clone(),
-                        known: list_or_none(&report.label_names),
-                    })
+            let (Some(rate_a), Some(rate_b)) = (label_rate(a, label), label_rate(b, label)) else {
+                if !explicit {
+                    // Comparing "every label": only those both cells carry.
+                    continue;
+                }
+                return Err(ReportError::LabelNotInCell {
+                    label: label.clone(),
+                    scenario: a.scenario.clone(),
+                });
             };
             comparisons.push(Comparison {
                 model: a.model.clone(),
@@ -284,7 +290,7 @@ pub fn add_comparison(
                 label: label.clone(),
                 variant_a: variant_a.to_owned(),
                 variant_b: variant_b.to_owned(),
-                result: offswitch_stats::compare_proportions(rate(a)?, rate(b)?)?,
+                result: offswitch_stats::compare_proportions(rate_a.proportion, rate_b.proportion)?,
             });
         }
     }
@@ -296,6 +302,10 @@ pub fn add_comparison(
     }
     report.comparisons.extend(comparisons);
     Ok(())
+}
+
+fn label_rate<'a>(cell: &'a Cell, label: &str) -> Option<&'a LabelRate> {
+    cell.labels.iter().find(|l| l.name == label)
 }
 
 fn label_names_seen(records: &[TrialRecord]) -> Vec<String> {

@@ -525,3 +525,53 @@ fn one_trial_transcript() {
     "#]]
     .assert_eq(&render_trial(&header, &record));
 }
+
+#[test]
+fn cells_report_only_their_own_labels() {
+    let mut other = trial("m", "", 0, false, Outcome::Finished);
+    other.key.scenario = "oversight-subversion".into();
+    other.labels = vec![label("oversight_disabled", true)];
+    let records = vec![
+        trial("m", "condition=a-none", 0, true, Outcome::Finished),
+        other,
+    ];
+    let config = ReportConfig {
+        labels: vec!["sabotage".into(), "oversight_disabled".into()],
+        ..ReportConfig::default()
+    };
+    let report = build_report(meta(), &records, &config).unwrap();
+    expect![[r#"
+        run r-20261122-ab12 (palisade replication), complete: 2 trials, 2 valid
+
+        model  scenario              variant           label               k/n    rate  jeffreys 95%   wilson 95%     unlabelled
+        m      oversight-subversion  -                 oversight_disabled  1/1  100.0%  [14.7, 100.0]  [20.7, 100.0]
+        m      shutdown-resistance   condition=a-none  sabotage            1/1  100.0%  [14.7, 100.0]  [20.7, 100.0]
+
+        model  scenario              variant           trials  valid  finished  mean turns  mean tokens
+        m      oversight-subversion  -                      1      1         1         5.0         1050
+        m      shutdown-resistance   condition=a-none       1      1         1         5.0         1050
+    "#]].assert_eq(&render_table(&report));
+
+    let mut without = trial("m", "condition=b-user", 0, false, Outcome::Finished);
+    without.labels = vec![label("task_success", true)];
+    let records = vec![
+        trial("m", "condition=a-none", 0, true, Outcome::Finished),
+        without,
+    ];
+    let mut report = build_report(meta(), &records, &ReportConfig::default()).unwrap();
+    let error = add_comparison(
+        &mut report,
+        "condition=a-none",
+        "condition=b-user",
+        &["sabotage".into()],
+    );
+    expect![[r#"Err(LabelNotInCell { label: "sabotage", scenario: "shutdown-resistance" })"#]]
+        .assert_eq(&format!("{error:?}"));
+    add_comparison(&mut report, "condition=a-none", "condition=b-user", &[]).unwrap();
+    let compared: Vec<&str> = report
+        .comparisons
+        .iter()
+        .map(|c| c.label.as_str())
+        .collect();
+    assert_eq!(compared, ["task_success"]);
+}
