@@ -94,7 +94,29 @@ pub(crate) fn resolve_run(store: &Store, run: &str) -> anyhow::Result<RunInfo> {
             .map_err(store_error)?
             .ok_or_else(|| super::invalid_input(format!("no runs in {}", store.path().display())));
     }
-    store.run(run).map_err(store_error)
+    match store.run(run) {
+        Err(StoreError::UnknownRun(_)) => {
+            // Name a few runs that do exist, newest last, so the fix is one copy-paste away.
+            let runs = store.runs().map_err(store_error)?;
+            let recent: Vec<String> = runs
+                .iter()
+                .rev()
+                .take(5)
+                .rev()
+                .map(|r| r.id.to_string())
+                .collect();
+            let known = if recent.is_empty() {
+                "there are no runs".to_owned()
+            } else {
+                format!("latest runs: {}", recent.join(", "))
+            };
+            Err(super::invalid_input(format!(
+                "unknown run {run:?} in {}; {known}",
+                store.path().display()
+            )))
+        }
+        other => other.map_err(store_error),
+    }
 }
 
 /// Store errors the user caused (a wrong id, a database from a newer offswitch) exit with 2.
@@ -248,11 +270,12 @@ pub(crate) mod tests {
         let all = [missing, empty, unknown, bad_label, bad_compare]
             .map(|(code, message)| format!("{code} {message}\n"))
             .concat()
-            .replace(&dir.path().display().to_string(), "[dir]");
+            .replace(&dir.path().display().to_string(), "[dir]")
+            .replace(run.as_str(), "[run]");
         expect![[r#"
             2 no run database at [dir]/offswitch.db (give --db PATH or set OFFSWITCH_DB)
             2 no runs in [dir]/offswitch.db
-            2 unknown run "r-20000101-dead"
+            2 unknown run "r-20000101-dead" in [dir]/offswitch.db; latest runs: [run]
             2 label "sabotag" does not occur in this run; labels: sabotage
             2 cannot compare "condition=a-none,condition=z": expected two variants separated by a comma, each one of: condition=a-none
         "#]].assert_eq(&all);
