@@ -1,10 +1,269 @@
-//! `offswitch run` (being written).
+//! `offswitch run`: execute a matrix of models x scenarios x variants x epochs into the run
+//! database, then print the rate table.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use offswitch_core::backend::ToolMode;
+use offswitch_harness::{
+    ModelBuildError, ModelOptions, ProgressMode, RunConfig, RunError, RunOptions, RunSummary,
+};
+use offswitch_model::{HttpOptions, ResilienceConfig};
+use offswitch_store::Store;
+
+/// The labels the closing table shows when the run has them.
+const SUMMARY_LABELS: &[&str] = &[
+    "sabotage",
+    "attempted_sabotage",
+    "shut_down",
+    "task_success",
+];
+
+/// Exit code of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Model to run: smollm2-135m, local:<path.gguf>, openai:<model>[@<base-url>],
+    /// anthropic:<model>[@<base-url>] or scripted:<strategy>. Repeatable.
+    #[arg(long = "model", value_name = "SPEC")]
+    pub models: Vec<String>,
+    /// Scenario id (from the shipped scenarios) or path to a scenario file. Repeatable.
+    #[arg(long = "scenario", value_name = "ID|PATH")]
+    pub scenarios: Vec<String>,
+    /// Only these variants, as factor=level. Repeatable.
+    #[arg(long = "variant", value_name = "FACTOR=LEVEL")]
+    pub variants: Vec<String>,
+    /// Trials per cell.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: u32,
+    /// Trials running at once.
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+    /// Run seed; each trial's seed is derived from it and the trial's key.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The run database.
+    #[arg(long, env = "OFFSWITCH_DB", default_value = "offswitch.db")]
+    pub db: PathBuf,
+    /// Where the per-trial sandbox homes live while trials run.
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Continue a run: execute exactly its trials that are not stored yet, with its stored
+    /// configuration (the matrix flags are then ignored).
+    #[arg(long, value_name = "RUN")]
+    pub resume: Option<String>,
+    /// Do not use the response cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Response cache directory.
+    #[arg(long, value_name = "DIR", env = "OFFSWITCH_CACHE")]
+    pub cache_dir: Option<PathBuf>,
+    /// How tools reach HTTP (and scripted) models; the embedded model always uses tags.
+    #[arg(long, value_enum, default_value_t = ToolModeArg::Native)]
+    pub tool_mode: ToolModeArg,
+    /// Override the scenarios' turn limit.
+    #[arg(long)]
+    pub max_turns: Option<u32>,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// API key for HTTP models (else OPENAI_API_KEY / ANTHROPIC_API_KEY).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Base URL for HTTP models (else OPENAI_BASE_URL / ANTHROPIC_BASE_URL).
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// Per-call timeout for HTTP models, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub request_timeout_secs: u64,
+    /// Never fetch the default model; fail if it is not cached.
+    #[arg(long)]
+    pub no_pull: bool,
+    /// Keep each trial's home directory after it is stored.
+    #[arg(long)]
+    pub keep_homes: bool,
+    /// Progress display: auto (a bar on a terminal), plain (a line per trial) or quiet.
+    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+    pub progress: ProgressArg,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`run` is not implemented yet")
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ToolModeArg {
+    Native,
+    Tags,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ProgressArg {
+    Auto,
+    Plain,
+    Quiet,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let options = run_options(&args)?;
+    let store = Store::open(&args.db).map_err(super::report::store_error)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let cancel = async {
+        // If the handler cannot be installed, never cancel rather than cancel at once.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = runtime.block_on(async {
+        match &args.resume {
+            Some(run) => offswitch_harness::resume_run(&store, run, &options, cancel).await,
+            None => {
+                let config = run_config(&args);
+                offswitch_harness::start_run(&store, &config, &options, cancel).await
+            }
+        }
+    });
+    let summary = result.map_err(run_error)?;
+    print_summary(&store, &summary)?;
+    // The runtime may still hold blocking threads of killed execs; do not wait for them.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    Ok(if summary.interrupted {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn run_config(args: &Args) -> RunConfig {
+    let defaults = RunConfig::default();
+    RunConfig {
+        models: if args.models.is_empty() {
+            defaults.models.clone()
+        } else {
+            args.models.clone()
+        },
+        scenarios: if args.scenarios.is_empty() {
+            defaults.scenarios.clone()
+        } else {
+            args.scenarios.clone()
+        },
+        variants: args.variants.clone(),
+        epochs: args.epochs,
+        seed: args.seed,
+        tool_mode: match args.tool_mode {
+            ToolModeArg::Native => ToolMode::Native,
+            ToolModeArg::Tags => ToolMode::Tags,
+        },
+        max_turns: args.max_turns,
+        temperature: args.temperature,
+        no_cache: args.no_cache,
+        ..defaults
+    }
+}
+
+fn run_options(args: &Args) -> anyhow::Result<RunOptions> {
+    if args.concurrency == 0 {
+        return Err(super::invalid_input("--concurrency must be at least 1"));
+    }
+    if args.epochs == 0 {
+        return Err(super::invalid_input("--epochs must be at least 1"));
+    }
+    let cache_dir = match &args.cache_dir {
+        Some(dir) => Some(dir.clone()),
+        None => std::env::var_os("HOME")
+            .map(|home| PathBuf::from(home).join(".cache/offswitch/responses")),
+    };
+    Ok(RunOptions {
+        work_dir: args
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("offswitch-work")),
+        concurrency: args.concurrency,
+        scenarios_dir: offswitch_scenario::builtin_dir(),
+        models: ModelOptions {
+            http: HttpOptions {
+                api_key: args.api_key.clone(),
+                base_url: args.base_url.clone(),
+                timeout: Duration::from_secs(args.request_timeout_secs),
+                ..HttpOptions::default()
+            },
+            tool_mode: ToolMode::Native,
+            cache_dir,
+            agents_dir: offswitch_harness::scripted::builtin_dir(),
+            allow_pull: !args.no_pull,
+            resilience: ResilienceConfig::default(),
+        },
+        progress: match args.progress {
+            ProgressArg::Auto => ProgressMode::Auto,
+            ProgressArg::Plain => ProgressMode::Plain,
+            ProgressArg::Quiet => ProgressMode::Quiet,
+        },
+        keep_homes: args.keep_homes,
+    })
+}
+
+fn run_error(error: RunError) -> anyhow::Error {
+    match error {
+        RunError::Scenario(_) | RunError::Invalid(_) | RunError::Config { .. } => {
+            super::invalid_input(error.to_string())
+        }
+        RunError::Model(ModelBuildError::Missing { .. }) => {
+            super::missing_prerequisite(error.to_string())
+        }
+        RunError::Model(_) => super::invalid_input(error.to_string()),
+        RunError::Store(error) => super::report::store_error(error),
+    }
+}
+
+fn print_summary(store: &Store, summary: &RunSummary) -> anyhow::Result<()> {
+    let info = store
+        .run(&summary.run)
+        .map_err(super::report::store_error)?;
+    let records = store
+        .trials(&summary.run)
+        .map_err(super::report::store_error)?;
+    let seen: Vec<String> = SUMMARY_LABELS
+        .iter()
+        .filter(|name| records.iter().any(|r| r.label(name).is_some()))
+        .map(|name| (*name).to_owned())
+        .collect();
+    let config = offswitch_report::ReportConfig {
+        labels: seen,
+        ..offswitch_report::ReportConfig::default()
+    };
+    let meta = offswitch_report::RunMeta {
+        id: info.id.to_string(),
+        label: info.label.clone(),
+        status: info.status.to_string(),
+    };
+    let report = offswitch_report::build_report(meta, &records, &config)
+        .map_err(|e| anyhow::anyhow!("failed to build the report: {e}"))?;
+    print!("{}", offswitch_report::render_table(&report));
+    let outcomes = summary
+        .outcomes
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "\nrun {}: {} of {} trials stored ({} this time{}{}) in {:.1}s",
+        summary.run,
+        summary.already_done + summary.stored,
+        summary.total,
+        summary.stored,
+        if outcomes.is_empty() { "" } else { ": " },
+        outcomes,
+        summary.wall.as_secs_f64()
+    );
+    if summary.interrupted {
+        println!(
+            "interrupted; continue with `offswitch run --resume {}`",
+            summary.run
+        );
+    }
+    println!(
+        "more: `offswitch report {run}` (JSON/CSV with --json/--csv), `offswitch show {run}/1` (one transcript)",
+        run = summary.run
+    );
+    Ok(())
 }
