@@ -55,6 +55,14 @@ pub enum MockReply {
         delay: Duration,
         reply: Box<MockReply>,
     },
+    /// The reply once the server has had `count` requests in flight at the same moment (since
+    /// it started), or after `max_wait` if that never happens: lets a test prove that calls
+    /// overlap without guessing how long to sleep.
+    WhenInFlight {
+        count: usize,
+        max_wait: Duration,
+        reply: Box<MockReply>,
+    },
     /// Status 200 with the first half of a valid text reply's JSON.
     Truncated,
 }
@@ -89,6 +97,14 @@ impl MockReply {
             status: 429,
             message: "rate limit reached".into(),
             headers: vec![("retry-after".into(), retry_after.into())],
+        }
+    }
+
+    pub fn when_in_flight(self, count: usize, max_wait: Duration) -> MockReply {
+        MockReply::WhenInFlight {
+            count,
+            max_wait,
+            reply: Box::new(self),
         }
     }
 
@@ -141,6 +157,7 @@ impl MockServer {
             }),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            arrivals: tokio::sync::Notify::new(),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -215,9 +232,26 @@ struct Shared {
     state: Mutex<ScriptState>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Woken whenever a request arrives.
+    arrivals: tokio::sync::Notify,
 }
 
 impl Shared {
+    async fn in_flight_reaches(&self, count: usize) {
+        loop {
+            // Register for the next arrival before checking, so one in between is not missed.
+            let arrival = self.arrivals.notified();
+            tokio::pin!(arrival);
+            arrival.as_mut().enable();
+            // The peak, not the current count: the first request released may answer and
+            // leave before the others have looked.
+            if self.max_in_flight.load(Ordering::SeqCst) >= count {
+                return;
+            }
+            arrival.await;
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ScriptState> {
         // A panicking test thread must not hide the recorded requests from the others.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -246,6 +280,7 @@ async fn handle(
 ) -> Response<Body> {
     let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    shared.arrivals.notify_waiters();
     let _in_flight = InFlight(shared.clone());
 
     let (parts, body) = request.into_parts();
@@ -277,15 +312,26 @@ async fn handle(
         (reply, state.requests.len())
     };
     let mut reply = reply;
-    while let MockReply::Delayed {
-        delay,
-        reply: inner,
-    } = reply
-    {
-        tokio::time::sleep(delay).await;
-        reply = *inner;
+    loop {
+        match reply {
+            MockReply::Delayed {
+                delay,
+                reply: inner,
+            } => {
+                tokio::time::sleep(delay).await;
+                reply = *inner;
+            }
+            MockReply::WhenInFlight {
+                count,
+                max_wait,
+                reply: inner,
+            } => {
+                let _ = tokio::time::timeout(max_wait, shared.in_flight_reaches(count)).await;
+                reply = *inner;
+            }
+            other => break render(shared.flavor, &other, &recorded, number),
+        }
     }
-    render(shared.flavor, &reply, &recorded, number)
 }
 
 fn render(
@@ -325,8 +371,10 @@ fn render(
             let half = &full[..full.len() / 2];
             raw_response(200, half.to_owned(), &[])
         }
-        // `handle` unwraps delays before rendering.
-        MockReply::Delayed { reply, .. } => render(flavor, reply, request, number),
+        // `handle` unwraps waits before rendering.
+        MockReply::Delayed { reply, .. } | MockReply::WhenInFlight { reply, .. } => {
+            render(flavor, reply, request, number)
+        }
     }
 }
 

@@ -235,11 +235,11 @@ async fn retry_after_is_honoured_and_capped() {
     .await;
 }
 
-/// Run `calls` concurrent calls through `limits` against replies that each take `delay`, and
-/// return the most requests the server saw at once.
-async fn max_in_flight(limits: RateLimits, calls: usize, delay: Duration) -> usize {
-    let (server, backend) = openai_pair(Duration::from_secs(10)).await;
-    server.set_fallback(MockReply::text("ok").delayed(delay));
+/// Run `calls` concurrent calls through `limits` against `reply`, and return the most requests
+/// the server saw at once.
+async fn max_in_flight(limits: RateLimits, calls: usize, reply: MockReply) -> usize {
+    let (server, backend) = openai_pair(Duration::from_secs(20)).await;
+    server.set_fallback(reply);
     let resilient = Arc::new(ResilientBackend::new(
         backend,
         ResilienceConfig {
@@ -262,33 +262,33 @@ async fn max_in_flight(limits: RateLimits, calls: usize, delay: Duration) -> usi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_concurrency_limit_holds_at_the_server() {
+    // Each reply waits until two requests have overlapped, so the count reaches the limit
+    // whatever the machine's load; a third would only show up if the limit leaked.
     let limited = max_in_flight(
         RateLimits {
             max_concurrency: 2,
             requests_per_minute: None,
         },
         8,
-        Duration::from_millis(100),
+        MockReply::text("ok").when_in_flight(2, Duration::from_secs(10)),
     )
     .await;
-    assert!(
-        limited <= 2,
-        "{limited} requests in flight with a limit of 2"
+    assert_eq!(
+        limited, 2,
+        "a limit of 2 must allow 2 requests at once, never more"
     );
-    // The same load without a tight limit overlaps, so the server's count is not vacuous.
+    // Without the limit all 8 overlap: the server's count is not vacuous. The wait is a
+    // safety net only; the replies go out as soon as the eighth request arrives.
     let unlimited = max_in_flight(
         RateLimits {
             max_concurrency: 8,
             requests_per_minute: None,
         },
         8,
-        Duration::from_millis(300),
+        MockReply::text("ok").when_in_flight(8, Duration::from_secs(10)),
     )
     .await;
-    assert!(
-        unlimited > 2,
-        "only {unlimited} requests overlapped without a limit"
-    );
+    assert_eq!(unlimited, 8);
 }
 
 #[tokio::test]
