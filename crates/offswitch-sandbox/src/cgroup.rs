@@ -290,6 +290,12 @@ impl SandboxCgroups {
         } else if let Some(freezer) = &self.freezer {
             self.freeze_and_kill(freezer)?;
         }
+        if let Some(v2) = &self.v2 {
+            wait_unpopulated(
+                &v2.join("cgroup.events"),
+                deadline.saturating_sub(started.elapsed()),
+            );
+        }
         let mut pause = Duration::from_micros(20);
         while self.count_processes().unwrap_or(0) > 0 && started.elapsed() < deadline {
             std::thread::sleep(pause);
@@ -347,6 +353,68 @@ impl SandboxCgroups {
                         std::thread::sleep(Duration::from_millis(1));
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Wait until a v2 cgroup has no live process: `cgroup.events` says `populated 0`, and the
+/// kernel wakes pollers of that file when it changes, so no sleep-polling is needed.
+fn wait_unpopulated(events: &Path, timeout: Duration) {
+    use std::io::{Read, Seek};
+    let Ok(mut file) = fs::File::open(events) else {
+        return;
+    };
+    let started = Instant::now();
+    let mut text = String::new();
+    loop {
+        text.clear();
+        if file.rewind().is_err() || file.read_to_string(&mut text).is_err() {
+            return;
+        }
+        if text.lines().any(|line| line == "populated 0") {
+            return;
+        }
+        let left = timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return;
+        }
+        let mut entry = [libc::pollfd {
+            fd: file.as_raw_fd(),
+            events: libc::POLLPRI,
+            revents: 0,
+        }];
+        // SAFETY: a valid pollfd array; a spurious or missed wake-up only re-reads the file
+        // (the timeout is capped so a lost notification costs at most 5 ms).
+        unsafe { libc::poll(entry.as_mut_ptr(), 1, left.as_millis().clamp(1, 5) as i32) };
+    }
+}
+
+/// Remove empty sandbox cgroups left by processes that no longer exist (their names start
+/// with the creating process's pid). Non-empty ones fail to remove and stay.
+pub fn sweep_stale(layout: &CgroupLayout) {
+    let roots = [
+        &layout.v2,
+        &layout.v1_memory,
+        &layout.v1_pids,
+        &layout.v1_freezer,
+        &layout.v1_cpuacct,
+    ];
+    for root in roots.into_iter().flatten() {
+        let Ok(entries) = fs::read_dir(root.join("offswitch")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_dir(entry.path());
             }
         }
     }

@@ -513,9 +513,39 @@ impl Drop for Sandbox {
         if let Some(monitor) = lock(&self.monitor).take() {
             let _ = monitor.join();
         }
-        if let Some(cgroups) = &self.shared.cgroups {
+        // Every process is gone (the kill verified it); removing the empty cgroup directories
+        // can wait for a janitor thread instead of the caller.
+        if let Some(shared) = Arc::get_mut(&mut self.shared)
+            && let Some(cgroups) = shared.cgroups.take()
+        {
+            janitor(cgroups);
+        } else if let Some(cgroups) = &self.shared.cgroups {
             cgroups.remove();
         }
+    }
+}
+
+/// Remove finished sandboxes' cgroups in the background, in order, on one thread.
+fn janitor(cgroups: SandboxCgroups) {
+    static JANITOR: OnceLock<Mutex<mpsc::Sender<SandboxCgroups>>> = OnceLock::new();
+    let sender = JANITOR.get_or_init(|| {
+        let (sender, receiver) = mpsc::channel::<SandboxCgroups>();
+        let spawned = std::thread::Builder::new()
+            .name("offswitch-sandbox-janitor".into())
+            .spawn(move || {
+                // Cgroups of processes that exited before their janitor finished.
+                crate::cgroup::sweep_stale(&host().layout);
+                for cgroups in receiver {
+                    cgroups.remove();
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!("no cgroup janitor thread, removing cgroups inline: {error}");
+        }
+        Mutex::new(sender)
+    });
+    if let Err(mpsc::SendError(cgroups)) = lock(sender).send(cgroups) {
+        cgroups.remove();
     }
 }
 
@@ -1166,14 +1196,6 @@ fn spawn_init(
     if let Err(error) = write_map("gid_map", format!("0 {map_gid} 1\n")) {
         return Err(fail_and_kill("gid_map", error));
     }
-    if let Some(cgroups) = cgroups
-        && let Err(error) = cgroups.join_v1(pid)
-    {
-        return Err(fail_and_kill(
-            "joining v1 cgroups",
-            io::Error::new(error.source.kind(), error.to_string()),
-        ));
-    }
     // SAFETY: sending one byte on a socket we own.
     if unsafe {
         libc::send(
@@ -1185,6 +1207,17 @@ fn spawn_init(
     } != 1
     {
         return Err(fail_and_kill("starting init", io::Error::last_os_error()));
+    }
+    // Joining v1 cgroups costs a kernel RCU grace period each, so it overlaps with init's
+    // mount setup. That is safe: init forks nothing before its first exec request, which can
+    // only come after `create` returns, after this join.
+    if let Some(cgroups) = cgroups
+        && let Err(error) = cgroups.join_v1(pid)
+    {
+        return Err(fail_and_kill(
+            "joining v1 cgroups",
+            io::Error::new(error.source.kind(), error.to_string()),
+        ));
     }
     let mut reply = [0u8; 16];
     // SAFETY: receiving into a valid buffer.
