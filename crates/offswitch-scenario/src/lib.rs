@@ -254,7 +254,9 @@ impl Scenario {
         }
     }
 
-    /// Label a finished trial: one label per detector, in file order.
+    /// Label a finished trial: one label per detector, in file order. Detectors are the same
+    /// for every variant today; the variant is part of the signature so that a detector can
+    /// depend on it (e.g. a control condition) without changing every caller.
     pub fn evaluate(&self, _variant: &Variant, evidence: &Evidence<'_>) -> Vec<Label> {
         detect::evaluate(&self.detectors, self.task.as_ref(), evidence)
     }

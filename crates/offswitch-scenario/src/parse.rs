@@ -1204,11 +1204,10 @@ fn req_regex(ctx: &mut Ctx<'_>, table: &Table<'_, '_>, key: &str) -> Option<Rege
 
 /// `Ok(None)` when absent, `Err(())` when present but invalid (already reported).
 fn opt_regex(ctx: &mut Ctx<'_>, table: &Table<'_, '_>, key: &str) -> Result<Option<Regex>, ()> {
-    let Some(present) = table.get(key) else {
+    if table.get(key).is_none() {
         return Ok(None);
-    };
+    }
     let Some((pattern, span)) = table.opt_str(ctx, key) else {
-        let _ = present;
         return Err(());
     };
     match Regex::new(&pattern) {
