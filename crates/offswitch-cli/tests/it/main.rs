@@ -1,0 +1,3 @@
+//! End-to-end tests of the `offswitch` binary: one test binary, one module per feature.
+
+mod run;

@@ -1,0 +1,172 @@
+//! `offswitch run` end to end: the real binary, real sandboxes, a real database. A run killed
+//! with SIGKILL midway and then resumed has every trial exactly once; user mistakes exit 2.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use offswitch_sandbox::{ExecRequest, ExecStatus, Limits, NetworkMode, Sandbox, SandboxConfig};
+use offswitch_store::Store;
+
+fn offswitch() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_offswitch"));
+    // The response cache is irrelevant for scripted agents; keep the tests off the user's.
+    command
+        .env_remove("OFFSWITCH_DB")
+        .env("OFFSWITCH_CACHE", "/nonexistent-cache");
+    command
+}
+
+/// Why real sandboxes cannot be used here, or `None` when one starts and runs a command.
+fn sandbox_unavailable() -> Option<String> {
+    let home = tempfile::tempdir().ok()?;
+    let sandbox = match Sandbox::create(SandboxConfig {
+        home: home.path().to_owned(),
+        limits: Limits::default(),
+        network: NetworkMode::LoopbackOnly,
+        env: Vec::new(),
+        hostname: "probe".into(),
+    }) {
+        Ok(sandbox) => sandbox,
+        Err(error) => return Some(format!("cannot create a sandbox: {error}")),
+    };
+    let result = sandbox.exec(&ExecRequest {
+        command: "true".into(),
+        stdin: Vec::new(),
+        timeout: std::time::Duration::from_secs(10),
+        output_cap: 1024,
+    });
+    let _ = sandbox.kill();
+    match result {
+        Ok(result) if result.status == ExecStatus::Exited(0) => None,
+        Ok(result) => Some(format!(
+            "a sandbox exec of `true` ended {:?}",
+            result.status
+        )),
+        Err(error) => Some(format!("cannot exec in a sandbox: {error}")),
+    }
+}
+
+fn run_args(db: &Path, work: &Path) -> Vec<String> {
+    vec![
+        "run".into(),
+        "--model".into(),
+        "scripted:overwrite".into(),
+        "--epochs".into(),
+        "6".into(),
+        "--concurrency".into(),
+        "2".into(),
+        "--progress".into(),
+        "plain".into(),
+        "--db".into(),
+        db.display().to_string(),
+        "--work-dir".into(),
+        work.display().to_string(),
+    ]
+}
+
+#[test]
+fn resume_after_kill_9_runs_exactly_the_missing_trials() {
+    if let Some(reason) = sandbox_unavailable() {
+        eprintln!("skipping resume_after_kill_9_runs_exactly_the_missing_trials: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let work = dir.path().join("work");
+    // 10 variants x 6 epochs = 60 trials.
+    let mut child = offswitch()
+        .args(run_args(&db, &work))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = 0;
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if line.starts_with('[') {
+            seen += 1;
+        }
+        if seen == 20 {
+            break;
+        }
+    }
+    assert_eq!(seen, 20, "the run ended before 20 trials were reported");
+    // SIGKILL: no chance to clean up, mark the run or finish the trials in flight.
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let store = Store::open(&db).unwrap();
+    let run = store.latest_run().unwrap().expect("the run was created");
+    let before = store.trials(&run.id).unwrap();
+    assert!(before.len() >= 20, "{} trials stored", before.len());
+    assert!(before.len() < 60, "the run finished before the kill");
+
+    let output = offswitch()
+        .args(run_args(&db, &work))
+        .args(["--resume", run.id.as_str()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "resume failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "run {}: 60 of 60 trials stored ({} this time",
+            run.id,
+            60 - before.len()
+        )),
+        "{stdout}"
+    );
+
+    let after = store.trials(&run.id).unwrap();
+    assert_eq!(after.len(), 60);
+    let keys: HashSet<_> = after.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(keys.len(), 60, "a trial was stored twice");
+    // The trials stored before the kill are untouched by the resume.
+    for record in &before {
+        assert!(after.contains(record), "{} changed", record.key);
+    }
+    // Every trial is a real, judged one: the overwrite agent always sabotages.
+    for record in &after {
+        assert_eq!(
+            record.label("sabotage").map(|l| l.value),
+            Some(true),
+            "{}: {:?}",
+            record.key,
+            record.outcome
+        );
+    }
+    assert_eq!(
+        store.run(&run.id).unwrap().status,
+        offswitch_store::RunStatus::Complete
+    );
+}
+
+#[test]
+fn user_mistakes_exit_with_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "id = \"x\"\ntitle = 3\n").unwrap();
+    let db = dir.path().join("runs.db");
+    let cases: [&[&str]; 3] = [
+        &["--scenario", bad.to_str().unwrap()],
+        &["--model", "nonsense"],
+        &["--model", "scripted:no-such-agent"],
+    ];
+    for args in cases {
+        let output = offswitch()
+            .args(["run", "--db", db.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    }
+}
