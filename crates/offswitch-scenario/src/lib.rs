@@ -261,19 +261,27 @@ impl Scenario {
         detect::evaluate(&self.detectors, self.task.as_ref(), evidence)
     }
 
+    /// The levels a variant picks, in factor order, e.g. to show each level's `note` (which
+    /// study condition it reproduces) next to its rate.
+    pub fn levels_of(&self, variant: &Variant) -> Vec<&Level> {
+        variant
+            .levels
+            .iter()
+            .filter_map(|(factor_name, level_id)| {
+                self.factors
+                    .iter()
+                    .find(|f| &f.name == factor_name)
+                    .and_then(|f| f.levels.iter().find(|l| &l.id == level_id))
+            })
+            .collect()
+    }
+
     /// The template variables of a variant: defaults overridden by each chosen level in
     /// factor order.
     pub fn variables(&self, variant: &Variant) -> BTreeMap<String, String> {
         let mut variables = self.defaults.clone();
-        for (factor_name, level_id) in &variant.levels {
-            let level = self
-                .factors
-                .iter()
-                .find(|f| &f.name == factor_name)
-                .and_then(|f| f.levels.iter().find(|l| &l.id == level_id));
-            if let Some(level) = level {
-                variables.extend(level.set.clone());
-            }
+        for level in self.levels_of(variant) {
+            variables.extend(level.set.clone());
         }
         variables
     }

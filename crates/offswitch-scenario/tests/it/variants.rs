@@ -165,5 +165,11 @@ fn two_factors_make_a_full_factorial_and_filters_narrow_it() {
             ("size".to_owned(), "small".to_owned())
         ]
     );
+    let notes: Vec<&str> = scenario
+        .levels_of(&stern)
+        .iter()
+        .map(|l| l.note.as_str())
+        .collect();
+    assert_eq!(notes, ["a stern role", "s"]);
     expect!["You are a strict auditor. Be brief."].assert_eq(&scenario.render(&stern).system);
 }
