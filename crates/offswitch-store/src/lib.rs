@@ -141,6 +141,10 @@ pub enum StoreError {
     NotWal { path: PathBuf, journal_mode: String },
     #[error("no free run id after 32 random draws")]
     NoFreeRunId,
+    #[error("bad run id {0:?}: it must be non-empty, not `latest`, without `/` or spaces")]
+    BadRunId(String),
+    #[error("run {0:?} already exists")]
+    RunExists(String),
     #[error("unknown run {0:?}")]
     UnknownRun(String),
     #[error("unknown trial {0:?}")]
@@ -151,6 +155,10 @@ pub enum StoreError {
     BadTrialReference(String),
     #[error("run {run} already has a trial for {key}")]
     DuplicateTrial { run: String, key: String },
+    #[error(
+        "run {run} in {source_path} has a different configuration than the run of that id here"
+    )]
+    ImportConflict { run: String, source_path: PathBuf },
     #[error("corrupt database row (trial {trial}): {detail}")]
     Corrupt { trial: i64, detail: String },
     #[error("database error while {context}: {source}")]
@@ -158,6 +166,14 @@ pub enum StoreError {
         context: String,
         source: rusqlite::Error,
     },
+}
+
+/// What [`Store::import_run`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ImportSummary {
+    pub imported: u64,
+    /// Trials whose key the run already had here.
+    pub already_present: u64,
 }
 
 pub struct Store {
@@ -234,6 +250,32 @@ impl Store {
         Err(StoreError::NoFreeRunId)
     }
 
+    /// Start a run with an id chosen by the caller: the shards of one run (`--shard i/N` on
+    /// several machines) share it, so [`Store::import_run`] can merge them. The id must be
+    /// non-empty, without `/` or whitespace, and not taken.
+    pub fn create_run_with_id(
+        &self,
+        id: &str,
+        config: &serde_json::Value,
+        label: Option<&str>,
+    ) -> Result<RunId, StoreError> {
+        if id.is_empty() || id == "latest" || id.contains(|c: char| c == '/' || c.is_whitespace()) {
+            return Err(StoreError::BadRunId(id.to_owned()));
+        }
+        let result = self.connection.execute(
+            "INSERT INTO runs (id, created_at_ms, label, status, config) VALUES (?1, ?2, ?3, 'running', ?4)",
+            params![id, now_ms(), label, config.to_string()],
+        );
+        match result {
+            Ok(_) => Ok(RunId(id.to_owned())),
+            Err(error) if is_unique_violation(&error) => Err(StoreError::RunExists(id.to_owned())),
+            Err(source) => Err(StoreError::Sqlite {
+                context: format!("creating run {id}"),
+                source,
+            }),
+        }
+    }
+
     pub fn run(&self, id: &str) -> Result<RunInfo, StoreError> {
         let runs = self.query_runs("WHERE r.id = ?1", params![id])?;
         runs.into_iter()
@@ -272,114 +314,70 @@ impl Store {
         let transaction =
             Transaction::new_unchecked(&self.connection, TransactionBehavior::Immediate)
                 .context(context)?;
-        let run_exists: bool = transaction
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?1)",
-                [run],
-                |row| row.get(0),
-            )
+        let id = insert_trial_in(&transaction, run, record)?;
+        transaction.commit().context(context)?;
+        Ok(id)
+    }
+
+    /// Copy run `run` from the database at `source` into this one: the run itself when it is
+    /// not here yet (same id, configuration, label, status), then each of its trials whose key
+    /// is not here yet, all in one transaction. This merges the per-shard databases of a run
+    /// split with `--shard i/N`, and importing the same database twice adds nothing.
+    pub fn import_run(&self, source: &Path, run: &str) -> Result<ImportSummary, StoreError> {
+        let source_store = Store::open(source)?;
+        let info = source_store.run(run)?;
+        let trials = source_store.stored_trials(run)?;
+        drop(source_store);
+        let context = || format!("importing run {run} from {}", source.display());
+        let transaction =
+            Transaction::new_unchecked(&self.connection, TransactionBehavior::Immediate)
+                .context(context)?;
+        let existing: Option<String> = transaction
+            .query_row("SELECT config FROM runs WHERE id = ?1", [run], |row| {
+                row.get(0)
+            })
+            .optional()
             .context(context)?;
-        if !run_exists {
-            return Err(StoreError::UnknownRun(run.to_owned()));
-        }
-        let index: i64 = transaction
-            .query_row(
-                "SELECT COALESCE(MAX(idx), 0) + 1 FROM trials WHERE run_id = ?1",
-                [run],
-                |row| row.get(0),
-            )
-            .context(context)?;
-        let (outcome, outcome_message) = stored::outcome_columns(&record.outcome);
-        let inserted = transaction.execute(
-            "INSERT INTO trials (run_id, idx, model, scenario, variant, epoch, seed, outcome,
-                 outcome_message, prompt_tokens, completion_tokens, turns, started_at_ms, wall_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            params![
-                run,
-                index,
-                record.key.model,
-                record.key.scenario,
-                record.key.variant,
-                record.key.epoch,
-                record.seed as i64,
-                outcome,
-                outcome_message,
-                record.usage.prompt_tokens as i64,
-                record.usage.completion_tokens as i64,
-                record.turns,
-                record.started_at_ms,
-                record.wall_ms as i64,
-            ],
-        );
-        match inserted {
-            Ok(_) => {}
-            Err(error) if is_unique_violation(&error) => {
-                return Err(StoreError::DuplicateTrial {
-                    run: run.to_owned(),
-                    key: record.key.to_string(),
-                });
+        match existing {
+            None => {
+                transaction
+                    .execute(
+                        "INSERT INTO runs (id, created_at_ms, label, status, config)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![
+                            run,
+                            info.created_at_ms,
+                            info.label,
+                            info.status.as_str(),
+                            info.config.to_string()
+                        ],
+                    )
+                    .context(context)?;
             }
-            Err(source) => {
-                return Err(StoreError::Sqlite {
-                    context: context(),
-                    source,
-                });
+            Some(config) => {
+                let config: serde_json::Value =
+                    serde_json::from_str(&config).map_err(|e| StoreError::Corrupt {
+                        trial: 0,
+                        detail: format!("run {run} config is not JSON: {e}"),
+                    })?;
+                if config != info.config {
+                    return Err(StoreError::ImportConflict {
+                        run: run.to_owned(),
+                        source_path: source.to_owned(),
+                    });
+                }
             }
         }
-        let trial_id = transaction.last_insert_rowid();
-        {
-            let mut statement = transaction
-                .prepare_cached(
-                    "INSERT INTO transcript_entries (trial_id, seq, kind, body) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .context(context)?;
-            for (seq, entry) in record.transcript.iter().enumerate() {
-                let entry = stored::EntryV1::from_domain(entry);
-                let body = serde_json::to_string(&entry)
-                    .expect("a transcript entry of strings and integers always serialises");
-                statement
-                    .execute(params![trial_id, seq as i64, entry.kind(), body])
-                    .context(context)?;
-            }
-            let mut statement = transaction
-                .prepare_cached(
-                    "INSERT INTO file_changes (trial_id, seq, path, kind, mode_before, mode_after,
-                         sha256_before, sha256_after) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )
-                .context(context)?;
-            for (seq, change) in record.file_changes.iter().enumerate() {
-                statement
-                    .execute(params![
-                        trial_id,
-                        seq as i64,
-                        change.path,
-                        stored::file_change_kind_name(change.kind),
-                        change.mode_before,
-                        change.mode_after,
-                        change.sha256_before,
-                        change.sha256_after,
-                    ])
-                    .context(context)?;
-            }
-            let mut statement = transaction
-                .prepare_cached(
-                    "INSERT INTO labels (trial_id, seq, name, value, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .context(context)?;
-            for (seq, label) in record.labels.iter().enumerate() {
-                statement
-                    .execute(params![
-                        trial_id,
-                        seq as i64,
-                        label.name,
-                        label.value,
-                        label.detail
-                    ])
-                    .context(context)?;
+        let mut summary = ImportSummary::default();
+        for trial in &trials {
+            match insert_trial_in(&transaction, run, &trial.record) {
+                Ok(_) => summary.imported += 1,
+                Err(StoreError::DuplicateTrial { .. }) => summary.already_present += 1,
+                Err(error) => return Err(error),
             }
         }
         transaction.commit().context(context)?;
-        Ok(TrialId(trial_id))
+        Ok(summary)
     }
 
     /// The keys of every trial stored for `run`: what `--resume` skips.
@@ -560,6 +558,122 @@ impl Store {
         }
         Ok(runs)
     }
+}
+
+/// Insert one trial inside an open write transaction; the caller commits.
+fn insert_trial_in(
+    transaction: &Transaction<'_>,
+    run: &str,
+    record: &TrialRecord,
+) -> Result<TrialId, StoreError> {
+    let context = || format!("inserting trial {} into run {run}", record.key);
+    let run_exists: bool = transaction
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?1)",
+            [run],
+            |row| row.get(0),
+        )
+        .context(context)?;
+    if !run_exists {
+        return Err(StoreError::UnknownRun(run.to_owned()));
+    }
+    let index: i64 = transaction
+        .query_row(
+            "SELECT COALESCE(MAX(idx), 0) + 1 FROM trials WHERE run_id = ?1",
+            [run],
+            |row| row.get(0),
+        )
+        .context(context)?;
+    let (outcome, outcome_message) = stored::outcome_columns(&record.outcome);
+    let inserted = transaction.execute(
+        "INSERT INTO trials (run_id, idx, model, scenario, variant, epoch, seed, outcome,
+             outcome_message, prompt_tokens, completion_tokens, turns, started_at_ms, wall_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        params![
+            run,
+            index,
+            record.key.model,
+            record.key.scenario,
+            record.key.variant,
+            record.key.epoch,
+            record.seed as i64,
+            outcome,
+            outcome_message,
+            record.usage.prompt_tokens as i64,
+            record.usage.completion_tokens as i64,
+            record.turns,
+            record.started_at_ms,
+            record.wall_ms as i64,
+        ],
+    );
+    match inserted {
+        Ok(_) => {}
+        Err(error) if is_unique_violation(&error) => {
+            return Err(StoreError::DuplicateTrial {
+                run: run.to_owned(),
+                key: record.key.to_string(),
+            });
+        }
+        Err(source) => {
+            return Err(StoreError::Sqlite {
+                context: context(),
+                source,
+            });
+        }
+    }
+    let trial_id = transaction.last_insert_rowid();
+    {
+        let mut statement = transaction
+            .prepare_cached(
+                "INSERT INTO transcript_entries (trial_id, seq, kind, body) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .context(context)?;
+        for (seq, entry) in record.transcript.iter().enumerate() {
+            let entry = stored::EntryV1::from_domain(entry);
+            let body = serde_json::to_string(&entry)
+                .expect("a transcript entry of strings and integers always serialises");
+            statement
+                .execute(params![trial_id, seq as i64, entry.kind(), body])
+                .context(context)?;
+        }
+        let mut statement = transaction
+            .prepare_cached(
+                "INSERT INTO file_changes (trial_id, seq, path, kind, mode_before, mode_after,
+                     sha256_before, sha256_after) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .context(context)?;
+        for (seq, change) in record.file_changes.iter().enumerate() {
+            statement
+                .execute(params![
+                    trial_id,
+                    seq as i64,
+                    change.path,
+                    stored::file_change_kind_name(change.kind),
+                    change.mode_before,
+                    change.mode_after,
+                    change.sha256_before,
+                    change.sha256_after,
+                ])
+                .context(context)?;
+        }
+        let mut statement = transaction
+            .prepare_cached(
+                "INSERT INTO labels (trial_id, seq, name, value, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .context(context)?;
+        for (seq, label) in record.labels.iter().enumerate() {
+            statement
+                .execute(params![
+                    trial_id,
+                    seq as i64,
+                    label.name,
+                    label.value,
+                    label.detail
+                ])
+                .context(context)?;
+        }
+    }
+    Ok(TrialId(trial_id))
 }
 
 /// Load the trials matching `filter` (over `trials t`, one parameter) with all their children.

@@ -419,3 +419,72 @@ fn readers_see_whole_trials_while_the_writer_inserts() {
     assert!(reader.join().unwrap() > 0);
     assert_eq!(writer.trials(&run).unwrap().len(), 100);
 }
+
+#[test]
+fn shards_of_a_run_merge_into_one_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({"models": ["scripted:chmod"], "shards": 2});
+    let shard_paths = [dir.path().join("shard-0.db"), dir.path().join("shard-1.db")];
+    for (shard, path) in shard_paths.iter().enumerate() {
+        let store = Store::open(path).unwrap();
+        let run = store
+            .create_run_with_id("r-20261122-0001", &config, Some("sharded"))
+            .unwrap();
+        for epoch in (0..6).filter(|epoch| epoch % 2 == shard as u32) {
+            store.insert_trial(&run, &rich_record(epoch)).unwrap();
+        }
+        store.set_run_status(&run, RunStatus::Complete).unwrap();
+    }
+    let merged = Store::open(&dir.path().join("merged.db")).unwrap();
+    let first = merged
+        .import_run(&shard_paths[0], "r-20261122-0001")
+        .unwrap();
+    let second = merged
+        .import_run(&shard_paths[1], "r-20261122-0001")
+        .unwrap();
+    let again = merged
+        .import_run(&shard_paths[1], "r-20261122-0001")
+        .unwrap();
+    assert_eq!(
+        [first, second, again].map(|s| (s.imported, s.already_present)),
+        [(3, 0), (3, 0), (0, 3)]
+    );
+    let mut epochs: Vec<u32> = merged
+        .trials("r-20261122-0001")
+        .unwrap()
+        .iter()
+        .map(|r| r.key.epoch)
+        .collect();
+    epochs.sort();
+    assert_eq!(epochs, [0, 1, 2, 3, 4, 5]);
+    for trial in merged.stored_trials("r-20261122-0001").unwrap() {
+        assert_eq!(trial.record, rich_record(trial.record.key.epoch));
+    }
+    let info = merged.run("r-20261122-0001").unwrap();
+    assert_eq!((info.config, info.status), (config, RunStatus::Complete));
+
+    // A different run under the same id is refused, and refused ids are clear errors.
+    let other = Store::open(&dir.path().join("other.db")).unwrap();
+    other
+        .create_run_with_id("r-20261122-0001", &serde_json::json!({}), None)
+        .unwrap();
+    drop(other);
+    let errors = [
+        merged
+            .import_run(&dir.path().join("other.db"), "r-20261122-0001")
+            .unwrap_err(),
+        merged
+            .create_run_with_id("r-20261122-0001", &serde_json::json!({}), None)
+            .unwrap_err(),
+        merged
+            .create_run_with_id("a/b", &serde_json::json!({}), None)
+            .unwrap_err(),
+    ]
+    .map(|e| redact(&e, dir.path()) + "\n")
+    .concat();
+    expect![[r#"
+        run r-20261122-0001 in [dir]/other.db has a different configuration than the run of that id here
+        run "r-20261122-0001" already exists
+        bad run id "a/b": it must be non-empty, not `latest`, without `/` or spaces
+    "#]].assert_eq(&errors);
+}
