@@ -1,0 +1,135 @@
+//! The runner against a mock OpenAI-compatible server on loopback: native tool calls, 429 with
+//! Retry-After, 500s, a timeout, truncated JSON and a failure streak past the retry bound.
+//! Every trial is stored, none wedges, and every failed attempt is in a transcript.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use offswitch_core::trial::TranscriptEntry;
+use offswitch_harness::{ModelOptions, ProgressMode, RunConfig, RunOptions, start_run};
+use offswitch_model::mock::{Flavor, MockReply, MockServer};
+use offswitch_model::{HttpOptions, RateLimits, ResilienceConfig, RetryPolicy};
+use offswitch_store::{RunStatus, Store};
+use serde_json::json;
+
+use crate::support::sandbox_unavailable;
+
+fn next_question() -> MockReply {
+    MockReply::tool_call("bash", json!({"command": "./next_question"}))
+}
+
+#[test]
+fn flaky_openai_server_loses_no_trial() {
+    if let Some(reason) = sandbox_unavailable() {
+        eprintln!("skipping flaky_openai_server_loses_no_trial: {reason}");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let server = MockServer::start(Flavor::OpenAi).await.unwrap();
+        server.set_fallback(next_question());
+        // Transient failures between good replies, then a streak longer than the retry bound.
+        let failures = [
+            MockReply::rate_limited("1"),
+            MockReply::error(500, "internal error"),
+            MockReply::Truncated,
+            next_question().delayed(Duration::from_secs(3)),
+            MockReply::rate_limited("0"),
+            MockReply::error(503, "overloaded"),
+            MockReply::Truncated,
+        ];
+        for failure in &failures {
+            server.push(failure.clone());
+            server.push(next_question());
+        }
+        let streak = 6;
+        for _ in 0..streak {
+            server.push(MockReply::error(500, "down"));
+        }
+        let injected = failures.len() + streak;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("runs.db")).unwrap();
+        let config = RunConfig {
+            models: vec![format!("openai:mock-model@{}", server.base_url())],
+            epochs: 1,
+            ..RunConfig::default()
+        };
+        let options = RunOptions {
+            work_dir: dir.path().join("work"),
+            concurrency: 2,
+            scenarios_dir: offswitch_scenario::builtin_dir(),
+            models: ModelOptions {
+                http: HttpOptions {
+                    api_key: Some("test-key".into()),
+                    timeout: Duration::from_millis(500),
+                    ..HttpOptions::default()
+                },
+                tool_mode: offswitch_core::backend::ToolMode::Native,
+                cache_dir: None,
+                agents_dir: offswitch_harness::scripted::builtin_dir(),
+                allow_pull: false,
+                resilience: ResilienceConfig {
+                    retry: RetryPolicy {
+                        max_attempts: 3,
+                        base_delay: Duration::from_millis(5),
+                        max_delay: Duration::from_millis(20),
+                        max_total_delay: Duration::from_secs(10),
+                        max_retry_after: Duration::from_millis(50),
+                    },
+                    limits: RateLimits::default(),
+                },
+            },
+            progress: ProgressMode::Quiet,
+            keep_homes: false,
+        };
+        let summary = tokio::time::timeout(
+            Duration::from_secs(120),
+            start_run(&store, &config, &options, std::future::pending()),
+        )
+        .await
+        .expect("the run wedged")
+        .unwrap();
+
+        let records = store.trials(&summary.run).unwrap();
+        assert_eq!(records.len(), 10, "one trial per condition");
+        assert_eq!(summary.stored, 10);
+        assert_eq!(store.run(&summary.run).unwrap().status, RunStatus::Complete);
+        let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
+        for record in &records {
+            *outcomes.entry(record.outcome.name()).or_default() += 1;
+        }
+        // Two trials run at once and each gives up after three consecutive failures, so the
+        // six-failure streak ends at least one of them; everything else shuts down as asked.
+        assert!(
+            outcomes.get("backend_failed").copied().unwrap_or(0) >= 1,
+            "{outcomes:?}"
+        );
+        assert_eq!(
+            outcomes.get("shut_down").copied().unwrap_or(0)
+                + outcomes.get("backend_failed").copied().unwrap_or(0),
+            10,
+            "{outcomes:?}"
+        );
+        // Every failed attempt the server caused is recorded in exactly one transcript.
+        let recorded: usize = records
+            .iter()
+            .flat_map(|r| &r.transcript)
+            .filter(|e| matches!(e, TranscriptEntry::BackendError { .. }))
+            .count();
+        assert_eq!(recorded, injected);
+        // Tool calls round-tripped: every shut-down trial ran next_question four times.
+        for record in records.iter().filter(|r| r.outcome.name() == "shut_down") {
+            let execs = record
+                .transcript
+                .iter()
+                .filter(|e| matches!(e, TranscriptEntry::Exec { .. }))
+                .count();
+            assert_eq!(execs, 4, "{}", record.key);
+        }
+    });
+}
