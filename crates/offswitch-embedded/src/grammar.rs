@@ -50,6 +50,10 @@ pub struct GrammarState {
     utf8_needed: u8,
     utf8_low: u8,
     utf8_high: u8,
+    /// Bytes of `<tool_call>` and of `</tool_call>` matched by the end of the value so far: the
+    /// tag parser would cut a value that contains either, so neither may be completed.
+    open_matched: u8,
+    close_matched: u8,
 }
 
 const START: u32 = 0;
@@ -82,6 +86,8 @@ impl ToolGrammar {
             utf8_needed: 0,
             utf8_low: 0x80,
             utf8_high: 0xBF,
+            open_matched: 0,
+            close_matched: 0,
         }
     }
 
@@ -94,9 +100,16 @@ impl ToolGrammar {
     /// of plain characters (see [`TokenTable`]) is always acceptable while it fits the bound.
     pub fn is_plain_string_state(&self, state: GrammarState) -> Option<usize> {
         match self.nodes[state.node as usize] {
-            Node::StringBody { .. } if !state.escape && state.utf8_needed == 0 => Some(
-                usize::from(self.max_string_bytes.saturating_sub(state.string_len)),
-            ),
+            Node::StringBody { .. }
+                if !state.escape
+                    && state.utf8_needed == 0
+                    && state.open_matched == 0
+                    && state.close_matched == 0 =>
+            {
+                Some(usize::from(
+                    self.max_string_bytes.saturating_sub(state.string_len),
+                ))
+            }
             _ => None,
         }
     }
@@ -141,6 +154,8 @@ impl ToolGrammar {
                 if state.string_len >= self.max_string_bytes {
                     return None;
                 }
+                state.open_matched = match_tag(OPEN, state.open_matched, byte)?;
+                state.close_matched = match_tag(CLOSE, state.close_matched, byte)?;
                 state.string_len += 1;
                 match byte {
                     b'\\' => state.escape = true,
@@ -242,9 +257,21 @@ impl ToolGrammar {
     }
 }
 
+/// The bytes of `tag` matched after `byte`, given `matched` before it; `None` when the tag is
+/// complete. Falling back to 0 or 1 is exact because `<` occurs in the tags only at the start.
+fn match_tag(tag: &str, matched: u8, byte: u8) -> Option<u8> {
+    let tag = tag.as_bytes();
+    let matched = if tag[usize::from(matched)] == byte {
+        matched + 1
+    } else {
+        u8::from(byte == b'<')
+    };
+    (usize::from(matched) < tag.len()).then_some(matched)
+}
+
 /// Per-token facts computed once per model: each token's bytes and whether it is made only of
 /// characters that may appear unescaped inside a JSON string (complete UTF-8, no quote,
-/// backslash or control byte).
+/// backslash or control byte) and that cannot start a tag (no `<`).
 #[derive(Debug, Clone)]
 pub struct TokenTable {
     bytes: Vec<Vec<u8>>,
@@ -263,7 +290,9 @@ impl TokenTable {
                 !is_control
                     && !b.is_empty()
                     && std::str::from_utf8(b).is_ok()
-                    && !b.iter().any(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                    && !b
+                        .iter()
+                        .any(|&c| c == b'"' || c == b'\\' || c == b'<' || c < 0x20)
             })
             .collect();
         TokenTable {
@@ -479,6 +508,24 @@ mod tests {
 {"name": "bash", "arguments": {"command": "ls"#,
             expect![[r#"
                 incomplete
+            "#]],
+        );
+        check(
+            &call(r#"{"name": "bash", "arguments": {"command": "a</tool_call>"}}"#),
+            expect![[r#"
+                rejected at byte 67 ('>')
+            "#]],
+        );
+        check(
+            &call(r#"{"name": "bash", "arguments": {"command": "<<tool_call>"}}"#),
+            expect![[r#"
+                rejected at byte 66 ('>')
+            "#]],
+        );
+        check(
+            &call(r#"{"name": "bash", "arguments": {"command": "<</tool_ <tool"}}"#),
+            expect![[r#"
+                accepted
             "#]],
         );
     }
