@@ -393,6 +393,18 @@ impl Sandbox {
             }
         }
         drop(stdin_write);
+        if channel_closed && pidfd.is_none() && !self.shared.init_exited() {
+            // Init is alive but closed the exec's channel without starting it: it refused
+            // the request (more concurrent execs than it tracks). A harness fault, not the
+            // agent's doing, and the sandbox is intact.
+            return Err(SandboxError::Io {
+                context: format!(
+                    "exec {:?}: the sandbox's init refused the request (too many concurrent execs)",
+                    short(&request.command)
+                ),
+                source: io::Error::other("exec refused"),
+            });
+        }
         // The shell has exited; whatever it wrote is in the pipes. Background processes may
         // still hold them open, so read what is there and stop rather than wait for EOF.
         drain(&stdout_read, &mut stdout);
@@ -665,6 +677,13 @@ impl Shared {
                 source: io::Error::other("survivors after kill"),
             })
         }
+    }
+
+    /// Whether PID 1 has exited (its pidfd turns readable then).
+    fn init_exited(&self) -> bool {
+        let mut entry = [poll_entry(self.init_pidfd.as_raw_fd(), libc::POLLIN)];
+        // SAFETY: a valid pollfd array, zero timeout.
+        unsafe { libc::poll(entry.as_mut_ptr(), 1, 0) > 0 }
     }
 
     fn reap_init(&self) {

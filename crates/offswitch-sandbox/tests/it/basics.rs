@@ -253,3 +253,32 @@ fn sigkill_to_pid_1_from_inside_is_ignored() {
         ExecStatus::Exited(0)
     );
 }
+
+#[test]
+fn sandbox_outlives_the_thread_that_created_it() {
+    // Harness callers create sandboxes on short-lived blocking threads; PID 1's parent-death
+    // signal must not fire when such a thread exits.
+    let test = std::thread::spawn(sandbox).join().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(text(&run(&test.sandbox, "echo alive")), "alive\n");
+}
+
+#[test]
+fn kill_during_an_exec_ends_it_as_shut_down() {
+    let test = sandbox();
+    let sandbox = Arc::new(test.sandbox);
+    let running = {
+        let sandbox = Arc::clone(&sandbox);
+        std::thread::spawn(move || run(&sandbox, "echo before; sleep 30"))
+    };
+    let ready_by = std::time::Instant::now() + Duration::from_secs(10);
+    while sandbox.host_pids().len() < 3 && std::time::Instant::now() < ready_by {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let report = sandbox.kill().unwrap();
+    assert_eq!(report.survivors, 0);
+    let result = running.join().unwrap();
+    assert_eq!(result.status, ExecStatus::SandboxShutDown);
+    assert_eq!(text(&result), "before\n");
+    assert_eq!(sandbox.state(), SandboxState::Killed);
+}
