@@ -40,6 +40,24 @@ pub enum BuildError {
     NotHttp { spec: String },
 }
 
+/// Parse a `Retry-After` value: delay seconds or an HTTP-date (RFC 9110 section 10.2.3).
+/// A date in the past means "now".
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    // Some servers send fractional seconds; accept them rather than dropping the hint.
+    if let Ok(seconds) = value.parse::<f64>()
+        && seconds.is_finite()
+        && seconds >= 0.0
+    {
+        return Some(Duration::from_secs_f64(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 /// A reqwest client plus the identity used in error messages.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpClient {
@@ -170,24 +188,6 @@ fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option<Duration> 
         return Some(Duration::from_secs_f64(millis / 1000.0));
     }
     text("retry-after").and_then(|v| parse_retry_after(v, SystemTime::now()))
-}
-
-/// Parse a `Retry-After` value: delay seconds or an HTTP-date (RFC 9110 section 10.2.3).
-/// A date in the past means "now".
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    // Some servers send fractional seconds; accept them rather than dropping the hint.
-    if let Ok(seconds) = value.parse::<f64>()
-        && seconds.is_finite()
-        && seconds >= 0.0
-    {
-        return Some(Duration::from_secs_f64(seconds));
-    }
-    let date = httpdate::parse_http_date(value).ok()?;
-    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// The human message inside an error body. OpenAI and Anthropic both use

@@ -316,3 +316,63 @@ async fn requests_per_minute_spaces_calls() {
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert_eq!(server.request_count(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_through_every_failure_kind_all_finish() {
+    // 20 calls share one queue of 20 answers and 40 failures of every retryable kind, in a
+    // fixed order. Whichever call meets which failure, each retries until it finds an answer:
+    // no call is lost or wedged, and every failure is logged exactly once.
+    let (server, backend) = openai_pair(Duration::from_millis(200)).await;
+    let failures = [
+        MockReply::error(500, "boom"),
+        MockReply::rate_limited("0"),
+        MockReply::Truncated,
+        MockReply::error(503, "unavailable"),
+        MockReply::text("late").delayed(Duration::from_secs(30)),
+    ];
+    for i in 0..20 {
+        server.push_all([
+            failures[i % failures.len()].clone(),
+            failures[(i + 2) % failures.len()].clone(),
+            MockReply::text(format!("answer {i}")),
+        ]);
+    }
+    let resilient = Arc::new(ResilientBackend::new(
+        backend,
+        ResilienceConfig {
+            retry: RetryPolicy {
+                max_attempts: 50,
+                max_total_delay: Duration::from_secs(60),
+                ..fast_policy(50)
+            },
+            limits: RateLimits {
+                max_concurrency: 4,
+                requests_per_minute: None,
+            },
+        },
+    ));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let resilient = resilient.clone();
+            tokio::spawn(async move {
+                resilient
+                    .chat_logged(&first_request(ToolMode::Native))
+                    .await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    let mut logged = 0;
+    for task in tasks {
+        let (result, failures) = task.await.unwrap();
+        answers.push(result.unwrap().message.content);
+        assert!(failures.iter().all(|f| f.retried));
+        logged += failures.len();
+    }
+    answers.sort();
+    answers.dedup();
+    assert_eq!(answers.len(), 20, "every answer went to exactly one call");
+    assert_eq!(logged, 40);
+    // No in-flight bound here: a handler whose client timed out may linger for a moment.
+    assert_eq!(server.request_count(), 60);
+}
