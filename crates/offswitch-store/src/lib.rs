@@ -159,8 +159,9 @@ pub enum StoreError {
         "run {run} in {source_path} has a different configuration than the run of that id here"
     )]
     ImportConflict { run: String, source_path: PathBuf },
-    #[error("corrupt database row (trial {trial}): {detail}")]
-    Corrupt { trial: i64, detail: String },
+    /// A row this code wrote but cannot read back: `row` names it (`trial 12`, `run r-...`).
+    #[error("corrupt database row ({row}): {detail}")]
+    Corrupt { row: String, detail: String },
     #[error("database error while {context}: {source}")]
     Sqlite {
         context: String,
@@ -357,8 +358,8 @@ impl Store {
             Some(config) => {
                 let config: serde_json::Value =
                     serde_json::from_str(&config).map_err(|e| StoreError::Corrupt {
-                        trial: 0,
-                        detail: format!("run {run} config is not JSON: {e}"),
+                        row: format!("run {run}"),
+                        detail: format!("config is not JSON: {e}"),
                     })?;
                 if config != info.config {
                     return Err(StoreError::ImportConflict {
@@ -544,12 +545,15 @@ impl Store {
         let mut runs = Vec::new();
         for row in rows {
             let (id, created_at_ms, label, status, config, trial_count) = row.context(context)?;
-            let corrupt = |detail: String| StoreError::Corrupt { trial: 0, detail };
+            let corrupt = |detail: String| StoreError::Corrupt {
+                row: format!("run {id}"),
+                detail,
+            };
             runs.push(RunInfo {
                 status: RunStatus::parse(&status)
-                    .ok_or_else(|| corrupt(format!("run {id} has unknown status {status:?}")))?,
+                    .ok_or_else(|| corrupt(format!("unknown status {status:?}")))?,
                 config: serde_json::from_str(&config)
-                    .map_err(|e| corrupt(format!("run {id} config is not JSON: {e}")))?,
+                    .map_err(|e| corrupt(format!("config is not JSON: {e}")))?,
                 id: RunId(id),
                 created_at_ms,
                 label,
@@ -721,8 +725,11 @@ fn load_trials(
     for row in rows {
         let (id, run, index, key, seed, outcome, message, usage, turns, started_at_ms, wall_ms) =
             row.context(context)?;
-        let outcome = stored::parse_outcome(&outcome, message)
-            .map_err(|detail| StoreError::Corrupt { trial: id, detail })?;
+        let outcome =
+            stored::parse_outcome(&outcome, message).map_err(|detail| StoreError::Corrupt {
+                row: format!("trial {id}"),
+                detail,
+            })?;
         position_of.insert(id, trials.len());
         trials.push(StoredTrial {
             id: TrialId(id),
@@ -761,7 +768,7 @@ fn load_trials(
         let trial_id: i64 = row.get(0).context(context)?;
         let body: String = row.get(1).context(context)?;
         let corrupt = |detail: String| StoreError::Corrupt {
-            trial: trial_id,
+            row: format!("trial {trial_id}"),
             detail,
         };
         let entry: stored::EntryV1 = serde_json::from_str(&body)
@@ -783,7 +790,7 @@ fn load_trials(
         let trial_id: i64 = row.get(0).context(context)?;
         let kind: String = row.get(2).context(context)?;
         let kind = stored::parse_file_change_kind(&kind).map_err(|detail| StoreError::Corrupt {
-            trial: trial_id,
+            row: format!("trial {trial_id}"),
             detail,
         })?;
         let change = FileChange {

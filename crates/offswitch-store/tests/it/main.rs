@@ -488,3 +488,24 @@ fn shards_of_a_run_merge_into_one_database() {
         bad run id "a/b": it must be non-empty, not `latest`, without `/` or spaces
     "#]].assert_eq(&errors);
 }
+
+#[test]
+fn a_row_that_cannot_be_read_back_is_a_located_error() {
+    let (_dir, path) = temp_db();
+    let store = Store::open(&path).unwrap();
+    let run = store.create_run(&serde_json::json!({}), None).unwrap();
+    let id = store.insert_trial(&run, &rich_record(0)).unwrap();
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    connection
+        .execute(
+            "UPDATE transcript_entries SET body = '{\"type\": \"telepathy\"}' WHERE trial_id = ?1 AND seq = 2",
+            [id.0],
+        )
+        .unwrap();
+    let error = store.trials(&run).unwrap_err().to_string();
+    // A fresh database: the trial id is 1.
+    expect!["corrupt database row (trial 1): transcript entry is not a v1 entry: unknown variant `telepathy`, expected one of `message`, `exec`, `protocol_error`, `backend_error`, `event` at line 1 column 20"].assert_eq(&error);
+    // The schema's CHECK constraints keep out what they can.
+    let refused = connection.execute("UPDATE runs SET status = 'paused'", []);
+    assert!(refused.is_err(), "an unknown run status was stored");
+}
