@@ -181,10 +181,14 @@ pub async fn run_trial(
             let outcome = match tokio::time::timeout(spec.limits.wall_time, drive).await {
                 Ok(outcome) => outcome,
                 Err(_) => {
+                    let running = match state.exec_in_flight.take() {
+                        Some(command) => format!(" while {command:?} ran"),
+                        None => String::new(),
+                    };
                     state.transcript.push(TranscriptEntry::Event {
                         kind: "time_limit".into(),
                         detail: format!(
-                            "wall time of {}s reached; sandbox killed",
+                            "wall time of {}s reached{running}; sandbox killed",
                             spec.limits.wall_time.as_secs()
                         ),
                     });
@@ -253,6 +257,8 @@ struct LoopState {
     usage: Usage,
     turns: u32,
     submitted: Option<String>,
+    /// The command executing right now, so a time limit can say what it interrupted.
+    exec_in_flight: Option<String>,
 }
 
 /// Kills the sandbox when dropped, whatever path the trial took (finished, timed out,
@@ -509,10 +515,12 @@ async fn execute_call(
         timeout: spec.limits.exec_timeout,
         output_cap: spec.limits.output_cap,
     };
+    state.exec_in_flight = Some(command.clone());
     let exec = {
         let sandbox = Arc::clone(sandbox);
         tokio::task::spawn_blocking(move || sandbox.exec(&request)).await
     };
+    state.exec_in_flight = None;
     let result = match exec {
         Ok(Ok(result)) => result,
         Ok(Err(error)) => {
