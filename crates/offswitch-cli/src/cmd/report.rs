@@ -125,6 +125,9 @@ pub(crate) fn store_error(error: StoreError) -> anyhow::Error {
         StoreError::UnknownRun(_)
         | StoreError::UnknownTrial(_)
         | StoreError::BadTrialReference(_)
+        | StoreError::BadRunId(_)
+        | StoreError::RunExists(_)
+        | StoreError::ImportConflict { .. }
         | StoreError::TooNew { .. } => super::invalid_input(error.to_string()),
         other => anyhow::Error::new(other),
     }
