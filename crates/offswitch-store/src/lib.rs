@@ -475,6 +475,11 @@ impl Store {
             .ok_or_else(|| StoreError::UnknownTrial(reference.to_owned()))
     }
 
+    /// One trial by its database id.
+    pub fn trial_by_id(&self, id: TrialId) -> Result<StoredTrial, StoreError> {
+        self.trial(&id.to_string())
+    }
+
     fn migrate(&mut self) -> Result<(), StoreError> {
         let path = self.path.clone();
         loop {

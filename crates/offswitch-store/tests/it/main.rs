@@ -509,3 +509,18 @@ fn a_row_that_cannot_be_read_back_is_a_located_error() {
     let refused = connection.execute("UPDATE runs SET status = 'paused'", []);
     assert!(refused.is_err(), "an unknown run status was stored");
 }
+
+#[test]
+fn a_file_that_is_not_a_database_is_a_clear_error() {
+    let (dir, path) = temp_db();
+    std::fs::write(&path, "these are my notes, not a database\n".repeat(100)).unwrap();
+    let error = Store::open(&path).err().unwrap();
+    expect!["failed to open database [dir]/offswitch.db: file is not a database"]
+        .assert_eq(&redact(&error, dir.path()));
+    // Nothing was written over it.
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .starts_with("these are my notes")
+    );
+}
