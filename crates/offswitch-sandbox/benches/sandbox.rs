@@ -37,6 +37,7 @@ fn main() {
             .trim()
     );
     create_exec_teardown(&scratch, runs);
+    exec_in_live_sandbox(&scratch, runs);
     kill_latency(&scratch, kill_runs);
     let _ = std::fs::remove_dir_all(&scratch);
 }
@@ -220,6 +221,41 @@ fn create_exec_teardown(scratch: &Path, runs: usize) {
             l50 / b50
         );
     }
+}
+
+fn exec_in_live_sandbox(scratch: &Path, runs: usize) {
+    let home = scratch.join("live");
+    let sandbox = Sandbox::create(config(&home, Limits::default())).expect("create");
+    let mut samples: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            let result = sandbox.exec(&request("true")).expect("exec");
+            assert_eq!(result.status, ExecStatus::Exited(0));
+            started.elapsed()
+        })
+        .collect();
+    let mut plain: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            let status = Command::new("/bin/bash")
+                .args(["-c", "true"])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            started.elapsed()
+        })
+        .collect();
+    let (s50, s95, smin) = stats(&mut samples);
+    let (p50, p95, pmin) = stats(&mut plain);
+    println!("### One exec of `true` in a live sandbox ({runs} runs)\n");
+    println!("| what | median ms | p95 ms | min ms |");
+    println!("|---|---|---|---|");
+    println!(
+        "| offswitch exec (PID 1 forks `bash -c`, cwd kept) | {s50:.2} | {s95:.2} | {smin:.2} |"
+    );
+    println!(
+        "| plain `bash -c true` from the host, no sandbox | {p50:.2} | {p95:.2} | {pmin:.2} |\n"
+    );
 }
 
 /// The adversary: a spinning fork bomb, setsid double-forked daemons, and signal-ignorers,

@@ -130,7 +130,9 @@ pub(crate) unsafe fn init_main(plan: &mut InitPlan) -> ! {
         // Keep only the control socket: other fds of the host (other sandboxes' sockets,
         // pipes of the harness's own children) must not stay open in here.
         close_all_except(&[control]);
-        // Wait until the parent has written our uid/gid maps and joined us to cgroups.
+        // Wait until the parent has written our uid/gid maps. If the host dies instead, its
+        // end of the control socket closes, this recv returns 0, and we exit; the same holds
+        // in the serve loop, so no parent-death signal is needed.
         let mut go = [0u8; 1];
         let received = libc::recv(control, go.as_mut_ptr().cast(), 1, 0);
         if received != 1 {
@@ -146,9 +148,6 @@ pub(crate) unsafe fn init_main(plan: &mut InitPlan) -> ! {
             control,
             STEP_IDS,
         );
-        // If the host process dies, its end of the control socket closes and the loop below
-        // exits; the death signal is a second line for a parent stuck mid-setup.
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
         let none: *const c_char = std::ptr::null();
         check(
             libc::mount(

@@ -1069,26 +1069,6 @@ fn build_plan(config: &SandboxConfig, home: &Path, host: &Host, control_fd: RawF
     }
 }
 
-type SpawnJob = Box<dyn FnOnce() + Send>;
-
-/// Init is cloned from one long-lived thread: its parent-death signal follows the thread
-/// that cloned it, and a caller's thread (a tokio blocking worker) may exit at any time.
-fn spawner() -> &'static Mutex<mpsc::Sender<SpawnJob>> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
-    SPAWNER.get_or_init(|| {
-        let (sender, receiver) = mpsc::channel::<SpawnJob>();
-        std::thread::Builder::new()
-            .name("offswitch-sandbox-spawner".into())
-            .spawn(move || {
-                for job in receiver {
-                    job();
-                }
-            })
-            .expect("failed to start the sandbox spawner thread");
-        Mutex::new(sender)
-    })
-}
-
 #[repr(C)]
 struct CloneArgs {
     flags: u64,
@@ -1123,64 +1103,57 @@ fn spawn_init(
         seqpacket_pair().map_err(|e| io_error("control socket", e))?;
     let mut plan = build_plan(config, home, host, control_init.as_raw_fd());
     let v2_fd = cgroups.and_then(|c| c.v2_fd());
-    let (sender, receiver) = mpsc::channel();
-    let job: SpawnJob = Box::new(move || {
-        let mut pidfd: libc::c_int = -1;
-        let mut flags = (libc::CLONE_NEWUSER
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWNET
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_PIDFD) as u64;
-        if v2_fd.is_some() {
-            flags |= CLONE_INTO_CGROUP;
-        }
-        let args = CloneArgs {
-            flags,
-            pidfd: &mut pidfd as *mut libc::c_int as u64,
-            child_tid: 0,
-            parent_tid: 0,
-            exit_signal: libc::SIGCHLD as u64,
-            stack: 0,
-            stack_size: 0,
-            tls: 0,
-            set_tid: 0,
-            set_tid_size: 0,
-            cgroup: v2_fd.unwrap_or(0) as u64,
-        };
-        // SAFETY: clone3 without CLONE_VM forks this thread; the child only runs `init_main`,
-        // which uses memory prepared before the clone and raw syscalls (see child.rs).
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        if pid == 0 {
-            // SAFETY: we are the freshly cloned child.
-            unsafe { child::init_main(&mut plan) }
-        }
-        let result = if pid < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            // SAFETY: clone3 stored a fresh pidfd owned by nobody else.
-            Ok((pid as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
-        };
-        drop(plan);
-        let _ = sender.send(result);
-    });
-    lock(spawner()).send(job).map_err(|_| {
-        io_error(
-            "spawner thread",
-            io::Error::other("the spawner thread is gone"),
+    let mut pidfd: libc::c_int = -1;
+    let mut flags = (libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_PIDFD) as u64;
+    if v2_fd.is_some() {
+        flags |= CLONE_INTO_CGROUP;
+    }
+    let args = CloneArgs {
+        flags,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: v2_fd.unwrap_or(0) as u64,
+    };
+    // PID 1 is cloned straight from the calling thread, without a parent-death signal (that
+    // would follow this thread, which may be a short-lived blocking worker). PID 1 ends when
+    // the host side of the control socket closes instead, which happens when the `Sandbox`
+    // is dropped or this process dies in any way.
+    // SAFETY: clone3 without CLONE_VM forks this thread; the child only runs `init_main`,
+    // which uses memory prepared before the clone and raw syscalls (see child.rs).
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
         )
-    })?;
-    let (pid, pidfd) = receiver
-        .recv()
-        .map_err(|_| io_error("spawner thread", io::Error::other("no reply")))?
-        .map_err(|e| io_error("clone3 with new namespaces", e))?;
+    };
+    if pid == 0 {
+        // SAFETY: we are the freshly cloned child.
+        unsafe { child::init_main(&mut plan) }
+    }
+    if pid < 0 {
+        return Err(io_error(
+            "clone3 with new namespaces",
+            io::Error::last_os_error(),
+        ));
+    }
+    let pid = pid as i32;
+    // SAFETY: clone3 stored a fresh pidfd owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    drop(plan);
     drop(control_init);
     let fail_and_kill = |context: &str, error: io::Error| {
         // SAFETY: signalling our own child through its pidfd.

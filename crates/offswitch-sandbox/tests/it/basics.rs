@@ -72,7 +72,7 @@ fn identity_environment_and_hostname() {
     check(
         &[
             "id; hostname; cat /etc/hostname; env | grep -v '^_=' | sort",
-            "grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status",
+            "grep -E '^(Groups|Cap|NoNewPrivs|Seccomp:)' /proc/self/status",
         ],
         expect![[r#"
             $ id; hostname; cat /etc/hostname; env | grep -v '^_=' | sort
@@ -92,8 +92,9 @@ fn identity_environment_and_hostname() {
             SHLVL=1
             TERM=dumb
             USER=root
-            $ grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status
+            $ grep -E '^(Groups|Cap|NoNewPrivs|Seccomp:)' /proc/self/status
             Exited(0)
+            Groups:	 
             CapInh:	0000000000000000
             CapPrm:	0000000000000000
             CapEff:	0000000000000000
