@@ -8,6 +8,19 @@ use std::time::Instant;
 
 use offswitch_llm::{LoadOptions, Model, Sampler, SamplingParams};
 
+/// CPU seconds (user + system) this process has used, from /proc/self/stat, so runs on a busy machine can be
+/// compared by tokens per CPU second as well as by wall time.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let path = PathBuf::from(
@@ -41,9 +54,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let capacity = tokens.len() + decode + 8;
 
     let mut sequence = model.new_sequence(capacity);
+    let cpu0 = cpu_seconds();
     let started = Instant::now();
     let mut logits = model.forward(&mut [(&mut sequence, &tokens)])?.remove(0);
     let prefill_s = started.elapsed().as_secs_f64();
+    let prefill_cpu = cpu_seconds() - cpu0;
+    let cpu0 = cpu_seconds();
     let mut sampler = Sampler::new(SamplingParams::default());
     let mut generated = Vec::new();
     let started = Instant::now();
@@ -54,6 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         logits = model.forward(&mut [(&mut sequence, &[next])])?.remove(0);
     }
     let decode_s = started.elapsed().as_secs_f64();
+    let decode_cpu = cpu_seconds() - cpu0;
     if show {
         eprintln!("{}", model.tokenizer().decode(&generated));
     }
@@ -99,6 +116,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "load_s": load_s,
             "prompt_tokens": tokens.len(),
             "prefill_tok_s": tokens.len() as f64 / prefill_s,
+            "prefill_cpu_s": prefill_cpu,
+            "decode_cpu_s": decode_cpu,
             "decode_tokens": decode,
             "decode_tok_s": decode as f64 / decode_s,
             "batch": batch,

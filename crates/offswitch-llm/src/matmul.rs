@@ -120,7 +120,6 @@ const TOKEN_TILE: usize = 16;
 pub fn matmul(w: &QMatrix, a: &QActs, out: &mut [f32], scratch: &mut Vec<f32>) {
     assert_eq!(w.cols, a.cols, "matmul inner dimensions differ");
     let n = a.n;
-    out[..n * w.rows].fill(0.0);
     scratch.resize(w.rows * n, 0.0);
     let nb = w.cols / BLOCK;
     let threads = rayon::current_num_threads().max(1);
@@ -138,16 +137,33 @@ pub fn matmul(w: &QMatrix, a: &QActs, out: &mut [f32], scratch: &mut Vec<f32>) {
                     let r = first + rr;
                     let wq = &w.q[r * w.cols..(r + 1) * w.cols];
                     let wd = &w.d[r * nb..(r + 1) * nb];
-                    let wm = w.m.as_ref().map(|m| &m[r * nb..(r + 1) * nb]);
-                    for t in t0..t1 {
+                    let out = &mut result[rr * n..(rr + 1) * n];
+                    let mut t = t0;
+                    // Four tokens per pass over the weight row: each weight block is widened once and used four times.
+                    while t + 4 <= t1 {
+                        let aq = |i: usize| &a.q[(t + i) * w.cols..(t + i + 1) * w.cols];
+                        let ad = |i: usize| &a.d[(t + i) * nb..(t + i + 1) * nb];
+                        let sums = dot_row_x4(
+                            wq,
+                            wd,
+                            [aq(0), aq(1), aq(2), aq(3)],
+                            [ad(0), ad(1), ad(2), ad(3)],
+                        );
+                        out[t..t + 4].copy_from_slice(&sums);
+                        t += 4;
+                    }
+                    while t < t1 {
                         let aq = &a.q[t * w.cols..(t + 1) * w.cols];
                         let ad = &a.d[t * nb..(t + 1) * nb];
-                        let mut sum = dot_row(wq, wd, aq, ad);
-                        if let Some(wm) = wm {
+                        out[t] = dot_row(wq, wd, aq, ad);
+                        t += 1;
+                    }
+                    if let Some(m) = w.m.as_ref() {
+                        let wm = &m[r * nb..(r + 1) * nb];
+                        for (t, o) in out.iter_mut().enumerate().take(t1).skip(t0) {
                             let s = &a.s[t * nb..(t + 1) * nb];
-                            sum += wm.iter().zip(s).map(|(m, s)| m * s).sum::<f32>();
+                            *o += wm.iter().zip(s).map(|(m, s)| m * s).sum::<f32>();
                         }
-                        result[rr * n + t] = sum;
                     }
                 }
             }
@@ -159,30 +175,59 @@ pub fn matmul(w: &QMatrix, a: &QActs, out: &mut [f32], scratch: &mut Vec<f32>) {
     }
 }
 
-/// One weight row against one activation row: per-block int8 dot products scaled by both block scales.
+/// One weight row against one activation row: per-block int8 dot products scaled by both block scales, kept in
+/// eight lanes (i32 per block, then f32) so both levels vectorise.
 #[inline]
 fn dot_row(wq: &[i8], wd: &[f32], aq: &[i8], ad: &[f32]) -> f32 {
-    let mut sum = 0f32;
+    let mut acc = [0f32; 8];
     for ((wb, ab), (dw, da)) in wq
         .chunks_exact(BLOCK)
         .zip(aq.chunks_exact(BLOCK))
         .zip(wd.iter().zip(ad))
     {
-        sum += dot_block(wb, ab) as f32 * (dw * da);
-    }
-    sum
-}
-
-/// 32 int8 products summed in i32. Written as i16 products added in pairs so LLVM lowers it to
-/// sign-extend + vpmaddwd on AVX2.
-#[inline(always)]
-fn dot_block(w: &[i8], a: &[i8]) -> i32 {
-    let w: &[i8; BLOCK] = w.try_into().expect("block of 32");
-    let a: &[i8; BLOCK] = a.try_into().expect("block of 32");
-    let mut acc = [0i32; 16];
-    for i in 0..16 {
-        acc[i] = i32::from(i16::from(w[2 * i]) * i16::from(a[2 * i]))
-            + i32::from(i16::from(w[2 * i + 1]) * i16::from(a[2 * i + 1]));
+        let lanes = block_lanes(wb, ab);
+        let scale = dw * da;
+        for l in 0..8 {
+            acc[l] = (lanes[l] as f32).mul_add(scale, acc[l]);
+        }
     }
     acc.iter().sum()
+}
+
+/// One weight row against four activation rows.
+#[inline]
+fn dot_row_x4(wq: &[i8], wd: &[f32], aq: [&[i8]; 4], ad: [&[f32]; 4]) -> [f32; 4] {
+    let mut acc = [[0f32; 8]; 4];
+    for (b, (wb, dw)) in wq.chunks_exact(BLOCK).zip(wd).enumerate() {
+        let mut wide = [0i16; BLOCK];
+        for (x, &v) in wide.iter_mut().zip(wb) {
+            *x = i16::from(v);
+        }
+        for t in 0..4 {
+            let ab = &aq[t][b * BLOCK..(b + 1) * BLOCK];
+            let lanes = block_lanes(&wide, ab);
+            let scale = dw * ad[t][b];
+            for l in 0..8 {
+                acc[t][l] = (lanes[l] as f32).mul_add(scale, acc[t][l]);
+            }
+        }
+    }
+    acc.map(|lanes| lanes.iter().sum())
+}
+
+/// 32 products of a weight block (i8 or pre-widened i16) and an int8 activation block, summed into eight i32 lanes.
+/// Products of int8 values fit i16 and 4 of them fit i32, so the wrapping ops never wrap; they only tell the
+/// compiler (and debug builds' overflow checks) that no check is needed.
+#[inline(always)]
+fn block_lanes<W: Copy + Into<i32>>(w: &[W], a: &[i8]) -> [i32; 8] {
+    let w: &[W; BLOCK] = w.try_into().expect("block of 32");
+    let a: &[i8; BLOCK] = a.try_into().expect("block of 32");
+    let mut lanes = [0i32; 8];
+    for j in 0..4 {
+        for l in 0..8 {
+            let product = w[j * 8 + l].into().wrapping_mul(i32::from(a[j * 8 + l]));
+            lanes[l] = lanes[l].wrapping_add(product);
+        }
+    }
+    lanes
 }

@@ -370,18 +370,17 @@ impl Model {
                     let (si, pos) = rows[t];
                     let seq = sequences[si];
                     let q_row = &qkv[t * qkv_dim..t * qkv_dim + dim];
-                    for h in 0..c.n_heads {
-                        let g = h / group;
+                    for g in 0..c.n_kv_heads {
                         let base = (li * c.n_kv_heads + g) * seq.capacity * hd;
-                        let keys = &seq.k[base..base + (pos + 1) * hd];
-                        let values = &seq.v[base..base + (pos + 1) * hd];
-                        attend(
-                            &q_row[h * hd..(h + 1) * hd],
-                            keys,
-                            values,
+                        let heads = g * group * hd..(g + 1) * group * hd;
+                        attend_group(
+                            hd,
+                            &q_row[heads.clone()],
+                            &seq.k[base..base + (pos + 1) * hd],
+                            &seq.v[base..base + (pos + 1) * hd],
                             scale,
                             scores,
-                            &mut out[h * hd..(h + 1) * hd],
+                            &mut out[heads],
                         );
                     }
                 },
@@ -630,37 +629,64 @@ fn rope(head: &mut [f32], table: &[f32]) {
     }
 }
 
-fn attend(
-    q: &[f32],
+/// Causal attention of the `group` query heads that share one KV head, against `n` cached positions.
+/// Scores for all heads of the group are computed in one scan of the keys, so each key is loaded once.
+fn attend_group(
+    head_dim: usize,
+    queries: &[f32],
     keys: &[f32],
     values: &[f32],
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let hd = q.len();
-    let n = keys.len() / hd;
-    scores.resize(n, 0.0);
-    let mut max = f32::NEG_INFINITY;
-    for (score, key) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
-        *score = q.iter().zip(key).map(|(a, b)| a * b).sum::<f32>() * scale;
-        max = max.max(*score);
-    }
-    let mut total = 0.0;
-    for score in scores.iter_mut() {
-        *score = (*score - max).exp();
-        total += *score;
-    }
-    out.fill(0.0);
-    for (&p, value) in scores.iter().zip(values.chunks_exact(hd)) {
-        for (o, &v) in out.iter_mut().zip(value) {
-            *o += p * v;
+    let group = queries.len() / head_dim;
+    let n = keys.len() / head_dim;
+    scores.resize(group * n, 0.0);
+    for (p, key) in keys.chunks_exact(head_dim).enumerate() {
+        for (j, q) in queries.chunks_exact(head_dim).enumerate() {
+            scores[j * n + p] = dot(q, key) * scale;
         }
     }
-    let inv = 1.0 / total;
-    for o in out.iter_mut() {
-        *o *= inv;
+    for (j, head_out) in out.chunks_exact_mut(head_dim).enumerate() {
+        let row = &mut scores[j * n..(j + 1) * n];
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mut total = 0.0;
+        for score in row.iter_mut() {
+            *score = (*score - max).exp();
+            total += *score;
+        }
+        head_out.fill(0.0);
+        for (&weight, value) in row.iter().zip(values.chunks_exact(head_dim)) {
+            for (o, &v) in head_out.iter_mut().zip(value) {
+                *o = weight.mul_add(v, *o);
+            }
+        }
+        let inv = 1.0 / total;
+        for o in head_out.iter_mut() {
+            *o *= inv;
+        }
     }
+}
+
+/// Dot product with eight independent accumulators, so the loop vectorises (a single f32 accumulator would force
+/// sequential adds).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] = ca[l].mul_add(cb[l], acc[l]);
+        }
+    }
+    let tail: f32 = a
+        .chunks_exact(8)
+        .remainder()
+        .iter()
+        .zip(b.chunks_exact(8).remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 fn add_into(x: &mut [f32], delta: &[f32]) {
