@@ -28,17 +28,27 @@ pub fn render_table(report: &Report) -> String {
     if report.label_names.is_empty() {
         out.push_str("no labels in this run\n");
     } else {
-        let mut table = Table::new(&[
+        // The column of valid trials without the label appears only when there are some.
+        let any_unlabelled = report
+            .cells
+            .iter()
+            .any(|c| c.labels.iter().any(|l| l.unlabelled > 0));
+        let jeffreys_header = format!("jeffreys {percent}%");
+        let wilson_header = format!("wilson {percent}%");
+        let mut columns = vec![
             ("model", Align::Left),
             ("scenario", Align::Left),
             ("variant", Align::Left),
             ("label", Align::Left),
             ("k/n", Align::Right),
             ("rate", Align::Right),
-            (&format!("jeffreys {percent}%"), Align::Left),
-            (&format!("wilson {percent}%"), Align::Left),
-            ("unlabelled", Align::Right),
-        ]);
+            (jeffreys_header.as_str(), Align::Left),
+            (wilson_header.as_str(), Align::Left),
+        ];
+        if any_unlabelled {
+            columns.push(("unlabelled", Align::Right));
+        }
+        let mut table = Table::new(&columns);
         for cell in &report.cells {
             for label in &cell.labels {
                 let p = label.proportion;
@@ -50,7 +60,7 @@ pub fn render_table(report: &Report) -> String {
                     ),
                     None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
                 };
-                table.row(vec![
+                let mut row = vec![
                     cell.model.clone(),
                     cell.scenario.clone(),
                     display_variant(&cell.variant),
@@ -59,12 +69,15 @@ pub fn render_table(report: &Report) -> String {
                     rate,
                     jeffreys,
                     wilson,
-                    if label.unlabelled == 0 {
+                ];
+                if any_unlabelled {
+                    row.push(if label.unlabelled == 0 {
                         String::new()
                     } else {
                         label.unlabelled.to_string()
-                    },
-                ]);
+                    });
+                }
+                table.row(row);
             }
         }
         out.push_str(&table.render());
