@@ -27,6 +27,13 @@ fn main() {
             _ => {}
         }
     }
+    // Optional ballast: a host process holding this much written memory (like a harness with
+    // an embedded model), to measure what forking PID 1 from a large process costs.
+    let ballast_mb: usize = std::env::var("BENCH_BALLAST_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let ballast = vec![1u8; ballast_mb << 20];
     let scratch = tempdir();
     println!("## Sandbox benchmarks\n");
     println!(
@@ -40,6 +47,12 @@ fn main() {
     exec_in_live_sandbox(&scratch, runs);
     kill_latency(&scratch, kill_runs);
     let _ = std::fs::remove_dir_all(&scratch);
+    if ballast_mb > 0 {
+        println!(
+            "(ran with {ballast_mb} MiB of written ballast memory in the host process; checksum {})",
+            ballast.iter().step_by(4096).map(|&b| b as u64).sum::<u64>()
+        );
+    }
 }
 
 fn tempdir() -> std::path::PathBuf {

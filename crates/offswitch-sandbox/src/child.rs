@@ -55,6 +55,26 @@ pub(crate) struct InitPlan {
     pub cap_last: c_int,
     /// Scratch buffer for received exec requests.
     pub request_buffer: Vec<u8>,
+    /// The stack exec processes start on: they are cloned with `CLONE_VM | CLONE_VFORK`
+    /// (init is suspended until they exec), so no page tables are copied per exec, however
+    /// large the host process that init was forked from.
+    pub exec_stack: Vec<u8>,
+}
+
+/// What the vfork-style exec child needs, on init's stack while init is suspended.
+struct ExecChildArgs {
+    plan: *const InitPlan,
+    fds: [c_int; REQUEST_FDS],
+    length: usize,
+}
+
+extern "C" fn exec_child_entry(argument: *mut c_void) -> c_int {
+    // SAFETY: `argument` points at an ExecChildArgs on init's stack; init is suspended by
+    // CLONE_VFORK until this child execs or exits, so it stays valid and unchanged.
+    unsafe {
+        let args = &*(argument as *const ExecChildArgs);
+        exec_child(&*args.plan, &args.fds, args.length)
+    }
 }
 
 /// Bytes of an exec request header: cpu rlimit seconds (u64), address-space rlimit (u64),
@@ -561,17 +581,20 @@ unsafe fn start_exec(plan: &mut InitPlan, slots: &mut [Slot; MAX_SLOTS]) {
             return;
         };
         let mut pidfd: c_int = -1;
-        let pid = libc::syscall(
-            libc::SYS_clone,
-            (libc::CLONE_PIDFD | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
+        let child_args = ExecChildArgs {
+            plan: plan as *const InitPlan,
+            fds,
+            length,
+        };
+        // The stack grows down: start at its (16-byte aligned) top.
+        let top = plan.exec_stack.as_mut_ptr().add(plan.exec_stack.len()) as usize & !15;
+        let pid = libc::clone(
+            exec_child_entry,
+            top as *mut c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            &child_args as *const ExecChildArgs as *mut c_void,
             &mut pidfd as *mut c_int,
-            0usize,
-            0usize,
         );
-        if pid == 0 {
-            exec_child(plan, &fds, length);
-        }
         if pid < 0 {
             close_request(&fds);
             return;

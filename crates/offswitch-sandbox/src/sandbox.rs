@@ -1066,6 +1066,7 @@ fn build_plan(config: &SandboxConfig, home: &Path, host: &Host, control_fd: RawF
         control_fd,
         cap_last: host.cap_last,
         request_buffer: vec![0u8; MAX_REQUEST_BYTES + 4096],
+        exec_stack: vec![0u8; 256 * 1024],
     }
 }
 
