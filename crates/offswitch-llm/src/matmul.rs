@@ -161,18 +161,44 @@ pub fn matmul(w: &QMatrix, a: &QActs, out: &mut [f32], scratch: &mut Vec<f32>) {
                     if let Some(m) = w.m.as_ref() {
                         let wm = &m[r * nb..(r + 1) * nb];
                         for (t, o) in out.iter_mut().enumerate().take(t1).skip(t0) {
-                            let s = &a.s[t * nb..(t + 1) * nb];
-                            *o += wm.iter().zip(s).map(|(m, s)| m * s).sum::<f32>();
+                            *o += dot_f32(wm, &a.s[t * nb..(t + 1) * nb]);
                         }
                     }
                 }
             }
         });
-    for r in 0..w.rows {
-        for t in 0..n {
-            out[t * w.rows + r] = scratch[r * n + t];
+    if n == 1 {
+        out[..w.rows].copy_from_slice(&scratch[..w.rows]);
+        return;
+    }
+    let scratch = &scratch[..];
+    out[..n * w.rows]
+        .par_chunks_mut(w.rows)
+        .enumerate()
+        .for_each(|(t, row)| {
+            for (r, o) in row.iter_mut().enumerate() {
+                *o = scratch[r * n + t];
+            }
+        });
+}
+
+/// f32 dot product in eight lanes (a single accumulator would serialise the adds).
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] = ca[l].mul_add(cb[l], acc[l]);
         }
     }
+    let tail: f32 = a
+        .chunks_exact(8)
+        .remainder()
+        .iter()
+        .zip(b.chunks_exact(8).remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 /// One weight row against one activation row: per-block int8 dot products scaled by both block scales, kept in

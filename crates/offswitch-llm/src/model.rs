@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::error::LlmError;
 use crate::gguf::{GgmlType, GgufFile, TensorInfo, Value};
-use crate::matmul::{QActs, QMatrix, matmul};
+use crate::matmul::{QActs, QMatrix, dot_f32, matmul};
 use crate::quant::{BLOCK, dequantize};
 use crate::tokenizer::Tokenizer;
 
@@ -45,6 +45,10 @@ impl ModelConfig {
         self.head_dim() * self.n_kv_heads
     }
 }
+
+/// Token rows per pass over the weights: large enough that weight reads are amortised, small enough that the
+/// activation scratch stays a few MB (one pass over a 1000-token prefill would need ~30 MB, eight of them ~240 MB).
+const MAX_PASS_TOKENS: usize = 128;
 
 /// Immutable weights; `Send + Sync`, share it through an `Arc`.
 pub struct Model {
@@ -289,9 +293,25 @@ impl Model {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take()
             .unwrap_or_default();
-        let logits = self
-            .pool
-            .install(|| self.forward_inner(batch, &mut scratch));
+        // Every new token of every sequence, in order: (sequence index, position, token id).
+        let rows: Vec<(usize, usize, u32)> = batch
+            .iter()
+            .enumerate()
+            .flat_map(|(si, (seq, new))| {
+                let start = seq.len();
+                new.iter()
+                    .enumerate()
+                    .map(move |(j, &id)| (si, start + j, id))
+            })
+            .collect();
+        let mut logits = vec![Vec::new(); batch.len()];
+        self.pool.install(|| {
+            // Passes of at most MAX_PASS_TOKENS rows bound the scratch memory; a long prefill spans several
+            // passes, each attending to the cache the previous ones wrote.
+            for chunk in rows.chunks(MAX_PASS_TOKENS) {
+                self.forward_pass(batch, chunk, &mut scratch, &mut logits);
+            }
+        });
         *self
             .scratch
             .lock()
@@ -302,29 +322,26 @@ impl Model {
         Ok(logits)
     }
 
-    fn forward_inner(
+    /// One pass over the weights for `rows`; fills `logits[si]` for each sequence whose last new token is here.
+    fn forward_pass(
         &self,
         batch: &mut [(&mut Sequence, &[u32])],
+        rows: &[(usize, usize, u32)],
         s: &mut Scratch,
-    ) -> Vec<Vec<f32>> {
+        logits: &mut [Vec<f32>],
+    ) {
         let c = &self.config;
         let (dim, kv_dim, hd, ffn) = (c.dim, c.kv_dim(), c.head_dim(), c.ffn_dim);
         let qkv_dim = dim + 2 * kv_dim;
-        // (sequence index, position) of every stacked token row.
-        let rows: Vec<(usize, usize)> = batch
-            .iter()
-            .enumerate()
-            .flat_map(|(si, (seq, new))| (0..new.len()).map(move |j| (si, seq.len() + j)))
-            .collect();
         let n = rows.len();
         s.x.resize(n * dim, 0.0);
-        for (t, token) in batch.iter().flat_map(|(_, new)| new.iter()).enumerate() {
+        for (t, &(_, _, token)) in rows.iter().enumerate() {
             self.embed
-                .row_f32(*token as usize, &mut s.x[t * dim..(t + 1) * dim]);
+                .row_f32(token as usize, &mut s.x[t * dim..(t + 1) * dim]);
         }
         // RoPE tables per token: cos then sin for each of the hd/2 rotation frequencies.
         s.rope.resize(n * hd, 0.0);
-        for (t, &(_, pos)) in rows.iter().enumerate() {
+        for (t, &(_, pos, _)) in rows.iter().enumerate() {
             let table = &mut s.rope[t * hd..(t + 1) * hd];
             for i in 0..hd / 2 {
                 let freq = f64::from(c.rope_theta).powf(-2.0 * i as f64 / hd as f64);
@@ -351,23 +368,23 @@ impl Model {
                 for head in row[..dim + kv_dim].chunks_exact_mut(hd) {
                     rope(head, table);
                 }
-                let (si, pos) = rows[t];
+                let (si, pos, _) = rows[t];
                 let seq = &mut *batch[si].0;
                 let cap = seq.capacity;
                 for g in 0..c.n_kv_heads {
                     let at = ((li * c.n_kv_heads + g) * cap + pos) * hd;
-                    seq.k[at..at + hd].copy_from_slice(&row[dim + g * hd..dim + (g + 1) * hd]);
-                    seq.v[at..at + hd]
-                        .copy_from_slice(&row[dim + kv_dim + g * hd..dim + kv_dim + (g + 1) * hd]);
+                    let k_at = dim + g * hd;
+                    let v_at = dim + kv_dim + g * hd;
+                    seq.k[at..at + hd].copy_from_slice(&row[k_at..k_at + hd]);
+                    seq.v[at..at + hd].copy_from_slice(&row[v_at..v_at + hd]);
                 }
             }
             let sequences: Vec<&Sequence> = batch.iter().map(|(seq, _)| &**seq).collect();
             let qkv = &s.qkv;
-            let rows = &rows;
             s.att.par_chunks_mut(dim).enumerate().for_each_init(
                 Vec::new,
                 |scores: &mut Vec<f32>, (t, out)| {
-                    let (si, pos) = rows[t];
+                    let (si, pos, _) = rows[t];
                     let seq = sequences[si];
                     let q_row = &qkv[t * qkv_dim..t * qkv_dim + dim];
                     for g in 0..c.n_kv_heads {
@@ -402,28 +419,31 @@ impl Model {
             add_into(&mut s.x, &s.tmp);
         }
         // Only the last new token of each sequence needs logits.
-        let b = batch.len();
-        s.last.resize(b * dim, 0.0);
-        let mut t_end = 0;
-        for (i, (_, new)) in batch.iter().enumerate() {
-            t_end += new.len();
-            let src = &s.x[(t_end - 1) * dim..t_end * dim];
-            s.xn[..dim].copy_from_slice(src);
+        let last: Vec<(usize, usize)> = rows
+            .iter()
+            .enumerate()
+            .filter(|&(_, &(si, pos, _))| pos + 1 == batch[si].0.len() + batch[si].1.len())
+            .map(|(t, &(si, _, _))| (t, si))
+            .collect();
+        if last.is_empty() {
+            return;
+        }
+        s.last.resize(last.len() * dim, 0.0);
+        for (i, &(t, _)) in last.iter().enumerate() {
             rms_norm(
-                &s.xn[..dim],
+                &s.x[t * dim..(t + 1) * dim],
                 &self.output_norm,
                 c.rms_eps,
                 &mut s.last[i * dim..(i + 1) * dim],
             );
         }
         s.acts.quantize(&s.last, dim);
-        s.logits.resize(b * c.vocab_size, 0.0);
+        s.logits.resize(last.len() * c.vocab_size, 0.0);
         let output = self.output.as_ref().unwrap_or(&self.embed);
         matmul(output, &s.acts, &mut s.logits, &mut s.transpose);
-        s.logits
-            .chunks_exact(c.vocab_size)
-            .map(<[f32]>::to_vec)
-            .collect()
+        for (row, &(_, si)) in s.logits.chunks_exact(c.vocab_size).zip(&last) {
+            logits[si] = row.to_vec();
+        }
     }
 }
 
@@ -645,7 +665,7 @@ fn attend_group(
     scores.resize(group * n, 0.0);
     for (p, key) in keys.chunks_exact(head_dim).enumerate() {
         for (j, q) in queries.chunks_exact(head_dim).enumerate() {
-            scores[j * n + p] = dot(q, key) * scale;
+            scores[j * n + p] = dot_f32(q, key) * scale;
         }
     }
     for (j, head_out) in out.chunks_exact_mut(head_dim).enumerate() {
@@ -667,26 +687,6 @@ fn attend_group(
             *o *= inv;
         }
     }
-}
-
-/// Dot product with eight independent accumulators, so the loop vectorises (a single f32 accumulator would force
-/// sequential adds).
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        for l in 0..8 {
-            acc[l] = ca[l].mul_add(cb[l], acc[l]);
-        }
-    }
-    let tail: f32 = a
-        .chunks_exact(8)
-        .remainder()
-        .iter()
-        .zip(b.chunks_exact(8).remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 fn add_into(x: &mut [f32], delta: &[f32]) {
