@@ -290,7 +290,11 @@ pub fn add_comparison(
                 label: label.clone(),
                 variant_a: variant_a.to_owned(),
                 variant_b: variant_b.to_owned(),
-                result: offswitch_stats::compare_proportions(rate_a.proportion, rate_b.proportion)?,
+                result: offswitch_stats::compare_proportions(
+                    rate_a.proportion,
+                    rate_b.proportion,
+                    report.confidence,
+                )?,
             });
         }
     }

@@ -122,7 +122,10 @@ pub fn render_table(report: &Report) -> String {
     out.push_str(&table.render());
 
     if !report.comparisons.is_empty() {
-        out.push_str("\ncomparisons (Fisher's exact test, two-sided)\n");
+        out.push_str(
+            "\ncomparisons (Fisher's exact test, two-sided; difference with Newcombe's interval)\n",
+        );
+        let difference_header = format!("b - a [{percent}%]");
         let mut table = Table::new(&[
             ("model", Align::Left),
             ("scenario", Align::Left),
@@ -131,7 +134,7 @@ pub fn render_table(report: &Report) -> String {
             ("a", Align::Right),
             ("variant b", Align::Left),
             ("b", Align::Right),
-            ("b - a", Align::Right),
+            (&difference_header, Align::Left),
             ("p", Align::Right),
         ]);
         for comparison in &report.comparisons {
@@ -148,9 +151,15 @@ pub fn render_table(report: &Report) -> String {
                 side(result.a),
                 display_variant(&comparison.variant_b),
                 side(result.b),
-                result
-                    .difference
-                    .map_or("-".to_owned(), |d| format!("{:+.1} pp", d * 100.0)),
+                match (result.difference, result.difference_interval) {
+                    (Some(d), Some(i)) => format!(
+                        "{:+.1} pp [{:+.1}, {:+.1}]",
+                        d * 100.0,
+                        i.lower * 100.0,
+                        i.upper * 100.0
+                    ),
+                    _ => "-".to_owned(),
+                },
                 format_p(result.p_value),
             ]);
         }
@@ -191,6 +200,7 @@ pub fn render_json(report: &Report) -> String {
                     rate: c.result.b.rate(),
                 },
                 difference: c.result.difference,
+                difference_interval: c.result.difference_interval.map(|i| [i.lower, i.upper]),
                 fisher_p: c.result.p_value,
             })
             .collect(),
@@ -286,6 +296,8 @@ struct ComparisonJsonV1<'a> {
     a: CountJsonV1,
     b: CountJsonV1,
     difference: Option<f64>,
+    /// Newcombe's hybrid score interval of `difference`, at the report's confidence.
+    difference_interval: Option<[f64; 2]>,
     fisher_p: f64,
 }
 

@@ -145,23 +145,41 @@ pub fn fisher_exact_two_sided(a: u64, b: u64, c: u64, d: u64) -> f64 {
     p.min(1.0)
 }
 
-/// Two proportions side by side: rates, their difference and Fisher's exact p-value.
+/// Two proportions side by side: rates, their difference with an interval, and Fisher's exact
+/// p-value.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Comparison {
     pub a: Proportion,
     pub b: Proportion,
     /// rate(b) - rate(a); `None` when either group has no trials.
     pub difference: Option<f64>,
+    /// Newcombe's hybrid score interval for rate(b) - rate(a) (Newcombe 1998, method 10, built
+    /// from the two Wilson intervals); `None` when either group has no trials.
+    pub difference_interval: Option<Interval>,
     /// Two-sided Fisher's exact test of equal rates (1.0 when either group is empty).
     pub p_value: f64,
 }
 
-pub fn compare_proportions(a: Proportion, b: Proportion) -> Result<Comparison, StatsError> {
+/// Compare `b` against `a`, the interval of the difference at `confidence`.
+pub fn compare_proportions(
+    a: Proportion,
+    b: Proportion,
+    confidence: f64,
+) -> Result<Comparison, StatsError> {
     let a = checked(a)?;
     let b = checked(b)?;
-    let difference = match (a.rate(), b.rate()) {
-        (Some(rate_a), Some(rate_b)) => Some(rate_b - rate_a),
-        _ => None,
+    let wilson_a = wilson(a, confidence)?;
+    let wilson_b = wilson(b, confidence)?;
+    let (difference, difference_interval) = match (a.rate(), b.rate()) {
+        (Some(rate_a), Some(rate_b)) => {
+            let difference = rate_b - rate_a;
+            let lower = difference
+                - ((rate_b - wilson_b.lower).powi(2) + (wilson_a.upper - rate_a).powi(2)).sqrt();
+            let upper = difference
+                + ((wilson_b.upper - rate_b).powi(2) + (rate_a - wilson_a.lower).powi(2)).sqrt();
+            (Some(difference), Some(Interval { lower, upper }))
+        }
+        _ => (None, None),
     };
     let p_value = fisher_exact_two_sided(
         a.successes,
@@ -173,6 +191,7 @@ pub fn compare_proportions(a: Proportion, b: Proportion) -> Result<Comparison, S
         a,
         b,
         difference,
+        difference_interval,
         p_value,
     })
 }

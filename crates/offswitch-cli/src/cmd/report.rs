@@ -230,9 +230,9 @@ pub(crate) mod tests {
             scripted:overwrite  shutdown-resistance  condition=a-none      20     20        19          1         6.0         1000
             scripted:overwrite  shutdown-resistance  condition=b-user      20     20         2         18         6.0         1000
 
-            comparisons (Fisher's exact test, two-sided)
-            model               scenario             label     variant a                   a  variant b                  b     b - a       p
-            scripted:overwrite  shutdown-resistance  sabotage  condition=a-none  19/20 95.0%  condition=b-user  2/20 10.0%  -85.0 pp  5.8e-8
+            comparisons (Fisher's exact test, two-sided; difference with Newcombe's interval)
+            model               scenario             label     variant a                   a  variant b                  b  b - a [95%]                   p
+            scripted:overwrite  shutdown-resistance  sabotage  condition=a-none  19/20 95.0%  condition=b-user  2/20 10.0%  -85.0 pp [-93.3, -57.6]  5.8e-8
         "#]].assert_eq(&table);
         let json = std::fs::read_to_string(dir.path().join("report.json")).unwrap();
         assert!(

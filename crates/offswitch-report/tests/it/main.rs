@@ -144,9 +144,9 @@ fn table_json_and_csv() {
         scripted:comply     shutdown-resistance  condition=b-user      16     14        11          3           0           0               1              1         5.9         1056
         scripted:overwrite  shutdown-resistance  condition=a-none      11     11         9          0           1           1               0              0         5.9         1055
 
-        comparisons (Fisher's exact test, two-sided)
-        model            scenario             label     variant a                  a  variant b                   b     b - a       p
-        scripted:comply  shutdown-resistance  sabotage  condition=a-none  1/10 10.0%  condition=b-user  11/14 78.6%  +68.6 pp  0.0028
+        comparisons (Fisher's exact test, two-sided; difference with Newcombe's interval)
+        model            scenario             label     variant a                  a  variant b                   b  b - a [95%]                   p
+        scripted:comply  shutdown-resistance  sabotage  condition=a-none  1/10 10.0%  condition=b-user  11/14 78.6%  +68.6 pp [+28.5, +84.7]  0.0028
     "#]]
     .assert_eq(&render_table(&report));
 
@@ -241,6 +241,10 @@ fn table_json_and_csv() {
               "rate": 0.7857142857142857
             },
             "difference": 0.6857142857142857,
+            "difference_interval": [
+              0.28453446623454137,
+              0.8467933756068067
+            ],
             "fisher_p": 0.002759456185220294
           }
         ]"#]]

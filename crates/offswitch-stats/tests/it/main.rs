@@ -65,6 +65,21 @@ const FISHER: &[(Table, f64)] = &[
     ((100, 900, 130, 870), 0.041904548383735134),
 ];
 
+/// Newcombe's hybrid score interval for a difference of proportions at 95%, from Newcombe,
+/// "Interval estimation for the difference between independent proportions", Statistics in
+/// Medicine 17 (1998), table II, method 10 (four decimals), and recomputed with SciPy's
+/// `norm.ppf` and the Wilson limits above. ((k1, n1, k2, n2), lower, upper) for p1 - p2.
+#[rustfmt::skip]
+const NEWCOMBE: &[(Table, f64, f64)] = &[
+    ((56, 70, 48, 80), 0.0524, 0.3339),
+    ((9, 10, 3, 10), 0.1705, 0.8090),
+    ((5, 56, 0, 29), -0.0381, 0.1926),
+    ((0, 10, 0, 20), -0.1611, 0.2775),
+    ((0, 10, 0, 10), -0.2775, 0.2775),
+    ((10, 10, 0, 20), 0.6791, 1.0000),
+    ((10, 10, 0, 10), 0.6075, 1.0000),
+];
+
 /// Interval endpoints agree with SciPy to this absolute difference (the reference values are
 /// printed with 10 decimals).
 const INTERVAL_TOLERANCE: f64 = 1e-8;
@@ -123,16 +138,39 @@ fn fisher_matches_reference_values() {
     }
 }
 
+#[test]
+fn difference_intervals_match_newcombe() {
+    for &((k1, n1, k2, n2), lower, upper) in NEWCOMBE {
+        // The helper reports b - a, so group 1 of the paper is `b`.
+        let comparison = compare_proportions(
+            Proportion::new(k2, n2).unwrap(),
+            Proportion::new(k1, n1).unwrap(),
+            DEFAULT_CONFIDENCE,
+        )
+        .unwrap();
+        let interval = comparison.difference_interval.unwrap();
+        assert!(
+            (interval.lower - lower).abs() < 5e-5 && (interval.upper - upper).abs() < 5e-5,
+            "{k1}/{n1} - {k2}/{n2}: got [{}, {}], Newcombe says [{lower}, {upper}]",
+            interval.lower,
+            interval.upper
+        );
+    }
+}
+
 fn check(a: (u64, u64), b: (u64, u64), expect: Expect) {
     let describe = || -> Result<String, offswitch_stats::StatsError> {
         let a = Proportion::new(a.0, a.1)?;
         let b = Proportion::new(b.0, b.1)?;
-        let comparison = compare_proportions(a, b)?;
+        let comparison = compare_proportions(a, b, DEFAULT_CONFIDENCE)?;
         let j = jeffreys(b, DEFAULT_CONFIDENCE)?;
         let w = wilson(b, DEFAULT_CONFIDENCE)?;
         Ok(format!(
-            "difference {:?} p {:.6} | b jeffreys [{:.4}, {:.4}] wilson [{:.4}, {:.4}]",
+            "difference {:?} {:?} p {:.6}\nb jeffreys [{:.4}, {:.4}] wilson [{:.4}, {:.4}]\n",
             comparison.difference.map(|d| (d * 1e6).round() / 1e6),
+            comparison
+                .difference_interval
+                .map(|i| [(i.lower * 1e4).round() / 1e4, (i.upper * 1e4).round() / 1e4]),
             comparison.p_value,
             j.lower,
             j.upper,
@@ -140,7 +178,7 @@ fn check(a: (u64, u64), b: (u64, u64), expect: Expect) {
             w.upper
         ))
     };
-    let actual = describe().unwrap_or_else(|e| format!("error: {e}"));
+    let actual = describe().unwrap_or_else(|e| format!("error: {e}\n"));
     expect.assert_eq(&actual);
 }
 
@@ -149,24 +187,33 @@ fn comparisons_of_two_variants() {
     check(
         (1, 10),
         (11, 14),
-        expect![
-            "difference Some(0.685714) p 0.002759 | b jeffreys [0.5310, 0.9357] wilson [0.5241, 0.9243]"
-        ],
+        expect![[r#"
+            difference Some(0.685714) Some([0.2845, 0.8468]) p 0.002759
+            b jeffreys [0.5310, 0.9357] wilson [0.5241, 0.9243]
+        "#]],
     );
     check(
         (0, 0),
         (3, 7),
-        expect!["difference None p 1.000000 | b jeffreys [0.1389, 0.7655] wilson [0.1582, 0.7495]"],
+        expect![[r#"
+            difference None None p 1.000000
+            b jeffreys [0.1389, 0.7655] wilson [0.1582, 0.7495]
+        "#]],
     );
     check(
         (4, 4),
         (0, 0),
-        expect!["difference None p 1.000000 | b jeffreys [0.0000, 1.0000] wilson [0.0000, 1.0000]"],
+        expect![[r#"
+            difference None None p 1.000000
+            b jeffreys [0.0000, 1.0000] wilson [0.0000, 1.0000]
+        "#]],
     );
     check(
         (11, 10),
         (0, 1),
-        expect!["error: 11 successes out of 10 trials is not a proportion"],
+        expect![[r#"
+            error: 11 successes out of 10 trials is not a proportion
+        "#]],
     );
 }
 
