@@ -32,6 +32,9 @@ pub struct CgroupLayout {
 impl CgroupLayout {
     pub fn detect() -> CgroupLayout {
         let root = Path::new("/sys/fs/cgroup");
+        // Lets the test suite exercise the v1-only path (freezer kill, cpuacct) on a hybrid
+        // host, where it would otherwise never run.
+        let force_v1 = std::env::var_os("OFFSWITCH_SANDBOX_FORCE_CGROUP_V1").is_some();
         if root.join("cgroup.controllers").exists() {
             return CgroupLayout {
                 v2: Some(root.to_path_buf()),
@@ -47,7 +50,7 @@ impl CgroupLayout {
             path.join(probe).exists().then_some(path)
         };
         CgroupLayout {
-            v2: existing("unified", "cgroup.procs"),
+            v2: existing("unified", "cgroup.procs").filter(|_| !force_v1),
             v2_controllers: false,
             v1_memory: existing("memory", "memory.limit_in_bytes"),
             v1_pids: existing("pids", "cgroup.procs"),
