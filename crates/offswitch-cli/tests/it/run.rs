@@ -149,6 +149,65 @@ fn resume_after_kill_9_runs_exactly_the_missing_trials() {
 }
 
 #[test]
+fn ctrl_c_marks_the_run_interrupted_and_resume_finishes_it() {
+    if let Some(reason) = sandbox_unavailable() {
+        eprintln!("skipping ctrl_c_marks_the_run_interrupted_and_resume_finishes_it: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let work = dir.path().join("work");
+    let mut child = offswitch()
+        .args(run_args(&db, &work))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = 0;
+    while seen < 10 {
+        let line = stderr.next().expect("the run ended early").unwrap();
+        if line.starts_with('[') {
+            seen += 1;
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = stderr.map(|l| l.unwrap()).collect();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{rest:?}");
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("interrupted: killing the trials in flight")),
+        "{rest:?}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("continue with `offswitch run --resume"),
+        "{stdout}"
+    );
+
+    let store = Store::open(&db).unwrap();
+    let run = store.latest_run().unwrap().unwrap();
+    assert_eq!(run.status, offswitch_store::RunStatus::Interrupted);
+    let stored = store.trials(&run.id).unwrap().len();
+    assert!((10..60).contains(&stored), "{stored} trials stored");
+
+    let output = offswitch()
+        .args(run_args(&db, &work))
+        .args(["--resume", run.id.as_str()])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let after = store.trials(&run.id).unwrap();
+    let keys: HashSet<_> = after.iter().map(|r| r.key.clone()).collect();
+    assert_eq!((after.len(), keys.len()), (60, 60));
+}
+
+#[test]
 fn user_mistakes_exit_with_2() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
