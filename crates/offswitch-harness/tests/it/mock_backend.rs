@@ -1,4 +1,4 @@
-//! The runner against a mock OpenAI-compatible server on loopback: native tool calls, 429 with
+//! The runner against mock OpenAI-compatible and Anthropic servers on loopback: native tool calls, 429 with
 //! Retry-After, 500s, a timeout, truncated JSON and a failure streak past the retry bound.
 //! Every trial is stored, none wedges, and every failed attempt is in a transcript.
 
@@ -20,8 +20,17 @@ fn next_question() -> MockReply {
 
 #[test]
 fn flaky_openai_server_loses_no_trial() {
+    flaky_server_loses_no_trial(Flavor::OpenAi, "openai");
+}
+
+#[test]
+fn flaky_anthropic_server_loses_no_trial() {
+    flaky_server_loses_no_trial(Flavor::Anthropic, "anthropic");
+}
+
+fn flaky_server_loses_no_trial(flavor: Flavor, prefix: &str) {
     if let Some(reason) = sandbox_unavailable() {
-        eprintln!("skipping flaky_openai_server_loses_no_trial: {reason}");
+        eprintln!("skipping the flaky {prefix} server test: {reason}");
         return;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -30,7 +39,7 @@ fn flaky_openai_server_loses_no_trial() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let server = MockServer::start(Flavor::OpenAi).await.unwrap();
+        let server = MockServer::start(flavor).await.unwrap();
         server.set_fallback(next_question());
         // Transient failures between good replies, then a streak longer than the retry bound.
         let failures = [
@@ -55,7 +64,7 @@ fn flaky_openai_server_loses_no_trial() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("runs.db")).unwrap();
         let config = RunConfig {
-            models: vec![format!("openai:mock-model@{}", server.base_url())],
+            models: vec![format!("{prefix}:mock-model@{}", server.base_url())],
             epochs: 1,
             ..RunConfig::default()
         };
