@@ -276,8 +276,9 @@ fn match_tag(tag: &str, matched: u8, byte: u8) -> Option<u8> {
 pub struct TokenTable {
     bytes: Vec<Vec<u8>>,
     plain: Vec<bool>,
-    /// Control tokens are never produced by the grammar, except `end_of_turn` at the end.
-    control: Vec<bool>,
+    /// Every non-control, non-empty token, by its first byte. Control tokens are never produced
+    /// by the grammar, except `end_of_turn` at the end.
+    by_first_byte: Vec<Vec<u32>>,
     end_of_turn: u32,
 }
 
@@ -295,10 +296,19 @@ impl TokenTable {
                         .any(|&c| c == b'"' || c == b'\\' || c == b'<' || c < 0x20)
             })
             .collect();
+        let mut by_first_byte = vec![Vec::new(); 256];
+        for (token, b) in bytes.iter().enumerate() {
+            if let Some(&first) = b.first()
+                && !control[token]
+            {
+                by_first_byte[usize::from(first)]
+                    .push(u32::try_from(token).expect("vocabulary fits u32"));
+            }
+        }
         TokenTable {
             bytes,
             plain,
-            control,
+            by_first_byte,
             end_of_turn,
         }
     }
@@ -320,6 +330,10 @@ impl TokenTable {
     }
 
     /// Fill `allowed[token]` with whether the grammar accepts `token` next.
+    ///
+    /// Only tokens whose first byte the grammar accepts are walked (tokens are bucketed by
+    /// first byte), and inside a string value a plain token that fits the bound is accepted
+    /// without walking it: most steps touch a small part of the vocabulary.
     pub fn mask(&self, grammar: &ToolGrammar, state: GrammarState, allowed: &mut [bool]) {
         allowed.fill(false);
         if grammar.is_accepting(state) {
@@ -327,14 +341,19 @@ impl TokenTable {
             return;
         }
         let room = grammar.is_plain_string_state(state);
-        for (token, bytes) in self.bytes.iter().enumerate() {
-            if self.control[token] || bytes.is_empty() {
+        for first in 0..=255u8 {
+            let Some(after_first) = grammar.advance(state, first) else {
                 continue;
-            }
-            allowed[token] = match room {
-                Some(room) if self.plain[token] && bytes.len() <= room => true,
-                _ => grammar.advance_bytes(state, bytes).is_some(),
             };
+            for &token in &self.by_first_byte[usize::from(first)] {
+                let bytes = &self.bytes[token as usize];
+                allowed[token as usize] = match room {
+                    // A longer plain token may still fit: the bound is checked at each
+                    // character's first byte, so walk it.
+                    Some(room) if self.plain[token as usize] && bytes.len() <= room => true,
+                    _ => grammar.advance_bytes(after_first, &bytes[1..]).is_some(),
+                };
+            }
         }
     }
 }
