@@ -2,6 +2,7 @@
 
 mod limits;
 mod mock_backend;
+mod runner;
 mod scripted;
 mod support;
 mod trials;
