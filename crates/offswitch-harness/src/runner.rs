@@ -491,8 +491,9 @@ impl Progress {
     }
 
     fn done(&self) {
+        // The closing table follows on stdout; a cleared bar keeps it from sharing a line.
         if let Some(bar) = &self.bar {
-            bar.finish();
+            bar.finish_and_clear();
         }
     }
 }
