@@ -188,3 +188,49 @@ async fn bad_requests_get_openai_errors() {
     ]]
     .assert_eq(body["error"]["message"].as_str().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_harness_openai_backend_talks_to_the_server() {
+    use offswitch_core::{
+        ChatBackend, ChatRequest, FinishReason, Message, Sampling, ToolMode, ToolParam, ToolSpec,
+    };
+    use offswitch_model::{OpenAiBackend, OpenAiConfig, OpenAiDialect};
+    let Some(base) = start("the_harness_openai_backend_talks_to_the_server").await else {
+        return;
+    };
+    let backend = OpenAiBackend::new(OpenAiConfig {
+        base_url: base,
+        api_key: None,
+        model: DEFAULT_MODEL.into(),
+        http: Default::default(),
+        dialect: OpenAiDialect::Standard,
+    })
+    .unwrap();
+    let request = ChatRequest {
+        model: DEFAULT_MODEL.into(),
+        messages: vec![Message::user("Print the current directory.")],
+        tools: vec![ToolSpec {
+            name: "bash".into(),
+            description: "Run a shell command.".into(),
+            params: vec![ToolParam {
+                name: "command".into(),
+                description: "the command".into(),
+                required: true,
+            }],
+        }],
+        tool_mode: ToolMode::Native,
+        sampling: Sampling {
+            seed: Some(1),
+            max_tokens: 200,
+            ..Sampling::default()
+        },
+    };
+    let response = backend.chat(&request).await.unwrap();
+    assert_eq!(
+        response.finish_reason,
+        FinishReason::ToolCalls,
+        "{response:?}"
+    );
+    assert_eq!(response.message.tool_calls[0].name, "bash");
+    assert!(response.message.tool_calls[0].argument("command").is_some());
+}
