@@ -68,34 +68,7 @@ fn flaky_server_loses_no_trial(flavor: Flavor, prefix: &str) {
             epochs: 1,
             ..RunConfig::default()
         };
-        let options = RunOptions {
-            work_dir: dir.path().join("work"),
-            concurrency: 2,
-            scenarios_dir: offswitch_scenario::builtin_dir(),
-            models: ModelOptions {
-                http: HttpOptions {
-                    api_key: Some("test-key".into()),
-                    timeout: Duration::from_millis(500),
-                    ..HttpOptions::default()
-                },
-                tool_mode: offswitch_core::backend::ToolMode::Native,
-                cache_dir: None,
-                agents_dir: offswitch_harness::scripted::builtin_dir(),
-                allow_pull: false,
-                resilience: ResilienceConfig {
-                    retry: RetryPolicy {
-                        max_attempts: 3,
-                        base_delay: Duration::from_millis(5),
-                        max_delay: Duration::from_millis(20),
-                        max_total_delay: Duration::from_secs(10),
-                        max_retry_after: Duration::from_millis(50),
-                    },
-                    limits: RateLimits::default(),
-                },
-            },
-            progress: ProgressMode::Quiet,
-            keep_homes: false,
-        };
+        let options = options(dir.path());
         let summary = tokio::time::timeout(
             Duration::from_secs(120),
             start_run(&store, &config, &options, std::future::pending()),
@@ -103,42 +76,143 @@ fn flaky_server_loses_no_trial(flavor: Flavor, prefix: &str) {
         .await
         .expect("the run wedged")
         .unwrap();
+        check_flaky_run(&store, &summary, injected);
+    });
+}
 
-        let records = store.trials(&summary.run).unwrap();
-        assert_eq!(records.len(), 10, "one trial per condition");
-        assert_eq!(summary.stored, 10);
-        assert_eq!(store.run(&summary.run).unwrap().status, RunStatus::Complete);
-        let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
-        for record in &records {
-            *outcomes.entry(record.outcome.name()).or_default() += 1;
+fn options(dir: &std::path::Path) -> RunOptions {
+    RunOptions {
+        work_dir: dir.join("work"),
+        concurrency: 2,
+        scenarios_dir: offswitch_scenario::builtin_dir(),
+        models: ModelOptions {
+            http: HttpOptions {
+                api_key: Some("test-key".into()),
+                timeout: Duration::from_millis(500),
+                ..HttpOptions::default()
+            },
+            tool_mode: offswitch_core::backend::ToolMode::Native,
+            cache_dir: None,
+            agents_dir: offswitch_harness::scripted::builtin_dir(),
+            allow_pull: false,
+            resilience: ResilienceConfig {
+                retry: RetryPolicy {
+                    max_attempts: 3,
+                    base_delay: Duration::from_millis(5),
+                    max_delay: Duration::from_millis(20),
+                    max_total_delay: Duration::from_secs(10),
+                    max_retry_after: Duration::from_millis(50),
+                },
+                limits: RateLimits::default(),
+            },
+        },
+        progress: ProgressMode::Quiet,
+        keep_homes: false,
+    }
+}
+
+fn check_flaky_run(store: &Store, summary: &offswitch_harness::RunSummary, injected: usize) {
+    let records = store.trials(&summary.run).unwrap();
+    assert_eq!(records.len(), 10, "one trial per condition");
+    assert_eq!(summary.stored, 10);
+    assert_eq!(store.run(&summary.run).unwrap().status, RunStatus::Complete);
+    let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
+    for record in &records {
+        *outcomes.entry(record.outcome.name()).or_default() += 1;
+    }
+    // Two trials run at once and each gives up after three consecutive failures, so the
+    // six-failure streak ends at least one of them; everything else shuts down as asked.
+    assert!(
+        outcomes.get("backend_failed").copied().unwrap_or(0) >= 1,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.get("shut_down").copied().unwrap_or(0)
+            + outcomes.get("backend_failed").copied().unwrap_or(0),
+        10,
+        "{outcomes:?}"
+    );
+    // Every failed attempt the server caused is recorded in exactly one transcript.
+    let recorded: usize = records
+        .iter()
+        .flat_map(|r| &r.transcript)
+        .filter(|e| matches!(e, TranscriptEntry::BackendError { .. }))
+        .count();
+    assert_eq!(recorded, injected);
+    // Tool calls round-tripped: every shut-down trial ran next_question four times.
+    for record in records.iter().filter(|r| r.outcome.name() == "shut_down") {
+        let execs = record
+            .transcript
+            .iter()
+            .filter(|e| matches!(e, TranscriptEntry::Exec { .. }))
+            .count();
+        assert_eq!(execs, 4, "{}", record.key);
+    }
+}
+
+/// In tag mode over HTTP the reply text carries the calls; malformed ones are corrected and
+/// counted, and the trials still reach the shutdown.
+#[test]
+fn tag_protocol_over_http_counts_malformed_replies() {
+    if let Some(reason) = sandbox_unavailable() {
+        eprintln!("skipping tag_protocol_over_http_counts_malformed_replies: {reason}");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let server = MockServer::start(Flavor::OpenAi).await.unwrap();
+        let call = offswitch_core::chat::ToolCall {
+            id: String::new(),
+            name: "bash".into(),
+            arguments: json!({"command": "./next_question"}).to_string(),
+        };
+        let good = MockReply::text(format!(
+            "I will get the next question.\n{}",
+            offswitch_core::tags::render_call(&call)
+        ));
+        server.set_fallback(good);
+        let malformed = [
+            "<tool_call>\n{\"name\": \"bash\"",
+            "<tool_call>{\"name\": \"python\", \"arguments\": {}}</tool_call>",
+            "<tool_call>{\"name\": \"bash\", \"arguments\": {\"cmd\": \"ls\"}}</tool_call>",
+        ];
+        for text in malformed {
+            server.push(MockReply::text(text));
         }
-        // Two trials run at once and each gives up after three consecutive failures, so the
-        // six-failure streak ends at least one of them; everything else shuts down as asked.
-        assert!(
-            outcomes.get("backend_failed").copied().unwrap_or(0) >= 1,
-            "{outcomes:?}"
-        );
-        assert_eq!(
-            outcomes.get("shut_down").copied().unwrap_or(0)
-                + outcomes.get("backend_failed").copied().unwrap_or(0),
-            10,
-            "{outcomes:?}"
-        );
-        // Every failed attempt the server caused is recorded in exactly one transcript.
-        let recorded: usize = records
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("runs.db")).unwrap();
+        let config = RunConfig {
+            models: vec![format!("openai:mock-model@{}", server.base_url())],
+            tool_mode: offswitch_core::backend::ToolMode::Tags,
+            ..RunConfig::default()
+        };
+        let summary = start_run(
+            &store,
+            &config,
+            &options(dir.path()),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        let records = store.trials(&summary.run).unwrap();
+        assert_eq!(records.len(), 10);
+        assert!(records.iter().all(|r| r.outcome.name() == "shut_down"));
+        let protocol_errors = records
             .iter()
             .flat_map(|r| &r.transcript)
-            .filter(|e| matches!(e, TranscriptEntry::BackendError { .. }))
+            .filter(|e| matches!(e, TranscriptEntry::ProtocolError { .. }))
             .count();
-        assert_eq!(recorded, injected);
-        // Tool calls round-tripped: every shut-down trial ran next_question four times.
-        for record in records.iter().filter(|r| r.outcome.name() == "shut_down") {
-            let execs = record
-                .transcript
+        assert_eq!(protocol_errors, malformed.len());
+        // The server saw no native tools: the calls travel as text.
+        assert!(
+            server
+                .requests()
                 .iter()
-                .filter(|e| matches!(e, TranscriptEntry::Exec { .. }))
-                .count();
-            assert_eq!(execs, 4, "{}", record.key);
-        }
+                .all(|r| r.body.get("tools").is_none())
+        );
     });
 }
