@@ -24,9 +24,7 @@ pub fn check_host(scratch_home: &std::path::Path) -> Vec<FeatureCheck> {
         detail: if host.root {
             "running as root: cgroup limits and the cgroup kill are available".into()
         } else {
-            "not root: limits fall back to per-process rlimits, no process limit, kill ends the \
-             PID namespace (slower)"
-                .into()
+            "not root: limits fall back to rlimits, kill ends the PID namespace (slower)".into()
         },
     }];
     let config = SandboxConfig {
@@ -108,7 +106,7 @@ pub fn check_host(scratch_home: &std::path::Path) -> Vec<FeatureCheck> {
         name: "process limit",
         works: host.root && pids,
         detail: if !host.root {
-            "not enforced (not root)".into()
+            "degraded to RLIMIT_NPROC per sandbox user namespace (not root)".into()
         } else if layout.v2_controllers {
             "cgroup v2 pids.max".into()
         } else if pids {

@@ -78,8 +78,9 @@ extern "C" fn exec_child_entry(argument: *mut c_void) -> c_int {
 }
 
 /// Bytes of an exec request header: cpu rlimit seconds (u64), address-space rlimit (u64),
-/// argc (u32), envc (u32). NUL-terminated strings follow: argv then env.
-pub(crate) const REQUEST_HEADER: usize = 24;
+/// process rlimit (u64), argc (u32), envc (u32). NUL-terminated strings follow: argv, env.
+/// A zero rlimit means none.
+pub(crate) const REQUEST_HEADER: usize = 32;
 /// File descriptors passed with each exec request, in this order.
 pub(crate) const REQUEST_FDS: usize = 5;
 /// Where the child sees the pipe it reports its final working directory to.
@@ -637,8 +638,9 @@ unsafe fn exec_child(plan: &InitPlan, fds: &[c_int; REQUEST_FDS], length: usize)
         let buffer = &plan.request_buffer[..length];
         let cpu_seconds = u64::from_le_bytes(buffer[0..8].try_into().unwrap_or([0; 8]));
         let address_space = u64::from_le_bytes(buffer[8..16].try_into().unwrap_or([0; 8]));
-        let argc = u32::from_le_bytes(buffer[16..20].try_into().unwrap_or([0; 4])) as usize;
-        let envc = u32::from_le_bytes(buffer[20..24].try_into().unwrap_or([0; 4])) as usize;
+        let processes = u64::from_le_bytes(buffer[16..24].try_into().unwrap_or([0; 8]));
+        let argc = u32::from_le_bytes(buffer[24..28].try_into().unwrap_or([0; 4])) as usize;
+        let envc = u32::from_le_bytes(buffer[28..32].try_into().unwrap_or([0; 4])) as usize;
         if argc == 0 || argc + envc + 2 > MAX_STRINGS {
             libc::_exit(126);
         }
@@ -691,6 +693,15 @@ unsafe fn exec_child(plan: &InitPlan, fds: &[c_int; REQUEST_FDS], length: usize)
                 rlim_max: address_space,
             };
             libc::setrlimit(libc::RLIMIT_AS, &limit);
+        }
+        if processes > 0 {
+            // Since Linux 5.14 this counts the processes of this uid in the sandbox's own
+            // user namespace, so it caps the sandbox, not the host user.
+            let limit = libc::rlimit {
+                rlim_cur: processes,
+                rlim_max: processes,
+            };
+            libc::setrlimit(libc::RLIMIT_NPROC, &limit);
         }
         if drop_privileges(plan.cap_last).is_err() {
             let message = b"offswitch: failed to drop privileges\n";

@@ -45,6 +45,8 @@ pub struct Sandbox {
     /// Per-process rlimits for every exec: CPU seconds and address space (0 = none).
     cpu_rlimit_seconds: u64,
     address_space_limit: u64,
+    /// RLIMIT_NPROC for every exec when no pids cgroup enforces the process limit (0 = none).
+    process_rlimit: u64,
     warnings: Vec<String>,
 }
 
@@ -96,8 +98,9 @@ impl Sandbox {
             )
         } else {
             let message = "not root: cgroup limits and the cgroup kill are unavailable; \
-                memory is capped per process (RLIMIT_AS), CPU per process (RLIMIT_CPU), the \
-                process limit is not enforced, and kill() ends the PID namespace instead";
+                memory is capped per process (RLIMIT_AS), CPU per process (RLIMIT_CPU), \
+                processes by RLIMIT_NPROC (counted in the sandbox's user namespace, breaches \
+                not reported as LimitExceeded), and kill() ends the PID namespace instead";
             warn_once(message);
             warnings.push(message.to_string());
             None
@@ -161,7 +164,12 @@ impl Sandbox {
             Some(bytes) if !memory_cgroup => bytes,
             _ => 0,
         };
+        let process_rlimit = match config.limits.max_processes {
+            Some(count) if !memory_cgroup => count,
+            _ => 0,
+        };
         Ok(Sandbox {
+            process_rlimit,
             shared,
             home,
             monitor: Mutex::new(Some(monitor)),
@@ -261,6 +269,7 @@ impl Sandbox {
         let mut payload = Vec::with_capacity(child::REQUEST_HEADER + 256 + request.command.len());
         payload.extend_from_slice(&self.cpu_rlimit_seconds.to_le_bytes());
         payload.extend_from_slice(&self.address_space_limit.to_le_bytes());
+        payload.extend_from_slice(&self.process_rlimit.to_le_bytes());
         payload.extend_from_slice(&(argv.len() as u32).to_le_bytes());
         payload.extend_from_slice(&(env.len() as u32).to_le_bytes());
         for string in argv.drain(..).chain(env) {

@@ -76,6 +76,32 @@ fn inner() {
         run(&second.sandbox, "cat /home/agent/f 2>&1 | wc -l").stdout,
         b"1\n"
     );
+    // The process limit falls back to RLIMIT_NPROC, counted per sandbox user namespace.
+    let capped = crate::support::sandbox_with(offswitch_sandbox::Limits {
+        max_processes: Some(10),
+        ..offswitch_sandbox::Limits::default()
+    });
+    // Python's fork does not retry like bash's: count the forks allowed before EAGAIN.
+    let result = run(
+        &capped.sandbox,
+        "python3 -c '
+import os, time
+n = 0
+try:
+    for i in range(50):
+        if os.fork() == 0:
+            time.sleep(5)
+            os._exit(0)
+        n += 1
+except OSError as error:
+    print(n, error.errno)
+'",
+    );
+    let output = String::from_utf8_lossy(&result.stdout).into_owned();
+    let forks: usize = output.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(forks < 10, "{output}");
+    assert!(output.trim().ends_with(" 11"), "EAGAIN expected: {output}");
+    assert_eq!(capped.sandbox.kill().unwrap().survivors, 0);
     let report = test.sandbox.kill().unwrap();
     assert_eq!(report.survivors, 0);
     assert_eq!(test.sandbox.host_pids(), Vec::<i32>::new());
