@@ -60,20 +60,11 @@ impl CgroupLayout {
         }
     }
 
-    /// Whether a process could kill every member of a cgroup here (v2 kill or v1 freezer).
+    /// Whether a process could kill every member of a cgroup here: `cgroup.kill` needs a v2
+    /// hierarchy and Linux 5.14; otherwise the v1 freezer does it.
     pub fn can_kill(&self) -> bool {
-        self.v2
-            .as_ref()
-            .is_some_and(|v2| v2.join("cgroup.kill").exists() || has_kill_file(v2))
-            || self.v1_freezer.is_some()
+        (self.v2.is_some() && kernel_at_least(5, 14)) || self.v1_freezer.is_some()
     }
-}
-
-fn has_kill_file(v2_root: &Path) -> bool {
-    // The root cgroup has no cgroup.kill; a child does when the kernel supports it (5.14+).
-    // Kernel version is the cheap probe: every supported kernel here is newer.
-    let _ = v2_root;
-    kernel_at_least(5, 14)
 }
 
 fn kernel_at_least(major: u32, minor: u32) -> bool {

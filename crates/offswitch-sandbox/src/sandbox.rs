@@ -519,9 +519,6 @@ impl Sandbox {
                 return Some(LimitKind::CpuTime);
             }
         }
-        if self.address_space_limit > 0 && signal == Some(libc::SIGKILL) {
-            return None;
-        }
         None
     }
 }
