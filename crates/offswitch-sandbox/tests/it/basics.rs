@@ -283,3 +283,26 @@ fn kill_during_an_exec_ends_it_as_shut_down() {
     assert_eq!(text(&result), "before\n");
     assert_eq!(sandbox.state(), SandboxState::Killed);
 }
+
+#[test]
+fn many_sandboxes_in_parallel() {
+    // The runner creates, uses and kills sandboxes from several threads at once.
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..8 {
+                    let test = sandbox();
+                    let result = run(&test.sandbox, &format!("echo {t}-{i} > f; cat f"));
+                    assert_eq!(text(&result), format!("{t}-{i}\n"));
+                    run(&test.sandbox, "(setsid sleep 100 &); sleep 100 & true");
+                    let report = test.sandbox.kill().unwrap();
+                    assert_eq!(report.survivors, 0);
+                    assert_eq!(test.sandbox.host_pids(), Vec::<i32>::new());
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+}
