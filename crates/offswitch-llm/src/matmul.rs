@@ -93,6 +93,8 @@ pub struct QActs {
     q: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
+    q4: Vec<i8>,
+    d4: Vec<f32>,
 }
 
 impl QActs {
@@ -108,6 +110,22 @@ impl QActs {
         quantize_symmetric(x, &mut self.q, &mut self.d);
         for (s, xb) in self.s.iter_mut().zip(x.chunks_exact(BLOCK)) {
             *s = xb.iter().sum();
+        }
+        // Groups of four tokens are also stored interleaved by block ([block][token][32]) so the four-token
+        // kernel streams one contiguous slice instead of juggling four.
+        let groups = n / 4;
+        self.q4.resize(groups * 4 * cols, 0);
+        self.d4.resize(groups * 4 * nb, 0.0);
+        for g in 0..groups {
+            for t in 0..4 {
+                let token = g * 4 + t;
+                for b in 0..nb {
+                    let src = token * cols + b * BLOCK;
+                    let dst = g * 4 * cols + (b * 4 + t) * BLOCK;
+                    self.q4[dst..dst + BLOCK].copy_from_slice(&self.q[src..src + BLOCK]);
+                    self.d4[g * 4 * nb + b * 4 + t] = self.d[token * nb + b];
+                }
+            }
         }
     }
 }
@@ -141,13 +159,12 @@ pub fn matmul(w: &QMatrix, a: &QActs, out: &mut [f32], scratch: &mut Vec<f32>) {
                     let mut t = t0;
                     // Four tokens per pass over the weight row: each weight block is widened once and used four times.
                     while t + 4 <= t1 {
-                        let aq = |i: usize| &a.q[(t + i) * w.cols..(t + i + 1) * w.cols];
-                        let ad = |i: usize| &a.d[(t + i) * nb..(t + i + 1) * nb];
+                        let g = t / 4;
                         let sums = dot_row_x4(
                             wq,
                             wd,
-                            [aq(0), aq(1), aq(2), aq(3)],
-                            [ad(0), ad(1), ad(2), ad(3)],
+                            &a.q4[g * 4 * w.cols..(g + 1) * 4 * w.cols],
+                            &a.d4[g * 4 * nb..(g + 1) * 4 * nb],
                         );
                         out[t..t + 4].copy_from_slice(&sums);
                         t += 4;
@@ -203,7 +220,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 
 /// One weight row against one activation row: per-block int8 dot products scaled by both block scales, kept in
 /// eight lanes (i32 per block, then f32) so both levels vectorise.
-#[inline]
+#[inline(never)]
 fn dot_row(wq: &[i8], wd: &[f32], aq: &[i8], ad: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     for ((wb, ab), (dw, da)) in wq
@@ -220,19 +237,22 @@ fn dot_row(wq: &[i8], wd: &[f32], aq: &[i8], ad: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
-/// One weight row against four activation rows.
-#[inline]
-fn dot_row_x4(wq: &[i8], wd: &[f32], aq: [&[i8]; 4], ad: [&[f32]; 4]) -> [f32; 4] {
+/// One weight row against four activation rows stored interleaved by block (see `QActs::quantize`).
+#[inline(never)]
+fn dot_row_x4(wq: &[i8], wd: &[f32], aq4: &[i8], ad4: &[f32]) -> [f32; 4] {
     let mut acc = [[0f32; 8]; 4];
-    for (b, (wb, dw)) in wq.chunks_exact(BLOCK).zip(wd).enumerate() {
+    for ((wb, dw), (ab4, da4)) in wq
+        .chunks_exact(BLOCK)
+        .zip(wd)
+        .zip(aq4.chunks_exact(4 * BLOCK).zip(ad4.chunks_exact(4)))
+    {
         let mut wide = [0i16; BLOCK];
         for (x, &v) in wide.iter_mut().zip(wb) {
             *x = i16::from(v);
         }
         for t in 0..4 {
-            let ab = &aq[t][b * BLOCK..(b + 1) * BLOCK];
-            let lanes = block_lanes(&wide, ab);
-            let scale = dw * ad[t][b];
+            let lanes = block_lanes(&wide, &ab4[t * BLOCK..(t + 1) * BLOCK]);
+            let scale = dw * da4[t];
             for l in 0..8 {
                 acc[t][l] = (lanes[l] as f32).mul_add(scale, acc[t][l]);
             }

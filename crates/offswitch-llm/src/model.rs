@@ -651,6 +651,7 @@ fn rope(head: &mut [f32], table: &[f32]) {
 
 /// Causal attention of the `group` query heads that share one KV head, against `n` cached positions.
 /// Scores for all heads of the group are computed in one scan of the keys, so each key is loaded once.
+#[inline(never)]
 fn attend_group(
     head_dim: usize,
     queries: &[f32],
