@@ -45,10 +45,10 @@ pub(crate) enum MountOp {
 
 /// Everything init needs, prepared before the clone so the child never allocates.
 pub(crate) struct InitPlan {
-    /// The (shared, per-process) staging directory the new root is built on.
-    pub root: CString,
-    pub ops: Vec<MountOp>,
-    pub hostname: Vec<u8>,
+    /// The root-building plan, flat (see `encode_plan`): the staging directory, the hostname,
+    /// then the mount steps. Flat so a long-lived zygote can receive it without allocating.
+    pub flat: Vec<u8>,
+    pub flat_len: usize,
     /// Init's end of the control socket (SOCK_SEQPACKET).
     pub control_fd: c_int,
     /// The last capability number on this kernel (`/proc/sys/kernel/cap_last_cap`).
@@ -59,6 +59,111 @@ pub(crate) struct InitPlan {
     /// (init is suspended until they exec), so no page tables are copied per exec, however
     /// large the host process that init was forked from.
     pub exec_stack: Vec<u8>,
+}
+
+const OP_END: u8 = 0;
+const OP_MKDIR: u8 = 1;
+const OP_TOUCH: u8 = 2;
+const OP_SYMLINK: u8 = 3;
+const OP_WRITE_FILE: u8 = 4;
+const OP_BIND: u8 = 5;
+const OP_TMPFS: u8 = 6;
+const OP_PROC: u8 = 7;
+
+/// Encode the staging root, hostname and mount steps into the flat form init reads.
+pub(crate) fn encode_plan(root: &CString, hostname: &[u8], ops: &[MountOp]) -> Vec<u8> {
+    let mut flat = Vec::new();
+    let string = |flat: &mut Vec<u8>, value: &CString| {
+        flat.extend_from_slice(value.as_bytes_with_nul());
+    };
+    string(&mut flat, root);
+    flat.extend_from_slice(&(hostname.len() as u32).to_le_bytes());
+    flat.extend_from_slice(hostname);
+    for op in ops {
+        match op {
+            MountOp::Mkdir { path, mode } => {
+                flat.push(OP_MKDIR);
+                flat.extend_from_slice(&mode.to_le_bytes());
+                string(&mut flat, path);
+            }
+            MountOp::Touch { path } => {
+                flat.push(OP_TOUCH);
+                string(&mut flat, path);
+            }
+            MountOp::Symlink { target, link } => {
+                flat.push(OP_SYMLINK);
+                string(&mut flat, target);
+                string(&mut flat, link);
+            }
+            MountOp::WriteFile { path, contents } => {
+                flat.push(OP_WRITE_FILE);
+                flat.extend_from_slice(&(contents.len() as u32).to_le_bytes());
+                flat.extend_from_slice(contents);
+                string(&mut flat, path);
+            }
+            MountOp::Bind {
+                source,
+                target,
+                remount_flags,
+            } => {
+                flat.push(OP_BIND);
+                flat.push(u8::from(remount_flags.is_some()));
+                flat.extend_from_slice(&(remount_flags.unwrap_or(0) as u64).to_le_bytes());
+                string(&mut flat, source);
+                string(&mut flat, target);
+            }
+            MountOp::Tmpfs { target, options } => {
+                flat.push(OP_TMPFS);
+                string(&mut flat, target);
+                string(&mut flat, options);
+            }
+            MountOp::Proc { target } => {
+                flat.push(OP_PROC);
+                string(&mut flat, target);
+            }
+        }
+    }
+    flat.push(OP_END);
+    flat
+}
+
+/// Reads the flat plan in place, without allocating. Malformed input ends the reading.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    position: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn byte(&mut self) -> Option<u8> {
+        let value = *self.bytes.get(self.position)?;
+        self.position += 1;
+        Some(value)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        let value = self.bytes.get(self.position..self.position + 4)?;
+        self.position += 4;
+        Some(u32::from_le_bytes([value[0], value[1], value[2], value[3]]))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        let value = self.bytes.get(self.position..self.position + 8)?;
+        self.position += 8;
+        let mut array = [0u8; 8];
+        array.copy_from_slice(value);
+        Some(u64::from_le_bytes(array))
+    }
+    fn take(&mut self, length: usize) -> Option<&'a [u8]> {
+        let value = self.bytes.get(self.position..self.position + length)?;
+        self.position += length;
+        Some(value)
+    }
+    /// A NUL-terminated string, as a pointer into the plan.
+    fn c_string(&mut self) -> Option<*const c_char> {
+        let rest = self.bytes.get(self.position..)?;
+        let end = rest.iter().position(|&byte| byte == 0)?;
+        let pointer = rest.as_ptr().cast();
+        self.position += end + 1;
+        Some(pointer)
+    }
 }
 
 /// What the vfork-style exec child needs, on init's stack while init is suspended.
@@ -181,10 +286,20 @@ pub(crate) unsafe fn init_main(plan: &mut InitPlan) -> ! {
             control,
             STEP_PRIVATE,
         );
+        let mut cursor = Cursor {
+            bytes: &plan.flat[..plan.flat_len],
+            position: 0,
+        };
+        let (Some(root), Some(hostname_length)) = (cursor.c_string(), cursor.u32()) else {
+            fail(control, STEP_SYNC, libc::EINVAL)
+        };
+        let Some(hostname) = cursor.take(hostname_length as usize) else {
+            fail(control, STEP_SYNC, libc::EINVAL)
+        };
         check(
             libc::mount(
                 c"tmpfs".as_ptr(),
-                plan.root.as_ptr(),
+                root,
                 c"tmpfs".as_ptr(),
                 libc::MS_NOSUID | libc::MS_NODEV,
                 c"mode=0755,size=16m".as_ptr().cast(),
@@ -192,21 +307,21 @@ pub(crate) unsafe fn init_main(plan: &mut InitPlan) -> ! {
             control,
             STEP_ROOT_TMPFS,
         );
-        for (index, op) in plan.ops.iter().enumerate() {
-            let step = index as u32;
-            run_mount_op(op, control, step);
+        let mut step = 0u32;
+        loop {
+            match run_mount_op(&mut cursor, control, step) {
+                Some(true) => step += 1,
+                Some(false) => break,
+                None => fail(control, step, libc::EINVAL),
+            }
         }
         check(
-            libc::sethostname(plan.hostname.as_ptr().cast(), plan.hostname.len()) as c_long,
+            libc::sethostname(hostname.as_ptr().cast(), hostname.len()) as c_long,
             control,
             STEP_HOSTNAME,
         );
         loopback_up(control);
-        check(
-            libc::chdir(plan.root.as_ptr()) as c_long,
-            control,
-            STEP_PIVOT,
-        );
+        check(libc::chdir(root) as c_long, control, STEP_PIVOT);
         check(
             libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()),
             control,
@@ -265,37 +380,44 @@ pub(crate) unsafe fn init_main(plan: &mut InitPlan) -> ! {
     }
 }
 
-unsafe fn run_mount_op(op: &MountOp, control: c_int, step: u32) {
+/// Run the next mount step: `Some(true)` after a step, `Some(false)` at the end, `None` on
+/// a malformed plan. A failing syscall reports the step and exits.
+unsafe fn run_mount_op(cursor: &mut Cursor<'_>, control: c_int, step: u32) -> Option<bool> {
     let none: *const c_char = std::ptr::null();
     unsafe {
-        match op {
-            MountOp::Mkdir { path, mode } => {
-                let result = libc::mkdir(path.as_ptr(), *mode);
+        match cursor.byte()? {
+            OP_END => return Some(false),
+            OP_MKDIR => {
+                let mode = cursor.u32()?;
+                let path = cursor.c_string()?;
+                let result = libc::mkdir(path, mode);
                 if result < 0 && errno() != libc::EEXIST {
                     fail(control, step, errno());
                 }
                 // The umask must not narrow the mode (e.g. /tmp needs 1777).
-                check(libc::chmod(path.as_ptr(), *mode) as c_long, control, step);
+                check(libc::chmod(path, mode) as c_long, control, step);
             }
-            MountOp::Touch { path } => {
+            OP_TOUCH => {
+                let path = cursor.c_string()?;
                 let fd = libc::open(
-                    path.as_ptr(),
+                    path,
                     libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
                     0o644,
                 );
                 check(fd as c_long, control, step);
                 libc::close(fd);
             }
-            MountOp::Symlink { target, link } => {
-                check(
-                    libc::symlink(target.as_ptr(), link.as_ptr()) as c_long,
-                    control,
-                    step,
-                );
+            OP_SYMLINK => {
+                let target = cursor.c_string()?;
+                let link = cursor.c_string()?;
+                check(libc::symlink(target, link) as c_long, control, step);
             }
-            MountOp::WriteFile { path, contents } => {
+            OP_WRITE_FILE => {
+                let length = cursor.u32()? as usize;
+                let contents = cursor.take(length)?;
+                let path = cursor.c_string()?;
                 let fd = libc::open(
-                    path.as_ptr(),
+                    path,
                     libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC | libc::O_CLOEXEC,
                     0o644,
                 );
@@ -312,15 +434,15 @@ unsafe fn run_mount_op(op: &MountOp, control: c_int, step: u32) {
                 }
                 libc::close(fd);
             }
-            MountOp::Bind {
-                source,
-                target,
-                remount_flags,
-            } => {
+            OP_BIND => {
+                let remount = cursor.byte()? != 0;
+                let flags = cursor.u64()? as libc::c_ulong;
+                let source = cursor.c_string()?;
+                let target = cursor.c_string()?;
                 check(
                     libc::mount(
-                        source.as_ptr(),
-                        target.as_ptr(),
+                        source,
+                        target,
                         none,
                         libc::MS_BIND | libc::MS_REC,
                         std::ptr::null(),
@@ -328,11 +450,11 @@ unsafe fn run_mount_op(op: &MountOp, control: c_int, step: u32) {
                     control,
                     step,
                 );
-                if let Some(flags) = remount_flags {
+                if remount {
                     check(
                         libc::mount(
                             none,
-                            target.as_ptr(),
+                            target,
                             none,
                             libc::MS_REMOUNT | libc::MS_BIND | flags,
                             std::ptr::null(),
@@ -342,24 +464,27 @@ unsafe fn run_mount_op(op: &MountOp, control: c_int, step: u32) {
                     );
                 }
             }
-            MountOp::Tmpfs { target, options } => {
+            OP_TMPFS => {
+                let target = cursor.c_string()?;
+                let options = cursor.c_string()?;
                 check(
                     libc::mount(
                         c"tmpfs".as_ptr(),
-                        target.as_ptr(),
+                        target,
                         c"tmpfs".as_ptr(),
                         libc::MS_NOSUID | libc::MS_NODEV,
-                        options.as_ptr().cast(),
+                        options.cast(),
                     ) as c_long,
                     control,
                     step,
                 );
             }
-            MountOp::Proc { target } => {
+            OP_PROC => {
+                let target = cursor.c_string()?;
                 check(
                     libc::mount(
                         c"proc".as_ptr(),
-                        target.as_ptr(),
+                        target,
                         c"proc".as_ptr(),
                         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                         std::ptr::null(),
@@ -368,8 +493,10 @@ unsafe fn run_mount_op(op: &MountOp, control: c_int, step: u32) {
                     step,
                 );
             }
+            _ => return None,
         }
     }
+    Some(true)
 }
 
 /// Bring `lo` up in the new network namespace (it starts down).

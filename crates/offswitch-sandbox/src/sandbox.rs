@@ -926,6 +926,20 @@ fn locked_flags(path: &Path) -> libc::c_ulong {
 }
 
 fn build_plan(config: &SandboxConfig, home: &Path, host: &Host, control_fd: RawFd) -> InitPlan {
+    let (ops, hostname) = build_ops(config, home, host);
+    let flat = child::encode_plan(&cstring(&host.staging), hostname.as_bytes(), &ops);
+    InitPlan {
+        flat_len: flat.len(),
+        flat,
+        control_fd,
+        cap_last: host.cap_last,
+        request_buffer: vec![0u8; MAX_REQUEST_BYTES + 4096],
+        exec_stack: vec![0u8; 256 * 1024],
+    }
+}
+
+/// The steps that build the sandbox's root, in order, and its hostname.
+fn build_ops(config: &SandboxConfig, home: &Path, host: &Host) -> (Vec<MountOp>, String) {
     let root = &host.staging;
     let inside = |relative: &str| cstring(root.join(relative));
     let read_only = |source: &Path| {
@@ -1065,15 +1079,7 @@ fn build_plan(config: &SandboxConfig, home: &Path, host: &Host, control_fd: RawF
         target: inside("home/agent"),
         remount_flags: Some(libc::MS_NOSUID | libc::MS_NODEV | locked_flags(home)),
     });
-    InitPlan {
-        root: cstring(root),
-        ops,
-        hostname: hostname.into_bytes(),
-        control_fd,
-        cap_last: host.cap_last,
-        request_buffer: vec![0u8; MAX_REQUEST_BYTES + 4096],
-        exec_stack: vec![0u8; 256 * 1024],
-    }
+    (ops, hostname)
 }
 
 #[repr(C)]
@@ -1249,8 +1255,8 @@ fn spawn_init(
 
 /// What mount step `step` was, in words, for error messages.
 fn plan_description(config: &SandboxConfig, home: &Path, host: &Host, step: u32) -> String {
-    let plan = build_plan(config, home, host, -1);
-    match plan.ops.get(step as usize) {
+    let (ops, _) = build_ops(config, home, host);
+    match ops.get(step as usize) {
         Some(MountOp::Mkdir { path, .. }) => format!("mkdir {path:?}"),
         Some(MountOp::Touch { path }) => format!("create {path:?}"),
         Some(MountOp::Symlink { link, .. }) => format!("symlink {link:?}"),
