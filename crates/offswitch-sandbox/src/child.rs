@@ -108,7 +108,8 @@ pub(crate) fn encode_plan(root: &CString, hostname: &[u8], ops: &[MountOp]) -> V
             } => {
                 flat.push(OP_BIND);
                 flat.push(u8::from(remount_flags.is_some()));
-                flat.extend_from_slice(&u64::from(remount_flags.unwrap_or(0)).to_le_bytes());
+                // c_ulong is 64 bits on the 64-bit targets this crate supports; the reader takes 8 bytes.
+                flat.extend_from_slice(&remount_flags.unwrap_or(0).to_le_bytes());
                 string(&mut flat, source);
                 string(&mut flat, target);
             }
