@@ -34,7 +34,8 @@ pub struct EmbeddedOptions {
     pub max_batch: usize,
     /// KV capacity of each sequence, in tokens; capped by the model's context length.
     pub context_tokens: usize,
-    /// Idle sequences kept for KV reuse across turns.
+    /// Idle sequences kept for KV reuse across turns. Each holds up to `context_tokens` of f32
+    /// keys and values (about 46 KB per token for SmolLM2-135M), committed as it fills.
     pub cached_sequences: usize,
     /// Prompt tokens fed per sequence per step, so a long prefill does not stall the others.
     pub prefill_chunk: usize,
@@ -49,7 +50,7 @@ impl Default for EmbeddedOptions {
             threads: 0,
             max_batch: 16,
             context_tokens: 4096,
-            cached_sequences: 24,
+            cached_sequences: 12,
             prefill_chunk: 512,
             max_argument_bytes: DEFAULT_MAX_STRING_BYTES,
         }

@@ -166,6 +166,17 @@ impl Engine {
     }
 
     fn step(&mut self) {
+        // A caller that stopped waiting (a trial's timeout, a closed HTTP connection) frees its
+        // place in the batch; its sequence stays cached for a retry.
+        for index in (0..self.active.len()).rev() {
+            if self.active[index].job.reply.is_closed() {
+                let active = self.active.swap_remove(index);
+                self.keep_idle(active.sequence);
+            }
+        }
+        if self.active.is_empty() {
+            return;
+        }
         let chunk = self.config.prefill_chunk.max(1);
         let feeds: Vec<usize> = self
             .active
@@ -224,6 +235,10 @@ impl Engine {
             stop,
             reused_prompt_tokens: reused,
         }));
+        self.keep_idle(sequence);
+    }
+
+    fn keep_idle(&mut self, sequence: Sequence) {
         self.clock += 1;
         self.idle.push(Idle {
             sequence,
