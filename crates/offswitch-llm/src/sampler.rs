@@ -22,6 +22,9 @@ impl Default for SamplingParams {
     }
 }
 
+/// How many of the likeliest tokens are sorted first when looking for the top-p nucleus.
+const NUCLEUS_GUESS: usize = 256;
+
 pub struct Sampler {
     params: SamplingParams,
     state: [u64; 4],
@@ -80,12 +83,22 @@ impl Sampler {
             c.0 = ((c.0 - max) * inv_t).exp();
             total += f64::from(c.0);
         }
-        // Highest probability first; ties by lower id so the order (and so the result) is deterministic.
-        self.candidates
-            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let top_p = f64::from(self.params.top_p.clamp(0.0, 1.0));
         let mut kept = self.candidates.len();
         if top_p < 1.0 {
+            // Highest probability first; ties by lower id so the order (and so the result) is deterministic.
+            let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+            // The nucleus is almost always a few dozen tokens: select the top NUCLEUS_GUESS and sort only those,
+            // falling back to a full sort when their mass is short of top_p. Either way the kept set is exact.
+            let guess = NUCLEUS_GUESS.min(self.candidates.len());
+            if guess < self.candidates.len() {
+                self.candidates.select_nth_unstable_by(guess - 1, order);
+            }
+            self.candidates[..guess].sort_unstable_by(order);
+            let head: f64 = self.candidates[..guess].iter().map(|c| f64::from(c.0)).sum();
+            if head / total < top_p && guess < self.candidates.len() {
+                self.candidates.sort_unstable_by(order);
+            }
             let mut mass = 0.0f64;
             for (i, c) in self.candidates.iter().enumerate() {
                 mass += f64::from(c.0) / total;
