@@ -524,7 +524,7 @@ unsafe fn loopback_up(control: c_int) {
 }
 
 /// Close every descriptor except `keep` (all of which must be >= 3 or stdio).
-unsafe fn close_all_except(keep: &[c_int]) {
+pub(crate) unsafe fn close_all_except(keep: &[c_int]) {
     let mut sorted = [0 as c_int; 8];
     let count = keep.len().min(sorted.len());
     sorted[..count].copy_from_slice(&keep[..count]);

@@ -15,6 +15,7 @@ mod check;
 mod child;
 mod sandbox;
 mod snapshot;
+mod zygote;
 
 pub use cgroup::CgroupLayout;
 pub use check::{FeatureCheck, check_host};

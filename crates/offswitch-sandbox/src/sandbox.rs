@@ -1083,21 +1083,31 @@ fn build_ops(config: &SandboxConfig, home: &Path, host: &Host) -> (Vec<MountOp>,
 }
 
 #[repr(C)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
+pub(crate) struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
 }
 
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+pub(crate) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// The namespaces every sandbox's PID 1 is cloned into.
+pub(crate) fn init_clone_flags() -> u64 {
+    (libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC) as u64
+}
 
 fn spawn_init(
     config: &SandboxConfig,
@@ -1114,59 +1124,14 @@ fn spawn_init(
     ensure_staging(&host.staging).map_err(|e| io_error("staging directory", e))?;
     let (control_host, control_init) =
         seqpacket_pair().map_err(|e| io_error("control socket", e))?;
-    let mut plan = build_plan(config, home, host, control_init.as_raw_fd());
+    let plan = build_plan(config, home, host, control_init.as_raw_fd());
     let v2_fd = cgroups.and_then(|c| c.v2_fd());
-    let mut pidfd: libc::c_int = -1;
-    let mut flags = (libc::CLONE_NEWUSER
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_PIDFD) as u64;
-    if v2_fd.is_some() {
-        flags |= CLONE_INTO_CGROUP;
-    }
-    let args = CloneArgs {
-        flags,
-        pidfd: &mut pidfd as *mut libc::c_int as u64,
-        child_tid: 0,
-        parent_tid: 0,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: 0,
-        stack_size: 0,
-        tls: 0,
-        set_tid: 0,
-        set_tid_size: 0,
-        cgroup: v2_fd.unwrap_or(0) as u64,
+    let from_zygote =
+        crate::zygote::spawn_init(&plan.flat[..plan.flat_len], control_init.as_raw_fd(), v2_fd);
+    let (pid, pidfd) = match from_zygote {
+        Some(result) => result.map_err(|e| io_error("zygote clone3 with new namespaces", e))?,
+        None => clone_init(plan, v2_fd).map_err(|e| io_error("clone3 with new namespaces", e))?,
     };
-    // PID 1 is cloned straight from the calling thread, without a parent-death signal (that
-    // would follow this thread, which may be a short-lived blocking worker). PID 1 ends when
-    // the host side of the control socket closes instead, which happens when the `Sandbox`
-    // is dropped or this process dies in any way.
-    // SAFETY: clone3 without CLONE_VM forks this thread; the child only runs `init_main`,
-    // which uses memory prepared before the clone and raw syscalls (see child.rs).
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if pid == 0 {
-        // SAFETY: we are the freshly cloned child.
-        unsafe { child::init_main(&mut plan) }
-    }
-    if pid < 0 {
-        return Err(io_error(
-            "clone3 with new namespaces",
-            io::Error::last_os_error(),
-        ));
-    }
-    let pid = pid as i32;
-    // SAFETY: clone3 stored a fresh pidfd owned by nobody else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    drop(plan);
     drop(control_init);
     let fail_and_kill = |context: &str, error: io::Error| {
         // SAFETY: signalling our own child through its pidfd.
@@ -1251,6 +1216,51 @@ fn spawn_init(
         )
     };
     Err(fail_and_kill(&detail.0, detail.1))
+}
+
+/// Clone PID 1 straight from this process (when there is no zygote).
+fn clone_init(mut plan: InitPlan, v2_fd: Option<RawFd>) -> io::Result<(i32, OwnedFd)> {
+    let mut pidfd: libc::c_int = -1;
+    let mut flags = init_clone_flags() | libc::CLONE_PIDFD as u64;
+    if v2_fd.is_some() {
+        flags |= CLONE_INTO_CGROUP;
+    }
+    let args = CloneArgs {
+        flags,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: v2_fd.unwrap_or(0) as u64,
+    };
+    // PID 1 is cloned straight from the calling thread, without a parent-death signal (that
+    // would follow this thread, which may be a short-lived blocking worker). PID 1 ends when
+    // the host side of the control socket closes instead, which happens when the `Sandbox`
+    // is dropped or this process dies in any way.
+    // SAFETY: clone3 without CLONE_VM forks this thread; the child only runs `init_main`,
+    // which uses memory prepared before the clone and raw syscalls (see child.rs).
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid == 0 {
+        // SAFETY: we are the freshly cloned child.
+        unsafe { child::init_main(&mut plan) }
+    }
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(plan);
+    // SAFETY: clone3 stored a fresh pidfd owned by nobody else.
+    Ok((pid as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
 }
 
 /// What mount step `step` was, in words, for error messages.
@@ -1372,7 +1382,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: socketpair into a valid array; both fds are owned below.
     if unsafe {
@@ -1440,7 +1450,7 @@ fn drain(fd: &OwnedFd, sink: &mut HeadTail) {
     }
 }
 
-fn send_with_fds(socket: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+pub(crate) fn send_with_fds(socket: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let mut space = [0u64; 16];
     let mut iov = libc::iovec {
         iov_base: payload.as_ptr() as *mut libc::c_void,

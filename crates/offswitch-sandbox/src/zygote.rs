@@ -1,0 +1,404 @@
+//! A small long-lived process that forks every sandbox's PID 1.
+//!
+//! PID 1 is a fork, and a fork copies the page tables of the process it is forked from. Forked
+//! straight from a large host (a harness holding an embedded model), that costs ~100 ms per
+//! GiB of written memory for every sandbox. The zygote is forked once, unmaps the host's large
+//! anonymous mappings from its own copy, and from then on forks each PID 1 from a small
+//! address space. Like init, it runs on memory prepared before its fork and raw syscalls only.
+//! If it cannot be started or dies, sandboxes are cloned from the host directly.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Mutex, OnceLock};
+
+use libc::{c_int, c_void};
+
+use crate::child::{self, InitPlan};
+
+/// Largest flat plan the zygote accepts.
+const MAX_PLAN_BYTES: usize = 256 * 1024;
+/// Anonymous mappings at least this large are dropped from the zygote's address space.
+const SHRINK_THRESHOLD: usize = 1 << 20;
+
+struct Zygote {
+    socket: OwnedFd,
+    pid: i32,
+}
+
+/// What the zygote runs on, allocated by the host before the fork.
+struct ZygoteState {
+    plan: InitPlan,
+    maps: Vec<u8>,
+    socket: c_int,
+    clone_flags: u64,
+}
+
+fn zygote() -> &'static Mutex<Option<Zygote>> {
+    static ZYGOTE: OnceLock<Mutex<Option<Zygote>>> = OnceLock::new();
+    ZYGOTE.get_or_init(|| Mutex::new(start().ok()))
+}
+
+fn start() -> io::Result<Zygote> {
+    if std::env::var_os("OFFSWITCH_SANDBOX_NO_ZYGOTE").is_some() {
+        return Err(io::Error::other("zygote disabled"));
+    }
+    let (host_end, zygote_end) = crate::sandbox::seqpacket_pair()?;
+    let host = crate::sandbox::host();
+    let mut state = Box::new(ZygoteState {
+        plan: InitPlan {
+            flat: vec![0u8; MAX_PLAN_BYTES],
+            flat_len: 0,
+            control_fd: -1,
+            cap_last: host.cap_last,
+            request_buffer: vec![0u8; crate::sandbox::MAX_REQUEST_BYTES + 4096],
+            exec_stack: vec![0u8; 256 * 1024],
+        },
+        maps: vec![0u8; 1 << 20],
+        socket: zygote_end.as_raw_fd(),
+        clone_flags: crate::sandbox::init_clone_flags(),
+    });
+    // SAFETY: a plain fork; the child only runs `zygote_main` on memory allocated above.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0) };
+    if pid == 0 {
+        // SAFETY: we are the freshly forked child.
+        unsafe { zygote_main(&mut state) }
+    }
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(zygote_end);
+    drop(state);
+    Ok(Zygote {
+        socket: host_end,
+        pid: pid as i32,
+    })
+}
+
+/// Ask the zygote to clone a PID 1 running `flat`. `None` when there is no zygote (the
+/// caller clones directly); a zygote that fails is retired for good.
+pub(crate) fn spawn_init(
+    flat: &[u8],
+    control_init: RawFd,
+    cgroup: Option<RawFd>,
+) -> Option<io::Result<(i32, OwnedFd)>> {
+    if flat.len() > MAX_PLAN_BYTES {
+        return None;
+    }
+    let mut guard = zygote().lock().unwrap_or_else(|p| p.into_inner());
+    let zygote = guard.as_ref()?;
+    let result = request(zygote.socket.as_raw_fd(), flat, control_init, cgroup);
+    if let Err(error) = &result
+        && error.raw_os_error() != Some(libc::EAGAIN)
+    {
+        // The zygote is gone or confused: reap it and clone directly from now on.
+        let pid = zygote.pid;
+        *guard = None;
+        // SAFETY: reaping our own child; WNOHANG never blocks.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        tracing::warn!("sandbox zygote failed ({error}); cloning sandboxes directly");
+        return None;
+    }
+    Some(result)
+}
+
+fn request(
+    socket: RawFd,
+    flat: &[u8],
+    control_init: RawFd,
+    cgroup: Option<RawFd>,
+) -> io::Result<(i32, OwnedFd)> {
+    let header = [u8::from(cgroup.is_some()), 0, 0, 0, 0, 0, 0, 0];
+    let mut fds = vec![control_init];
+    fds.extend(cgroup);
+    let mut payload = Vec::with_capacity(header.len() + flat.len());
+    payload.extend_from_slice(&header);
+    payload.extend_from_slice(flat);
+    crate::sandbox::send_with_fds(socket, &payload, &fds)?;
+    let mut reply = [0u8; 4];
+    let mut space = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: reply.as_mut_ptr().cast(),
+        iov_len: reply.len(),
+    };
+    // SAFETY: recvmsg into buffers that outlive the call; a received fd is owned below.
+    unsafe {
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = &mut iov;
+        message.msg_iovlen = 1;
+        message.msg_control = space.as_mut_ptr().cast();
+        message.msg_controllen = std::mem::size_of_val(&space) as _;
+        let n = libc::recvmsg(socket, &mut message, libc::MSG_CMSG_CLOEXEC);
+        if n != 4 {
+            return Err(if n < 0 {
+                io::Error::last_os_error()
+            } else {
+                io::Error::other("the sandbox zygote closed its socket")
+            });
+        }
+        let pid = i32::from_le_bytes(reply);
+        let cmsg = libc::CMSG_FIRSTHDR(&message);
+        if pid <= 0 || cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return Err(io::Error::from_raw_os_error(if pid < 0 {
+                -pid
+            } else {
+                libc::EIO
+            }));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd);
+        Ok((pid, OwnedFd::from_raw_fd(fd)))
+    }
+}
+
+/// The zygote: shrink, then clone one PID 1 per request. Never returns.
+unsafe fn zygote_main(state: &mut ZygoteState) -> ! {
+    unsafe {
+        child::close_all_except(&[state.socket]);
+        // PID 1s are reaped automatically; each one restores SIGCHLD for its own children.
+        libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+        shrink(state);
+        loop {
+            serve_one(state);
+        }
+    }
+}
+
+unsafe fn serve_one(state: &mut ZygoteState) {
+    unsafe {
+        let mut header = [0u8; 8];
+        let mut iov = [
+            libc::iovec {
+                iov_base: header.as_mut_ptr().cast(),
+                iov_len: header.len(),
+            },
+            libc::iovec {
+                iov_base: state.plan.flat.as_mut_ptr().cast(),
+                iov_len: state.plan.flat.len(),
+            },
+        ];
+        let mut space = [0u64; 8];
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = iov.as_mut_ptr();
+        message.msg_iovlen = 2;
+        message.msg_control = space.as_mut_ptr().cast();
+        message.msg_controllen = std::mem::size_of_val(&space) as _;
+        let n = libc::recvmsg(state.socket, &mut message, libc::MSG_CMSG_CLOEXEC);
+        if n == 0 {
+            // The host is gone.
+            libc::_exit(0);
+        }
+        if n < 0 {
+            if *libc::__errno_location() != libc::EINTR {
+                libc::_exit(1);
+            }
+            return;
+        }
+        let mut fds = [-1 as c_int; 2];
+        let mut count = 0;
+        let cmsg = libc::CMSG_FIRSTHDR(&message);
+        if !cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+            let data = libc::CMSG_DATA(cmsg) as *const c_int;
+            let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+            for index in 0..payload / std::mem::size_of::<c_int>() {
+                let fd = std::ptr::read_unaligned(data.add(index));
+                if count < 2 {
+                    fds[count] = fd;
+                    count += 1;
+                } else {
+                    libc::close(fd);
+                }
+            }
+        }
+        let with_cgroup = header[0] != 0;
+        let wanted = if with_cgroup { 2 } else { 1 };
+        let mut reply: i32 = -libc::EINVAL;
+        let mut pidfd: c_int = -1;
+        if count == wanted
+            && (n as usize) > header.len()
+            && message.msg_flags & libc::MSG_TRUNC == 0
+        {
+            state.plan.flat_len = n as usize - header.len();
+            state.plan.control_fd = fds[0];
+            let mut flags = state.clone_flags | libc::CLONE_PIDFD as u64;
+            if with_cgroup {
+                flags |= crate::sandbox::CLONE_INTO_CGROUP;
+            }
+            let args = crate::sandbox::CloneArgs {
+                flags,
+                pidfd: &mut pidfd as *mut c_int as u64,
+                child_tid: 0,
+                parent_tid: 0,
+                exit_signal: libc::SIGCHLD as u64,
+                stack: 0,
+                stack_size: 0,
+                tls: 0,
+                set_tid: 0,
+                set_tid_size: 0,
+                cgroup: if with_cgroup { fds[1] as u64 } else { 0 },
+            };
+            let pid = libc::syscall(
+                libc::SYS_clone3,
+                &args as *const crate::sandbox::CloneArgs,
+                std::mem::size_of::<crate::sandbox::CloneArgs>(),
+            );
+            if pid == 0 {
+                libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+                child::init_main(&mut state.plan);
+            }
+            reply = if pid < 0 {
+                -*libc::__errno_location()
+            } else {
+                pid as i32
+            };
+        }
+        for fd in fds {
+            if fd >= 0 {
+                libc::close(fd);
+            }
+        }
+        let bytes = reply.to_le_bytes();
+        let mut reply_iov = libc::iovec {
+            iov_base: bytes.as_ptr() as *mut c_void,
+            iov_len: bytes.len(),
+        };
+        let mut reply_space = [0u64; 4];
+        let mut reply_message: libc::msghdr = std::mem::zeroed();
+        reply_message.msg_iov = &mut reply_iov;
+        reply_message.msg_iovlen = 1;
+        if pidfd >= 0 {
+            reply_message.msg_control = reply_space.as_mut_ptr().cast();
+            reply_message.msg_controllen =
+                libc::CMSG_SPACE(std::mem::size_of::<c_int>() as u32) as _;
+            let reply_cmsg = libc::CMSG_FIRSTHDR(&reply_message);
+            (*reply_cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*reply_cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*reply_cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<c_int>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(reply_cmsg) as *mut c_int, pidfd);
+        }
+        libc::sendmsg(state.socket, &reply_message, libc::MSG_NOSIGNAL);
+        if pidfd >= 0 {
+            libc::close(pidfd);
+        }
+    }
+}
+
+/// Unmap the large anonymous private memory inherited from the host, keeping everything the
+/// zygote or a PID 1 touches: this stack and TLS (with wide margins), its own buffers, and
+/// the 2 MiB after every file-backed mapping (a library's .bss lives there, and adjacent
+/// anonymous mappings merge, so whole mappings cannot be judged by their neighbours).
+unsafe fn shrink(state: &mut ZygoteState) {
+    const MIB: usize = 1 << 20;
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return;
+        }
+        let mut length = 0;
+        while length < state.maps.len() {
+            let n = libc::read(
+                fd,
+                state.maps[length..].as_mut_ptr().cast(),
+                state.maps.len() - length,
+            );
+            if n <= 0 {
+                break;
+            }
+            length += n as usize;
+        }
+        libc::close(fd);
+        let local = 0u8;
+        let stack = &local as *const u8 as usize;
+        let tls = libc::pthread_self() as usize;
+        let errno = libc::__errno_location() as usize;
+        let object = |pointer: *const u8, size: usize| {
+            let start = pointer as usize;
+            (start.saturating_sub(64 * 1024), start + size + 64 * 1024)
+        };
+        let keep: [(usize, usize); 8] = [
+            (stack.saturating_sub(MIB), stack + 8 * MIB),
+            (tls.saturating_sub(4 * MIB), tls + MIB),
+            (errno.saturating_sub(4 * MIB), errno + MIB),
+            object(
+                state as *const ZygoteState as *const u8,
+                std::mem::size_of::<ZygoteState>(),
+            ),
+            object(state.plan.flat.as_ptr(), state.plan.flat.len()),
+            object(
+                state.plan.request_buffer.as_ptr(),
+                state.plan.request_buffer.len(),
+            ),
+            object(state.plan.exec_stack.as_ptr(), state.plan.exec_stack.len()),
+            object(state.maps.as_ptr(), state.maps.len()),
+        ];
+        let mut keep = keep;
+        keep.sort_unstable();
+        // Only whole lines: a mapping cut off by a full buffer is left alone.
+        let text = &state.maps[..length];
+        let mut start_of_line = 0;
+        let mut previous_file_end = 0usize;
+        while let Some(offset) = text[start_of_line..].iter().position(|&b| b == b'\n') {
+            let line = &text[start_of_line..start_of_line + offset];
+            start_of_line += offset + 1;
+            let Some((start, end, anonymous)) = parse_mapping(line) else {
+                continue;
+            };
+            if !anonymous {
+                previous_file_end = end;
+                continue;
+            }
+            let mut from = start;
+            if start == previous_file_end {
+                from = start.saturating_add(2 * MIB).min(end);
+            }
+            // Unmap [from, end) minus the keep intervals (sorted), piece by piece.
+            let mut cursor = from;
+            for &(keep_start, keep_end) in &keep {
+                if keep_end <= cursor {
+                    continue;
+                }
+                if keep_start >= end {
+                    break;
+                }
+                unmap_piece(cursor, keep_start.min(end));
+                cursor = cursor.max(keep_end);
+            }
+            unmap_piece(cursor, end);
+        }
+    }
+}
+
+/// Unmap the whole pages of `[start, end)` if that is at least `SHRINK_THRESHOLD`.
+unsafe fn unmap_piece(start: usize, end: usize) {
+    let page = 4096;
+    let first = start.div_ceil(page) * page;
+    let last = end / page * page;
+    if last > first && last - first >= SHRINK_THRESHOLD {
+        // SAFETY (caller): the range holds nothing the zygote or a PID 1 touches.
+        unsafe { libc::munmap(first as *mut c_void, last - first) };
+    }
+}
+
+/// `start-end perms offset dev inode [path]`: the range, and whether it is private and
+/// anonymous without a name (`[heap]`, `[stack]` and the like count as not anonymous).
+fn parse_mapping(line: &[u8]) -> Option<(usize, usize, bool)> {
+    let mut fields = line.split(|&b| b == b' ').filter(|f| !f.is_empty());
+    let range = fields.next()?;
+    let perms = fields.next()?;
+    let _offset = fields.next()?;
+    let _device = fields.next()?;
+    let inode = fields.next()?;
+    let anonymous = fields.next().is_none() && perms.get(3) == Some(&b'p') && inode == b"0";
+    let dash = range.iter().position(|&b| b == b'-')?;
+    Some((hex(&range[..dash])?, hex(&range[dash + 1..])?, anonymous))
+}
+
+fn hex(digits: &[u8]) -> Option<usize> {
+    let mut value: usize = 0;
+    for &digit in digits {
+        let nibble = (digit as char).to_digit(16)? as usize;
+        value = value.checked_mul(16)?.checked_add(nibble)?;
+    }
+    Some(value)
+}
