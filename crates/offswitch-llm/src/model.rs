@@ -7,6 +7,8 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use half::f16;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use rayon::prelude::*;
 
 use crate::error::LlmError;
@@ -252,8 +254,8 @@ impl Model {
         Sequence {
             tokens: Vec::with_capacity(max_tokens),
             capacity: max_tokens,
-            k: vec![0.0; self.config.n_layers * per_layer],
-            v: vec![0.0; self.config.n_layers * per_layer],
+            k: vec![0; self.config.n_layers * per_layer],
+            v: vec![0; self.config.n_layers * per_layer],
         }
     }
 
@@ -375,15 +377,19 @@ impl Model {
                     let at = ((li * c.n_kv_heads + g) * cap + pos) * hd;
                     let k_at = dim + g * hd;
                     let v_at = dim + kv_dim + g * hd;
-                    seq.k[at..at + hd].copy_from_slice(&row[k_at..k_at + hd]);
-                    seq.v[at..at + hd].copy_from_slice(&row[v_at..v_at + hd]);
+                    seq.k[at..at + hd]
+                        .reinterpret_cast_mut::<f16>()
+                        .convert_from_f32_slice(&row[k_at..k_at + hd]);
+                    seq.v[at..at + hd]
+                        .reinterpret_cast_mut::<f16>()
+                        .convert_from_f32_slice(&row[v_at..v_at + hd]);
                 }
             }
             let sequences: Vec<&Sequence> = batch.iter().map(|(seq, _)| &**seq).collect();
             let qkv = &s.qkv;
             s.att.par_chunks_mut(dim).enumerate().for_each_init(
-                Vec::new,
-                |scores: &mut Vec<f32>, (t, out)| {
+                AttentionScratch::default,
+                |scratch: &mut AttentionScratch, (t, out)| {
                     let (si, pos, _) = rows[t];
                     let seq = sequences[si];
                     let q_row = &qkv[t * qkv_dim..t * qkv_dim + dim];
@@ -393,10 +399,10 @@ impl Model {
                         attend_group(
                             hd,
                             &q_row[heads.clone()],
-                            &seq.k[base..base + (pos + 1) * hd],
-                            &seq.v[base..base + (pos + 1) * hd],
+                            seq.k[base..base + (pos + 1) * hd].reinterpret_cast::<f16>(),
+                            seq.v[base..base + (pos + 1) * hd].reinterpret_cast::<f16>(),
                             scale,
-                            scores,
+                            scratch,
                             &mut out[heads],
                         );
                     }
@@ -451,9 +457,11 @@ impl Model {
 pub struct Sequence {
     tokens: Vec<u32>,
     capacity: usize,
+    /// f16 bits (as llama.cpp's default cache; half the memory and bandwidth of f32). Stored as `u16` so the
+    /// allocation is zeroed memory the OS commits only when a position is written.
     /// Layout: [layer][kv head][position][head dim], so one head's keys are contiguous for the attention scan.
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: Vec<u16>,
+    v: Vec<u16>,
 }
 
 impl Sequence {
@@ -649,22 +657,34 @@ fn rope(head: &mut [f32], table: &[f32]) {
     }
 }
 
+/// Per-worker buffers of the attention: keys and values widened to f32, and the scores.
+#[derive(Default)]
+struct AttentionScratch {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    scores: Vec<f32>,
+}
+
 /// Causal attention of the `group` query heads that share one KV head, against `n` cached positions.
-/// Scores for all heads of the group are computed in one scan of the keys, so each key is loaded once.
-#[inline(never)]
+/// Scores for all heads of the group are computed in one scan of the keys, so each key is widened and loaded once.
 fn attend_group(
     head_dim: usize,
     queries: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[f16],
+    values: &[f16],
     scale: f32,
-    scores: &mut Vec<f32>,
+    scratch: &mut AttentionScratch,
     out: &mut [f32],
 ) {
     let group = queries.len() / head_dim;
     let n = keys.len() / head_dim;
+    scratch.keys.resize(keys.len(), 0.0);
+    keys.convert_to_f32_slice(&mut scratch.keys);
+    scratch.values.resize(values.len(), 0.0);
+    values.convert_to_f32_slice(&mut scratch.values);
+    let scores = &mut scratch.scores;
     scores.resize(group * n, 0.0);
-    for (p, key) in keys.chunks_exact(head_dim).enumerate() {
+    for (p, key) in scratch.keys.chunks_exact(head_dim).enumerate() {
         for (j, q) in queries.chunks_exact(head_dim).enumerate() {
             scores[j * n + p] = dot_f32(q, key) * scale;
         }
@@ -678,7 +698,7 @@ fn attend_group(
             total += *score;
         }
         head_out.fill(0.0);
-        for (&weight, value) in row.iter().zip(values.chunks_exact(head_dim)) {
+        for (&weight, value) in row.iter().zip(scratch.values.chunks_exact(head_dim)) {
             for (o, &v) in head_out.iter_mut().zip(value) {
                 *o = weight.mul_add(v, *o);
             }

@@ -95,7 +95,10 @@ impl Sampler {
                 self.candidates.select_nth_unstable_by(guess - 1, order);
             }
             self.candidates[..guess].sort_unstable_by(order);
-            let head: f64 = self.candidates[..guess].iter().map(|c| f64::from(c.0)).sum();
+            let head: f64 = self.candidates[..guess]
+                .iter()
+                .map(|c| f64::from(c.0))
+                .sum();
             if head / total < top_p && guess < self.candidates.len() {
                 self.candidates.sort_unstable_by(order);
             }
