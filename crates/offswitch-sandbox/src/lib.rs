@@ -3,9 +3,11 @@
 //! Each sandbox is a PID 1 (`child::init_main`) in new user, PID, mount, network, UTS and IPC
 //! namespaces, on a fresh tmpfs root with the host's system directories bound read-only and a
 //! host directory bound as `/home/agent`. The sandbox's uid 0 is an unprivileged host uid and
-//! every exec drops all capabilities. Execs are forked by PID 1 on request over a socket, so
-//! they are born inside the sandbox's cgroups. The off-switch (`Sandbox::kill`, and PID 1
-//! receiving SIGTERM from inside) kills the cgroup and counts until nothing is left.
+//! every exec drops all capabilities. Execs are forked by PID 1 on request over a socket
+//! (vfork-style, no page-table copy), so they are born inside the sandbox's cgroups. PID 1
+//! itself is forked by a small zygote (`zygote.rs`), so a large host process is not copied.
+//! The off-switch (`Sandbox::kill`, and PID 1 receiving SIGTERM from inside) kills the cgroup
+//! and counts until nothing is left.
 //!
 //! The public names and signatures below are relied on by `offswitch-harness` and the CLI.
 
