@@ -74,7 +74,8 @@ impl Sampler {
         if self.candidates.is_empty() {
             return 0;
         }
-        if max == f32::INFINITY {
+        // An infinite maximum (or only -inf allowed) has no finite distribution; the arg max is the sensible pick.
+        if max.is_infinite() {
             return greedy(logits, is_allowed);
         }
         let inv_t = 1.0 / self.params.temperature;

@@ -48,3 +48,18 @@ fn top_p_keeps_only_the_nucleus() {
     assert!(seen.iter().all(|&id| id == 1 || id == 5), "{seen:?}");
     assert!(seen.contains(&1) && seen.contains(&5));
 }
+
+#[test]
+fn degenerate_logits_do_not_panic_and_stay_in_the_mask() {
+    let params = SamplingParams {
+        temperature: 0.7,
+        top_p: 0.9,
+        seed: 1,
+    };
+    let logits = [f32::NEG_INFINITY, f32::NAN, f32::NEG_INFINITY, 1.0];
+    let mask = [true, true, true, false];
+    let picked = draws(params, &logits, Some(&mask), 5);
+    assert!(picked.iter().all(|&id| id == 0 || id == 2), "{picked:?}");
+    let with_inf = [0.0, f32::INFINITY, 3.0];
+    assert_eq!(draws(params, &with_inf, None, 3), vec![1, 1, 1]);
+}
