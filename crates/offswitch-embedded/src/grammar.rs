@@ -279,12 +279,16 @@ pub struct TokenTable {
     /// Every non-control, non-empty token, by its first byte. Control tokens are never produced
     /// by the grammar, except `end_of_turn` at the end.
     by_first_byte: Vec<Vec<u32>>,
+    /// The same, without the plain tokens.
+    not_plain_by_first_byte: Vec<Vec<u32>>,
+    /// Length in bytes of the longest plain token.
+    longest_plain: usize,
     end_of_turn: u32,
 }
 
 impl TokenTable {
     pub fn new(bytes: Vec<Vec<u8>>, control: Vec<bool>, end_of_turn: u32) -> TokenTable {
-        let plain = bytes
+        let plain: Vec<bool> = bytes
             .iter()
             .zip(&control)
             .map(|(b, &is_control)| {
@@ -305,10 +309,29 @@ impl TokenTable {
                     .push(u32::try_from(token).expect("vocabulary fits u32"));
             }
         }
+        let not_plain_by_first_byte = by_first_byte
+            .iter()
+            .map(|tokens| {
+                tokens
+                    .iter()
+                    .copied()
+                    .filter(|&t| !plain[t as usize])
+                    .collect()
+            })
+            .collect();
+        let longest_plain = bytes
+            .iter()
+            .zip(&plain)
+            .filter(|(_, p)| **p)
+            .map(|(b, _)| b.len())
+            .max()
+            .unwrap_or(0);
         TokenTable {
             bytes,
             plain,
             by_first_byte,
+            not_plain_by_first_byte,
+            longest_plain,
             end_of_turn,
         }
     }
@@ -341,6 +364,24 @@ impl TokenTable {
             return;
         }
         let room = grammar.is_plain_string_state(state);
+        if let Some(room) = room
+            && room >= self.longest_plain
+        {
+            // The common case inside a value: every plain token fits, so copy their mask and
+            // walk only the others.
+            allowed.copy_from_slice(&self.plain);
+            for first in 0..=255u8 {
+                let Some(after_first) = grammar.advance(state, first) else {
+                    continue;
+                };
+                for &token in &self.not_plain_by_first_byte[usize::from(first)] {
+                    let bytes = &self.bytes[token as usize];
+                    allowed[token as usize] =
+                        grammar.advance_bytes(after_first, &bytes[1..]).is_some();
+                }
+            }
+            return;
+        }
         for first in 0..=255u8 {
             let Some(after_first) = grammar.advance(state, first) else {
                 continue;
