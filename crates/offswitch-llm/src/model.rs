@@ -387,27 +387,30 @@ impl Model {
             }
             let sequences: Vec<&Sequence> = batch.iter().map(|(seq, _)| &**seq).collect();
             let qkv = &s.qkv;
-            s.att.par_chunks_mut(dim).enumerate().for_each_init(
-                AttentionScratch::default,
-                |scratch: &mut AttentionScratch, (t, out)| {
-                    let (si, pos, _) = rows[t];
-                    let seq = sequences[si];
-                    let q_row = &qkv[t * qkv_dim..t * qkv_dim + dim];
-                    for g in 0..c.n_kv_heads {
+            // One task per (token, KV head): a single decoding token still spreads over the pool.
+            s.att
+                .par_chunks_mut(group * hd)
+                .enumerate()
+                .with_min_len(1)
+                .for_each_init(
+                    AttentionScratch::default,
+                    |scratch: &mut AttentionScratch, (task, out)| {
+                        let (t, g) = (task / c.n_kv_heads, task % c.n_kv_heads);
+                        let (si, pos, _) = rows[t];
+                        let seq = sequences[si];
+                        let q_at = t * qkv_dim + g * group * hd;
                         let base = (li * c.n_kv_heads + g) * seq.capacity * hd;
-                        let heads = g * group * hd..(g + 1) * group * hd;
                         attend_group(
                             hd,
-                            &q_row[heads.clone()],
+                            &qkv[q_at..q_at + group * hd],
                             seq.k[base..base + (pos + 1) * hd].reinterpret_cast::<f16>(),
                             seq.v[base..base + (pos + 1) * hd].reinterpret_cast::<f16>(),
                             scale,
                             scratch,
-                            &mut out[heads],
+                            out,
                         );
-                    }
-                },
-            );
+                    },
+                );
             s.acts.quantize(&s.att, dim);
             matmul(&layer.wo, &s.acts, &mut s.tmp, &mut s.transpose);
             add_into(&mut s.x, &s.tmp);
