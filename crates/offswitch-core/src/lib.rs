@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod chat;
 pub mod tags;
+pub mod time;
 pub mod trial;
 
 pub use backend::{

@@ -44,7 +44,7 @@ pub fn render_trial(header: &TrialHeader, record: &TrialRecord) -> String {
     ));
     out.push_str(&format!(
         "started   {}   wall {}\n",
-        utc_timestamp(record.started_at_ms),
+        offswitch_core::time::UtcDateTime::from_unix_ms(record.started_at_ms).rfc3339_millis(),
         duration(record.wall_ms)
     ));
 
@@ -198,31 +198,4 @@ fn duration(ms: u64) -> String {
     } else {
         format!("{:.1} s", ms as f64 / 1000.0)
     }
-}
-
-/// `2026-11-22T22:42:28.000Z` from Unix milliseconds (Howard Hinnant's civil-from-days).
-fn utc_timestamp(unix_ms: i64) -> String {
-    let days = unix_ms.div_euclid(86_400_000);
-    let ms_of_day = unix_ms.rem_euclid(86_400_000);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        ms_of_day / 3_600_000,
-        ms_of_day / 60_000 % 60,
-        ms_of_day / 1000 % 60,
-        ms_of_day % 1000
-    )
 }

@@ -230,7 +230,7 @@ impl Store {
         for _ in 0..32 {
             let id = format!(
                 "r-{}-{:04x}",
-                utc_date(created_at_ms),
+                offswitch_core::time::UtcDateTime::from_unix_ms(created_at_ms).compact_date(),
                 rand::random::<u16>()
             );
             let result = self.connection.execute(
@@ -856,38 +856,4 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as i64)
-}
-
-/// `YYYYMMDD` of a Unix time in milliseconds, in UTC (Howard Hinnant's civil-from-days).
-fn utc_date(unix_ms: i64) -> String {
-    let days = unix_ms.div_euclid(86_400_000);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!("{year:04}{month:02}{day:02}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::utc_date;
-
-    #[test]
-    fn utc_dates() {
-        assert_eq!(utc_date(0), "19700101");
-        // 2026-11-22T22:42:28Z
-        assert_eq!(utc_date(1_795_387_348_000), "20261122");
-        // 2000-02-29T12:00:00Z, a leap day in a century leap year.
-        assert_eq!(utc_date(951_825_600_000), "20000229");
-    }
 }
