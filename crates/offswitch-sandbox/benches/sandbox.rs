@@ -132,7 +132,7 @@ fn bwrap_command(home: &Path) -> Command {
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     ]);
     command.args(["--setenv", "HOME", "/home/agent", "--hostname", "bench"]);
-    for name in ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+    for name in offswitch_sandbox::SYSTEM_DIRS {
         let path = Path::new("/").join(name);
         match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_symlink() => {
@@ -145,36 +145,12 @@ fn bwrap_command(home: &Path) -> Command {
             Err(_) => {}
         }
     }
-    for name in [
-        "ld.so.cache",
-        "ld.so.conf",
-        "ld.so.conf.d",
-        "nsswitch.conf",
-        "localtime",
-        "alternatives",
-        "ssl",
-        "ca-certificates",
-        "bash.bashrc",
-        "profile",
-        "inputrc",
-        "mime.types",
-        "protocols",
-        "services",
-        "gai.conf",
-        "host.conf",
-        "magic",
-        "magic.mime",
-        "python3",
-        "debian_version",
-        "os-release",
-        "lsb-release",
-        "terminfo",
-        "gitconfig",
-        "passwd",
-        "group",
-        "hostname",
-        "hosts",
-    ] {
+    // The same /etc entries the sandbox binds, plus the ones it writes itself.
+    let written_by_sandbox = ["passwd", "group", "hostname", "hosts"];
+    for name in offswitch_sandbox::ETC_ALLOW_LIST
+        .iter()
+        .chain(&written_by_sandbox)
+    {
         let path = Path::new("/etc").join(name);
         if path.exists() {
             command.arg("--ro-bind").arg(&path).arg(&path);

@@ -21,7 +21,7 @@ mod zygote;
 
 pub use cgroup::CgroupLayout;
 pub use check::{FeatureCheck, check_host};
-pub use sandbox::{MAX_REQUEST_BYTES, SANDBOX_HOST_ID, Sandbox};
+pub use sandbox::{ETC_ALLOW_LIST, MAX_REQUEST_BYTES, SANDBOX_HOST_ID, SYSTEM_DIRS, Sandbox};
 pub use snapshot::{EntryType, MAX_ENTRIES, MAX_HASHED_BYTES, Snapshot, SnapshotEntry};
 
 use std::path::PathBuf;

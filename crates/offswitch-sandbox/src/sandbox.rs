@@ -23,6 +23,39 @@ use crate::{
 /// with that mapping a command inside could write into the host's `/usr` (see SANDBOX-NOTES).
 pub const SANDBOX_HOST_ID: u32 = 1_000_000_000;
 
+/// Top-level host directories bound read-only into every sandbox (or recreated as the same
+/// symlinks, for merged-/usr systems).
+pub const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// Entries of the host's `/etc` bound read-only into every sandbox; nothing else of `/etc`
+/// is visible (the sandbox writes its own `passwd`, `group`, `hostname` and `hosts`).
+pub const ETC_ALLOW_LIST: &[&str] = &[
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "nsswitch.conf",
+    "localtime",
+    "alternatives",
+    "ssl",
+    "ca-certificates",
+    "bash.bashrc",
+    "profile",
+    "inputrc",
+    "mime.types",
+    "protocols",
+    "services",
+    "gai.conf",
+    "host.conf",
+    "magic",
+    "magic.mime",
+    "python3",
+    "debian_version",
+    "os-release",
+    "lsb-release",
+    "terminfo",
+    "gitconfig",
+];
+
 /// Largest exec request (command, cwd and environment) init accepts in one message.
 pub const MAX_REQUEST_BYTES: usize = 96 * 1024;
 
@@ -812,7 +845,7 @@ pub(crate) fn host() -> &'static Host {
         let staging = std::env::temp_dir().join(format!(".offswitch-sandbox-root-{}", unsafe {
             libc::geteuid()
         }));
-        let system_entries = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"]
+        let system_entries = SYSTEM_DIRS
             .iter()
             .filter_map(|name| {
                 let path = Path::new("/").join(name);
@@ -826,48 +859,23 @@ pub(crate) fn host() -> &'static Host {
                 }
             })
             .collect();
-        let etc_entries = [
-            "ld.so.cache",
-            "ld.so.conf",
-            "ld.so.conf.d",
-            "nsswitch.conf",
-            "localtime",
-            "alternatives",
-            "ssl",
-            "ca-certificates",
-            "bash.bashrc",
-            "profile",
-            "inputrc",
-            "mime.types",
-            "protocols",
-            "services",
-            "gai.conf",
-            "host.conf",
-            "magic",
-            "magic.mime",
-            "python3",
-            "debian_version",
-            "os-release",
-            "lsb-release",
-            "terminfo",
-            "gitconfig",
-        ]
-        .iter()
-        .filter_map(|name| {
-            let path = Path::new("/etc").join(name);
-            let meta = std::fs::symlink_metadata(&path).ok()?;
-            let kind = if meta.file_type().is_symlink() {
-                EtcKind::Symlink(std::fs::read_link(&path).ok()?)
-            } else if meta.is_dir() {
-                EtcKind::Directory
-            } else if meta.is_file() {
-                EtcKind::File
-            } else {
-                return None;
-            };
-            Some((name.to_string(), kind))
-        })
-        .collect();
+        let etc_entries = ETC_ALLOW_LIST
+            .iter()
+            .filter_map(|name| {
+                let path = Path::new("/etc").join(name);
+                let meta = std::fs::symlink_metadata(&path).ok()?;
+                let kind = if meta.file_type().is_symlink() {
+                    EtcKind::Symlink(std::fs::read_link(&path).ok()?)
+                } else if meta.is_dir() {
+                    EtcKind::Directory
+                } else if meta.is_file() {
+                    EtcKind::File
+                } else {
+                    return None;
+                };
+                Some((name.to_string(), kind))
+            })
+            .collect();
         let dev_nodes = ["null", "zero", "full", "random", "urandom"]
             .iter()
             .filter(|name| Path::new("/dev").join(name).exists())
