@@ -77,6 +77,30 @@ pub fn render_trial(header: &TrialHeader, record: &TrialRecord) -> String {
     for change in &record.file_changes {
         out.push_str(&format!("  {}\n", file_change(change)));
     }
+    visible_controls(out)
+}
+
+/// The text with every control character but newline and tab, and every bidirectional
+/// override, written as a Rust escape (`\u{1b}`, `\r`). Commands, outputs, paths and label
+/// details come from the sandboxed agent, and `offswitch show` prints them to a terminal:
+/// raw, an escape sequence could rewrite the screen (or the clipboard), and a `\r` or a
+/// right-to-left override could hide a command behind the text after it.
+fn visible_controls(text: String) -> String {
+    let hidden = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.contains(hidden) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if hidden(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
     out
 }
 
