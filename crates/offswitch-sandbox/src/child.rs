@@ -257,6 +257,7 @@ pub(crate) unsafe fn init_main(plan: &mut InitPlan) -> ! {
         // Keep only the control socket: other fds of the host (other sandboxes' sockets,
         // pipes of the harness's own children) must not stay open in here.
         close_all_except(&[control]);
+        default_signal_actions();
         // Wait until the parent has written our uid/gid maps. If the host dies instead, its
         // end of the control socket closes, this recv returns 0, and we exit; the same holds
         // in the serve loop, so no parent-death signal is needed.
@@ -378,6 +379,44 @@ pub(crate) unsafe fn init_main(plan: &mut InitPlan) -> ! {
             libc::MSG_NOSIGNAL,
         );
         serve(plan, signal_fd)
+    }
+}
+
+/// Reset every signal to its default action. Ignored signals survive exec, and init inherits
+/// some: the host is a Rust program, which ignores SIGPIPE, and the zygote ignores SIGCHLD.
+/// Without this every exec's shell starts with SIGPIPE ignored (`yes | head` then fails on
+/// EPIPE) and init's own children would be reaped before it could read their status. Raw
+/// `rt_sigaction`, because glibc's wrapper refuses its internal signals 32 and 33.
+unsafe fn default_signal_actions() {
+    // The kernel's `struct sigaction` (handler, flags, restorer, mask) on x86_64 and aarch64;
+    // SIG_DFL with no flags and an empty mask is all zeros after the handler.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: libc::sighandler_t,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let action = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for signal in 1..=64 {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installs the default action from a valid struct; no old action is read.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &action as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            );
+        }
     }
 }
 

@@ -153,7 +153,7 @@ fn request(
 unsafe fn zygote_main(state: &mut ZygoteState) -> ! {
     unsafe {
         child::close_all_except(&[state.socket]);
-        // PID 1s are reaped automatically; each one restores SIGCHLD for its own children.
+        // PID 1s are reaped automatically; each one resets SIGCHLD for its own children.
         libc::signal(libc::SIGCHLD, libc::SIG_IGN);
         shrink(state);
         loop {
@@ -241,7 +241,6 @@ unsafe fn serve_one(state: &mut ZygoteState) {
                 std::mem::size_of::<crate::sandbox::CloneArgs>(),
             );
             if pid == 0 {
-                libc::signal(libc::SIGCHLD, libc::SIG_DFL);
                 child::init_main(&mut state.plan);
             }
             reply = if pid < 0 {

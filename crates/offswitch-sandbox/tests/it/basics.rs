@@ -306,3 +306,18 @@ fn many_sandboxes_in_parallel() {
         thread.join().unwrap();
     }
 }
+
+#[test]
+fn execs_start_with_default_signal_dispositions() {
+    // The host is a Rust program, which ignores SIGPIPE, and ignored signals survive exec:
+    // without a reset `yes | head -n 1` makes `yes` fail on EPIPE instead of dying quietly.
+    check(
+        &["yes | head -n 1; grep SigIgn /proc/self/status"],
+        expect![[r#"
+            $ yes | head -n 1; grep SigIgn /proc/self/status
+            Exited(0)
+            y
+            SigIgn:	0000000000000000
+        "#]],
+    );
+}
