@@ -221,21 +221,25 @@ impl GgufFile {
         let mut tensors = Vec::new();
         for (name, dims, ggml_type, offset) in raw_tensors {
             let (block_elements, block_bytes) = ggml_type.block_layout();
-            let n_elements: u64 = dims.iter().product();
             if dims.first().copied().unwrap_or(0) % block_elements as u64 != 0 {
                 return Err(reader.invalid(format!(
                     "tensor {name} row length {:?} is not a multiple of its block size {block_elements}",
                     dims.first()
                 )));
             }
-            let n_bytes = n_elements / block_elements as u64 * block_bytes as u64;
-            let absolute = data_start + offset;
-            if absolute + n_bytes > file_len {
+            // Checked: dims and offsets come from the file, and a wrapped product could pass the bounds check.
+            let placed = || -> Option<(u64, u64)> {
+                let n_elements = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d))?;
+                let n_bytes =
+                    (n_elements / block_elements as u64).checked_mul(block_bytes as u64)?;
+                let absolute = data_start.checked_add(offset)?;
+                (absolute.checked_add(n_bytes)? <= file_len).then_some((absolute, n_bytes))
+            };
+            let Some((absolute, n_bytes)) = placed() else {
                 return Err(reader.invalid(format!(
-                    "tensor {name} ends at byte {} beyond the file's {file_len} bytes",
-                    absolute + n_bytes
+                    "tensor {name} of dims {dims:?} at data offset {offset} does not fit in the file's {file_len} bytes"
                 )));
-            }
+            };
             tensors.push(TensorInfo {
                 name,
                 dims,
@@ -306,10 +310,17 @@ impl HeaderReader {
         if len > 1 << 30 {
             return Err(self.invalid(format!("string length {len} is implausible")));
         }
-        let mut buf = vec![0u8; len as usize];
-        self.inner
-            .read_exact(&mut buf)
-            .map_err(|e| self.invalid(format!("truncated string: {e}")))?;
+        // Grown as bytes arrive, so a corrupt length in a short file costs no more memory than the file holds.
+        let mut buf = Vec::new();
+        let read = (&mut self.inner)
+            .take(len)
+            .read_to_end(&mut buf)
+            .map_err(|e| self.invalid(format!("failed to read string of length {len}: {e}")))?;
+        if read as u64 != len {
+            return Err(self.invalid(format!(
+                "truncated string: {read} of its {len} bytes present"
+            )));
+        }
         self.position += len;
         // Token pieces may hold invalid UTF-8 in some files; keep them lossy rather than refusing the model.
         Ok(String::from_utf8(buf)
@@ -336,7 +347,9 @@ impl HeaderReader {
                 if len > 1 << 28 {
                     return Err(self.invalid(format!("array length {len} is implausible")));
                 }
-                let mut values = Vec::with_capacity(len as usize);
+                // Reserve at most what a header could plausibly hold; a corrupt length fails on the first
+                // missing element instead of allocating gigabytes up front.
+                let mut values = Vec::with_capacity(len.min(1 << 16) as usize);
                 for _ in 0..len {
                     values.push(self.value(element_type, depth + 1)?);
                 }

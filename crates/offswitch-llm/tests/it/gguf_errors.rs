@@ -1,10 +1,19 @@
 //! A file that is not a usable GGUF gives a clear error naming the file, never a panic.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use expect_test::{Expect, expect};
 use offswitch_llm::{LoadOptions, Model};
 
 fn check(bytes: &[u8], expect: Expect) {
-    let dir = std::env::temp_dir().join(format!("offswitch-llm-test-{}", std::process::id()));
+    // One directory per call: the tests run on parallel threads of one process, and a shared file would let one
+    // test load another's bytes.
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "offswitch-llm-test-{}-{}",
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("model.gguf");
     std::fs::write(&path, bytes).expect("write");
@@ -68,6 +77,72 @@ fn other_architecture() {
         &b,
         expect![
             "unsupported model in $DIR/model.gguf: architecture mamba (only llama is implemented)"
+        ],
+    );
+}
+
+/// A tensor info record: name, dims, ggml type id, data offset.
+fn tensor(b: &mut Vec<u8>, name: &str, dims: &[u64], type_id: u32, offset: u64) {
+    b.extend((name.len() as u64).to_le_bytes());
+    b.extend(name.as_bytes());
+    b.extend((dims.len() as u32).to_le_bytes());
+    for d in dims {
+        b.extend(d.to_le_bytes());
+    }
+    b.extend(type_id.to_le_bytes());
+    b.extend(offset.to_le_bytes());
+}
+
+#[test]
+fn tensor_size_overflows() {
+    // 2^32 * 2^32 * 2^32 f32 values: the element count wraps u64.
+    let mut b = header(3, 1, 0);
+    tensor(&mut b, "t", &[1 << 32, 1 << 32, 1 << 32], 0, 0);
+    check(
+        &b,
+        expect![
+            "invalid gguf file $DIR/model.gguf: tensor t of dims [4294967296, 4294967296, 4294967296] at data offset 0 does not fit in the file's 73 bytes (at byte 73)"
+        ],
+    );
+}
+
+#[test]
+fn tensor_offset_overflows() {
+    let mut b = header(3, 1, 0);
+    tensor(&mut b, "t", &[32], 0, u64::MAX - 8);
+    check(
+        &b,
+        expect![
+            "invalid gguf file $DIR/model.gguf: tensor t of dims [32] at data offset 18446744073709551607 does not fit in the file's 57 bytes (at byte 57)"
+        ],
+    );
+}
+
+#[test]
+fn huge_array_length() {
+    let mut b = header(3, 0, 1);
+    b.extend(1u64.to_le_bytes());
+    b.extend(b"a");
+    b.extend(9u32.to_le_bytes());
+    b.extend(0u32.to_le_bytes());
+    b.extend((1u64 << 28).to_le_bytes());
+    check(
+        &b,
+        expect![
+            "invalid gguf file $DIR/model.gguf: truncated header: failed to fill whole buffer (at byte 49)"
+        ],
+    );
+}
+
+#[test]
+fn huge_string_length() {
+    let mut b = header(3, 0, 1);
+    b.extend((1u64 << 30).to_le_bytes());
+    b.extend(b"key");
+    check(
+        &b,
+        expect![
+            "invalid gguf file $DIR/model.gguf: truncated string: 3 of its 1073741824 bytes present (at byte 32)"
         ],
     );
 }
