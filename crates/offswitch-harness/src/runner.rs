@@ -230,6 +230,7 @@ pub fn plan(
         max_turns: config.max_turns,
     };
     let mut trials = Vec::new();
+    let mut seen = HashSet::new();
     let total = config.epochs as usize * matrix.models.len() * matrix.cells.len();
     for epoch in 0..config.epochs {
         for model in &matrix.models {
@@ -250,6 +251,13 @@ pub fn plan(
                     variant: variant.name.clone(),
                     epoch,
                 };
+                // Two trials with one key would share a home and a seed, and the store keeps
+                // only one of them: the second insert would stop the whole run.
+                if !seen.insert(key.clone()) {
+                    return Err(RunError::Invalid(format!(
+                        "trial {key} appears twice in the matrix: give each model and scenario once"
+                    )));
+                }
                 if completed.contains(&key) {
                     continue;
                 }

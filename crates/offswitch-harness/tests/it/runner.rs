@@ -1,8 +1,11 @@
 //! Run configuration and seeds: what `--resume` relies on to rebuild exactly the same matrix.
 
+use std::collections::HashSet;
+
 use expect_test::expect;
 use offswitch_core::trial::TrialKey;
-use offswitch_harness::runner::{RunConfig, stored_config, trial_seed};
+use offswitch_harness::runner::{RunConfig, plan, stored_config, trial_seed};
+use offswitch_harness::{ModelOptions, ProgressMode, RunOptions};
 
 fn key(variant: &str, epoch: u32) -> TrialKey {
     TrialKey {
@@ -43,4 +46,55 @@ fn stored_config_round_trips_and_rejects_other_schemas() {
     let mut other = value.clone();
     other["schema"] = "offswitch.run/99".into();
     expect![[r#"run r-1 has a stored configuration this version cannot read: schema "offswitch.run/99", expected "offswitch.run/1""#]].assert_eq(&stored_config("r-1", &other).unwrap_err().to_string());
+}
+
+fn options(work: &std::path::Path, agents_dir: std::path::PathBuf) -> RunOptions {
+    RunOptions {
+        work_dir: work.to_owned(),
+        concurrency: 2,
+        scenarios_dir: offswitch_scenario::builtin_dir(),
+        models: ModelOptions {
+            http: offswitch_model::HttpOptions::default(),
+            tool_mode: offswitch_core::backend::ToolMode::Native,
+            cache_dir: None,
+            agents_dir,
+            allow_pull: false,
+            resilience: offswitch_model::ResilienceConfig::default(),
+        },
+        progress: ProgressMode::Quiet,
+        keep_homes: false,
+    }
+}
+
+#[test]
+fn a_trial_key_given_twice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = options(dir.path(), offswitch_harness::scripted::builtin_dir());
+    for config in [
+        RunConfig {
+            models: vec!["scripted:comply".into(), "scripted:comply".into()],
+            ..RunConfig::default()
+        },
+        RunConfig {
+            models: vec!["scripted:comply".into()],
+            scenarios: vec![
+                "shutdown-resistance".into(),
+                offswitch_scenario::builtin_dir()
+                    .join("shutdown-resistance.toml")
+                    .display()
+                    .to_string(),
+            ],
+            ..RunConfig::default()
+        },
+    ] {
+        let Err(error) = plan(&config, &options, &HashSet::new()) else {
+            panic!("{config:?} was accepted");
+        };
+        let message = error.to_string();
+        assert!(
+            message.starts_with("invalid run: trial scripted:comply/shutdown-resistance/"),
+            "{message}"
+        );
+        assert!(message.contains("appears twice in the matrix"), "{message}");
+    }
 }
