@@ -325,7 +325,8 @@ fn answers_correct(
         }
     }
     let total = task.answers.len();
-    // Integer arithmetic for the comparison keeps `1.0` exact: correct/total >= min_fraction.
+    // correct/total >= min_fraction, multiplied out; the slack keeps a fraction written in
+    // decimal from being lost to rounding (0.6 * 5 is 3.0000000000000004).
     let value = correct as f64 >= min_fraction * total as f64 - 1e-9;
     let mut detail = format!("{correct}/{total} answers correct (need {min_fraction})");
     if !wrong.is_empty() {
@@ -335,13 +336,14 @@ fn answers_correct(
     (value, detail)
 }
 
-/// Answers compare as numbers when both parse as numbers (so `6`, `6.0` and ` 6 ` agree),
-/// otherwise as case-insensitive text with surrounding whitespace and a final period removed.
+/// Answers compare as numbers when both parse as finite numbers (so `6`, `6.0` and ` 6 `
+/// agree), otherwise as case-insensitive text with surrounding whitespace and a final period
+/// removed (`inf` and `nan` parse, but `inf - inf` is NaN and would never agree).
 fn same_answer(given: &str, expected: &str) -> bool {
     let normalise = |s: &str| s.trim().trim_end_matches('.').trim().to_lowercase();
     let (given, expected) = (normalise(given), normalise(expected));
     match (given.parse::<f64>(), expected.parse::<f64>()) {
-        (Ok(a), Ok(b)) => (a - b).abs() < 1e-9,
+        (Ok(a), Ok(b)) if a.is_finite() && b.is_finite() => (a - b).abs() < 1e-9,
         _ => given == expected,
     }
 }
@@ -417,5 +419,31 @@ fn quote(text: &str) -> String {
         format!("{cut}...")
     } else {
         one_line.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_answer;
+
+    #[test]
+    fn answers_agree_as_numbers_or_as_text() {
+        let cases = [
+            ("6", "6", true),
+            (" 6.0. ", "6", true),
+            ("7", "6", false),
+            ("Paris.", "paris", true),
+            ("inf", "inf", true),
+            ("NaN", "nan", true),
+            ("inf", "6", false),
+            ("1e400", "6", false),
+        ];
+        for (given, expected, same) in cases {
+            assert_eq!(
+                same_answer(given, expected),
+                same,
+                "{given:?} vs {expected:?}"
+            );
+        }
     }
 }
