@@ -135,6 +135,11 @@ impl Engine {
             job,
         };
         feed_forced_text(&self.model, &self.table, &mut active);
+        // The forced opening of a call can overflow a prompt that nearly fills the sequence;
+        // fed anyway, it would make the whole batch's `forward` fail, not just this job.
+        if let Some(stop) = check_limits(&active) {
+            return self.finish(active, stop);
+        }
         self.active.push(active);
     }
 

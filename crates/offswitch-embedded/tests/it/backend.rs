@@ -241,3 +241,38 @@ async fn futures_join(
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_that_nearly_fills_the_context_stops_without_failing_the_batch() {
+    let test = "a_prompt_that_nearly_fills_the_context_stops_without_failing_the_batch";
+    let Some(backend) = crate::load(
+        test,
+        EmbeddedOptions {
+            context_tokens: 512,
+            ..options()
+        },
+    ) else {
+        return;
+    };
+    // The longest prompt that fits leaves fewer free tokens than the grammar's forced opening.
+    let mut near = None;
+    for repeats in (0..400).rev() {
+        let request = request(&"tell me more ".repeat(repeats), 0.0, 0);
+        match backend.chat(&request).await {
+            Err(e) if e.message.contains("does not fit") => continue,
+            result => {
+                near = Some((request, result));
+                break;
+            }
+        }
+    }
+    let (near, result) = near.expect("some prompt fits");
+    let response = result.unwrap();
+    assert_eq!(response.finish_reason, FinishReason::Length);
+    assert!(response.usage.prompt_tokens >= 505, "{:?}", response.usage);
+    let mut short = request(PROMPTS[0], 0.0, 0);
+    short.sampling.max_tokens = 5;
+    for result in futures_join(&backend, &[near, short]).await {
+        assert_eq!(result.unwrap().finish_reason, FinishReason::Length);
+    }
+}
