@@ -20,14 +20,6 @@ pub struct QMatrix {
 }
 
 impl QMatrix {
-    /// Repack `rows` rows of `cols` values of type `ty` from `src`.
-    pub fn from_ggml(ty: GgmlType, src: &[u8], rows: usize, cols: usize) -> QMatrix {
-        let mut matrix = QMatrix::zeroed(rows, cols);
-        matrix.fill_rows(0, ty, src);
-        matrix.drop_zero_offsets();
-        matrix
-    }
-
     pub fn zeroed(rows: usize, cols: usize) -> QMatrix {
         let nb = cols / BLOCK;
         QMatrix {

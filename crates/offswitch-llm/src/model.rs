@@ -108,15 +108,6 @@ impl Model {
                 ),
             ));
         }
-        if config.dim % BLOCK != 0 || config.ffn_dim % BLOCK != 0 || config.head_dim() % 2 != 0 {
-            return Err(unsupported(
-                path,
-                format!(
-                    "dimensions {} / {} are not multiples of {BLOCK}",
-                    config.dim, config.ffn_dim
-                ),
-            ));
-        }
         let mut buffer = Vec::new();
         let (dim, kv_dim, ffn) = (config.dim, config.kv_dim(), config.ffn_dim);
         let embed = load_matrix(
@@ -138,56 +129,22 @@ impl Model {
             None
         };
         let output_norm = load_vector(&mut file, "output_norm.weight", dim, &mut buffer)?;
-        let mut layers = Vec::with_capacity(config.n_layers);
+        // Not reserved from `n_layers`: it is an unchecked metadata number, and a missing block fails the loop.
+        let mut layers = Vec::new();
         for i in 0..config.n_layers {
             let name = |suffix: &str| format!("blk.{i}.{suffix}");
-            let mut wqkv = QMatrix::zeroed(dim + 2 * kv_dim, dim);
-            fill_from(
-                &mut file,
-                &mut wqkv,
-                0,
-                &name("attn_q.weight"),
-                dim,
-                &mut buffer,
-            )?;
-            fill_from(
-                &mut file,
-                &mut wqkv,
-                dim,
-                &name("attn_k.weight"),
-                kv_dim,
-                &mut buffer,
-            )?;
-            fill_from(
-                &mut file,
-                &mut wqkv,
-                dim + kv_dim,
-                &name("attn_v.weight"),
-                kv_dim,
-                &mut buffer,
-            )?;
-            wqkv.drop_zero_offsets();
-            let mut w13 = QMatrix::zeroed(2 * ffn, dim);
-            fill_from(
-                &mut file,
-                &mut w13,
-                0,
-                &name("ffn_gate.weight"),
-                ffn,
-                &mut buffer,
-            )?;
-            fill_from(
-                &mut file,
-                &mut w13,
-                ffn,
-                &name("ffn_up.weight"),
-                ffn,
-                &mut buffer,
-            )?;
-            w13.drop_zero_offsets();
             layers.push(Layer {
                 attn_norm: load_vector(&mut file, &name("attn_norm.weight"), dim, &mut buffer)?,
-                wqkv,
+                wqkv: load_fused(
+                    &mut file,
+                    &[
+                        (&name("attn_q.weight"), dim),
+                        (&name("attn_k.weight"), kv_dim),
+                        (&name("attn_v.weight"), kv_dim),
+                    ],
+                    dim,
+                    &mut buffer,
+                )?,
                 wo: load_matrix(
                     &mut file,
                     &name("attn_output.weight"),
@@ -196,7 +153,15 @@ impl Model {
                     &mut buffer,
                 )?,
                 ffn_norm: load_vector(&mut file, &name("ffn_norm.weight"), dim, &mut buffer)?,
-                w13,
+                w13: load_fused(
+                    &mut file,
+                    &[
+                        (&name("ffn_gate.weight"), ffn),
+                        (&name("ffn_up.weight"), ffn),
+                    ],
+                    dim,
+                    &mut buffer,
+                )?,
                 w2: load_matrix(&mut file, &name("ffn_down.weight"), dim, ffn, &mut buffer)?,
             });
         }
@@ -558,6 +523,29 @@ fn read_config(file: &GgufFile) -> Result<ModelConfig, LlmError> {
             ),
         ));
     }
+    // The forward pass slices activations into heads and blocks: a zero or uneven size would panic there.
+    if config.dim == 0
+        || config.ffn_dim == 0
+        || !config.dim.is_multiple_of(BLOCK)
+        || !config.ffn_dim.is_multiple_of(BLOCK)
+    {
+        return Err(unsupported(
+            path,
+            format!(
+                "dimensions {} / {} are not nonzero multiples of {BLOCK}",
+                config.dim, config.ffn_dim
+            ),
+        ));
+    }
+    if !config.dim.is_multiple_of(config.n_heads) || !config.head_dim().is_multiple_of(2) {
+        return Err(unsupported(
+            path,
+            format!(
+                "embedding length {} does not split into {} heads of an even size",
+                config.dim, config.n_heads
+            ),
+        ));
+    }
     Ok(config)
 }
 
@@ -594,23 +582,30 @@ fn load_matrix(
     cols: usize,
     buffer: &mut Vec<u8>,
 ) -> Result<QMatrix, LlmError> {
-    let info = tensor_info(file, name, rows, cols)?;
-    file.read_tensor(&info, buffer)?;
-    Ok(QMatrix::from_ggml(info.ggml_type, buffer, rows, cols))
+    load_fused(file, &[(name, rows)], cols, buffer)
 }
 
-fn fill_from(
+/// The named tensors of (name, rows) x `cols` stacked into one matrix in order (Q, K and V share one pass). Every
+/// shape is checked before the matrix is allocated, so a corrupt size in the metadata fails without allocating it.
+fn load_fused(
     file: &mut GgufFile,
-    matrix: &mut QMatrix,
-    first_row: usize,
-    name: &str,
-    rows: usize,
+    parts: &[(&str, usize)],
+    cols: usize,
     buffer: &mut Vec<u8>,
-) -> Result<(), LlmError> {
-    let info = tensor_info(file, name, rows, matrix.cols)?;
-    file.read_tensor(&info, buffer)?;
-    matrix.fill_rows(first_row, info.ggml_type, buffer);
-    Ok(())
+) -> Result<QMatrix, LlmError> {
+    let infos = parts
+        .iter()
+        .map(|&(name, rows)| tensor_info(file, name, rows, cols))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut matrix = QMatrix::zeroed(parts.iter().map(|&(_, rows)| rows).sum(), cols);
+    let mut first_row = 0;
+    for (info, &(_, rows)) in infos.iter().zip(parts) {
+        file.read_tensor(info, buffer)?;
+        matrix.fill_rows(first_row, info.ggml_type, buffer);
+        first_row += rows;
+    }
+    matrix.drop_zero_offsets();
+    Ok(matrix)
 }
 
 fn load_vector(

@@ -147,6 +147,47 @@ fn huge_string_length() {
     );
 }
 
+fn kv_u32(b: &mut Vec<u8>, key: &str, value: u32) {
+    b.extend((key.len() as u64).to_le_bytes());
+    b.extend(key.as_bytes());
+    b.extend(4u32.to_le_bytes());
+    b.extend(value.to_le_bytes());
+}
+
+/// A llama header of `dim` split over `heads` heads, with a 2-token f32 embedding and nothing else.
+fn llama(dim: u32, heads: u32, ffn: u32) -> Vec<u8> {
+    let mut b = header(3, 1, 6);
+    kv_string(&mut b, "general.architecture", "llama");
+    kv_u32(&mut b, "llama.attention.head_count", heads);
+    kv_u32(&mut b, "llama.embedding_length", dim);
+    kv_u32(&mut b, "llama.block_count", 1);
+    kv_u32(&mut b, "llama.feed_forward_length", ffn);
+    kv_u32(&mut b, "llama.context_length", 16);
+    tensor(&mut b, "token_embd.weight", &[u64::from(dim), 2], 0, 0);
+    b.resize(b.len().next_multiple_of(32) + 8 * dim as usize, 0);
+    b
+}
+
+#[test]
+fn heads_of_size_zero() {
+    check(
+        &llama(64, 128, 64),
+        expect![
+            "unsupported model in $DIR/model.gguf: embedding length 64 does not split into 128 heads of an even size"
+        ],
+    );
+}
+
+#[test]
+fn zero_feed_forward_length() {
+    check(
+        &llama(64, 2, 0),
+        expect![
+            "unsupported model in $DIR/model.gguf: dimensions 64 / 0 are not nonzero multiples of 32"
+        ],
+    );
+}
+
 #[test]
 fn missing_file() {
     let error = Model::load(
