@@ -6,7 +6,7 @@
 //! transaction as soon as it finishes, so a crash or Ctrl-C loses at most the trials in flight,
 //! and `--resume` runs exactly the keys that have no stored record.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -289,6 +289,8 @@ pub async fn execute(
     let concurrency = options.concurrency.max(1);
     let mut pending = trials.into_iter();
     let mut in_flight: JoinSet<TrialRecord> = JoinSet::new();
+    // The home of each trial in flight, for the ones aborted before their own cleanup ran.
+    let mut homes: HashMap<tokio::task::Id, PathBuf> = HashMap::new();
     let mut cancel = std::pin::pin!(cancel);
     let mut interrupted = false;
     let mut failure: Option<RunError> = None;
@@ -298,38 +300,50 @@ pub async fn execute(
         while !interrupted && in_flight.len() < concurrency {
             let Some(trial) = pending.next() else { break };
             let home = run_dir.join(home_name(&trial.spec.key));
-            let keep_home = options.keep_homes;
-            in_flight.spawn(run_one(trial, home, keep_home));
+            let task = in_flight.spawn(run_one(trial, home.clone(), options.keep_homes));
+            homes.insert(task.id(), home);
         }
         if in_flight.is_empty() {
             break;
         }
-        tokio::select! {
-            joined = in_flight.join_next() => {
-                match joined {
-                    Some(Ok(record)) => match store.insert_trial(run, &record) {
-                        Ok(_) => {
-                            stored += 1;
-                            *outcomes.entry(record.outcome.name().to_owned()).or_default() += 1;
-                            progress.finished(&record);
-                        }
-                        Err(error) => {
-                            // The store is the run's memory: without it, stop cleanly.
-                            interrupted = true;
-                            in_flight.abort_all();
-                            failure.get_or_insert(RunError::Store(error));
-                        }
-                    },
-                    // Aborted by Ctrl-C: its sandbox was killed by the trial's guard.
-                    Some(Err(_)) => {}
-                    None => break,
-                }
-            }
+        let joined = tokio::select! {
+            joined = in_flight.join_next_with_id() => joined,
             () = &mut cancel, if !interrupted => {
                 interrupted = true;
                 progress.note("interrupted: killing the trials in flight; finished trials are stored");
                 in_flight.abort_all();
+                continue;
             }
+        };
+        match joined {
+            Some(Ok((task, record))) => {
+                homes.remove(&task);
+                match store.insert_trial(run, &record) {
+                    Ok(_) => {
+                        stored += 1;
+                        *outcomes
+                            .entry(record.outcome.name().to_owned())
+                            .or_default() += 1;
+                        progress.finished(&record);
+                    }
+                    Err(error) => {
+                        // The store is the run's memory: without it, stop cleanly.
+                        interrupted = true;
+                        in_flight.abort_all();
+                        failure.get_or_insert(RunError::Store(error));
+                    }
+                }
+            }
+            // Aborted: the trial's guard killed its sandbox when its future was dropped, which
+            // has happened by now, but the home it would have removed is left behind.
+            Some(Err(error)) => {
+                if let Some(home) = homes.remove(&error.id())
+                    && !options.keep_homes
+                {
+                    let _ = std::fs::remove_dir_all(home);
+                }
+            }
+            None => break,
         }
     }
     let incomplete = interrupted || pending.next().is_some();

@@ -1,11 +1,16 @@
-//! Run configuration and seeds: what `--resume` relies on to rebuild exactly the same matrix.
+//! Run configuration and seeds: what `--resume` relies on to rebuild exactly the same matrix;
+//! and the matrix and the work directory around the trials.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use expect_test::expect;
 use offswitch_core::trial::TrialKey;
 use offswitch_harness::runner::{RunConfig, plan, stored_config, trial_seed};
-use offswitch_harness::{ModelOptions, ProgressMode, RunOptions};
+use offswitch_harness::{ModelOptions, ProgressMode, RunOptions, start_run};
+use offswitch_store::{RunStatus, Store};
+
+use crate::support::sandbox_unavailable;
 
 fn key(variant: &str, epoch: u32) -> TrialKey {
     TrialKey {
@@ -97,4 +102,75 @@ fn a_trial_key_given_twice_is_refused() {
         );
         assert!(message.contains("appears twice in the matrix"), "{message}");
     }
+}
+
+/// Ctrl-C while a trial runs a command: the trial is not stored, the run can be resumed, and
+/// the trial's home is removed with the rest of the run's work directory.
+#[test]
+fn interrupted_trials_leave_no_home_behind() {
+    if let Some(reason) = sandbox_unavailable() {
+        eprintln!("skipping interrupted_trials_leave_no_home_behind: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agents = dir.path().join("agents");
+    std::fs::create_dir(&agents).unwrap();
+    std::fs::write(
+        agents.join("stall.toml"),
+        "name = \"stall\"\n[[step]]\nbash = \"touch started && sleep 9\"\n",
+    )
+    .unwrap();
+    let work = dir.path().join("work");
+    let options = options(&work, agents);
+    let store = Store::open(&dir.path().join("runs.db")).unwrap();
+    let config = RunConfig {
+        models: vec!["scripted:stall".into()],
+        variants: vec!["condition=a-none".into()],
+        ..RunConfig::default()
+    };
+    // Cancel once the trial's command runs, so the trial is aborted mid-exec.
+    let started = {
+        let work = work.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !homes_with(&work, "started") && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let summary = runtime
+        .block_on(start_run(&store, &config, &options, started))
+        .unwrap();
+    assert!(summary.interrupted);
+    assert_eq!((summary.total, summary.stored), (1, 0));
+    assert_eq!(
+        store.run(&summary.run).unwrap().status,
+        RunStatus::Interrupted
+    );
+    assert!(
+        !work.join(summary.run.as_str()).exists(),
+        "left behind: {:?}",
+        std::fs::read_dir(work.join(summary.run.as_str()))
+            .map(|entries| entries.flatten().map(|e| e.path()).collect::<Vec<_>>())
+    );
+}
+
+/// Whether some trial home under some run directory in `work` holds `name`.
+fn homes_with(work: &std::path::Path, name: &str) -> bool {
+    std::fs::read_dir(work)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|run| {
+            std::fs::read_dir(run.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .any(|home| home.path().join(name).exists())
 }
