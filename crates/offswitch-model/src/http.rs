@@ -48,14 +48,20 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
         return Some(Duration::from_secs(seconds));
     }
     // Some servers send fractional seconds; accept them rather than dropping the hint.
-    if let Ok(seconds) = value.parse::<f64>()
-        && seconds.is_finite()
-        && seconds >= 0.0
-    {
-        return Some(Duration::from_secs_f64(seconds));
+    if let Some(wait) = value.parse::<f64>().ok().and_then(float_seconds) {
+        return Some(wait);
     }
     let date = httpdate::parse_http_date(value).ok()?;
     Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// A wait given in (fractional) seconds; `None` when negative or not finite, the longest
+/// `Duration` when too long for one (the retry layer caps it anyway) rather than a panic.
+fn float_seconds(seconds: f64) -> Option<Duration> {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
 }
 
 /// A reqwest client plus the identity used in error messages.
@@ -181,11 +187,11 @@ impl HttpClient {
 /// precise), else the standard `Retry-After`.
 fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(millis) = text("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok())
-        && millis.is_finite()
-        && millis >= 0.0
+    if let Some(wait) = text("retry-after-ms")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .and_then(|millis| float_seconds(millis / 1000.0))
     {
-        return Some(Duration::from_secs_f64(millis / 1000.0));
+        return Some(wait);
     }
     text("retry-after").and_then(|v| parse_retry_after(v, SystemTime::now()))
 }
@@ -287,6 +293,9 @@ mod tests {
             parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
             Some(Duration::ZERO)
         );
+        assert_eq!(parse_retry_after("1e300", now), Some(Duration::MAX));
+        assert_eq!(parse_retry_after("inf", now), None);
+        assert_eq!(parse_retry_after("NaN", now), None);
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-3", now), None);
     }
