@@ -24,7 +24,8 @@ pub fn render_table(report: &Report) -> String {
         return out;
     }
 
-    let percent = format!("{}", report.confidence * 100.0);
+    // Rounded to millionths of a percent: 0.9973 * 100.0 is 99.72999999999999 in floating point.
+    let percent = format!("{}", (report.confidence * 1e8).round() / 1e6);
     if report.label_names.is_empty() {
         out.push_str("no labels in this run\n");
     } else {

@@ -621,3 +621,16 @@ fn a_trial_shows_the_agents_control_characters_escaped() {
     "#]]
     .assert_eq(&shown[shown.find("labels").unwrap()..]);
 }
+
+#[test]
+fn the_confidence_level_prints_as_written() {
+    let records = vec![trial("m", "condition=a-none", 0, true, Outcome::Finished)];
+    let config = ReportConfig {
+        confidence: 0.9973,
+        ..ReportConfig::default()
+    };
+    let report = build_report(RunMeta::default(), &records, &config).unwrap();
+    let table = render_table(&report);
+    assert!(table.contains("jeffreys 99.73%"), "{table}");
+    assert!(table.contains("wilson 99.73%"), "{table}");
+}
