@@ -324,7 +324,7 @@ pub async fn execute(
                         *outcomes
                             .entry(record.outcome.name().to_owned())
                             .or_default() += 1;
-                        progress.finished(&record);
+                        progress.finished(&record, &outcomes);
                     }
                     Err(error) => {
                         // The store is the run's memory: without it, stop cleanly.
@@ -346,7 +346,9 @@ pub async fn execute(
             None => break,
         }
     }
-    let incomplete = interrupted || pending.next().is_some();
+    // Counted rather than inferred from how the loop ended, so a trial lost any other way
+    // still leaves the run resumable.
+    let incomplete = already_done + stored < total;
     store.set_run_status(
         run,
         if incomplete {
@@ -440,7 +442,6 @@ struct Progress {
     plain: bool,
     done: u64,
     total: u64,
-    outcomes: BTreeMap<String, u64>,
     started: Instant,
 }
 
@@ -463,19 +464,14 @@ impl Progress {
             bar,
             done: already_done,
             total,
-            outcomes: BTreeMap::new(),
             started: Instant::now(),
         }
     }
 
-    fn finished(&mut self, record: &TrialRecord) {
+    /// `outcomes`: the counts of this invocation's stored trials, `record` included.
+    fn finished(&mut self, record: &TrialRecord, outcomes: &BTreeMap<String, usize>) {
         self.done += 1;
-        *self
-            .outcomes
-            .entry(record.outcome.name().to_owned())
-            .or_default() += 1;
-        let counts = self
-            .outcomes
+        let counts = outcomes
             .iter()
             .map(|(name, n)| format!("{name} {n}"))
             .collect::<Vec<_>>()
