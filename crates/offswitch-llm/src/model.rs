@@ -4,6 +4,7 @@
 //! sequences (one token each) and a long prefill share each pass over the weights. Attention then runs per token
 //! against that token's own sequence cache.
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -357,14 +358,13 @@ impl Model {
                 .par_chunks_mut(group * hd)
                 .enumerate()
                 .with_min_len(1)
-                .for_each_init(
-                    AttentionScratch::default,
-                    |scratch: &mut AttentionScratch, (task, out)| {
-                        let (t, g) = (task / c.n_kv_heads, task % c.n_kv_heads);
-                        let (si, pos, _) = rows[t];
-                        let seq = sequences[si];
-                        let q_at = t * qkv_dim + g * group * hd;
-                        let base = (li * c.n_kv_heads + g) * seq.capacity * hd;
+                .for_each(|(task, out)| {
+                    let (t, g) = (task / c.n_kv_heads, task % c.n_kv_heads);
+                    let (si, pos, _) = rows[t];
+                    let seq = sequences[si];
+                    let q_at = t * qkv_dim + g * group * hd;
+                    let base = (li * c.n_kv_heads + g) * seq.capacity * hd;
+                    ATTENTION_SCRATCH.with_borrow_mut(|scratch| {
                         attend_group(
                             hd,
                             &qkv[q_at..q_at + group * hd],
@@ -373,9 +373,9 @@ impl Model {
                             scale,
                             scratch,
                             out,
-                        );
-                    },
-                );
+                        )
+                    });
+                });
             s.acts.quantize(&s.att, dim);
             matmul(&layer.wo, &s.acts, &mut s.tmp, &mut s.transpose);
             add_into(&mut s.x, &s.tmp);
@@ -661,6 +661,13 @@ struct AttentionScratch {
     keys: Vec<f32>,
     values: Vec<f32>,
     scores: Vec<f32>,
+}
+
+thread_local! {
+    /// Kept on each pool worker across tasks and calls: `for_each_init` built a fresh scratch per rayon job, so every
+    /// layer of every token allocated (and, past glibc's mmap threshold, page-faulted) the whole widened cache again.
+    /// `attend_group` runs no parallel work, so the borrow is never re-entered.
+    static ATTENTION_SCRATCH: RefCell<AttentionScratch> = RefCell::default();
 }
 
 /// Causal attention of the `group` query heads that share one KV head, against `n` cached positions.
