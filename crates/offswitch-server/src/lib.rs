@@ -19,7 +19,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
-use offswitch_core::{BackendErrorKind, ChatBackend};
+use offswitch_core::{BackendErrorKind, ChatBackend, ChatRequest};
 use offswitch_embedded::EmbeddedBackend;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -89,64 +89,24 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
             Err(e) => backend_error_response(&e),
         };
     }
-    let chunk = {
-        let (id, model) = (id.clone(), model.clone());
-        move |delta: Value, finish: Option<&str>| {
-            json!({
-                "id": id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            })
-        }
+    let chunk = move |delta: Value, finish: Option<&str>| {
+        json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
     };
     let (events, receiver) = mpsc::unbounded_channel::<Value>();
     let _ = events.send(chunk(json!({"role": "assistant", "content": ""}), None));
     let backend = Arc::clone(&state.backend);
     tokio::spawn(async move {
-        let request = parsed.request;
-        if request.tools.is_empty() {
-            // Plain text streams token by token as the engine produces it.
-            let (deltas, mut delta_receiver) = mpsc::unbounded_channel::<String>();
-            let forward = {
-                let events = events.clone();
-                let chunk = chunk.clone();
-                async move {
-                    while let Some(text) = delta_receiver.recv().await {
-                        let _ = events.send(chunk(json!({"content": text}), None));
-                    }
-                }
-            };
-            let (result, ()) = tokio::join!(backend.generate(&request, Some(deltas)), forward);
-            match result {
-                Ok(reply) => {
-                    let finish = wire::finish_reason(&reply.finish_reason);
-                    let _ = events.send(chunk(json!({}), Some(finish)));
-                }
-                Err(e) => {
-                    let _ = events.send(json!({"error": {"message": e.to_string()}}));
-                }
-            }
-        } else {
-            // A tool call is only known once it is complete, so it is sent as one delta.
-            match backend.chat(&request).await {
-                Ok(response) => {
-                    if !response.message.content.is_empty() {
-                        let _ =
-                            events.send(chunk(json!({"content": response.message.content}), None));
-                    }
-                    if !response.message.tool_calls.is_empty() {
-                        let calls = wire::tool_calls(&response.message.tool_calls, true);
-                        let _ = events.send(chunk(json!({"tool_calls": calls}), None));
-                    }
-                    let finish = wire::finish_reason(&response.finish_reason);
-                    let _ = events.send(chunk(json!({}), Some(finish)));
-                }
-                Err(e) => {
-                    let _ = events.send(json!({"error": {"message": e.to_string()}}));
-                }
-            }
+        // A client that disconnects drops the stream and so the receiver: stop generating for
+        // it, which drops the engine's reply channel and frees its place in the batch.
+        tokio::select! {
+            () = stream_reply(&backend, &parsed.request, &events, chunk) => {}
+            () = events.closed() => {}
         }
     });
     let stream = tokio_stream_from(receiver)
@@ -155,6 +115,41 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
             Ok::<Event, Infallible>(Event::default().data("[DONE]"))
         }));
     Sse::new(stream).into_response()
+}
+
+/// Send the reply to `request` as chunk events: plain text token by token as the engine
+/// produces it, a tool call as one delta once it is complete.
+async fn stream_reply(
+    backend: &EmbeddedBackend,
+    request: &ChatRequest,
+    events: &mpsc::UnboundedSender<Value>,
+    chunk: impl Fn(Value, Option<&str>) -> Value,
+) {
+    let finish = if request.tools.is_empty() {
+        let (deltas, mut delta_receiver) = mpsc::unbounded_channel::<String>();
+        let forward = async {
+            while let Some(text) = delta_receiver.recv().await {
+                let _ = events.send(chunk(json!({"content": text}), None));
+            }
+        };
+        let (result, ()) = tokio::join!(backend.generate(request, Some(deltas)), forward);
+        result.map(|reply| reply.finish_reason)
+    } else {
+        backend.chat(request).await.map(|response| {
+            if !response.message.content.is_empty() {
+                let _ = events.send(chunk(json!({"content": response.message.content}), None));
+            }
+            if !response.message.tool_calls.is_empty() {
+                let calls = wire::tool_calls(&response.message.tool_calls, true);
+                let _ = events.send(chunk(json!({"tool_calls": calls}), None));
+            }
+            response.finish_reason
+        })
+    };
+    let _ = events.send(match finish {
+        Ok(reason) => chunk(json!({}), Some(wire::finish_reason(&reason))),
+        Err(e) => json!({"error": {"message": e.to_string()}}),
+    });
 }
 
 fn tokio_stream_from(

@@ -9,6 +9,11 @@ use serde_json::{Value, json};
 
 /// Serve the default model on an ephemeral loopback port; `None` (skip) when it is not cached.
 async fn start(test: &str) -> Option<String> {
+    start_with(test, 16).await
+}
+
+/// [`start`] with at most `max_batch` requests generated at once.
+async fn start_with(test: &str, max_batch: usize) -> Option<String> {
     let path = match default_models_dir().and_then(|dir| ensure_model(DEFAULT_MODEL, &dir, false)) {
         Ok(path) => path,
         Err(e) => {
@@ -21,6 +26,7 @@ async fn start(test: &str) -> Option<String> {
         EmbeddedOptions {
             name: Some(DEFAULT_MODEL.into()),
             max_argument_bytes: 96,
+            max_batch,
             ..EmbeddedOptions::default()
         },
     )
@@ -233,4 +239,48 @@ async fn the_harness_openai_backend_talks_to_the_server() {
     );
     assert_eq!(response.message.tool_calls[0].name, "bash");
     assert!(response.message.tool_calls[0].argument("command").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_a_stream_frees_its_place() {
+    let test = "a_client_that_leaves_a_stream_frees_its_place";
+    let Some(base) = start_with(test, 1).await else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    // Hot sampling rarely ends the turn, so this reply would take minutes to run out.
+    let mut abandoned = client
+        .post(format!("{base}/chat/completions"))
+        .json(&json!({
+            "messages": [{"role": "user", "content": "Write a very long story."}],
+            "stream": true,
+            "temperature": 2.0,
+            "seed": 7,
+            "max_tokens": 4000,
+        }))
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        abandoned
+            .chunk()
+            .await
+            .unwrap()
+            .expect("the stream has started");
+    }
+    drop(abandoned);
+    // The only place in the batch must come back to the next request.
+    let next = client
+        .post(format!("{base}/chat/completions"))
+        .json(&json!({
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "temperature": 0,
+            "max_tokens": 2,
+        }))
+        .send();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(20), next)
+        .await
+        .expect("the abandoned stream no longer holds the engine")
+        .unwrap();
+    assert_eq!(response.status(), 200);
 }
