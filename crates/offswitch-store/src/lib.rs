@@ -383,8 +383,8 @@ impl Store {
 
     /// The keys of every trial stored for `run`: what `--resume` skips.
     pub fn completed_keys(&self, run: &str) -> Result<HashSet<TrialKey>, StoreError> {
-        self.run(run)?;
         let context = || format!("reading the trial keys of run {run}");
+        require_run(&self.connection, run, context)?;
         let mut statement = self
             .connection
             .prepare_cached("SELECT model, scenario, variant, epoch FROM trials WHERE run_id = ?1")
@@ -417,16 +417,7 @@ impl Store {
         // One read transaction, so the trials and their children come from one snapshot even
         // while the runner keeps inserting.
         let transaction = self.connection.unchecked_transaction().context(context)?;
-        let exists: bool = transaction
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?1)",
-                [run],
-                |row| row.get(0),
-            )
-            .context(context)?;
-        if !exists {
-            return Err(StoreError::UnknownRun(run.to_owned()));
-        }
+        require_run(&transaction, run, context)?;
         let trials = load_trials(&transaction, "t.run_id = ?1", run)?;
         transaction.commit().context(context)?;
         Ok(trials)
@@ -441,16 +432,7 @@ impl Store {
             let index: u32 = index
                 .parse()
                 .map_err(|_| StoreError::BadTrialReference(reference.to_owned()))?;
-            let run_exists: bool = transaction
-                .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?1)",
-                    [run],
-                    |row| row.get(0),
-                )
-                .context(context)?;
-            if !run_exists {
-                return Err(StoreError::UnknownRun(run.to_owned()));
-            }
+            require_run(&transaction, run, context)?;
             transaction
                 .query_row(
                     "SELECT id FROM trials WHERE run_id = ?1 AND idx = ?2",
@@ -569,6 +551,26 @@ impl Store {
     }
 }
 
+/// `Err(UnknownRun)` unless `run` exists, read inside the caller's transaction.
+fn require_run(
+    connection: &Connection,
+    run: &str,
+    context: impl FnOnce() -> String,
+) -> Result<(), StoreError> {
+    let exists: bool = connection
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?1)",
+            [run],
+            |row| row.get(0),
+        )
+        .context(context)?;
+    if exists {
+        Ok(())
+    } else {
+        Err(StoreError::UnknownRun(run.to_owned()))
+    }
+}
+
 /// Insert one trial inside an open write transaction; the caller commits.
 fn insert_trial_in(
     transaction: &Transaction<'_>,
@@ -576,16 +578,7 @@ fn insert_trial_in(
     record: &TrialRecord,
 ) -> Result<TrialId, StoreError> {
     let context = || format!("inserting trial {} into run {run}", record.key);
-    let run_exists: bool = transaction
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?1)",
-            [run],
-            |row| row.get(0),
-        )
-        .context(context)?;
-    if !run_exists {
-        return Err(StoreError::UnknownRun(run.to_owned()));
-    }
+    require_run(transaction, run, context)?;
     let index: i64 = transaction
         .query_row(
             "SELECT COALESCE(MAX(idx), 0) + 1 FROM trials WHERE run_id = ?1",
