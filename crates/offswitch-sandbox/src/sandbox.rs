@@ -351,6 +351,9 @@ impl Sandbox {
         if stdin_left.is_empty() {
             stdin_write = None;
         }
+        // A pipe at EOF stays readable for good: it leaves the poll set (fd -1 is skipped).
+        let mut stdout_open = true;
+        let mut stderr_open = true;
         let mut pidfd: Option<OwnedFd> = None;
         let mut record: Option<[u8; child::STATUS_RECORD]> = None;
         let mut channel_closed = false;
@@ -376,14 +379,16 @@ impl Sandbox {
                 .saturating_duration_since(now)
                 .as_millis()
                 .min(i32::MAX as u128) as i32;
-            let mut polls = vec![
+            let open_fd = |open: bool, fd: &OwnedFd| if open { fd.as_raw_fd() } else { -1 };
+            let mut polls = [
                 poll_entry(exec_host.as_raw_fd(), libc::POLLIN),
-                poll_entry(stdout_read.as_raw_fd(), libc::POLLIN),
-                poll_entry(stderr_read.as_raw_fd(), libc::POLLIN),
+                poll_entry(open_fd(stdout_open, &stdout_read), libc::POLLIN),
+                poll_entry(open_fd(stderr_open, &stderr_read), libc::POLLIN),
+                poll_entry(
+                    stdin_write.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+                    libc::POLLOUT,
+                ),
             ];
-            if let Some(fd) = &stdin_write {
-                polls.push(poll_entry(fd.as_raw_fd(), libc::POLLOUT));
-            }
             // SAFETY: `polls` is a valid array of pollfd for its length.
             let ready = unsafe {
                 libc::poll(
@@ -399,12 +404,12 @@ impl Sandbox {
                 return Err(os_error("poll"));
             }
             if polls[1].revents != 0 {
-                drain(&stdout_read, &mut stdout);
+                stdout_open = drain(&stdout_read, &mut stdout);
             }
             if polls[2].revents != 0 {
-                drain(&stderr_read, &mut stderr);
+                stderr_open = drain(&stderr_read, &mut stderr);
             }
-            if polls.len() > 3 && polls[3].revents != 0 {
+            if polls[3].revents != 0 {
                 let fd = stdin_write.as_ref().expect("polled").as_raw_fd();
                 // SAFETY: writing from a valid slice to an fd we own.
                 let n = unsafe {
@@ -1446,15 +1451,21 @@ fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     }
 }
 
-fn drain(fd: &OwnedFd, sink: &mut HeadTail) {
+/// Read what the pipe holds now; false once it is at EOF (every writer closed) or broken.
+fn drain(fd: &OwnedFd, sink: &mut HeadTail) -> bool {
     let mut buffer = [0u8; 65536];
     loop {
         // SAFETY: reading into a valid buffer from a non-blocking fd we own.
         let n = unsafe { libc::read(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
-        if n <= 0 {
-            return;
+        if n > 0 {
+            sink.push(&buffer[..n as usize]);
+            continue;
         }
-        sink.push(&buffer[..n as usize]);
+        return n < 0
+            && matches!(
+                io::Error::last_os_error().kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            );
     }
 }
 

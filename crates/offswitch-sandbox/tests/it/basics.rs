@@ -321,3 +321,28 @@ fn execs_start_with_default_signal_dispositions() {
         "#]],
     );
 }
+
+#[test]
+fn closed_output_does_not_make_the_host_spin() {
+    // A shell that closes its stdout and stderr and keeps running leaves both pipes at EOF:
+    // the host must stop polling them rather than wake for the hang-up over and over.
+    fn thread_cpu() -> Duration {
+        // SAFETY: getrusage into a zeroed struct.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+            usage
+        };
+        let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+        Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+    }
+    let test = sandbox();
+    let before = thread_cpu();
+    let result = run(&test.sandbox, "exec >&- 2>&-; sleep 1");
+    let used = thread_cpu() - before;
+    assert_eq!(result.status, ExecStatus::Exited(0));
+    assert!(
+        used < Duration::from_millis(300),
+        "the host used {used:?} of CPU"
+    );
+}
