@@ -123,10 +123,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     });
+    // The runtime may still hold blocking threads of killed execs; do not wait for them, on the
+    // error path either (dropping a runtime waits for its blocking threads without a bound).
+    runtime.shutdown_timeout(Duration::from_secs(5));
     let summary = result.map_err(run_error)?;
     print_summary(&store, &summary)?;
-    // The runtime may still hold blocking threads of killed execs; do not wait for them.
-    runtime.shutdown_timeout(Duration::from_secs(5));
     Ok(if summary.interrupted {
         ExitCode::from(EXIT_INTERRUPTED)
     } else {
