@@ -14,6 +14,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, Response, StatusCode};
+use offswitch_core::{ChatResponse, FinishReason, Message, ToolCall, Usage};
 use serde_json::{Value, json};
 
 /// Which wire protocol the server speaks.
@@ -391,40 +392,32 @@ fn success_body(
     let completion_tokens = text.split_whitespace().count() + 10 * calls.len();
     match flavor {
         Flavor::OpenAi => {
-            let mut message = json!({
-                "role": "assistant",
-                "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) },
-            });
-            if !calls.is_empty() {
-                let wire: Vec<Value> = calls
-                    .iter()
-                    .enumerate()
-                    .map(|(i, call)| {
-                        json!({
-                            "id": format!("call_{number}_{i}"),
-                            "type": "function",
-                            "function": { "name": call.name, "arguments": call.arguments.to_string() },
-                        })
-                    })
-                    .collect();
-                message["tool_calls"] = Value::Array(wire);
-            }
-            json!({
-                "id": format!("chatcmpl-mock-{number}"),
-                "object": "chat.completion",
-                "created": 0,
-                "model": model,
-                "choices": [{
-                    "index": 0,
-                    "message": message,
-                    "finish_reason": if calls.is_empty() { "stop" } else { "tool_calls" },
-                }],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
+            let calls: Vec<ToolCall> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, call)| ToolCall {
+                    id: format!("call_{number}_{i}"),
+                    name: call.name.clone(),
+                    arguments: call.arguments.to_string(),
+                })
+                .collect();
+            let response = ChatResponse {
+                finish_reason: if calls.is_empty() {
+                    FinishReason::Stop
+                } else {
+                    FinishReason::ToolCalls
                 },
-            })
+                message: Message {
+                    tool_calls: calls,
+                    ..Message::assistant(text)
+                },
+                usage: Usage {
+                    prompt_tokens: prompt_tokens as u64,
+                    completion_tokens: completion_tokens as u64,
+                },
+            };
+            let model = model.as_str().unwrap_or_default();
+            crate::openai::completion_json(&format!("chatcmpl-mock-{number}"), 0, model, &response)
         }
         Flavor::Anthropic => {
             let mut content = Vec::new();

@@ -238,6 +238,58 @@ impl ChatBackend for OpenAiBackend {
     }
 }
 
+/// One OpenAI tool call object, as requests (assistant history) and replies carry it.
+pub fn tool_call_json(call: &ToolCall) -> Value {
+    json!({
+        "id": call.id,
+        "type": "function",
+        "function": { "name": call.name, "arguments": call.arguments },
+    })
+}
+
+/// The wire name of a finish reason; the inverse of the mapping in `parse_reply`.
+pub fn finish_reason_name(reason: &FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop | FinishReason::Other(_) => "stop",
+        FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
+    }
+}
+
+/// A whole `chat.completion` reply to `response`: what offswitch-server answers and the mock
+/// server plays back, and what [`OpenAiBackend`] reads.
+pub fn completion_json(id: &str, created: u64, model: &str, response: &ChatResponse) -> Value {
+    let message = &response.message;
+    let mut out_message = json!({
+        "role": "assistant",
+        // OpenAI sends `null` rather than "" when the assistant only called tools.
+        "content": if message.content.is_empty() && !message.tool_calls.is_empty() {
+            Value::Null
+        } else {
+            Value::String(message.content.clone())
+        },
+    });
+    if !message.tool_calls.is_empty() {
+        out_message["tool_calls"] = message.tool_calls.iter().map(tool_call_json).collect();
+    }
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": out_message,
+            "finish_reason": finish_reason_name(&response.finish_reason),
+        }],
+        "usage": {
+            "prompt_tokens": response.usage.prompt_tokens,
+            "completion_tokens": response.usage.completion_tokens,
+            "total_tokens": response.usage.prompt_tokens + response.usage.completion_tokens,
+        },
+    })
+}
+
 fn wire_message(message: &Message) -> Value {
     match message.role {
         Role::Tool => json!({
@@ -246,17 +298,7 @@ fn wire_message(message: &Message) -> Value {
             "content": message.content,
         }),
         Role::Assistant if !message.tool_calls.is_empty() => {
-            let calls: Vec<Value> = message
-                .tool_calls
-                .iter()
-                .map(|call| {
-                    json!({
-                        "id": call.id,
-                        "type": "function",
-                        "function": { "name": call.name, "arguments": call.arguments },
-                    })
-                })
-                .collect();
+            let calls: Vec<Value> = message.tool_calls.iter().map(tool_call_json).collect();
             // OpenAI wants `null` rather than "" when the assistant only called tools.
             let content = if message.content.is_empty() {
                 Value::Null

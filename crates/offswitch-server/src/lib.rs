@@ -21,6 +21,7 @@ use axum::routing::{get, post};
 use futures::StreamExt;
 use offswitch_core::{BackendErrorKind, ChatBackend, ChatRequest};
 use offswitch_embedded::EmbeddedBackend;
+use offswitch_model::openai::{completion_json, finish_reason_name};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -84,7 +85,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
     if !parsed.stream {
         return match state.backend.chat(&parsed.request).await {
             Ok(response) => {
-                axum::Json(wire::completion(&id, created, &model, &response)).into_response()
+                axum::Json(completion_json(&id, created, &model, &response)).into_response()
             }
             Err(e) => backend_error_response(&e),
         };
@@ -140,14 +141,14 @@ async fn stream_reply(
                 let _ = events.send(chunk(json!({"content": response.message.content}), None));
             }
             if !response.message.tool_calls.is_empty() {
-                let calls = wire::tool_calls(&response.message.tool_calls, true);
+                let calls = wire::tool_call_deltas(&response.message.tool_calls);
                 let _ = events.send(chunk(json!({"tool_calls": calls}), None));
             }
             response.finish_reason
         })
     };
     let _ = events.send(match finish {
-        Ok(reason) => chunk(json!({}), Some(wire::finish_reason(&reason))),
+        Ok(reason) => chunk(json!({}), Some(finish_reason_name(&reason))),
         Err(e) => json!({"error": {"message": e.to_string()}}),
     });
 }

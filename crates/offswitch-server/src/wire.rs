@@ -1,9 +1,10 @@
-//! The OpenAI chat-completions wire format, converted explicitly to and from core types.
+//! The request side of the OpenAI chat-completions wire format, read into core types. The
+//! reply side is written by `offswitch_model::openai`, the client that reads it.
 
 use offswitch_core::{
-    ChatRequest, ChatResponse, FinishReason, Message, Role, Sampling, ToolCall, ToolMode,
-    ToolParam, ToolSpec,
+    ChatRequest, Message, Role, Sampling, ToolCall, ToolMode, ToolParam, ToolSpec,
 };
+use offswitch_model::openai::tool_call_json;
 use serde_json::{Value, json};
 
 /// A request the server cannot serve, with the field at fault.
@@ -177,60 +178,15 @@ fn parse_tool(tool: &Value, index: usize) -> Result<ToolSpec, WireError> {
     })
 }
 
-pub(crate) fn finish_reason(reason: &FinishReason) -> &'static str {
-    match reason {
-        FinishReason::Stop | FinishReason::Other(_) => "stop",
-        FinishReason::Length => "length",
-        FinishReason::ToolCalls => "tool_calls",
-    }
-}
-
-/// OpenAI `tool_calls`; stream deltas also carry each call's index.
-pub(crate) fn tool_calls(calls: &[ToolCall], with_index: bool) -> Vec<Value> {
+/// OpenAI `tool_calls` deltas of a stream: the calls of a reply, each with its index.
+pub(crate) fn tool_call_deltas(calls: &[ToolCall]) -> Vec<Value> {
     calls
         .iter()
         .enumerate()
         .map(|(i, call)| {
-            let mut value = json!({
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
-            });
-            if with_index {
-                value["index"] = json!(i);
-            }
+            let mut value = tool_call_json(call);
+            value["index"] = json!(i);
             value
         })
         .collect()
-}
-
-pub(crate) fn completion(id: &str, created: u64, model: &str, response: &ChatResponse) -> Value {
-    let message = &response.message;
-    let mut out_message = json!({
-        "role": "assistant",
-        "content": if message.content.is_empty() && !message.tool_calls.is_empty() {
-            Value::Null
-        } else {
-            Value::String(message.content.clone())
-        },
-    });
-    if !message.tool_calls.is_empty() {
-        out_message["tool_calls"] = Value::Array(tool_calls(&message.tool_calls, false));
-    }
-    json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": out_message,
-            "finish_reason": finish_reason(&response.finish_reason),
-        }],
-        "usage": {
-            "prompt_tokens": response.usage.prompt_tokens,
-            "completion_tokens": response.usage.completion_tokens,
-            "total_tokens": response.usage.prompt_tokens + response.usage.completion_tokens,
-        },
-    })
 }
