@@ -468,6 +468,7 @@ impl Sandbox {
         if n > 0
             && let Ok(new_cwd) = std::str::from_utf8(&cwd_bytes[..n as usize])
             && new_cwd.starts_with('/')
+            && !new_cwd.contains('\0')
         {
             *lock(&self.cwd) = new_cwd.to_string();
         }

@@ -346,3 +346,19 @@ fn closed_output_does_not_make_the_host_spin() {
         "the host used {used:?} of CPU"
     );
 }
+
+#[test]
+fn a_cwd_report_with_a_nul_is_ignored() {
+    // The command can write its own "final cwd" on fd 198; one with a NUL byte would go into
+    // every later exec's environment and make each of them fail.
+    check(
+        &["cd /tmp; printf '/var\\0x' >&198; trap - EXIT", "pwd"],
+        expect![[r#"
+            $ cd /tmp; printf '/var\0x' >&198; trap - EXIT
+            Exited(0)
+            $ pwd
+            Exited(0)
+            /home/agent
+        "#]],
+    );
+}
