@@ -158,16 +158,10 @@ impl CachedBackend {
         &self,
         request: &ChatRequest,
     ) -> (Result<ChatResponse, BackendError>, CacheStatus) {
-        let backend_id = self.inner.id();
-        let key = ResponseCache::key(&backend_id, request);
-        if let Some(response) = self.cache.get(&key).await {
-            return (Ok(response), CacheStatus::Hit);
-        }
-        let result = self.inner.chat(request).await;
-        if let Ok(response) = &result {
-            store(&self.cache, &key, &backend_id, response).await;
-        }
-        (result, CacheStatus::Miss)
+        let call = async { (self.inner.chat(request).await, ()) };
+        let (result, (), status) =
+            cached_call(Some(&self.cache), &self.inner.id(), request, call).await;
+        (result, status)
     }
 }
 
@@ -182,16 +176,31 @@ impl ChatBackend for CachedBackend {
     }
 }
 
-/// A failed cache write costs a future re-run, not this call, so it is logged and not returned.
-pub(crate) async fn store(
-    cache: &ResponseCache,
-    key: &str,
+/// Answer `request` from `cache` when it holds a response for `backend_id`, else with `call`,
+/// storing a success. `call` also returns what else the caller wants to know of it (its failed
+/// attempts), which is empty on a hit. A failed cache write costs a future re-run, not this
+/// call, so it is logged and not returned.
+pub(crate) async fn cached_call<T: Default>(
+    cache: Option<&ResponseCache>,
     backend_id: &str,
-    response: &ChatResponse,
-) {
-    if let Err(e) = cache.put(key, backend_id, response).await {
+    request: &ChatRequest,
+    call: impl Future<Output = (Result<ChatResponse, BackendError>, T)>,
+) -> (Result<ChatResponse, BackendError>, T, CacheStatus) {
+    let Some(cache) = cache else {
+        let (result, extra) = call.await;
+        return (result, extra, CacheStatus::Miss);
+    };
+    let key = ResponseCache::key(backend_id, request);
+    if let Some(response) = cache.get(&key).await {
+        return (Ok(response), T::default(), CacheStatus::Hit);
+    }
+    let (result, extra) = call.await;
+    if let Ok(response) = &result
+        && let Err(e) = cache.put(&key, backend_id, response).await
+    {
         tracing::warn!("{e}");
     }
+    (result, extra, CacheStatus::Miss)
 }
 
 #[derive(Serialize)]

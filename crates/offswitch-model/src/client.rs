@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use offswitch_core::{BackendError, ChatBackend, ChatRequest, ChatResponse};
 
-use crate::cache::{CacheStatus, ResponseCache, store};
+use crate::cache::{CacheStatus, ResponseCache, cached_call};
 use crate::resilient::{AttemptFailure, ResilienceConfig, ResilientBackend};
 
 /// What one model call did, for the transcript.
@@ -43,31 +43,13 @@ impl ModelClient {
     }
 
     pub async fn call(&self, request: &ChatRequest) -> ModelCall {
-        let Some(cache) = &self.cache else {
-            let (result, failures) = self.resilient.chat_logged(request).await;
-            return ModelCall {
-                result,
-                failures,
-                cache: CacheStatus::Miss,
-            };
-        };
-        let backend_id = self.resilient.id();
-        let key = ResponseCache::key(&backend_id, request);
-        if let Some(response) = cache.get(&key).await {
-            return ModelCall {
-                result: Ok(response),
-                failures: Vec::new(),
-                cache: CacheStatus::Hit,
-            };
-        }
-        let (result, failures) = self.resilient.chat_logged(request).await;
-        if let Ok(response) = &result {
-            store(cache, &key, &backend_id, response).await;
-        }
+        let call = self.resilient.chat_logged(request);
+        let (result, failures, cache) =
+            cached_call(self.cache.as_ref(), &self.resilient.id(), request, call).await;
         ModelCall {
             result,
             failures,
-            cache: CacheStatus::Miss,
+            cache,
         }
     }
 }
