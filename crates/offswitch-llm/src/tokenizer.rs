@@ -161,19 +161,39 @@ impl Tokenizer {
     /// without it, such text is tokenised as ordinary characters. No BOS is added.
     pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
         let mut ids = Vec::new();
-        let mut rest = text;
-        while !rest.is_empty() {
-            match self.next_special(rest, parse_special) {
-                Some((at, piece_len, id)) => {
-                    self.encode_plain(&rest[..at], &mut ids);
-                    ids.push(id);
-                    rest = &rest[at + piece_len..];
+        // Each special's next occurrence at or after `done`, searched again only once `done` passes it: text full
+        // of specials costs one scan of the text per special, not one per occurrence (which was quadratic).
+        // `None` once a special cannot occur again (or is not parsed).
+        let mut next: Vec<Option<usize>> = self
+            .specials
+            .iter()
+            .map(|(piece, _, is_control)| {
+                (parse_special || !is_control)
+                    .then(|| text.find(piece.as_str()))
+                    .flatten()
+            })
+            .collect();
+        let mut done = 0;
+        while done < text.len() {
+            let mut best: Option<(usize, usize, u32)> = None;
+            for ((piece, id, _), next) in self.specials.iter().zip(&mut next) {
+                if next.is_some_and(|at| at < done) {
+                    *next = text[done..].find(piece.as_str()).map(|at| done + at);
                 }
-                None => {
-                    self.encode_plain(rest, &mut ids);
-                    break;
+                // Earliest wins; at one offset the longest, as `specials` is sorted longest first.
+                if let Some(at) = *next
+                    && best.is_none_or(|(b, _, _)| at < b)
+                {
+                    best = Some((at, piece.len(), *id));
                 }
             }
+            let Some((at, piece_len, id)) = best else {
+                self.encode_plain(&text[done..], &mut ids);
+                break;
+            };
+            self.encode_plain(&text[done..at], &mut ids);
+            ids.push(id);
+            done = at + piece_len;
         }
         ids
     }
@@ -211,22 +231,6 @@ impl Tokenizer {
 
     pub fn eos_id(&self) -> Option<u32> {
         self.eos_id
-    }
-
-    /// The earliest special piece in `text`: (byte offset, byte length, id).
-    fn next_special(&self, text: &str, parse_special: bool) -> Option<(usize, usize, u32)> {
-        let mut best: Option<(usize, usize, u32)> = None;
-        for (piece, id, is_control) in &self.specials {
-            if *is_control && !parse_special {
-                continue;
-            }
-            if let Some(at) = text.find(piece.as_str())
-                && best.is_none_or(|(b, len, _)| at < b || (at == b && piece.len() > len))
-            {
-                best = Some((at, piece.len(), *id));
-            }
-        }
-        best
     }
 
     fn encode_plain(&self, text: &str, ids: &mut Vec<u32>) {

@@ -149,6 +149,25 @@ fn greedy_generation_matches_llama_cpp() {
 }
 
 #[test]
+fn text_full_of_specials_encodes_in_linear_time() {
+    let Some(model) = model() else { return };
+    let t = model.tokenizer();
+    let end = t
+        .token_id("<|im_end|>")
+        .expect("<|im_end|> in the vocabulary");
+    // 50k specials in 600 kB: searching every special's text again after each match took ~55 s in a debug build.
+    let text = "<|im_end|>x ".repeat(50_000);
+    let started = std::time::Instant::now();
+    let ids = t.encode(&text, true);
+    let elapsed = started.elapsed();
+    assert_eq!(ids.iter().filter(|&&id| id == end).count(), 50_000);
+    assert!(
+        elapsed < std::time::Duration::from_secs(20),
+        "encoding took {elapsed:?}"
+    );
+}
+
+#[test]
 fn batched_forward_equals_one_at_a_time() {
     let Some(model) = model() else { return };
     let t = model.tokenizer();
