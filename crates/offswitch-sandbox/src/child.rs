@@ -710,24 +710,7 @@ unsafe fn start_exec(plan: &mut InitPlan, slots: &mut [Slot; MAX_SLOTS]) {
             return;
         }
         let mut fds = [-1 as c_int; REQUEST_FDS];
-        let mut count = 0;
-        let mut cmsg = libc::CMSG_FIRSTHDR(&header);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg) as *const c_int;
-                let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                for index in 0..payload / std::mem::size_of::<c_int>() {
-                    let fd = std::ptr::read_unaligned(data.add(index));
-                    if count < REQUEST_FDS {
-                        fds[count] = fd;
-                        count += 1;
-                    } else {
-                        libc::close(fd);
-                    }
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&header, cmsg);
-        }
+        let count = received_fds(&header, &mut fds);
         let length = n as usize;
         let close_request = |fds: &[c_int; REQUEST_FDS]| {
             for &fd in fds {
@@ -770,32 +753,64 @@ unsafe fn start_exec(plan: &mut InitPlan, slots: &mut [Slot; MAX_SLOTS]) {
         let socket = fds[4];
         // Reply: the child's pid in the sandbox (i32) with its pidfd attached.
         let pid = pid as c_int;
-        let reply = pid.to_le_bytes();
-        let mut reply_iov = libc::iovec {
-            iov_base: reply.as_ptr() as *mut c_void,
-            iov_len: reply.len(),
-        };
-        let mut reply_space = [0u64; 4];
-        let mut reply_header: libc::msghdr = std::mem::zeroed();
-        reply_header.msg_iov = &mut reply_iov;
-        reply_header.msg_iovlen = 1;
-        reply_header.msg_control = reply_space.as_mut_ptr().cast();
-        reply_header.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<c_int>() as u32) as _;
-        let reply_cmsg = libc::CMSG_FIRSTHDR(&reply_header);
-        (*reply_cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*reply_cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*reply_cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<c_int>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(reply_cmsg) as *mut c_int, pidfd);
-        libc::sendmsg(
-            socket,
-            &reply_header,
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        );
+        send_with_fd(socket, &pid.to_le_bytes(), pidfd, libc::MSG_DONTWAIT);
         libc::close(pidfd);
         for &fd in &fds[..4] {
             libc::close(fd);
         }
         slots[free] = Slot { pid, socket };
+    }
+}
+
+/// Keep the first `fds.len()` descriptors a received message carried (in order) and close
+/// the rest; returns how many were kept. Without allocation, for init and the zygote.
+pub(crate) unsafe fn received_fds(header: &libc::msghdr, fds: &mut [c_int]) -> usize {
+    let mut count = 0;
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg) as *const c_int;
+                let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for index in 0..payload / std::mem::size_of::<c_int>() {
+                    let fd = std::ptr::read_unaligned(data.add(index));
+                    if count < fds.len() {
+                        fds[count] = fd;
+                        count += 1;
+                    } else {
+                        libc::close(fd);
+                    }
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    count
+}
+
+/// Send `bytes` with `fd` attached (nothing attached when `fd` is negative), without
+/// allocation, for init and the zygote. Best effort: the receiver sees a closed socket or
+/// a missing reply if this fails.
+pub(crate) unsafe fn send_with_fd(socket: c_int, bytes: &[u8], fd: c_int, flags: c_int) {
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: bytes.as_ptr() as *mut c_void,
+            iov_len: bytes.len(),
+        };
+        let mut space = [0u64; 4];
+        let mut header: libc::msghdr = std::mem::zeroed();
+        header.msg_iov = &mut iov;
+        header.msg_iovlen = 1;
+        if fd >= 0 {
+            header.msg_control = space.as_mut_ptr().cast();
+            header.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<c_int>() as u32) as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&header);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<c_int>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut c_int, fd);
+        }
+        libc::sendmsg(socket, &header, libc::MSG_NOSIGNAL | flags);
     }
 }
 

@@ -193,21 +193,7 @@ unsafe fn serve_one(state: &mut ZygoteState) {
             return;
         }
         let mut fds = [-1 as c_int; 2];
-        let mut count = 0;
-        let cmsg = libc::CMSG_FIRSTHDR(&message);
-        if !cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-            let data = libc::CMSG_DATA(cmsg) as *const c_int;
-            let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-            for index in 0..payload / std::mem::size_of::<c_int>() {
-                let fd = std::ptr::read_unaligned(data.add(index));
-                if count < 2 {
-                    fds[count] = fd;
-                    count += 1;
-                } else {
-                    libc::close(fd);
-                }
-            }
-        }
+        let count = child::received_fds(&message, &mut fds);
         let with_cgroup = header[0] != 0;
         let wanted = if with_cgroup { 2 } else { 1 };
         let mut reply: i32 = -libc::EINVAL;
@@ -254,26 +240,7 @@ unsafe fn serve_one(state: &mut ZygoteState) {
                 libc::close(fd);
             }
         }
-        let bytes = reply.to_le_bytes();
-        let mut reply_iov = libc::iovec {
-            iov_base: bytes.as_ptr() as *mut c_void,
-            iov_len: bytes.len(),
-        };
-        let mut reply_space = [0u64; 4];
-        let mut reply_message: libc::msghdr = std::mem::zeroed();
-        reply_message.msg_iov = &mut reply_iov;
-        reply_message.msg_iovlen = 1;
-        if pidfd >= 0 {
-            reply_message.msg_control = reply_space.as_mut_ptr().cast();
-            reply_message.msg_controllen =
-                libc::CMSG_SPACE(std::mem::size_of::<c_int>() as u32) as _;
-            let reply_cmsg = libc::CMSG_FIRSTHDR(&reply_message);
-            (*reply_cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*reply_cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*reply_cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<c_int>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(reply_cmsg) as *mut c_int, pidfd);
-        }
-        libc::sendmsg(state.socket, &reply_message, libc::MSG_NOSIGNAL);
+        child::send_with_fd(state.socket, &reply.to_le_bytes(), pidfd, 0);
         if pidfd >= 0 {
             libc::close(pidfd);
         }
