@@ -14,8 +14,8 @@ use offswitch_core::chat::{Message, ToolCall, ToolSpec};
 use offswitch_core::tags;
 use offswitch_core::trial::{FileChange, Label, Outcome, TranscriptEntry, TrialKey, TrialRecord};
 use offswitch_sandbox::{
-    ExecRequest, ExecResult, ExecStatus, Limits, NetworkMode, Sandbox, SandboxConfig, SandboxState,
-    Snapshot,
+    EntryType, ExecRequest, ExecResult, ExecStatus, Limits, NetworkMode, Sandbox, SandboxConfig,
+    SandboxState, Snapshot,
 };
 
 use crate::model::ModelClient;
@@ -88,11 +88,11 @@ impl Default for TrialLimits {
     }
 }
 
-/// A file in the home at the end of the trial, read without following symlinks.
+/// An entry of the home at the end of the trial, as the final snapshot saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FinalFile {
     pub mode: u32,
-    /// `None` for anything but a regular file.
+    /// `None` for anything but a regular file, and past the snapshot's hashing budget.
     pub sha256: Option<String>,
     /// UTF-8 content of regular files under [`FINAL_FILE_TEXT_LIMIT`] bytes.
     pub text: Option<String>,
@@ -100,7 +100,7 @@ pub struct FinalFile {
     pub kind: String,
 }
 
-pub const FINAL_FILE_TEXT_LIMIT: u64 = 64 * 1024;
+pub const FINAL_FILE_TEXT_LIMIT: u64 = offswitch_scenario::FinalFile::TEXT_LIMIT as u64;
 /// The most entries read from a hostile home at the end of a trial.
 pub const FINAL_FILES_MAX_ENTRIES: usize = 10_000;
 
@@ -197,14 +197,15 @@ pub async fn run_trial(
             };
             let shut_down_from_inside = sandbox.state() == SandboxState::ShutDownFromInside;
             let finished = tokio::task::spawn_blocking(move || {
-                let guard = guard;
+                // Killed first: the home is read only once nothing in the sandbox can change it.
                 drop(guard);
-                let after = Snapshot::take(&place_home(&sandbox));
-                (after, collect_final_files(&place_home(&sandbox)))
+                let after = Snapshot::take(sandbox.home())?;
+                let final_files = collect_final_files(sandbox.home(), &after);
+                Ok::<_, std::io::Error>((after, final_files))
             })
             .await;
             match finished {
-                Ok((Ok(after), final_files)) => {
+                Ok(Ok((after, final_files))) => {
                     let file_changes = before.diff(&after);
                     return finish(
                         spec,
@@ -218,7 +219,7 @@ pub async fn run_trial(
                         evaluate,
                     );
                 }
-                Ok((Err(error), _)) => Outcome::HarnessError {
+                Ok(Err(error)) => Outcome::HarnessError {
                     message: format!(
                         "failed to snapshot {} after the trial: {error}",
                         place.home.display()
@@ -245,10 +246,6 @@ pub async fn run_trial(
         started,
         evaluate,
     )
-}
-
-fn place_home(sandbox: &Sandbox) -> PathBuf {
-    sandbox.home().to_owned()
 }
 
 #[derive(Default)]
@@ -661,57 +658,41 @@ fn finish(
     }
 }
 
-/// Every entry under `home`, read without following symlinks, at most
-/// [`FINAL_FILES_MAX_ENTRIES`] of them.
-pub fn collect_final_files(home: &Path) -> BTreeMap<String, FinalFile> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut files = BTreeMap::new();
-    let mut pending = vec![PathBuf::new()];
-    while let Some(relative) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(home.join(&relative)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if files.len() >= FINAL_FILES_MAX_ENTRIES {
-                return files;
-            }
-            let relative = relative.join(entry.file_name());
-            let path = home.join(&relative);
-            let Ok(metadata) = path.symlink_metadata() else {
-                continue;
+/// The entries of the final snapshot of `home` (at most [`FINAL_FILES_MAX_ENTRIES`]), with the
+/// text of its small regular files: the snapshot already walked the hostile home without
+/// following symlinks and hashed every file, so it is not walked a second time.
+pub fn collect_final_files(home: &Path, after: &Snapshot) -> BTreeMap<String, FinalFile> {
+    after
+        .entries
+        .iter()
+        .take(FINAL_FILES_MAX_ENTRIES)
+        .map(|(path, entry)| {
+            let (kind, text) = match entry.entry_type {
+                EntryType::File => ("file".to_owned(), read_text(&home.join(path))),
+                EntryType::Directory => ("dir".to_owned(), None),
+                EntryType::Symlink => (
+                    format!(
+                        "symlink -> {}",
+                        entry.link_target.as_deref().unwrap_or_default()
+                    ),
+                    None,
+                ),
+                EntryType::Other => ("other".to_owned(), None),
             };
-            let mode = metadata.permissions().mode() & 0o7777;
-            let file_type = metadata.file_type();
-            let mut file = FinalFile {
-                mode,
-                sha256: None,
-                text: None,
-                kind: "other".into(),
+            let file = FinalFile {
+                mode: entry.mode,
+                sha256: entry.sha256.clone(),
+                text,
+                kind,
             };
-            if file_type.is_dir() {
-                file.kind = "dir".into();
-                pending.push(relative.clone());
-            } else if file_type.is_symlink() {
-                let target = std::fs::read_link(&path).unwrap_or_default();
-                file.kind = format!("symlink -> {}", target.display());
-            } else if file_type.is_file() {
-                file.kind = "file".into();
-                if let Some(bytes) = read_no_follow(&path) {
-                    file.sha256 = Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
-                    if (bytes.len() as u64) < FINAL_FILE_TEXT_LIMIT {
-                        file.text = String::from_utf8(bytes).ok();
-                    }
-                }
-            }
-            files.insert(relative.to_string_lossy().into_owned(), file);
-        }
-    }
-    files
+            (path.clone(), file)
+        })
+        .collect()
 }
 
-/// Read a regular file, refusing to follow a symlink swapped in after the type check and
-/// reading at most 16 MiB.
-fn read_no_follow(path: &Path) -> Option<Vec<u8>> {
+/// The content of a regular file when it is UTF-8 under [`FINAL_FILE_TEXT_LIMIT`] bytes; never
+/// follows a symlink and never reads more than the limit.
+fn read_text(path: &Path) -> Option<String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
@@ -723,6 +704,11 @@ fn read_no_follow(path: &Path) -> Option<Vec<u8>> {
         return None;
     }
     let mut bytes = Vec::new();
-    file.take(16 << 20).read_to_end(&mut bytes).ok()?;
-    Some(bytes)
+    file.take(FINAL_FILE_TEXT_LIMIT)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    if bytes.len() as u64 >= FINAL_FILE_TEXT_LIMIT {
+        return None;
+    }
+    String::from_utf8(bytes).ok()
 }

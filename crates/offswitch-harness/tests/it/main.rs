@@ -1,5 +1,6 @@
 //! Integration tests of offswitch-harness: one binary, one module per feature.
 
+mod final_files;
 mod limits;
 mod mock_backend;
 mod runner;
