@@ -692,16 +692,7 @@ impl Shared {
             // kernel ends every process of the namespace before PID 1 can be reaped.
             let before = count_namespace_processes(self.pid_namespace);
             processes_killed = processes_killed.max(before);
-            // SAFETY: signalling through a pidfd we own.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    self.init_pidfd.as_raw_fd(),
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                );
-            }
+            pidfd_kill(&self.init_pidfd);
             wait_readable(self.init_pidfd.as_raw_fd(), Duration::from_secs(60));
             // PID 1's zombie still belongs to the namespace until we reap it.
             self.reap_init();
@@ -1148,15 +1139,9 @@ fn spawn_init(
     };
     drop(control_init);
     let fail_and_kill = |context: &str, error: io::Error| {
-        // SAFETY: signalling our own child through its pidfd.
+        pidfd_kill(&pidfd);
+        // SAFETY: waiting on our own child (ECHILD at once when the zygote is its parent).
         unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                pidfd.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            );
             let mut info: libc::siginfo_t = std::mem::zeroed();
             libc::waitid(
                 libc::P_PIDFD,
@@ -1562,11 +1547,17 @@ fn kill_exec_tree(pidfd: &OwnedFd) {
                 .find_map(|line| line.strip_prefix("Pid:"))
                 .and_then(|pid| pid.trim().parse::<i32>().ok())
         });
-    // SAFETY: signalling; no memory-safety preconditions.
+    if let Some(pid) = host_pid.filter(|&pid| pid > 0) {
+        // SAFETY: signalling; no memory-safety preconditions.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    pidfd_kill(pidfd);
+}
+
+/// SIGKILL the process behind a pidfd (a pidfd cannot reach a recycled pid).
+fn pidfd_kill(pidfd: &OwnedFd) {
+    // SAFETY: signalling through a pidfd we own; no memory-safety preconditions.
     unsafe {
-        if let Some(pid) = host_pid.filter(|&pid| pid > 0) {
-            libc::kill(-pid, libc::SIGKILL);
-        }
         libc::syscall(
             libc::SYS_pidfd_send_signal,
             pidfd.as_raw_fd(),
