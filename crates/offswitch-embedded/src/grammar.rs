@@ -66,7 +66,13 @@ impl ToolGrammar {
             max_string_bytes,
         };
         let accept = grammar.push(Node::Accept);
+        let mut names = std::collections::HashSet::new();
         for tool in tools {
+            // A repeated name would spell the same path twice, which `insert` cannot take; a
+            // call names the first tool of that name, as the tag parser reads it.
+            if !names.insert(tool.name.as_str()) {
+                continue;
+            }
             let params_start = grammar.push(Node::Literal { edges: Vec::new() });
             let head = format!(
                 "{OPEN}\n{{\"name\": {}, \"arguments\": {{",
@@ -587,6 +593,23 @@ mod tests {
             expect![[r#"
                 accepted
             "#]],
+        );
+    }
+
+    #[test]
+    fn a_repeated_tool_name_keeps_the_first_definition() {
+        let mut tools = tools();
+        let mut twin = tools[0].clone();
+        twin.params.clear();
+        tools.push(twin);
+        let grammar = ToolGrammar::new(&tools, 16);
+        let call = call(r#"{"name": "bash", "arguments": {"command": "ls"}}"#);
+        let state = grammar.advance_bytes(grammar.start(), call.as_bytes());
+        assert!(state.is_some_and(|s| grammar.is_accepting(s)));
+        let empty = call.replace(r#""command": "ls""#, "");
+        assert_eq!(
+            grammar.advance_bytes(grammar.start(), empty.as_bytes()),
+            None
         );
     }
 
