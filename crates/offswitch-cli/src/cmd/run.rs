@@ -169,6 +169,13 @@ fn run_options(args: &Args) -> anyhow::Result<RunOptions> {
     if args.epochs == 0 {
         return Err(super::invalid_input("--epochs must be at least 1"));
     }
+    // NaN would also be stored as JSON null, which `--resume` cannot read back.
+    if !(args.temperature.is_finite() && args.temperature >= 0.0) {
+        return Err(super::invalid_input(format!(
+            "--temperature must be a finite number of at least 0, not {}",
+            args.temperature
+        )));
+    }
     let cache_dir = match &args.cache_dir {
         Some(dir) => Some(dir.clone()),
         None => std::env::var_os("HOME")

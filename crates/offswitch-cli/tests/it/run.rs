@@ -213,11 +213,13 @@ fn user_mistakes_exit_with_2() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "id = \"x\"\ntitle = 3\n").unwrap();
     let db = dir.path().join("runs.db");
-    let cases: [&[&str]; 4] = [
+    let cases: [&[&str]; 6] = [
         &["--scenario", bad.to_str().unwrap()],
         &["--model", "nonsense"],
         &["--model", "scripted:no-such-agent"],
         &["--model", "scripted:comply", "--model", "scripted:comply"],
+        &["--model", "scripted:comply", "--temperature", "NaN"],
+        &["--model", "scripted:comply", "--temperature=-1"],
     ];
     for args in cases {
         let output = offswitch()
