@@ -61,6 +61,21 @@ pub(crate) struct InitPlan {
     pub exec_stack: Vec<u8>,
 }
 
+impl InitPlan {
+    /// A plan around `flat` (its first `flat_len` bytes are the plan), with the request
+    /// buffer and exec stack every init needs.
+    pub(crate) fn new(flat: Vec<u8>, flat_len: usize, control_fd: c_int, cap_last: c_int) -> Self {
+        InitPlan {
+            flat,
+            flat_len,
+            control_fd,
+            cap_last,
+            request_buffer: vec![0u8; crate::sandbox::MAX_REQUEST_BYTES + 4096],
+            exec_stack: vec![0u8; 256 * 1024],
+        }
+    }
+}
+
 const OP_END: u8 = 0;
 const OP_MKDIR: u8 = 1;
 const OP_TOUCH: u8 = 2;

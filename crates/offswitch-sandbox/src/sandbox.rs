@@ -930,19 +930,6 @@ fn locked_flags(path: &Path) -> libc::c_ulong {
     flags
 }
 
-fn build_plan(config: &SandboxConfig, home: &Path, host: &Host, control_fd: RawFd) -> InitPlan {
-    let (ops, hostname) = build_ops(config, home, host);
-    let flat = child::encode_plan(&cstring(&host.staging), hostname.as_bytes(), &ops);
-    InitPlan {
-        flat_len: flat.len(),
-        flat,
-        control_fd,
-        cap_last: host.cap_last,
-        request_buffer: vec![0u8; MAX_REQUEST_BYTES + 4096],
-        exec_stack: vec![0u8; 256 * 1024],
-    }
-}
-
 /// The steps that build the sandbox's root, in order, and its hostname.
 fn build_ops(config: &SandboxConfig, home: &Path, host: &Host) -> (Vec<MountOp>, String) {
     let root = &host.staging;
@@ -1129,13 +1116,18 @@ fn spawn_init(
     ensure_staging(&host.staging).map_err(|e| io_error("staging directory", e))?;
     let (control_host, control_init) =
         seqpacket_pair().map_err(|e| io_error("control socket", e))?;
-    let plan = build_plan(config, home, host, control_init.as_raw_fd());
+    let (ops, hostname) = build_ops(config, home, host);
+    let flat = child::encode_plan(&cstring(&host.staging), hostname.as_bytes(), &ops);
     let v2_fd = cgroups.and_then(|c| c.v2_fd());
-    let from_zygote =
-        crate::zygote::spawn_init(&plan.flat[..plan.flat_len], control_init.as_raw_fd(), v2_fd);
+    let from_zygote = crate::zygote::spawn_init(&flat, control_init.as_raw_fd(), v2_fd);
     let (pid, pidfd) = match from_zygote {
         Some(result) => result.map_err(|e| io_error("zygote clone3 with new namespaces", e))?,
-        None => clone_init(plan, v2_fd).map_err(|e| io_error("clone3 with new namespaces", e))?,
+        None => {
+            // Only a direct clone needs init's buffers in this process (the zygote has its own).
+            let flat_len = flat.len();
+            let plan = InitPlan::new(flat, flat_len, control_init.as_raw_fd(), host.cap_last);
+            clone_init(plan, v2_fd).map_err(|e| io_error("clone3 with new namespaces", e))?
+        }
     };
     drop(control_init);
     let fail_and_kill = |context: &str, error: io::Error| {

@@ -45,14 +45,7 @@ fn start() -> io::Result<Zygote> {
     let (host_end, zygote_end) = crate::sandbox::seqpacket_pair()?;
     let host = crate::sandbox::host();
     let mut state = Box::new(ZygoteState {
-        plan: InitPlan {
-            flat: vec![0u8; MAX_PLAN_BYTES],
-            flat_len: 0,
-            control_fd: -1,
-            cap_last: host.cap_last,
-            request_buffer: vec![0u8; crate::sandbox::MAX_REQUEST_BYTES + 4096],
-            exec_stack: vec![0u8; 256 * 1024],
-        },
+        plan: InitPlan::new(vec![0u8; MAX_PLAN_BYTES], 0, -1, host.cap_last),
         maps: vec![0u8; 1 << 20],
         socket: zygote_end.as_raw_fd(),
         clone_flags: crate::sandbox::init_clone_flags(),
