@@ -4,7 +4,8 @@
 //! them), the pre-tokenizer splits the rest into words (for SmolLM2, every digit on its own, then the GPT-2 rules),
 //! each word's bytes are mapped to GPT-2's printable characters and merged by rank.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 use regex::Regex;
 
@@ -276,32 +277,53 @@ impl Tokenizer {
         }
     }
 
+    /// Merge the word's byte symbols, always the lowest-ranked pair first and the leftmost among equals. A heap of
+    /// candidate pairs over a linked list of symbols (as llama.cpp does) keeps a long word O(n log n); rescanning
+    /// every pair after each merge was quadratic, and a single run of letters is one word.
     fn bpe(&self, word: &str, ids: &mut Vec<u32>) {
-        if word.is_empty() {
-            return;
-        }
-        let mut symbols: Vec<u32> = Vec::with_capacity(word.len());
-        for &b in word.as_bytes() {
-            match self.byte_ids[b as usize] {
-                Some(id) => symbols.push(id),
-                // A vocabulary without this byte's character cannot spell it; skip it as llama.cpp does.
-                None => continue,
+        // A vocabulary without a byte's character cannot spell it; skip it as llama.cpp does.
+        let mut symbols: Vec<u32> = word
+            .bytes()
+            .filter_map(|b| self.byte_ids[b as usize])
+            .collect();
+        let n = symbols.len();
+        // `next[i] == n` ends the list; `prev[i] == None` starts it. Merged-away symbols are `alive == false`.
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut prev: Vec<Option<usize>> = (0..n).map(|i| i.checked_sub(1)).collect();
+        let mut alive = vec![true; n];
+        let mut heap = BinaryHeap::new();
+        let candidate = |symbols: &[u32], left: usize, right: usize| {
+            self.merges
+                .get(&(symbols[left], symbols[right]))
+                .map(|&(rank, merged)| Reverse((rank, left, merged)))
+        };
+        heap.extend((1..n).filter_map(|i| candidate(&symbols, i - 1, i)));
+        while let Some(Reverse((rank, left, merged))) = heap.pop() {
+            let right = next[left];
+            // Stale when either side was merged away since; ranks are unique per pair, so a rank match is this pair.
+            if !alive[left]
+                || right == n
+                || self.merges.get(&(symbols[left], symbols[right])) != Some(&(rank, merged))
+            {
+                continue;
+            }
+            symbols[left] = merged;
+            alive[right] = false;
+            next[left] = next[right];
+            if next[left] < n {
+                prev[next[left]] = Some(left);
+                heap.extend(candidate(&symbols, left, next[left]));
+            }
+            if let Some(before) = prev[left] {
+                heap.extend(candidate(&symbols, before, left));
             }
         }
-        loop {
-            let mut best: Option<(u32, usize, u32)> = None;
-            for i in 0..symbols.len().saturating_sub(1) {
-                if let Some(&(rank, merged)) = self.merges.get(&(symbols[i], symbols[i + 1]))
-                    && best.is_none_or(|(r, _, _)| rank < r)
-                {
-                    best = Some((rank, i, merged));
-                }
-            }
-            let Some((_, i, merged)) = best else { break };
-            symbols[i] = merged;
-            symbols.remove(i + 1);
-        }
-        ids.extend_from_slice(&symbols);
+        ids.extend(
+            symbols
+                .iter()
+                .zip(&alive)
+                .filter_map(|(&id, &alive)| alive.then_some(id)),
+        );
     }
 }
 

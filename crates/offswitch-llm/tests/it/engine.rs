@@ -168,6 +168,22 @@ fn text_full_of_specials_encodes_in_linear_time() {
 }
 
 #[test]
+fn one_long_word_encodes_in_n_log_n() {
+    let Some(model) = model() else { return };
+    let t = model.tokenizer();
+    // One 60k-letter word: rescanning every pair after each merge took ~54 s in a debug build.
+    let text = "ab".repeat(30_000);
+    let started = std::time::Instant::now();
+    let ids = t.encode(&text, false);
+    let elapsed = started.elapsed();
+    assert_eq!(t.decode(&ids), text);
+    assert!(
+        elapsed < std::time::Duration::from_secs(20),
+        "encoding took {elapsed:?}"
+    );
+}
+
+#[test]
 fn batched_forward_equals_one_at_a_time() {
     let Some(model) = model() else { return };
     let t = model.tokenizer();
