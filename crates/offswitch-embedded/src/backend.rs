@@ -198,12 +198,12 @@ impl EmbeddedBackend {
         deltas: Option<mpsc::UnboundedSender<String>>,
     ) -> Result<RawReply, BackendError> {
         let prompt = self.tokenize_prompt(request);
-        if prompt.len() + 1 >= self.context_tokens {
+        let prompt_tokens = prompt.len();
+        if prompt_tokens + 1 >= self.context_tokens {
             return Err(self.error(
                 BackendErrorKind::Fatal,
                 format!(
-                    "the prompt has {} tokens and does not fit the context of {} tokens",
-                    prompt.len(),
+                    "the prompt has {prompt_tokens} tokens and does not fit the context of {} tokens",
                     self.context_tokens
                 ),
             ));
@@ -213,7 +213,7 @@ impl EmbeddedBackend {
         let sampling = &request.sampling;
         let (reply, receiver) = oneshot::channel();
         let job = Job {
-            prompt: prompt.clone(),
+            prompt,
             grammar,
             sampling: SamplingParams {
                 temperature: sampling.temperature,
@@ -244,7 +244,7 @@ impl EmbeddedBackend {
         Ok(RawReply {
             text,
             usage: Usage {
-                prompt_tokens: prompt.len() as u64,
+                prompt_tokens: prompt_tokens as u64,
                 completion_tokens: generation.tokens.len() as u64,
             },
             finish_reason: match generation.stop {
