@@ -62,6 +62,8 @@ pub struct Model {
     output: Option<QMatrix>,
     output_norm: Vec<f32>,
     layers: Vec<Layer>,
+    /// RoPE rotation frequency of each of the head_dim / 2 pairs, computed once rather than per token and pass.
+    rope_freqs: Vec<f64>,
     pool: rayon::ThreadPool,
     /// Reused buffers of the forward pass; a concurrent caller that finds it taken builds its own.
     scratch: Mutex<Option<Scratch>>,
@@ -178,7 +180,12 @@ impl Model {
             .map_err(|e| {
                 unsupported(path, format!("cannot start {threads} worker threads: {e}"))
             })?;
+        let hd = config.head_dim();
+        let rope_freqs = (0..hd / 2)
+            .map(|i| f64::from(config.rope_theta).powf(-2.0 * i as f64 / hd as f64))
+            .collect();
         Ok(Model {
+            rope_freqs,
             config,
             tokenizer,
             embed,
@@ -311,8 +318,7 @@ impl Model {
         s.rope.resize(n * hd, 0.0);
         for (t, &(_, pos, _)) in rows.iter().enumerate() {
             let table = &mut s.rope[t * hd..(t + 1) * hd];
-            for i in 0..hd / 2 {
-                let freq = f64::from(c.rope_theta).powf(-2.0 * i as f64 / hd as f64);
+            for (i, &freq) in self.rope_freqs.iter().enumerate() {
                 let angle = pos as f64 * freq;
                 table[i] = angle.cos() as f32;
                 table[hd / 2 + i] = angle.sin() as f32;
