@@ -357,7 +357,8 @@ impl Model {
                         .convert_from_f32_slice(&row[v_at..v_at + hd]);
                 }
             }
-            let sequences: Vec<&Sequence> = batch.iter().map(|(seq, _)| &**seq).collect();
+            // Shared from here to the next layer's cache writes; read in place, no per-layer list of references.
+            let sequences = &*batch;
             let qkv = &s.qkv;
             // One task per (token, KV head): a single decoding token still spreads over the pool.
             s.att
@@ -367,7 +368,7 @@ impl Model {
                 .for_each(|(task, out)| {
                     let (t, g) = (task / c.n_kv_heads, task % c.n_kv_heads);
                     let (si, pos, _) = rows[t];
-                    let seq = sequences[si];
+                    let seq = &*sequences[si].0;
                     let q_at = t * qkv_dim + g * group * hd;
                     let base = (li * c.n_kv_heads + g) * seq.capacity * hd;
                     ATTENTION_SCRATCH.with_borrow_mut(|scratch| {
