@@ -1338,19 +1338,49 @@ fn count_namespace_processes(namespace: u64) -> usize {
     namespace_processes(namespace).len()
 }
 
+/// Processes in the PID namespace `namespace` or in any namespace nested in it (the agent can
+/// create those with `unshare -p`; they die with the sandbox's PID 1 but must still be counted).
 fn namespace_processes(namespace: u64) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let own = std::fs::metadata("/proc/self/ns/pid").map_or(0, |meta| meta.ino());
     entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
             // A zombie has no namespaces left to stat, so it is not counted: it is dead.
-            let meta = std::fs::metadata(e.path().join("ns/pid")).ok()?;
-            (std::os::unix::fs::MetadataExt::ino(&meta) == namespace).then_some(pid)
+            let path = e.path().join("ns/pid");
+            let inode = std::fs::metadata(&path).ok()?.ino();
+            let inside = inode == namespace || (inode != own && nested_in(&path, namespace, own));
+            inside.then_some(pid)
         })
         .collect()
+}
+
+/// Whether the PID namespace at `path` descends from `namespace`, walking up its parents
+/// until `namespace`, our own namespace, or the top.
+fn nested_in(path: &Path, namespace: u64, own: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    const NS_GET_PARENT: libc::c_ulong = 0xb702;
+    let Ok(mut current) = std::fs::File::open(path) else {
+        return false;
+    };
+    loop {
+        // SAFETY: an ioctl without arguments on a namespace fd we own; it returns a new fd.
+        let parent = unsafe { libc::ioctl(current.as_raw_fd(), NS_GET_PARENT) };
+        if parent < 0 {
+            return false;
+        }
+        // SAFETY: a fresh fd owned by nobody else.
+        current = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(parent) });
+        match current.metadata().map(|meta| meta.ino()) {
+            Ok(inode) if inode == namespace => return true,
+            Ok(inode) if inode != own => {}
+            _ => return false,
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

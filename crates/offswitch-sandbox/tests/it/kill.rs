@@ -155,5 +155,28 @@ fn v1_freezer_fallback() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("test result: ok. 8 passed"), "{stdout}");
+    assert!(stdout.contains("test result: ok. 9 passed"), "{stdout}");
+}
+
+#[test]
+fn processes_in_nested_pid_namespaces_are_counted_and_killed() {
+    // The agent can make its own PID namespace; its processes belong to the sandbox too, and
+    // the counts without cgroups (and the independent count here) must see them.
+    let test = sandbox_with(Limits::default());
+    run(
+        &test.sandbox,
+        "(unshare -Upf --mount-proc sleep 1000 >/dev/null 2>&1 &); sleep 0.5",
+    );
+    let sleeping = |pids: &[i32]| {
+        pids.iter().any(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == "sleep\n")
+        })
+    };
+    assert!(
+        sleeping(&test.sandbox.host_pids()),
+        "{:?}",
+        test.sandbox.host_pids()
+    );
+    assert_eq!(test.sandbox.kill().expect("kill").survivors, 0);
+    assert_eq!(test.sandbox.host_pids(), Vec::<i32>::new());
 }
