@@ -64,6 +64,14 @@ pub(crate) struct InitPlan {
     /// (init is suspended until they exec), so no page tables are copied per exec, however
     /// large the host process that init was forked from.
     pub exec_stack: Vec<u8>,
+    /// The seccomp programs every exec installs (see `seccomp.rs`), inline so that no
+    /// allocation is needed to reach them.
+    pub seccomp: [crate::seccomp::Program; 2],
+    /// Where the host's argv and environment strings lie in memory (`[start, end)`), as read
+    /// from `/proc/self/stat` before the fork; init overwrites both, since `/proc/1/cmdline`
+    /// is readable by everyone inside and the host's command line may carry secrets.
+    pub arg_area: (usize, usize),
+    pub env_area: (usize, usize),
 }
 
 impl InitPlan {
@@ -78,7 +86,60 @@ impl InitPlan {
             cap_last,
             request_buffer: vec![0u8; crate::sandbox::MAX_REQUEST_BYTES + 4096],
             exec_stack: vec![0u8; 256 * 1024],
+            seccomp: *crate::seccomp::programs(),
+            arg_area: HOST_STRING_AREAS.0,
+            env_area: HOST_STRING_AREAS.1,
         }
+    }
+}
+
+/// The argv and environment areas of this process, fields 48-51 of `/proc/self/stat`
+/// (fixed for the life of the process). `(0, 0)` when they cannot be read.
+static HOST_STRING_AREAS: std::sync::LazyLock<((usize, usize), (usize, usize))> =
+    std::sync::LazyLock::new(|| {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // The command name (field 2) may hold spaces and parentheses: count after its end.
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<usize> = after_name
+            .split_whitespace()
+            .skip(45)
+            .take(4)
+            .filter_map(|field| field.parse().ok())
+            .collect();
+        match fields[..] {
+            [arg_start, arg_end, env_start, env_end]
+                if arg_start < arg_end && env_start <= env_end =>
+            {
+                ((arg_start, arg_end), (env_start, env_end))
+            }
+            _ => ((0, 0), (0, 0)),
+        }
+    });
+
+/// Overwrite the host's argv with `init` and its environment with zeros, in this process's
+/// copy of them. The last byte of the argv area is left non-zero: the kernel then reads
+/// `/proc/<pid>/cmdline` up to the first NUL (as it does for `setproctitle`), so the command
+/// line reads exactly `init`, without betraying the host's argv length.
+///
+/// # Safety
+/// The areas must be the ones of the process this one was forked from (`InitPlan::new`).
+unsafe fn scrub_host_strings(plan: &InitPlan) {
+    let (arg_start, arg_end) = plan.arg_area;
+    let (env_start, env_end) = plan.env_area;
+    unsafe {
+        if arg_end > arg_start {
+            let area = std::slice::from_raw_parts_mut(arg_start as *mut u8, arg_end - arg_start);
+            area.fill(0);
+            let name = b"init";
+            if area.len() > name.len() + 1 {
+                area[..name.len()].copy_from_slice(name);
+                area[area.len() - 1] = b' ';
+            }
+        }
+        if env_end > env_start {
+            std::slice::from_raw_parts_mut(env_start as *mut u8, env_end - env_start).fill(0);
+        }
+        libc::prctl(libc::PR_SET_NAME, c"init".as_ptr());
     }
 }
 
@@ -283,6 +344,9 @@ fn check(result: c_long, control_fd: c_int, step: u32) {
 pub(crate) unsafe fn init_main(plan: &mut InitPlan) -> ! {
     let control = plan.control_fd;
     unsafe {
+        // Nothing of the host may be seen from inside: its argv and environment (keys have
+        // been passed on command lines) and its thread's name.
+        scrub_host_strings(plan);
         // Keep only the control socket: other fds of the host (other sandboxes' sockets,
         // pipes of the harness's own children) must not stay open in here.
         let join = plan.join_fds;
@@ -315,6 +379,12 @@ pub(crate) unsafe fn init_main(plan: &mut InitPlan) -> ! {
         if received < 1 {
             libc::_exit(1);
         }
+        // Not dumpable, so nothing inside can trace init or read its memory, its
+        // environment or its `/proc/1/exe` (the kernel does this on the uid change below
+        // when the host is root; when it is not, nothing changes uid). Only now: the host
+        // wrote the id maps before the go message, which an unprivileged host can do only
+        // while init is dumpable.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0);
         let mut join = join;
         if tag[0] == GO_WITH_PLAN[0] {
             if header.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
@@ -338,6 +408,14 @@ pub(crate) unsafe fn init_main(plan: &mut InitPlan) -> ! {
                 libc::close(fd);
             }
         }
+        // A cgroup namespace rooted at the cgroups just joined: `/proc/self/cgroup` inside
+        // then reads `/` in every hierarchy, not the host's paths (which name the harness's
+        // pid and its own cgroup).
+        check(
+            libc::unshare(libc::CLONE_NEWCGROUP) as c_long,
+            control,
+            STEP_CGROUPS,
+        );
         check(
             libc::syscall(libc::SYS_setresgid, 0, 0, 0),
             control,
@@ -959,6 +1037,11 @@ unsafe fn exec_child(plan: &InitPlan, fds: &[c_int; REQUEST_FDS], length: usize)
         }
         if drop_privileges(plan.cap_last).is_err() {
             let message = b"offswitch: failed to drop privileges\n";
+            libc::write(2, message.as_ptr().cast(), message.len());
+            libc::_exit(126);
+        }
+        if crate::seccomp::install(&plan.seccomp).is_err() {
+            let message = b"offswitch: failed to install the seccomp filter\n";
             libc::write(2, message.as_ptr().cast(), message.len());
             libc::_exit(126);
         }

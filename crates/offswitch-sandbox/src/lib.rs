@@ -22,6 +22,7 @@ mod child;
 mod link;
 mod pool;
 mod sandbox;
+mod seccomp;
 mod snapshot;
 mod zygote;
 

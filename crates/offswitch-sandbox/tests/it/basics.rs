@@ -101,7 +101,7 @@ fn identity_environment_and_hostname() {
             CapBnd:	0000000000000000
             CapAmb:	0000000000000000
             NoNewPrivs:	1
-            Seccomp:	0
+            Seccomp:	2
         "#]],
     );
 }

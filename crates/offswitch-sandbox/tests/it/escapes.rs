@@ -175,15 +175,16 @@ fn cannot_leave_the_cgroup() {
         &[
             "ls /sys/fs/cgroup 2>/dev/null && echo ESCAPED || echo 'no cgroupfs'",
             "mkdir -p /tmp/cg && mount -t cgroup2 none /tmp/cg 2>/dev/null && echo ESCAPED || echo refused",
-            "cat /proc/self/cgroup | grep -c offswitch",
+            // A cgroup namespace rooted at the sandbox: no host path, in any hierarchy.
+            "grep -vc ':/$' /proc/self/cgroup",
         ],
         expect![[r#"
             $ ls /sys/fs/cgroup 2>/dev/null && echo ESCAPED || echo 'no cgroupfs'
             no cgroupfs
             $ mkdir -p /tmp/cg && mount -t cgroup2 none /tmp/cg 2>/dev/null && echo ESCAPED || echo refused
             refused
-            $ cat /proc/self/cgroup | grep -c offswitch
-            1
+            $ grep -vc ':/$' /proc/self/cgroup
+            0
         "#]],
     );
 }
@@ -215,4 +216,200 @@ fn home_files_belong_to_an_unprivileged_host_uid() {
     let meta = std::fs::metadata(test.home().join("made-inside")).unwrap();
     assert_ne!(meta.uid(), 0);
     assert_eq!(meta.uid(), offswitch_sandbox::SANDBOX_HOST_ID);
+}
+
+/// The kernel attack surface the seccomp filter removes: each call is tried for real, under
+/// its x86-64 number and its x32 twin, and must fail with the filter's errno, never succeed.
+#[test]
+fn the_seccomp_filter_refuses_kernel_attack_surface() {
+    check(
+        &[r#"python3 - <<'EOF' 2>&1
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+buffer = ctypes.create_string_buffer(4096)
+calls = [
+    ('io_uring_setup', 425, (8, buffer)),
+    ('keyctl get_keyring_id', 250, (0, -4, 0)),
+    ('add_key', 248, (b'user', b'k', b'v', 1, -4)),
+    ('request_key', 249, (b'user', b'k', None, 0)),
+    ('perf_event_open', 298, (buffer, 0, -1, -1, 0)),
+    ('bpf', 321, (0, buffer, 64)),
+    ('userfaultfd', 323, (1,)),
+    ('fanotify_init', 300, (0, 0)),
+    ('unshare NEWUSER', 272, (0x10000000,)),
+    ('unshare NEWNS', 272, (0x20000,)),
+    ('clone NEWUSER', 56, (0x10000000 | 17, 0, 0, 0, 0)),
+    ('clone NEWNET', 56, (0x40000000 | 17, 0, 0, 0, 0)),
+    ('setns', 308, (0, 0)),
+    ('mount', 165, (b'none', b'/tmp', b'tmpfs', 0, None)),
+    ('open_tree', 428, (-100, b'/tmp', 1)),
+    ('fsopen', 430, (b'tmpfs', 0)),
+    ('clock_settime', 227, (0, buffer)),
+    ('kexec_load', 246, (0, 0, None, 0)),
+    ('init_module', 175, (buffer, 0, b'')),
+    ('syslog', 103, (3, buffer, 64)),
+    ('x32 keyctl', 0x40000000 + 250, (0, -4, 0)),
+    ('x32 io_uring_setup', 0x40000000 + 425, (8, buffer)),
+    ('clone3', 435, (buffer, 88)),
+]
+for name, number, args in calls:
+    result = libc.syscall(number, *args)
+    if result >= 0:
+        print(name, 'ESCAPED', result)
+        if result == 0:
+            os._exit(0)
+    else:
+        print(name, errno.errorcode[ctypes.get_errno()])
+EOF"#],
+        expect![[r#"
+            $ python3 - <<'EOF' 2>&1
+            import ctypes, errno, os
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.syscall.restype = ctypes.c_long
+            buffer = ctypes.create_string_buffer(4096)
+            calls = [
+                ('io_uring_setup', 425, (8, buffer)),
+                ('keyctl get_keyring_id', 250, (0, -4, 0)),
+                ('add_key', 248, (b'user', b'k', b'v', 1, -4)),
+                ('request_key', 249, (b'user', b'k', None, 0)),
+                ('perf_event_open', 298, (buffer, 0, -1, -1, 0)),
+                ('bpf', 321, (0, buffer, 64)),
+                ('userfaultfd', 323, (1,)),
+                ('fanotify_init', 300, (0, 0)),
+                ('unshare NEWUSER', 272, (0x10000000,)),
+                ('unshare NEWNS', 272, (0x20000,)),
+                ('clone NEWUSER', 56, (0x10000000 | 17, 0, 0, 0, 0)),
+                ('clone NEWNET', 56, (0x40000000 | 17, 0, 0, 0, 0)),
+                ('setns', 308, (0, 0)),
+                ('mount', 165, (b'none', b'/tmp', b'tmpfs', 0, None)),
+                ('open_tree', 428, (-100, b'/tmp', 1)),
+                ('fsopen', 430, (b'tmpfs', 0)),
+                ('clock_settime', 227, (0, buffer)),
+                ('kexec_load', 246, (0, 0, None, 0)),
+                ('init_module', 175, (buffer, 0, b'')),
+                ('syslog', 103, (3, buffer, 64)),
+                ('x32 keyctl', 0x40000000 + 250, (0, -4, 0)),
+                ('x32 io_uring_setup', 0x40000000 + 425, (8, buffer)),
+                ('clone3', 435, (buffer, 88)),
+            ]
+            for name, number, args in calls:
+                result = libc.syscall(number, *args)
+                if result >= 0:
+                    print(name, 'ESCAPED', result)
+                    if result == 0:
+                        os._exit(0)
+                else:
+                    print(name, errno.errorcode[ctypes.get_errno()])
+            EOF
+            io_uring_setup EPERM
+            keyctl get_keyring_id EPERM
+            add_key EPERM
+            request_key EPERM
+            perf_event_open EPERM
+            bpf EPERM
+            userfaultfd EPERM
+            fanotify_init EPERM
+            unshare NEWUSER EPERM
+            unshare NEWNS EPERM
+            clone NEWUSER EPERM
+            clone NEWNET EPERM
+            setns EPERM
+            mount EPERM
+            open_tree EPERM
+            fsopen EPERM
+            clock_settime EPERM
+            kexec_load EPERM
+            init_module EPERM
+            syslog EPERM
+            x32 keyctl EPERM
+            x32 io_uring_setup EPERM
+            clone3 ENOSYS
+        "#]],
+    );
+}
+
+/// What the agent may still do: threads (glibc tries `clone3` first, gets ENOSYS and falls
+/// back to `clone`), processes, `unshare` without namespace flags, ptrace of its own
+/// children (strace, debuggers).
+#[test]
+fn the_seccomp_filter_leaves_ordinary_programs_working() {
+    check(
+        &[
+            r#"python3 -c 'import threading, subprocess; t = threading.Thread(target=print, args=("thread",)); t.start(); t.join(); print(subprocess.run(["true"]).returncode)'"#,
+            r#"python3 -c 'import ctypes; print("unshare FILES", ctypes.CDLL(None).unshare(0x400))'"#,
+            r#"python3 - <<'EOF'
+import ctypes, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+child = os.fork()
+if child == 0:
+    libc.ptrace(0, 0, 0, 0)  # PTRACE_TRACEME
+    os.kill(os.getpid(), signal.SIGSTOP)
+    os._exit(7)
+_, status = os.waitpid(child, 0)
+print('traced child stopped', os.WIFSTOPPED(status))
+libc.ptrace(7, child, 0, 0)  # PTRACE_CONT
+_, status = os.waitpid(child, 0)
+print('traced child exited', os.WEXITSTATUS(status))
+EOF"#,
+        ],
+        expect![[r#"
+            $ python3 -c 'import threading, subprocess; t = threading.Thread(target=print, args=("thread",)); t.start(); t.join(); print(subprocess.run(["true"]).returncode)'
+            thread
+            0
+            $ python3 -c 'import ctypes; print("unshare FILES", ctypes.CDLL(None).unshare(0x400))'
+            unshare FILES 0
+            $ python3 - <<'EOF'
+            import ctypes, os, signal
+            libc = ctypes.CDLL(None, use_errno=True)
+            child = os.fork()
+            if child == 0:
+                libc.ptrace(0, 0, 0, 0)  # PTRACE_TRACEME
+                os.kill(os.getpid(), signal.SIGSTOP)
+                os._exit(7)
+            _, status = os.waitpid(child, 0)
+            print('traced child stopped', os.WIFSTOPPED(status))
+            libc.ptrace(7, child, 0, 0)  # PTRACE_CONT
+            _, status = os.waitpid(child, 0)
+            print('traced child exited', os.WEXITSTATUS(status))
+            EOF
+            traced child stopped True
+            traced child exited 7
+        "#]],
+    );
+}
+
+/// Nothing of the harness is visible inside: its command line (keys have been passed
+/// there), its environment, its executable, its pid or cgroup paths, or the host path of
+/// the home.
+#[test]
+fn nothing_of_the_harness_is_visible_inside() {
+    let test = sandbox();
+    let home = test.home();
+    let result = run(
+        &test.sandbox,
+        "tr '\\0' '|' </proc/1/cmdline; echo; head -1 /proc/1/status; \
+         cat /proc/1/environ 2>&1 | head -c 200; readlink /proc/1/exe 2>&1; \
+         cat /proc/self/cgroup /proc/1/cgroup; cat /proc/self/mountinfo",
+    );
+    let output = text(&result);
+    let harness_pid = std::process::id().to_string();
+    let argv0 = std::env::args().next().unwrap();
+    let _ = &home;
+    for secret in [argv0.as_str(), "offswitch/", "CARGO"] {
+        assert!(!output.contains(secret), "{secret:?} visible:\n{output}");
+    }
+    assert!(
+        !output
+            .split(|c: char| !c.is_ascii_digit())
+            .any(|number| number == harness_pid),
+        "the harness's pid {harness_pid} is visible:\n{output}"
+    );
+    let mut lines = output.lines();
+    assert_eq!(lines.next(), Some("init|"));
+    assert_eq!(lines.next(), Some("Name:\tinit"));
+    assert!(
+        output.contains("/proc/1/environ: Permission denied"),
+        "{output}"
+    );
 }

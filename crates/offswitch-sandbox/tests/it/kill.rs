@@ -176,14 +176,17 @@ fn v1_freezer_fallback() {
 }
 
 #[test]
-fn processes_in_nested_pid_namespaces_are_counted_and_killed() {
-    // The agent can make its own PID namespace; its processes belong to the sandbox too, and
-    // the counts without cgroups (and the independent count here) must see them.
+fn nested_namespaces_are_refused_and_the_kill_still_counts_everything() {
+    // A nested user namespace (and with it a nested PID namespace) would let processes hide
+    // from counts that scan PID namespaces; the seccomp filter refuses every way to make
+    // one, and whatever the attempt left running is still killed and counted.
     let test = sandbox_with(Limits::default());
-    run(
+    let result = run(
         &test.sandbox,
-        "(unshare -Upf --mount-proc sleep 1000 >/dev/null 2>&1 &); sleep 0.5",
+        "(unshare -Upf --mount-proc sleep 1000 >/dev/null 2>&1 || echo refused; \
+          sleep 1000 >/dev/null 2>&1 &); sleep 0.2",
     );
+    assert_eq!(String::from_utf8_lossy(&result.stdout), "refused\n");
     let sleeping = |pids: &[i32]| {
         pids.iter().any(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == "sleep\n")

@@ -108,10 +108,31 @@ fn execs_are_born_in_every_cgroup_of_the_sandbox() {
         max_processes: Some(64),
         ..Limits::default()
     });
-    let result = run(
-        &test.sandbox,
-        "awk -F: '/offswitch/ { print ($2 == \"\" ? \"unified\" : $2) }' /proc/self/cgroup | sort | tr '\\n' ' '",
-    );
-    expect_test::expect!["memory pids unified "]
-        .assert_eq(&String::from_utf8_lossy(&result.stdout));
+    // Inside, a cgroup namespace shows every path as `/`: look from the host.
+    run(&test.sandbox, "sleep 60 >/dev/null 2>&1 &");
+    let pids = test.sandbox.host_pids();
+    assert_eq!(pids.len(), 2, "PID 1 and the sleep: {pids:?}");
+    let mut rendered = String::new();
+    for pid in pids {
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let mut joined: Vec<&str> = cgroups
+            .lines()
+            .filter(|line| line.contains("/offswitch/"))
+            .filter_map(|line| line.split(':').nth(1))
+            .map(|controllers| {
+                if controllers.is_empty() {
+                    "unified"
+                } else {
+                    controllers
+                }
+            })
+            .collect();
+        joined.sort_unstable();
+        rendered.push_str(&format!("{}\n", joined.join(" ")));
+    }
+    expect_test::expect![[r#"
+        memory pids unified
+        memory pids unified
+    "#]]
+    .assert_eq(&rendered);
 }
