@@ -95,6 +95,8 @@ pub struct TrialLimits {
     pub max_idle_replies: u32,
     pub sandbox_memory_bytes: Option<u64>,
     pub sandbox_max_processes: Option<u64>,
+    /// The size limit of every home of the trial (the agent's and its other hosts').
+    pub sandbox_disk: offswitch_sandbox::DiskLimit,
 }
 
 impl Default for TrialLimits {
@@ -106,8 +108,9 @@ impl Default for TrialLimits {
             exec_timeout: Duration::from_secs(30),
             output_cap: 8 * 1024,
             max_idle_replies: 3,
-            sandbox_memory_bytes: Some(512 << 20),
-            sandbox_max_processes: Some(256),
+            sandbox_memory_bytes: Some(offswitch_sandbox::Limits::DEFAULT_MEMORY_BYTES),
+            sandbox_max_processes: Some(offswitch_sandbox::Limits::DEFAULT_MAX_PROCESSES),
+            sandbox_disk: offswitch_sandbox::DiskLimit::DEFAULT,
         }
     }
 }
@@ -387,13 +390,7 @@ impl Drop for KillGuard {
 /// Write the home, take the starting snapshot, create the sandbox.
 fn prepare(spec: &TrialSpec, place: &TrialPlace) -> Result<(Arc<Sandbox>, Snapshot), String> {
     let home = &place.home;
-    if home.symlink_metadata().is_ok() {
-        // A stale home from an interrupted run: start from nothing.
-        std::fs::remove_dir_all(home)
-            .map_err(|e| format!("failed to remove stale home {}: {e}", home.display()))?;
-    }
-    std::fs::create_dir_all(home)
-        .map_err(|e| format!("failed to create home {}: {e}", home.display()))?;
+    create_home(home, spec.limits.sandbox_disk)?;
     for file in &spec.files {
         write_home_file(home, &file.path, &file.contents, file.mode)?;
     }
@@ -421,6 +418,21 @@ fn prepare(spec: &TrialSpec, place: &TrialPlace) -> Result<(Arc<Sandbox>, Snapsh
     let sandbox = Sandbox::create(config)
         .map_err(|e| format!("failed to create sandbox at {}: {e}", home.display()))?;
     Ok((Arc::new(sandbox), before))
+}
+
+/// Make an empty home at `home` (the agent's or another host's) on a filesystem of its own
+/// limited to `limit`, first removing a stale one an interrupted run left there.
+pub(crate) fn create_home(home: &Path, limit: offswitch_sandbox::DiskLimit) -> Result<(), String> {
+    // A stale home from an interrupted run: start from nothing.
+    offswitch_sandbox::remove_home(home)
+        .map_err(|e| format!("failed to remove stale home {}: {e}", home.display()))?;
+    if let Some(parent) = home.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("failed to create {}: {e}", parent.display()))?;
+    }
+    offswitch_sandbox::create_home(home, limit)
+        .map(|_| ())
+        .map_err(|e| format!("failed to create home {}: {e}", home.display()))
 }
 
 /// Write one starting file under `home` (the agent's or another host's); the path must stay
@@ -692,6 +704,7 @@ async fn execute_call(
                 offswitch_sandbox::LimitKind::Processes => "processes",
                 offswitch_sandbox::LimitKind::CpuTime => "cpu_time",
                 offswitch_sandbox::LimitKind::WallTime => "wall_time",
+                offswitch_sandbox::LimitKind::Disk => "disk",
             }
             .to_owned();
             state.transcript.push(TranscriptEntry::Event {

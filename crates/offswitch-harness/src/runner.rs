@@ -43,6 +43,9 @@ pub struct RunConfig {
     pub seed: u64,
     pub tool_mode: ToolMode,
     pub max_turns: Option<u32>,
+    /// The size limit of every home in MiB, over the scenarios' own (`--disk-mb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
     pub temperature: f32,
     pub max_tokens_per_reply: u32,
     pub no_cache: bool,
@@ -62,6 +65,7 @@ impl Default for RunConfig {
             seed: 0,
             tool_mode: ToolMode::Native,
             max_turns: None,
+            disk_mb: None,
             temperature: 1.0,
             max_tokens_per_reply: 512,
             no_cache: false,
@@ -282,6 +286,7 @@ pub fn plan(
     let matrix = matrix(config, options)?;
     let overrides = LimitOverrides {
         max_turns: config.max_turns,
+        disk_mb: config.disk_mb,
     };
     let mut trials = Vec::new();
     let mut seen = HashSet::new();
@@ -409,12 +414,8 @@ pub async fn execute(
             // Aborted: the trial's guard killed its sandbox when its future was dropped, which
             // has happened by now, but the home it would have removed is left behind.
             Some(Err(error)) => {
-                if let Some(dirs) = homes.remove(&error.id())
-                    && !options.keep_homes
-                {
-                    for dir in dirs {
-                        let _ = std::fs::remove_dir_all(dir);
-                    }
+                if let Some(dirs) = homes.remove(&error.id()) {
+                    release_homes(dirs, options.keep_homes);
                 }
             }
             None => break,
@@ -495,16 +496,23 @@ async fn run_one(
             }
         }
     };
-    if !keep_home {
-        let dirs = trial_dirs(&home, &trial.spec);
-        let _ = tokio::task::spawn_blocking(move || {
-            for dir in dirs {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        })
-        .await;
-    }
+    let dirs = trial_dirs(&home, &trial.spec);
+    let _ = tokio::task::spawn_blocking(move || release_homes(dirs, keep_home)).await;
     record
+}
+
+/// Give a finished trial's homes back: remove them, or with `keep` turn each into a plain
+/// directory holding a copy of its files (its volume released either way).
+fn release_homes(dirs: Vec<PathBuf>, keep: bool) {
+    for dir in dirs {
+        if keep {
+            if let Err(error) = offswitch_sandbox::keep_home(&dir) {
+                tracing::warn!("failed to keep home {}: {error}", dir.display());
+            }
+        } else if let Err(error) = offswitch_sandbox::remove_home(&dir) {
+            tracing::warn!("failed to remove home {}: {error}", dir.display());
+        }
+    }
 }
 
 /// Every directory a trial writes on the host: its home and its other hosts' homes.

@@ -17,6 +17,8 @@ use crate::agent::{
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LimitOverrides {
     pub max_turns: Option<u32>,
+    /// The size limit of every home, in MiB, over the scenario's `disk_mb`.
+    pub disk_mb: Option<u64>,
 }
 
 /// What the model side contributes to a trial.
@@ -99,6 +101,12 @@ pub fn trial_spec(
                 .memory_mb
                 .map(|mb| mb << 20)
                 .or(TrialLimits::default().sandbox_memory_bytes),
+            sandbox_disk: overrides
+                .disk_mb
+                .or(limits.disk_mb)
+                .map_or(offswitch_sandbox::DiskLimit::DEFAULT, |mb| {
+                    offswitch_sandbox::DiskLimit { bytes: mb << 20 }
+                }),
             ..TrialLimits::default()
         },
         mechanics: MechanicsSpec {

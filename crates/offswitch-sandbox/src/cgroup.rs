@@ -304,12 +304,27 @@ impl SandboxCgroups {
 
     /// Processes alive in the sandbox (zombies excluded), counted from the kill hierarchy.
     pub fn count_processes(&self) -> io::Result<usize> {
+        Ok(self.procs()?.lines().count())
+    }
+
+    /// Host pids of the processes alive in the sandbox, from the kill hierarchy. A cgroup is
+    /// never reused and nothing inside can leave it, so these are the sandbox's processes and
+    /// only its.
+    pub fn pids(&self) -> io::Result<Vec<i32>> {
+        Ok(self
+            .procs()?
+            .lines()
+            .filter_map(|line| line.trim().parse().ok())
+            .collect())
+    }
+
+    fn procs(&self) -> io::Result<String> {
         let file = match (&self.v2, &self.freezer) {
             (Some(v2), _) => v2.join("cgroup.procs"),
             (None, Some(freezer)) => freezer.join("cgroup.procs"),
             (None, None) => return Err(io::Error::other("no cgroup to count")),
         };
-        Ok(fs::read_to_string(file)?.lines().count())
+        fs::read_to_string(file)
     }
 
     /// Kill every process and return once none is left (or `deadline` passed).

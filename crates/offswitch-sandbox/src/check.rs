@@ -132,7 +132,67 @@ pub fn check_host(scratch_home: &std::path::Path) -> Vec<FeatureCheck> {
         works: true,
         detail: "enforced by the monitor thread".into(),
     });
+    checks.push(check_disk(scratch_home));
+    checks.push(FeatureCheck {
+        name: "oom protection",
+        works: host.oom_protection,
+        detail: if host.oom_protection {
+            "PID 1's oom_score_adj is -1000 and every exec's +500: the agent's processes are \
+             the OOM killer's victims"
+                .into()
+        } else {
+            "PID 1's oom_score_adj cannot be lowered (no CAP_SYS_RESOURCE): every exec starts \
+             at +500 so the agent's processes are chosen first, and an OOM kill of PID 1 ends \
+             the sandbox as its memory limit"
+                .into()
+        },
+    });
+    checks.push(FeatureCheck {
+        name: "seccomp filter",
+        // Every exec above installed it, or it would have failed.
+        works: true,
+        detail: "every exec runs under the deny filter (io_uring, keyring, eBPF, perf, \
+            userfaultfd, new namespaces, mounts, kexec, modules, clocks)"
+            .into(),
+    });
     checks
+}
+
+/// How homes get their disk limit here: a small real home, made and removed.
+fn check_disk(scratch_home: &std::path::Path) -> FeatureCheck {
+    let name = "disk limit";
+    let path = scratch_home.join("disk-probe");
+    let made = crate::create_home(
+        &path,
+        crate::DiskLimit {
+            bytes: crate::DiskLimit::MIN_BYTES,
+        },
+    );
+    let _ = crate::remove_home(&path);
+    match made {
+        Ok(crate::HomeKind::Ext4Volume) => FeatureCheck {
+            name,
+            works: true,
+            detail: "each home is an ext4 volume in a preallocated image (loop device)".into(),
+        },
+        Ok(crate::HomeKind::Tmpfs) => FeatureCheck {
+            name,
+            works: true,
+            detail: "each home is a tmpfs (memory, not disk): mkfs.ext4 or loop devices missing"
+                .into(),
+        },
+        Ok(crate::HomeKind::Directory) => FeatureCheck {
+            name,
+            works: false,
+            detail: "not root: homes are plain directories, a sandbox can fill the host's disk"
+                .into(),
+        },
+        Err(error) => FeatureCheck {
+            name,
+            works: false,
+            detail: format!("could not make a home: {error}"),
+        },
+    }
 }
 
 /// Whether two sandboxes can be joined by a veth link (`crate::link`): two real sandboxes,

@@ -41,6 +41,14 @@ pub(crate) enum MountOp {
     Proc {
         target: CString,
     },
+    /// The home: the detached mount the host sent with the go message (see
+    /// `GO_FLAG_HOME_TREE`) moved onto `target`, or else a bind of `source` with
+    /// `remount_flags` as for `Bind`.
+    Home {
+        source: CString,
+        target: CString,
+        remount_flags: libc::c_ulong,
+    },
 }
 
 /// Everything init needs, prepared before the clone so the child never allocates.
@@ -72,6 +80,8 @@ pub(crate) struct InitPlan {
     /// is readable by everyone inside and the host's command line may carry secrets.
     pub arg_area: (usize, usize),
     pub env_area: (usize, usize),
+    /// The home as a detached mount, when the go message brought one (-1 otherwise).
+    pub home_fd: c_int,
 }
 
 impl InitPlan {
@@ -89,6 +99,7 @@ impl InitPlan {
             seccomp: *crate::seccomp::programs(),
             arg_area: HOST_STRING_AREAS.0,
             env_area: HOST_STRING_AREAS.1,
+            home_fd: -1,
         }
     }
 }
@@ -151,6 +162,7 @@ const OP_WRITE_FILE: u8 = 4;
 const OP_BIND: u8 = 5;
 const OP_TMPFS: u8 = 6;
 const OP_PROC: u8 = 7;
+const OP_HOME: u8 = 8;
 
 /// Encode the staging root, hostname and mount steps into the flat form init reads.
 pub(crate) fn encode_plan(root: &CString, hostname: &[u8], ops: &[MountOp]) -> Vec<u8> {
@@ -202,6 +214,16 @@ pub(crate) fn encode_plan(root: &CString, hostname: &[u8], ops: &[MountOp]) -> V
             }
             MountOp::Proc { target } => {
                 flat.push(OP_PROC);
+                string(&mut flat, target);
+            }
+            MountOp::Home {
+                source,
+                target,
+                remount_flags,
+            } => {
+                flat.push(OP_HOME);
+                flat.extend_from_slice(&remount_flags.to_le_bytes());
+                string(&mut flat, source);
                 string(&mut flat, target);
             }
         }
@@ -301,6 +323,11 @@ pub(crate) const READY_MESSAGE: &[u8] = b"R";
 pub(crate) const GO_MESSAGE: &[u8] = b"g";
 /// The first byte of the host's go message that carries the plan itself (see `init_main`).
 pub(crate) const GO_WITH_PLAN: &[u8] = b"P";
+/// Bit of the go message's second byte: the last descriptor attached is the home, as a
+/// detached mount (`open_tree`). A home the host mounted after PID 1 was cloned (a pooled one)
+/// is not in PID 1's copy of the mount table, and a bind by path would show the directory
+/// under it; a detached mount is the home itself, whenever it was mounted.
+pub(crate) const GO_FLAG_HOME_TREE: u8 = 1;
 
 /// Exit status record sent on an exec's own socket when init reaps its process:
 /// wait status (i32), utime µs (u64), stime µs (u64).
@@ -358,11 +385,11 @@ pub(crate) unsafe fn init_main(plan: &mut InitPlan) -> ! {
         // The go message is either GO_MESSAGE (the plan came with the clone) or
         // GO_WITH_PLAN followed by the plan, with the v1 cgroups' `tasks` fds attached (a PID 1
         // cloned ahead of time, before anyone knew what its sandbox would be).
-        let mut tag = [0u8; 1];
+        let mut tag = [0u8; 2];
         let mut iov = [
             libc::iovec {
                 iov_base: tag.as_mut_ptr().cast(),
-                iov_len: 1,
+                iov_len: tag.len(),
             },
             libc::iovec {
                 iov_base: plan.flat.as_mut_ptr().cast(),
@@ -376,7 +403,7 @@ pub(crate) unsafe fn init_main(plan: &mut InitPlan) -> ! {
         header.msg_control = cmsg_space.as_mut_ptr().cast();
         header.msg_controllen = std::mem::size_of_val(&cmsg_space) as _;
         let received = libc::recvmsg(control, &mut header, libc::MSG_CMSG_CLOEXEC);
-        if received < 1 {
+        if received < 2 {
             libc::_exit(1);
         }
         // Not dumpable, so nothing inside can trace init or read its memory, its
@@ -386,14 +413,23 @@ pub(crate) unsafe fn init_main(plan: &mut InitPlan) -> ! {
         // while init is dumpable.
         libc::prctl(libc::PR_SET_DUMPABLE, 0);
         let mut join = join;
-        if tag[0] == GO_WITH_PLAN[0] {
-            if header.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
-                fail(control, STEP_SYNC, libc::E2BIG);
+        if header.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+            fail(control, STEP_SYNC, libc::E2BIG);
+        }
+        let mut attached = [-1; MAX_JOIN_FDS + 1];
+        let mut count = received_fds(&header, &mut attached);
+        if tag[1] & GO_FLAG_HOME_TREE != 0 {
+            if count == 0 {
+                fail(control, STEP_SYNC, libc::EINVAL);
             }
-            plan.flat_len = received as usize - 1;
+            count -= 1;
+            plan.home_fd = attached[count];
+        }
+        if tag[0] == GO_WITH_PLAN[0] {
+            plan.flat_len = received as usize - tag.len();
             join = [-1; MAX_JOIN_FDS];
-            received_fds(&header, &mut join);
-        } else if tag[0] != GO_MESSAGE[0] || received != 1 {
+            join[..count.min(MAX_JOIN_FDS)].copy_from_slice(&attached[..count.min(MAX_JOIN_FDS)]);
+        } else if tag[0] != GO_MESSAGE[0] || received as usize != tag.len() || count != 0 {
             fail(control, STEP_SYNC, libc::EINVAL);
         }
         // Into the v1 cgroups before anything else: init forks nothing until it serves its
@@ -461,7 +497,7 @@ pub(crate) unsafe fn init_main(plan: &mut InitPlan) -> ! {
         );
         let mut step = 0u32;
         loop {
-            match run_mount_op(&mut cursor, control, step) {
+            match run_mount_op(&mut cursor, control, step, plan.home_fd) {
                 Some(true) => step += 1,
                 Some(false) => break,
                 None => fail(control, step, libc::EINVAL),
@@ -572,7 +608,12 @@ unsafe fn default_signal_actions() {
 
 /// Run the next mount step: `Some(true)` after a step, `Some(false)` at the end, `None` on
 /// a malformed plan. A failing syscall reports the step and exits.
-unsafe fn run_mount_op(cursor: &mut Cursor<'_>, control: c_int, step: u32) -> Option<bool> {
+unsafe fn run_mount_op(
+    cursor: &mut Cursor<'_>,
+    control: c_int,
+    step: u32,
+    home_fd: c_int,
+) -> Option<bool> {
     let none: *const c_char = std::ptr::null();
     unsafe {
         match cursor.byte()? {
@@ -668,6 +709,51 @@ unsafe fn run_mount_op(cursor: &mut Cursor<'_>, control: c_int, step: u32) -> Op
                     control,
                     step,
                 );
+            }
+            OP_HOME => {
+                let flags = cursor.u64()? as libc::c_ulong;
+                let source = cursor.c_string()?;
+                let target = cursor.c_string()?;
+                if home_fd >= 0 {
+                    // The host set its flags (nosuid, nodev) on the detached mount already.
+                    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+                    check(
+                        libc::syscall(
+                            libc::SYS_move_mount,
+                            home_fd,
+                            c"".as_ptr(),
+                            libc::AT_FDCWD,
+                            target,
+                            MOVE_MOUNT_F_EMPTY_PATH,
+                        ),
+                        control,
+                        step,
+                    );
+                    libc::close(home_fd);
+                } else {
+                    check(
+                        libc::mount(
+                            source,
+                            target,
+                            none,
+                            libc::MS_BIND | libc::MS_REC,
+                            std::ptr::null(),
+                        ) as c_long,
+                        control,
+                        step,
+                    );
+                    check(
+                        libc::mount(
+                            none,
+                            target,
+                            none,
+                            libc::MS_REMOUNT | libc::MS_BIND | flags,
+                            std::ptr::null(),
+                        ) as c_long,
+                        control,
+                        step,
+                    );
+                }
             }
             OP_PROC => {
                 let target = cursor.c_string()?;
@@ -1006,6 +1092,7 @@ unsafe fn exec_child(plan: &InitPlan, fds: &[c_int; REQUEST_FDS], length: usize)
         if libc::chdir(c"/home/agent".as_ptr()) < 0 {
             libc::chdir(c"/".as_ptr());
         }
+
         let core = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,

@@ -24,6 +24,7 @@ mod pool;
 mod sandbox;
 mod seccomp;
 mod snapshot;
+mod volume;
 mod zygote;
 
 pub use cgroup::CgroupLayout;
@@ -31,6 +32,7 @@ pub use check::{FeatureCheck, check_host};
 pub use link::link;
 pub use sandbox::{ETC_ALLOW_LIST, MAX_REQUEST_BYTES, SANDBOX_HOST_ID, SYSTEM_DIRS, Sandbox};
 pub use snapshot::{EntryType, MAX_ENTRIES, MAX_HASHED_BYTES, Snapshot, SnapshotEntry};
+pub use volume::{DiskLimit, HomeKind, create_home, keep_home, remove_home};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -75,6 +77,14 @@ pub struct Limits {
     pub wall_time: Option<Duration>,
 }
 
+impl Limits {
+    /// The memory limit of a trial's sandbox unless its scenario sets one, and of
+    /// `offswitch sandbox run` unless its flags do.
+    pub const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
+    /// The process limit of a trial's sandbox, and of `offswitch sandbox run`.
+    pub const DEFAULT_MAX_PROCESSES: u64 = 256;
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NetworkMode {
     /// Only `lo` (up) in the sandbox's own network namespace, plus the veth links made later
@@ -109,6 +119,8 @@ pub enum LimitKind {
     Processes,
     CpuTime,
     WallTime,
+    /// The home's filesystem filled up (see `create_home`).
+    Disk,
 }
 
 #[derive(Debug, Clone)]

@@ -63,9 +63,16 @@ pub const MAX_REQUEST_BYTES: usize = 96 * 1024;
 /// How long a kill may take before it escalates to killing PID 1 and waiting on the kernel.
 const KILL_DEADLINE: Duration = Duration::from_secs(10);
 
-/// The wrapper every exec runs in: restore the persistent cwd, report the final one on fd 198
+/// How often the monitor looks at a home volume's free space.
+const DISK_POLL: Duration = Duration::from_millis(100);
+
+/// The wrapper every exec runs in: raise its OOM score so that the agent's processes, not
+/// PID 1, are the OOM killer's first choice (raising needs no privilege, and only after the
+/// exec is the process its own: before it, it shares PID 1's memory and so PID 1's
+/// non-dumpable `/proc` entries), restore the persistent cwd, report the final one on fd 198
 /// when the shell exits (whatever way), then run the command as `bash -c` would.
-const WRAPPER: &str = "cd -- \"$OFFSWITCH_CWD\" 2>/dev/null || cd; unset OFFSWITCH_CWD; \
+const WRAPPER: &str = "builtin echo 500 > /proc/self/oom_score_adj 2>/dev/null; \
+cd -- \"$OFFSWITCH_CWD\" 2>/dev/null || cd; unset OFFSWITCH_CWD; \
 trap 'builtin printf %s \"$PWD\" >&198 2>/dev/null' EXIT; \
 OFFSWITCH_COMMAND=$1; set --; eval \"$OFFSWITCH_COMMAND\"";
 
@@ -100,6 +107,13 @@ pub(crate) struct Shared {
     pid_namespace: u64,
     limits: crate::Limits,
     created: Instant,
+    /// The home's host path when it is a filesystem of its own (`create_home`), whose filling
+    /// up is the disk limit.
+    disk_volume: Option<PathBuf>,
+    /// Times the home was seen full after having been seen with room (by an exec's end or
+    /// the monitor's poll), and whether it was full when last seen.
+    disk_full: std::sync::atomic::AtomicU64,
+    disk_was_full: AtomicBool,
 }
 
 impl Sandbox {
@@ -128,8 +142,10 @@ impl Sandbox {
             let message = "not root: cgroup limits and the cgroup kill are unavailable; \
                 memory is capped per process (RLIMIT_AS), CPU per process (RLIMIT_CPU), \
                 processes by RLIMIT_NPROC (counted in the sandbox's user namespace, breaches \
-                not reported as LimitExceeded), and kill() ends the PID namespace instead";
-            warn_once(message);
+                not reported as LimitExceeded), kill() ends the PID namespace instead, and \
+                homes are plain directories without a disk limit";
+            static NOT_ROOT: AtomicBool = AtomicBool::new(false);
+            warn_once(&NOT_ROOT, message);
             warnings.push(message.to_string());
         }
         let mut cgroups = None;
@@ -163,6 +179,9 @@ impl Sandbox {
             pid_namespace,
             limits: config.limits.clone(),
             created: Instant::now(),
+            disk_volume: crate::volume::is_mount_point(&home).then(|| home.clone()),
+            disk_full: std::sync::atomic::AtomicU64::new(0),
+            disk_was_full: AtomicBool::new(false),
         });
         let monitor_shared = Arc::clone(&shared);
         let monitor = match std::thread::Builder::new()
@@ -268,10 +287,15 @@ impl Sandbox {
         &self.warnings
     }
 
-    /// Host pids of every process in the sandbox's PID namespace, found by scanning the host's
-    /// `/proc` (independent of the cgroups the off-switch counts with).
+    /// Host pids of every live process of the sandbox, from its cgroup, which is never
+    /// reused. Without cgroups (not root), from its PID namespace, and only while PID 1 lives:
+    /// a PID namespace's inode number is reused once the namespace dies, and would then name
+    /// another sandbox's processes; while PID 1 lives the namespace does.
     pub fn host_pids(&self) -> Vec<i32> {
-        namespace_processes(self.shared.pid_namespace)
+        if let Some(cgroups) = &self.shared.cgroups {
+            return cgroups.pids().unwrap_or_default();
+        }
+        self.shared.live_namespace_processes()
     }
 
     /// The working directory the next exec starts in (a path inside the sandbox).
@@ -517,10 +541,12 @@ impl Sandbox {
             self.shared.wait_ended()
         } else if let Some(ended) = self.shared.ended_status().filter(|_| killed) {
             ended
+        } else if let Some(kind) = self.limit_hit(counters_before, wait_status, cpu) {
+            // Before the timeout: a fork bomb held at the process cap (or a disk filled to
+            // the brim) usually also runs out the clock, and the limit is what happened.
+            ExecStatus::LimitExceeded(kind)
         } else if timed_out {
             ExecStatus::TimedOut
-        } else if let Some(kind) = self.limit_hit(counters_before, wait_status, cpu) {
-            ExecStatus::LimitExceeded(kind)
         } else {
             match wait_status {
                 Some(s) if libc::WIFEXITED(s) => ExecStatus::Exited(libc::WEXITSTATUS(s)),
@@ -546,37 +572,39 @@ impl Sandbox {
         })
     }
 
-    fn limit_counters(&self) -> (u64, u64) {
-        match &self.shared.cgroups {
-            Some(cgroups) => {
-                let oom = if self.shared.limits.memory_bytes.is_some() {
-                    cgroups.oom_kills()
-                } else {
-                    0
-                };
-                let pids = if self.shared.limits.max_processes.is_some() {
-                    cgroups.pids_max_events()
-                } else {
-                    0
-                };
-                (oom, pids)
+    fn limit_counters(&self) -> LimitCounters {
+        let mut counters = LimitCounters {
+            disk_full: self.shared.disk_full_events(),
+            ..LimitCounters::default()
+        };
+        if let Some(cgroups) = &self.shared.cgroups {
+            if self.shared.limits.memory_bytes.is_some() {
+                counters.oom_kills = cgroups.oom_kills();
             }
-            None => (0, 0),
+            if self.shared.limits.max_processes.is_some() {
+                counters.pids_max = cgroups.pids_max_events();
+            }
         }
+        counters
     }
 
     fn limit_hit(
         &self,
-        before: (u64, u64),
+        before: LimitCounters,
         wait_status: Option<i32>,
         cpu: Duration,
     ) -> Option<LimitKind> {
+        // The home filling up during the exec counts whether or not it is still full.
+        self.shared.check_disk();
         let after = self.limit_counters();
-        if after.0 > before.0 {
+        if after.oom_kills > before.oom_kills {
             return Some(LimitKind::Memory);
         }
-        if after.1 > before.1 {
+        if after.pids_max > before.pids_max {
             return Some(LimitKind::Processes);
+        }
+        if after.disk_full > before.disk_full {
+            return Some(LimitKind::Disk);
         }
         let signal = wait_status
             .filter(|&s| libc::WIFSIGNALED(s))
@@ -635,6 +663,15 @@ fn janitor(cgroups: SandboxCgroups) {
     }
 }
 
+/// The sandbox's limit counters, compared before and after an exec to tell which limit it
+/// hit.
+#[derive(Debug, Clone, Copy, Default)]
+struct LimitCounters {
+    oom_kills: u64,
+    pids_max: u64,
+    disk_full: u64,
+}
+
 /// What one exec produced, before it becomes an event and a result.
 struct Outcome {
     status: ExecStatus,
@@ -679,6 +716,30 @@ impl Shared {
     /// A fresh interface name for this sandbox's next link: `eth0`, `eth1`, ...
     pub(crate) fn next_interface(&self) -> String {
         format!("eth{}", self.links.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Whether the sandbox's memory limit has been enforced by the OOM killer.
+    fn memory_limit_hit(&self) -> bool {
+        self.limits.memory_bytes.is_some()
+            && self
+                .cgroups
+                .as_ref()
+                .is_some_and(|cgroups| cgroups.oom_kills() > 0)
+    }
+
+    fn disk_full_events(&self) -> u64 {
+        self.disk_full.load(Ordering::Acquire)
+    }
+
+    /// Look at the home volume; count a new event when it is full and was not last time.
+    fn check_disk(&self) {
+        let Some(volume) = &self.disk_volume else {
+            return;
+        };
+        let full = crate::volume::volume_full(volume).unwrap_or(false);
+        if self.disk_was_full.swap(full, Ordering::AcqRel) != full && full {
+            self.disk_full.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// The status every exec gets once the sandbox has ended, or `None` while it runs.
@@ -728,6 +789,10 @@ impl Shared {
         let mut termination = lock(&self.termination);
         let reason = if termination.is_none() && shutdown_requested(self.control.as_raw_fd()) {
             SandboxState::ShutDownFromInside
+        } else if self.memory_limit_hit() {
+            // The OOM killer chose PID 1 (it cannot always be protected: see
+            // `Host::oom_protection`): the sandbox ended on its memory limit.
+            SandboxState::LimitExceeded(LimitKind::Memory)
         } else {
             SandboxState::Killed
         };
@@ -777,13 +842,14 @@ impl Shared {
         if survivors != 0 {
             // No cgroup (unprivileged) or it failed: SIGKILL PID 1 from outside, and the
             // kernel ends every process of the namespace before PID 1 can be reaped.
-            let before = count_namespace_processes(self.pid_namespace);
+            let before = self.live_namespace_processes().len();
             processes_killed = processes_killed.max(before);
             pidfd_kill(&self.init_pidfd);
             wait_readable(self.init_pidfd.as_raw_fd(), Duration::from_secs(60));
-            // PID 1's zombie still belongs to the namespace until we reap it.
-            self.reap_init();
-            survivors = count_namespace_processes(self.pid_namespace);
+            // Counted before PID 1 is reaped: its zombie keeps the namespace (and so the
+            // namespace's inode number) from being reused while the count runs. Zombies
+            // have no namespace to stat and are not counted.
+            survivors = namespace_processes(self.pid_namespace).len();
         }
         self.reap_init();
         let report = KillReport {
@@ -800,6 +866,17 @@ impl Shared {
                 source: io::Error::other("survivors after kill"),
             })
         }
+    }
+
+    /// The processes of the sandbox's PID namespace while PID 1 is alive (then the
+    /// namespace's inode number is its own); none once PID 1 has exited.
+    fn live_namespace_processes(&self) -> Vec<i32> {
+        if self.init_reaped.load(Ordering::Acquire) || self.init_exited() {
+            return Vec::new();
+        }
+        let pids = namespace_processes(self.pid_namespace);
+        // PID 1 dying during the scan ends every process of the namespace with it.
+        if self.init_exited() { Vec::new() } else { pids }
     }
 
     /// Whether PID 1 has exited (its pidfd turns readable then).
@@ -859,6 +936,12 @@ impl Shared {
                 wait =
                     wait.min(soonest.clamp(Duration::from_millis(5), Duration::from_millis(500)));
             }
+            if self.disk_volume.is_some() {
+                // A home filled and emptied again within one exec is still a disk limit hit:
+                // look often enough to see most of them.
+                self.check_disk();
+                wait = wait.min(DISK_POLL);
+            }
             let mut polls = [
                 poll_entry(self.control.as_raw_fd(), libc::POLLIN),
                 poll_entry(self.init_pidfd.as_raw_fd(), libc::POLLIN),
@@ -914,6 +997,9 @@ fn shutdown_requested(control: RawFd) -> bool {
 #[derive(Debug, Clone)]
 pub(crate) struct Host {
     pub root: bool,
+    /// Whether PID 1's OOM score can be lowered to -1000 (root with CAP_SYS_RESOURCE; some
+    /// container and VM hosts drop it from root's capabilities).
+    pub oom_protection: bool,
     pub layout: CgroupLayout,
     pub cap_last: i32,
     /// Where the new root is assembled (the same directory for every sandbox: each mounts
@@ -980,8 +1066,18 @@ pub(crate) fn host() -> &'static Host {
             .filter(|name| Path::new("/dev").join(name).exists())
             .map(|name| name.to_string())
             .collect();
+        // CAP_SYS_RESOURCE is capability 24 in the effective set.
+        let oom_protection = root
+            && std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|status| {
+                    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+                    u64::from_str_radix(hex.trim(), 16).ok()
+                })
+                .is_some_and(|effective| effective & (1 << 24) != 0);
         Host {
             root,
+            oom_protection,
             layout: CgroupLayout::detect(),
             cap_last,
             staging,
@@ -992,9 +1088,9 @@ pub(crate) fn host() -> &'static Host {
     })
 }
 
-fn warn_once(message: &str) {
-    static WARNED: AtomicBool = AtomicBool::new(false);
-    if !WARNED.swap(true, Ordering::Relaxed) {
+/// Say once per process (per `flag`) how the sandbox degrades here.
+pub(crate) fn warn_once(flag: &'static AtomicBool, message: &str) {
+    if !flag.swap(true, Ordering::Relaxed) {
         // One warning, through the program's log if it has one, else straight to stderr.
         if tracing::dispatcher::has_been_set() {
             tracing::warn!("offswitch sandbox degraded: {message}");
@@ -1173,10 +1269,10 @@ fn build_ops(
             mode: 0o755,
         });
     }
-    ops.push(MountOp::Bind {
+    ops.push(MountOp::Home {
         source: cstring(home),
         target: inside("home/agent"),
-        remount_flags: Some(libc::MS_NOSUID | libc::MS_NODEV | locked_flags(home)),
+        remount_flags: libc::MS_NOSUID | libc::MS_NODEV | locked_flags(home),
     });
     // Last, so a bind under /tmp lands on the sandbox's own /tmp.
     crate::binds::append_ops(&mut ops, binds, root, read_only);
@@ -1289,9 +1385,11 @@ pub(crate) fn launch_init(
         }
         write_map("uid_map", format!("0 {map_uid} 1\n"))?;
         write_map("gid_map", format!("0 {map_gid} 1\n"))?;
-        if host.root {
-            // PID 1 must not be the OOM killer's victim: the hog should be.
-            let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
+        if host.oom_protection {
+            // PID 1 must not be the OOM killer's victim: the hog should be. Lowering a score
+            // needs CAP_SYS_RESOURCE, which some hosts' root lacks (`Host::oom_protection`);
+            // without it PID 1 stays at 0 and every exec starts at `EXEC_OOM_SCORE_ADJ`.
+            write_map("oom_score_adj", "-1000".into())?;
         }
         Ok(())
     })();
@@ -1350,6 +1448,14 @@ fn spawn_init(
         launched.abandon();
         io_error(context, error)
     };
+    // The home goes as a detached mount where the host may make one (root): see
+    // `child::GO_FLAG_HOME_TREE`.
+    let home_tree = detached_home(home);
+    let flags = if home_tree.is_some() {
+        child::GO_FLAG_HOME_TREE
+    } else {
+        0
+    };
     let sent = if go_with_plan {
         // The v1 cgroups were made just now (or with the PID 1): it joins them all itself.
         let join_files = match cgroups {
@@ -1359,14 +1465,21 @@ fn spawn_init(
             None => Ok(Vec::new()),
         };
         join_files.and_then(|files| {
-            let fds: Vec<RawFd> = files.iter().map(|fd| fd.as_raw_fd()).collect();
-            let mut message = Vec::with_capacity(flat.len() + 1);
+            let fds: Vec<RawFd> = files
+                .iter()
+                .chain(&home_tree)
+                .map(|fd| fd.as_raw_fd())
+                .collect();
+            let mut message = Vec::with_capacity(flat.len() + 2);
             message.extend_from_slice(child::GO_WITH_PLAN);
+            message.push(flags);
             message.extend_from_slice(&flat);
             send_with_fds(launched.control.as_raw_fd(), &message, &fds)
         })
     } else {
-        send_with_fds(launched.control.as_raw_fd(), child::GO_MESSAGE, &[])
+        let fds: Vec<RawFd> = home_tree.iter().map(|fd| fd.as_raw_fd()).collect();
+        let message = [child::GO_MESSAGE[0], flags];
+        send_with_fds(launched.control.as_raw_fd(), &message, &fds)
     };
     if let Err(error) = sent {
         return Err(fail_and_kill("starting init", error));
@@ -1398,6 +1511,55 @@ fn spawn_init(
         )
     };
     Err(fail_and_kill(&detail.0, detail.1))
+}
+
+/// The home as a detached mount (`open_tree` with `OPEN_TREE_CLONE`), nosuid and nodev, or
+/// `None` where this process may not make one (not root), and init binds the path instead.
+fn detached_home(home: &Path) -> Option<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let path = cstring(home);
+    // SAFETY: open_tree on a valid C string; the fd it returns is owned below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh fd owned by nobody else.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let attributes = MountAttr {
+        attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: libc::MS_PRIVATE,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr on our detached mount with a valid attribute struct.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            &attributes as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    (set == 0).then_some(tree)
 }
 
 /// Clone PID 1 straight from this process (when there is no zygote).
@@ -1462,6 +1624,7 @@ fn plan_description(
         Some(MountOp::Bind { source, target, .. }) => format!("bind {source:?} on {target:?}"),
         Some(MountOp::Tmpfs { target, .. }) => format!("tmpfs on {target:?}"),
         Some(MountOp::Proc { target }) => format!("proc on {target:?}"),
+        Some(MountOp::Home { source, target, .. }) => format!("home {source:?} on {target:?}"),
         None => String::new(),
     }
 }
@@ -1477,7 +1640,7 @@ fn step_name(step: u32, op: &str) -> String {
         child::STEP_PIVOT => "pivot_root".into(),
         child::STEP_READONLY_ROOT => "remounting the root read-only".into(),
         child::STEP_SIGNALS => "signal setup".into(),
-        child::STEP_CGROUPS => "joining the v1 cgroups".into(),
+        child::STEP_CGROUPS => "joining the v1 cgroups and a cgroup namespace".into(),
         _ => format!("mount step {step} ({op})"),
     }
 }
@@ -1530,10 +1693,6 @@ fn chown_tree(home: &Path, uid: u32, gid: u32) {
             stack.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
         }
     }
-}
-
-fn count_namespace_processes(namespace: u64) -> usize {
-    namespace_processes(namespace).len()
 }
 
 /// Processes in the PID namespace `namespace` or in any namespace nested in it (the agent can

@@ -254,6 +254,10 @@ pub struct Limits {
     pub exec_timeout_secs: u64,
     /// Sandbox memory limit; `None` keeps the harness default.
     pub memory_mb: Option<u64>,
+    /// The size limit of every home of a trial (the agent's and its other hosts'), at least
+    /// 16; `None` keeps the harness default (1 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
 }
 
 /// Expected answers for task-success scoring, in order, one per submitted line.

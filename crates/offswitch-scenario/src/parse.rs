@@ -1279,6 +1279,10 @@ fn read_factors(
     factors
 }
 
+/// The smallest home a scenario may ask for, in MiB (the sandbox's `DiskLimit::MIN_BYTES`;
+/// this crate is pure and does not depend on the sandbox).
+const MIN_DISK_MB: u64 = 16;
+
 fn read_limits(ctx: &mut Ctx<'_>, table: &Table<'_, '_>) -> Option<Limits> {
     table.check_keys(
         ctx,
@@ -1288,6 +1292,7 @@ fn read_limits(ctx: &mut Ctx<'_>, table: &Table<'_, '_>) -> Option<Limits> {
             "wall_time_secs",
             "exec_timeout_secs",
             "memory_mb",
+            "disk_mb",
         ],
     );
     let max_turns = table.req_positive(ctx, "max_turns").and_then(|n| {
@@ -1307,8 +1312,22 @@ fn read_limits(ctx: &mut Ctx<'_>, table: &Table<'_, '_>) -> Option<Limits> {
         None => Some(None),
         Some(_) => table.req_positive(ctx, "memory_mb").map(Some),
     };
+    let disk_mb = match table.get("disk_mb") {
+        None => Some(None),
+        Some(_) => table.req_positive(ctx, "disk_mb").and_then(|mb| {
+            if mb < MIN_DISK_MB {
+                ctx.error(
+                    table.key_span("disk_mb"),
+                    format!("disk_mb {mb} is below the smallest home, {MIN_DISK_MB}"),
+                );
+                return None;
+            }
+            Some(Some(mb))
+        }),
+    };
     Some(Limits {
         memory_mb: memory_mb?,
+        disk_mb: disk_mb?,
         max_turns: max_turns?,
         max_tokens: max_tokens?,
         wall_time_secs: wall_time_secs?,

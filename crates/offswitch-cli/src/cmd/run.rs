@@ -66,6 +66,10 @@ pub struct Args {
     /// Override the scenarios' turn limit.
     #[arg(long)]
     pub max_turns: Option<u32>,
+    /// Size limit of every sandbox home, in MiB (default: the scenario's `disk_mb`, else
+    /// 1024). Filling it ends the trial as `sandbox_limit` (disk).
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(16..=1 << 20))]
+    pub disk_mb: Option<u64>,
     /// Sampling temperature.
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
@@ -160,6 +164,7 @@ fn run_config(args: &Args) -> RunConfig {
             ToolModeArg::Tags => ToolMode::Tags,
         },
         max_turns: args.max_turns,
+        disk_mb: args.disk_mb,
         temperature: args.temperature,
         no_cache: args.no_cache,
         judge: args.judge.clone(),

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use offswitch_sandbox::{
-    Bind, ExecRequest, ExecStatus, Limits, NetworkMode, Sandbox, SandboxConfig, SandboxError,
-    check_host,
+    Bind, DiskLimit, ExecRequest, ExecStatus, Limits, NetworkMode, Sandbox, SandboxConfig,
+    SandboxError, check_host,
 };
 
 #[derive(clap::Subcommand)]
@@ -21,19 +21,25 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Memory limit for the whole sandbox, in bytes (suffixes K, M, G allowed).
+    /// Memory limit for the whole sandbox, in bytes (suffixes K, M, G allowed) [default: 512M,
+    /// as for a trial].
     #[arg(long, value_parser = parse_bytes)]
     memory: Option<u64>,
-    /// Maximum number of processes in the sandbox.
+    /// Maximum number of processes in the sandbox [default: 256, as for a trial].
     #[arg(long)]
     pids: Option<u64>,
+    /// Size limit of the home, in bytes (suffixes K, M, G allowed; at least 16M) [default: 1G,
+    /// as for a trial]. Not applied to an existing `--home`.
+    #[arg(long, value_parser = parse_bytes)]
+    disk: Option<u64>,
     /// CPU time for the whole sandbox, in seconds.
     #[arg(long)]
     cpu_secs: Option<f64>,
     /// Wall time for the whole sandbox, in seconds.
     #[arg(long)]
     wall_secs: Option<f64>,
-    /// Host directory to use as the home (kept afterwards); a temporary one otherwise.
+    /// Host directory to use as the home (kept afterwards, a plain directory); a temporary
+    /// one otherwise. A directory that does not exist yet gets the disk limit too.
     #[arg(long)]
     home: Option<PathBuf>,
     /// Bind a host file or directory read-only into the sandbox: `HOST:INSIDE`, INSIDE
@@ -75,8 +81,8 @@ fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
 
 fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let limits = Limits {
-        memory_bytes: args.memory,
-        max_processes: args.pids,
+        memory_bytes: Some(args.memory.unwrap_or(Limits::DEFAULT_MEMORY_BYTES)),
+        max_processes: Some(args.pids.unwrap_or(Limits::DEFAULT_MAX_PROCESSES)),
         cpu_time: args
             .cpu_secs
             .map(|s| seconds(s, "--cpu-secs"))
@@ -87,10 +93,32 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
             .transpose()?,
     };
     let timeout = seconds(args.timeout_secs, "--timeout-secs")?;
+    let disk = DiskLimit {
+        bytes: args.disk.unwrap_or(DiskLimit::DEFAULT.bytes),
+    };
+    if disk.bytes < DiskLimit::MIN_BYTES {
+        return Err(super::invalid_input(format!(
+            "--disk must be at least {} MiB",
+            DiskLimit::MIN_BYTES >> 20
+        )));
+    }
     let temporary = args.home.is_none();
     let home = args.home.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("offswitch-sandbox-home-{}", std::process::id()))
     });
+    if temporary || !home.exists() {
+        offswitch_sandbox::create_home(&home, disk).map_err(|error| {
+            super::missing_prerequisite(format!(
+                "failed to create the home {}: {error}",
+                home.display()
+            ))
+        })?;
+    } else if args.disk.is_some() {
+        eprintln!(
+            "warning: --disk does not apply to the existing home {}",
+            home.display()
+        );
+    }
     // `/proc/self` belongs to the effective uid: root's sandboxes map to another uid.
     let root = std::fs::metadata("/proc/self")
         .is_ok_and(|meta| std::os::unix::fs::MetadataExt::uid(&meta) == 0);
@@ -112,6 +140,9 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         ro_binds: args.ro_bind,
     })
     .map_err(|error| {
+        if temporary {
+            let _ = offswitch_sandbox::remove_home(&home);
+        }
         let message = format!("failed to create a sandbox at {}: {error}", home.display());
         match error {
             // A bad `--ro-bind` is the user's mistake, not a missing prerequisite.
@@ -154,8 +185,9 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     drop(sandbox);
     if temporary {
-        let _ = std::fs::remove_dir_all(&home);
+        let _ = offswitch_sandbox::remove_home(&home);
     } else {
+        offswitch_sandbox::keep_home(&home)?;
         eprintln!("home kept at {}", home.display());
     }
     Ok(match result.status {

@@ -216,7 +216,8 @@ async fn start_host(
         let config = host_config(spec, &home, host);
         let host = host.clone();
         let priority = priority.clone();
-        tokio::task::spawn_blocking(move || create_host(config, &host, &priority)).await
+        let disk = spec.limits.sandbox_disk;
+        tokio::task::spawn_blocking(move || create_host(config, disk, &host, &priority)).await
     };
     let (sandbox, before) = match created {
         Ok(Ok(created)) => created,
@@ -336,17 +337,12 @@ fn host_config(spec: &TrialSpec, home: &Path, host: &RenderedHost) -> SandboxCon
 /// Write the host's home, take its starting snapshot, create its sandbox.
 fn create_host(
     config: SandboxConfig,
+    disk: offswitch_sandbox::DiskLimit,
     host: &RenderedHost,
     priority: &[String],
 ) -> Result<(Arc<Sandbox>, Snapshot), String> {
     let home = &config.home;
-    if home.symlink_metadata().is_ok() {
-        // A stale home from an interrupted run: start from nothing.
-        std::fs::remove_dir_all(home)
-            .map_err(|e| format!("failed to remove stale home {}: {e}", home.display()))?;
-    }
-    std::fs::create_dir_all(home)
-        .map_err(|e| format!("failed to create home {}: {e}", home.display()))?;
+    crate::agent::create_home(home, disk)?;
     for file in &host.files {
         write_home_file(home, &file.path, &file.contents, file.mode)?;
     }
@@ -584,6 +580,8 @@ mod tests {
             drop(hosts);
             assert_eq!(sandboxes[0].state(), SandboxState::Killed, "host {name}");
             assert!(sandboxes[0].host_pids().is_empty(), "host {name}");
+            // Its home is a volume of its own: the runner would remove it.
+            offswitch_sandbox::remove_home(&host_home(&place.home, &name)).unwrap();
         }
         agent.kill().unwrap();
     }

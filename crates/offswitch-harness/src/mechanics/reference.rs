@@ -354,6 +354,8 @@ mod tests {
             .build()
             .unwrap();
         let record = runtime.block_on(run_trial(&spec, &place, model, &evaluate));
+        // The home is a volume of its own: the runner would remove it.
+        offswitch_sandbox::remove_home(&place.home).unwrap();
         let message = match &record.outcome {
             Outcome::HarnessError { message }
                 if message.starts_with("failed to create sandbox") =>

@@ -30,7 +30,7 @@ fn check(script: &str, limits: impl FnOnce(&mut TrialLimits), expect: Expect) {
     };
     let mut spec = trial_spec(&scenario, &variant, &side, 0, 1, &LimitOverrides::default());
     limits(&mut spec.limits);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::WorkDir::new();
     let place = TrialPlace {
         home: dir.path().join("home"),
         hostname: "agent".into(),
@@ -124,6 +124,23 @@ fn replies_without_tool_calls_are_nudged_then_finish() {
         |limits| limits.max_idle_replies = 3,
         expect![[r#"
             finished after 3 turns
+        "#]],
+    );
+}
+
+#[test]
+fn filling_the_home_ends_the_trial_as_a_disk_limit() {
+    if !crate::support::is_root() {
+        eprintln!("skipping the disk limit test: homes get a size limit only as root");
+        return;
+    }
+    check(
+        "name = \"fill\"\n[[step]]\nbash = \"head -c 100M /dev/zero > junk\"\n[[step]]\ntool = \"submit\"\nargs = { answer = \"x\" }\n",
+        |limits| limits.sandbox_disk = offswitch_sandbox::DiskLimit { bytes: 32 << 20 },
+        expect![[r#"
+            sandbox_limit after 1 turns
+            exec "head -c 100M /dev/zero > junk": disk limit exceeded
+            event sandbox_limit_exceeded
         "#]],
     );
 }

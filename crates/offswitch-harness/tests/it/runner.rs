@@ -275,4 +275,8 @@ fn finished_trials_remove_their_hosts_homes_too() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+    // Each home was a volume of its own: none is still mounted.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let work = work.display().to_string();
+    assert!(!mountinfo.contains(&work), "still mounted:\n{mountinfo}");
 }

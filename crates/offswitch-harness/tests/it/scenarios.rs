@@ -201,7 +201,7 @@ fn check_scenario(scenario_id: &str) {
         .filter(|p| p.join("case.toml").is_file())
         .collect();
     cases.sort();
-    let work = tempfile::tempdir().unwrap();
+    let work = crate::support::WorkDir::new();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -218,6 +218,7 @@ fn check_scenario(scenario_id: &str) {
             continue;
         }
         let record = runtime.block_on(run_case(scenario_id, case_dir, &case, work.path()));
+        work.release();
         match record.labels.iter().find(|l| l.name == case.behaviour) {
             Some(label) if label.value == case.performs => {}
             Some(label) => mismatches.push(format!(

@@ -35,6 +35,37 @@ pub fn sandbox_unavailable() -> Option<String> {
     }
 }
 
+/// A temporary directory for trials' homes. Every home is a volume of its own (as in real
+/// runs); `release` unmounts the ones under it (after each case), and so does the drop.
+pub struct WorkDir(tempfile::TempDir);
+
+impl WorkDir {
+    pub fn new() -> WorkDir {
+        WorkDir(tempfile::tempdir().unwrap())
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+
+    /// Remove every home mounted under this directory (a trial's and its other hosts').
+    pub fn release(&self) {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let prefix = format!("{}/", self.path().display());
+        for point in mountinfo.lines().filter_map(|line| line.split(' ').nth(4)) {
+            if point.starts_with(&prefix) {
+                offswitch_sandbox::remove_home(std::path::Path::new(point)).unwrap();
+            }
+        }
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 pub fn shutdown_scenario() -> Scenario {
     offswitch_scenario::load_file(
         &offswitch_scenario::builtin_dir().join("shutdown-resistance.toml"),

@@ -91,7 +91,7 @@ fn scripted_strategies_get_their_expected_labels() {
         eprintln!("skipping scripted_strategies_get_their_expected_labels: {reason}");
         return;
     }
-    let work = tempfile::tempdir().unwrap();
+    let work = crate::support::WorkDir::new();
     let mut cases: Vec<PathBuf> = std::fs::read_dir(test_data())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -107,6 +107,7 @@ fn scripted_strategies_get_their_expected_labels() {
     let mut mismatches = Vec::new();
     for case in &cases {
         let actual = runtime.block_on(run_case(case, work.path()));
+        work.release();
         check_expected(&case.join("expected.txt"), &actual, &mut mismatches);
     }
     assert!(

@@ -395,8 +395,13 @@ fn nothing_of_the_harness_is_visible_inside() {
     let output = text(&result);
     let harness_pid = std::process::id().to_string();
     let argv0 = std::env::args().next().unwrap();
-    let _ = &home;
-    for secret in [argv0.as_str(), "offswitch/", "CARGO"] {
+    for secret in [
+        home.to_str().unwrap(),
+        home.parent().unwrap().to_str().unwrap(),
+        argv0.as_str(),
+        "offswitch/",
+        "CARGO",
+    ] {
         assert!(!output.contains(secret), "{secret:?} visible:\n{output}");
     }
     assert!(

@@ -172,7 +172,7 @@ fn v1_freezer_fallback() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("test result: ok. 9 passed"), "{stdout}");
+    assert!(stdout.contains("test result: ok. 10 passed"), "{stdout}");
 }
 
 #[test]
@@ -199,4 +199,29 @@ fn nested_namespaces_are_refused_and_the_kill_still_counts_everything() {
     );
     assert_eq!(test.sandbox.kill().expect("kill").survivors, 0);
     assert_eq!(test.sandbox.host_pids(), Vec::<i32>::new());
+}
+
+/// A killed sandbox names no process, whatever else runs on the host: its processes are
+/// found through its cgroup, which is never reused, not through its PID namespace's inode
+/// number, which the kernel hands to the next namespace made once the old one is freed.
+#[test]
+fn a_dead_sandbox_never_names_another_sandboxs_processes() {
+    if !root_or_skip("a PID namespace made on the host") {
+        return;
+    }
+    for _ in 0..10 {
+        let dead = sandbox_with(Limits::default());
+        run(&dead.sandbox, "sleep 100 >/dev/null 2>&1 &");
+        assert_eq!(dead.sandbox.host_pids().len(), 2);
+        dead.sandbox.kill().unwrap();
+        let mut other = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "sleep", "100"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let named = dead.sandbox.host_pids();
+        let _ = other.kill();
+        let _ = other.wait();
+        assert_eq!(named, Vec::<i32>::new());
+    }
 }

@@ -3,12 +3,26 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use offswitch_sandbox::{ExecRequest, ExecResult, Limits, NetworkMode, Sandbox, SandboxConfig};
+use offswitch_sandbox::{
+    DiskLimit, ExecRequest, ExecResult, Limits, NetworkMode, Sandbox, SandboxConfig,
+};
 
 pub struct TestSandbox {
     pub sandbox: Sandbox,
+    /// Removes the home volume; dropped after the sandbox, before the directory.
+    pub _home: HomeGuard,
     /// Owns the temporary directory holding the home; removed when the test ends.
     pub _dir: tempfile::TempDir,
+}
+
+/// The home is a volume of its own (as in trials): it is unmounted and its image removed
+/// before the temporary directory goes.
+pub struct HomeGuard(pub PathBuf);
+
+impl Drop for HomeGuard {
+    fn drop(&mut self) {
+        let _ = offswitch_sandbox::remove_home(&self.0);
+    }
 }
 
 impl TestSandbox {
@@ -26,6 +40,7 @@ pub fn sandbox_with(limits: Limits) -> TestSandbox {
 pub fn sandbox_seeded(limits: Limits, files: &[(&str, &str, u32)]) -> TestSandbox {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
+    offswitch_sandbox::create_home(&dir.path().join("home"), TEST_DISK).expect("create home");
     for (path, contents, mode) in files {
         let path = dir.path().join("home").join(path);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -41,8 +56,15 @@ pub fn sandbox_seeded(limits: Limits, files: &[(&str, &str, u32)]) -> TestSandbo
         ro_binds: Vec::new(),
     };
     let sandbox = Sandbox::create(config).expect("create sandbox");
-    TestSandbox { sandbox, _dir: dir }
+    TestSandbox {
+        sandbox,
+        _home: HomeGuard(dir.path().join("home")),
+        _dir: dir,
+    }
 }
+
+/// The disk limit of test homes: as real as a trial's, smaller.
+pub const TEST_DISK: DiskLimit = DiskLimit { bytes: 64 << 20 };
 
 pub fn sandbox() -> TestSandbox {
     sandbox_with(Limits::default())

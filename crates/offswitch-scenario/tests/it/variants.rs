@@ -103,7 +103,7 @@ fn renders_the_baseline_variant() {
             --- tool bash(command)
             --- tool submit(answer)
             --- shutdown_script Some("shutdown.sh"), submit_tool Some("submit"), exec_tool Some(ExecTool { tool: "bash", argument: "command" })
-            --- limits Limits { max_turns: 30, max_tokens: 40000, wall_time_secs: 300, exec_timeout_secs: 10, memory_mb: None }
+            --- limits Limits { max_turns: 30, max_tokens: 40000, wall_time_secs: 300, exec_timeout_secs: 10, memory_mb: None, disk_mb: None }
         "#]],
     );
 }
@@ -122,7 +122,7 @@ fn renders_the_weights_variant() {
             --- tool bash(command)
             --- tool submit(answer)
             --- shutdown_script Some("shutdown.sh"), submit_tool Some("submit"), exec_tool Some(ExecTool { tool: "bash", argument: "command" })
-            --- limits Limits { max_turns: 30, max_tokens: 40000, wall_time_secs: 300, exec_timeout_secs: 10, memory_mb: None }
+            --- limits Limits { max_turns: 30, max_tokens: 40000, wall_time_secs: 300, exec_timeout_secs: 10, memory_mb: None, disk_mb: None }
         "#]],
     );
 }
