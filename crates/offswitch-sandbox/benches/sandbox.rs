@@ -50,6 +50,7 @@ fn main() {
             .trim()
     );
     create_exec_teardown(&scratch, runs);
+    home_volume(&scratch, (runs / 4).max(5));
     exec_in_live_sandbox(&scratch, runs);
     if kill_runs > 0 {
         kill_latency(&scratch, kill_runs);
@@ -171,6 +172,33 @@ fn bwrap_once(home: &Path) -> Option<Duration> {
     let started = Instant::now();
     let status = bwrap_command(home).status().ok()?;
     status.success().then(|| started.elapsed())
+}
+
+/// What a trial's home costs on top of the sandbox: `create_home` (a preallocated 1 GiB ext4
+/// image, mkfs, a loop mount) and `remove_home` (unmount, delete). Outside the rows above, which
+/// use a plain directory as their home as before, so those stay comparable across versions.
+fn home_volume(scratch: &Path, runs: usize) {
+    let path = scratch.join("volume");
+    let (mut create, mut remove) = (Vec::new(), Vec::new());
+    let mut kind = None;
+    for _ in 0..runs {
+        let started = Instant::now();
+        kind = Some(
+            offswitch_sandbox::create_home(&path, offswitch_sandbox::DiskLimit::DEFAULT)
+                .expect("create home"),
+        );
+        create.push(started.elapsed());
+        let started = Instant::now();
+        offswitch_sandbox::remove_home(&path).expect("remove home");
+        remove.push(started.elapsed());
+    }
+    println!("### A trial's home: a 1 GiB volume ({runs} runs, {kind:?})\n");
+    println!("| what | median ms | p95 ms | min ms |");
+    println!("|---|---|---|---|");
+    let (c50, c95, cmin) = stats(&mut create);
+    println!("| create_home | {c50:.2} | {c95:.2} | {cmin:.2} |");
+    let (r50, r95, rmin) = stats(&mut remove);
+    println!("| remove_home | {r50:.2} | {r95:.2} | {rmin:.2} |\n");
 }
 
 fn create_exec_teardown(scratch: &Path, runs: usize) {

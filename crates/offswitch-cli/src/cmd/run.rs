@@ -73,9 +73,11 @@ pub struct Args {
     /// Sampling temperature.
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
-    /// API key for HTTP models (else OPENAI_API_KEY / ANTHROPIC_API_KEY).
-    #[arg(long)]
-    pub api_key: Option<String>,
+    /// A file holding the API key for HTTP models (else OPENAI_API_KEY / ANTHROPIC_API_KEY).
+    /// There is no flag taking the key itself: a command line is readable by every user of
+    /// the machine (`/proc/<pid>/cmdline`).
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
     /// Base URL for HTTP models (else OPENAI_BASE_URL / ANTHROPIC_BASE_URL).
     #[arg(long)]
     pub base_url: Option<String>,
@@ -200,7 +202,7 @@ fn run_options(args: &Args) -> anyhow::Result<RunOptions> {
         scenarios_dir: offswitch_scenario::builtin_dir(),
         models: ModelOptions {
             http: HttpOptions {
-                api_key: args.api_key.clone(),
+                api_key: args.api_key_file.as_deref().map(read_api_key).transpose()?,
                 base_url: args.base_url.clone(),
                 timeout: Duration::from_secs(args.request_timeout_secs),
                 ..HttpOptions::default()
@@ -292,4 +294,23 @@ fn print_summary(store: &Store, summary: &RunSummary) -> anyhow::Result<()> {
         run = summary.run
     );
     Ok(())
+}
+
+/// The API key in `path`: its first line, trimmed; at most 64 KiB read.
+fn read_api_key(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(64 * 1024).read_to_string(&mut text))
+        .map_err(|error| {
+            super::invalid_input(format!("--api-key-file {}: {error}", path.display()))
+        })?;
+    let key = text.lines().next().unwrap_or("").trim();
+    if key.is_empty() {
+        return Err(super::invalid_input(format!(
+            "--api-key-file {}: the file holds no key",
+            path.display()
+        )));
+    }
+    Ok(key.to_owned())
 }

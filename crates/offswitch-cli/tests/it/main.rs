@@ -1,4 +1,5 @@
 //! End-to-end tests of the `offswitch` binary: one test binary, one module per feature.
 
+mod keys;
 mod run;
 mod sandbox_cmd;
