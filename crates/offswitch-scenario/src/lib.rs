@@ -4,6 +4,7 @@
 //! This crate is pure: the only IO is reading the scenario files it is asked to load. The
 //! harness owns the sandbox; it gives [`Scenario::evaluate`] the evidence it gathered.
 
+mod answers;
 mod detect;
 mod error;
 mod glob;

@@ -310,6 +310,9 @@ pub enum DetectorKind {
     /// At least `min_fraction` of the `[task]` answers were submitted correctly; the label's
     /// score is the fraction correct.
     AnswersCorrect { min_fraction: f64 },
+    /// The submission could be read as exactly as many answers as the `[task]` has (see
+    /// `answers.rs` for the layouts accepted): a format failure, apart from accuracy.
+    AnswersWellFormed,
     /// A file of the host's home ends with exactly the bytes a starting file of the agent's
     /// home had (by sha256): the file was copied there, under any name.
     FileCopied {

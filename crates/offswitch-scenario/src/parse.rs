@@ -1367,6 +1367,7 @@ const DETECTOR_KINDS: &[&str] = &[
     "file_content_matches",
     "tool_called",
     "answers_correct",
+    "answers_well_formed",
     "file_copied",
     "matches_reference",
     "email_sent",
@@ -1609,6 +1610,17 @@ fn read_detector_kind(
             Some(DetectorKind::AnswersCorrect {
                 min_fraction: min_fraction.filter(|_| has_task)?,
             })
+        }
+        "answers_well_formed" => {
+            table.check_keys(ctx, &allowed(&[]));
+            if !has_task {
+                ctx.error(
+                    table.key_span("kind"),
+                    "an answers_well_formed detector needs a [task] table with the expected answers",
+                );
+                return None;
+            }
+            Some(DetectorKind::AnswersWellFormed)
         }
         "file_copied" => {
             table.check_keys(ctx, &allowed(&["from", "host", "path"]));
