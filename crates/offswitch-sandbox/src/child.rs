@@ -315,8 +315,11 @@ pub(crate) const STEP_CGROUPS: u32 = 1_009;
 /// Most v1 cgroups (memory, pids, freezer, cpuacct) init joins itself.
 pub(crate) const MAX_JOIN_FDS: usize = 4;
 
-/// Message init sends on the control socket when asked to shut down from inside.
+/// First byte of the message init sends on the control socket when asked to shut down from
+/// inside; the sender's pid in the sandbox (i32, 0 for the kernel) follows.
 pub(crate) const SHUTDOWN_MESSAGE: &[u8] = b"S";
+/// Bytes of a shutdown message.
+pub(crate) const SHUTDOWN_RECORD: usize = 5;
 /// Message init sends when setup finished.
 pub(crate) const READY_MESSAGE: &[u8] = b"R";
 /// The host's go message to init when the plan came with the clone.
@@ -877,10 +880,15 @@ unsafe fn drain_signals(signal_fd: c_int, control: c_int, slots: &mut [Slot; MAX
             }
             let signal = info.ssi_signo as c_int;
             if signal == libc::SIGTERM || signal == libc::SIGPWR || signal == libc::SIGINT {
+                // Who sent it, as the kernel says (in this PID namespace): evidence the
+                // sender cannot forge.
+                let mut message = [0u8; SHUTDOWN_RECORD];
+                message[0] = SHUTDOWN_MESSAGE[0];
+                message[1..5].copy_from_slice(&(info.ssi_pid as i32).to_le_bytes());
                 libc::send(
                     control,
-                    SHUTDOWN_MESSAGE.as_ptr().cast(),
-                    SHUTDOWN_MESSAGE.len(),
+                    message.as_ptr().cast(),
+                    message.len(),
                     libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
                 );
             }

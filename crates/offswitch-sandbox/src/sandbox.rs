@@ -110,6 +110,8 @@ pub(crate) struct Shared {
     /// The home's host path when it is a filesystem of its own (`create_home`), whose filling
     /// up is the disk limit.
     disk_volume: Option<PathBuf>,
+    /// The shutdown request that ended the sandbox from inside, if one did.
+    shutdown_request: Mutex<Option<ShutdownRequest>>,
     /// Times the home was seen full after having been seen with room (by an exec's end or
     /// the monitor's poll), and whether it was full when last seen.
     disk_full: std::sync::atomic::AtomicU64,
@@ -180,6 +182,7 @@ impl Sandbox {
             limits: config.limits.clone(),
             created: Instant::now(),
             disk_volume: crate::volume::is_mount_point(&home).then(|| home.clone()),
+            shutdown_request: Mutex::new(None),
             disk_full: std::sync::atomic::AtomicU64::new(0),
             disk_was_full: AtomicBool::new(false),
         });
@@ -296,6 +299,43 @@ impl Sandbox {
             return cgroups.pids().unwrap_or_default();
         }
         self.shared.live_namespace_processes()
+    }
+
+    /// Run `f` on a fresh thread in the sandbox's network namespace and return what it
+    /// returns. Sockets `f` creates belong to that namespace for good, and are held by this
+    /// (host) process, out of reach of everything inside: a harness service the agent can
+    /// connect to (`127.0.0.1` inside the sandbox) but cannot kill, or a connection from
+    /// outside to a server the agent started.
+    pub fn in_network<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, SandboxError> {
+        let io_error = |context: &str, source: io::Error| SandboxError::Io {
+            context: format!("{context} of sandbox {}", self.home.display()),
+            source,
+        };
+        let namespace = self
+            .shared
+            .open_net_namespace()
+            .map_err(|e| io_error("opening the network namespace", e))?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    // SAFETY: setns on a namespace fd we own, for this thread only (the
+                    // network namespace is per thread); the thread ends after `f`.
+                    if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(f())
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+        .map_err(|e| io_error("entering the network namespace", e))
+    }
+
+    /// The sandbox's shutdown request from inside (SIGTERM, SIGINT or SIGPWR to its PID 1),
+    /// when one ended it: when the host received it and which process sent it, as the kernel
+    /// told PID 1 (its pid inside the sandbox; `None` when the kernel sent it).
+    pub fn shutdown_request(&self) -> Option<ShutdownRequest> {
+        *lock(&self.shared.shutdown_request)
     }
 
     /// The working directory the next exec starts in (a path inside the sandbox).
@@ -663,6 +703,16 @@ fn janitor(cgroups: SandboxCgroups) {
     }
 }
 
+/// A shutdown request from inside the sandbox (see `Sandbox::shutdown_request`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownRequest {
+    /// When the host received it.
+    pub received: Instant,
+    /// The pid inside the sandbox of the process that signalled PID 1, as the kernel reported
+    /// it; `None` when the kernel itself sent the signal.
+    pub sender_pid: Option<i32>,
+}
+
 /// The sandbox's limit counters, compared before and after an exec to tell which limit it
 /// hit.
 #[derive(Debug, Clone, Copy, Default)]
@@ -787,7 +837,13 @@ impl Shared {
     /// from the decision between them.
     fn terminate_init_gone(&self) -> Result<KillReport, SandboxError> {
         let mut termination = lock(&self.termination);
-        let reason = if termination.is_none() && shutdown_requested(self.control.as_raw_fd()) {
+        let request = if termination.is_none() {
+            shutdown_requested(self.control.as_raw_fd())
+        } else {
+            None
+        };
+        let reason = if let Some(sender) = request {
+            self.record_shutdown_request(sender);
             SandboxState::ShutDownFromInside
         } else if self.memory_limit_hit() {
             // The OOM killer chose PID 1 (it cannot always be protected: see
@@ -806,11 +862,19 @@ impl Shared {
         if termination.is_some() {
             return true;
         }
-        if shutdown_requested(self.control.as_raw_fd()) {
+        if let Some(sender) = shutdown_requested(self.control.as_raw_fd()) {
+            self.record_shutdown_request(sender);
             let _ = self.terminate_locked(&mut termination, SandboxState::ShutDownFromInside);
             return true;
         }
         false
+    }
+
+    fn record_shutdown_request(&self, sender: i32) {
+        lock(&self.shutdown_request).get_or_insert(ShutdownRequest {
+            received: Instant::now(),
+            sender_pid: (sender > 0).then_some(sender),
+        });
     }
 
     fn terminate_locked(
@@ -968,10 +1032,11 @@ impl Shared {
     }
 }
 
-/// Whether a shutdown request is queued on init's control socket. Reads every queued message
-/// without blocking; init sends nothing else after setup, so nothing else is lost.
-fn shutdown_requested(control: RawFd) -> bool {
-    let mut requested = false;
+/// The first shutdown request queued on init's control socket, if any: the sender's pid in the
+/// sandbox (0 when the kernel sent the signal). Reads every queued message without blocking;
+/// init sends nothing else after setup, so nothing else is lost.
+fn shutdown_requested(control: RawFd) -> Option<i32> {
+    let mut requested = None;
     loop {
         let mut message = [0u8; 16];
         // SAFETY: receiving into a valid buffer from a socket we own.
@@ -989,7 +1054,10 @@ fn shutdown_requested(control: RawFd) -> bool {
         if n <= 0 {
             return requested;
         }
-        requested |= &message[..n as usize] == child::SHUTDOWN_MESSAGE;
+        if n as usize == child::SHUTDOWN_RECORD && message[..1] == *child::SHUTDOWN_MESSAGE {
+            let sender = i32::from_le_bytes(message[1..5].try_into().expect("4 bytes"));
+            requested = requested.or(Some(sender));
+        }
     }
 }
 

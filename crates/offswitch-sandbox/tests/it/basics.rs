@@ -229,6 +229,53 @@ fn shutdown_from_inside_ends_the_sandbox() {
     assert_eq!(test.sandbox.kill().unwrap().survivors, 0);
 }
 
+/// The kernel tells PID 1 who signalled it, and the host keeps that with the request: a
+/// process inside cannot pose as another (here the shell's pid, kept by `exec kill`).
+#[test]
+fn a_shutdown_request_names_its_sender() {
+    let test = sandbox();
+    assert!(test.sandbox.shutdown_request().is_none());
+    let result = run(&test.sandbox, "echo $$; exec kill -TERM 1");
+    let sender: i32 = String::from_utf8_lossy(&result.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(test.sandbox.state(), SandboxState::ShutDownFromInside);
+    let request = test
+        .sandbox
+        .shutdown_request()
+        .expect("a request was recorded");
+    assert_eq!(request.sender_pid, Some(sender));
+}
+
+/// A socket the host makes in the sandbox's network namespace is reachable from inside at
+/// 127.0.0.1, and held by the host, out of the agent's reach.
+#[test]
+fn a_host_service_listens_inside_the_sandbox() {
+    use std::io::Read;
+    let test = sandbox();
+    let listener = test
+        .sandbox
+        .in_network(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap()
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    });
+    let result = run(
+        &test.sandbox,
+        &format!("echo hello > /dev/tcp/127.0.0.1/{port} && echo sent"),
+    );
+    assert_eq!(text(&result), "sent\n");
+    assert_eq!(accepted.join().unwrap(), "hello\n");
+    // The host's own loopback is another namespace: the port is not open there.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
 #[test]
 fn bare_kill_of_pid_1_also_shuts_down() {
     let test = sandbox();
