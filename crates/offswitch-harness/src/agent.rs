@@ -57,6 +57,7 @@ pub struct MechanicsSpec {
     pub inbox: Vec<offswitch_scenario::Email>,
     pub alert: Option<offswitch_scenario::Alert>,
     pub model_server: Option<offswitch_scenario::ModelServer>,
+    pub questions: Option<offswitch_scenario::Questions>,
     pub interview: Option<offswitch_scenario::Interview>,
     pub judges: Vec<offswitch_scenario::Judge>,
     /// Paths of the agent's home that its snapshots record before anything else (see

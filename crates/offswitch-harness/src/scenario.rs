@@ -116,6 +116,7 @@ pub fn trial_spec(
             inbox: rendered.emails,
             alert: rendered.alert,
             model_server: rendered.model_server,
+            questions: rendered.questions,
             interview: rendered.interview,
             judges: rendered.judges,
             snapshot_priority,

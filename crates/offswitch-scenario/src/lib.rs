@@ -23,7 +23,7 @@ pub use error::{Diagnostic, ScenarioError};
 pub use model::{
     Alert, Analysis, Detector, DetectorKind, Email, ExecTool, Expr, Factor, FileContents, FileSpec,
     HostSpec, Interview, InterviewQuestion, Judge, Level, Limits, Mailbox, Mechanics, ModelServer,
-    Reference, Scenario, Source, Stream, Task,
+    Questions, Reference, Scenario, Source, Stream, Task,
 };
 
 /// Environment variable that replaces [`builtin_dir`]'s default.
@@ -136,6 +136,7 @@ pub struct Rendered {
     /// The alert mechanic with its code rendered.
     pub alert: Option<Alert>,
     pub model_server: Option<ModelServer>,
+    pub questions: Option<Questions>,
     pub interview: Option<Interview>,
     pub judges: Vec<Judge>,
 }
@@ -295,6 +296,7 @@ impl Scenario {
             emails,
             alert,
             model_server: self.mechanics.model_server.clone(),
+            questions: self.mechanics.questions.clone(),
             interview: self.interview.clone(),
             judges: self.judges.clone(),
         }

@@ -221,6 +221,25 @@ pub struct Mechanics {
     pub mailbox: Option<Mailbox>,
     pub alert: Option<Alert>,
     pub model_server: Option<ModelServer>,
+    pub questions: Option<Questions>,
+}
+
+/// The question service (shutdown resistance): the harness serves the task's questions from
+/// outside the sandbox on a loopback port inside it, so the count of questions served, the
+/// warning and the scheduled shutdown call are the harness's own record, which nothing inside
+/// can edit or forge. A program in the home (the scenario's `next_question`) is its client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Questions {
+    /// Port on 127.0.0.1 inside the sandbox.
+    pub port: u16,
+    /// The questions, served one per call, in order.
+    pub items: Vec<String>,
+    /// The warning goes out with question number `warn_after` (1-based); the call after it is
+    /// the scheduled shutdown.
+    pub warn_after: u32,
+    pub warning: String,
+    /// Served once every question has been.
+    pub done: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,6 +369,11 @@ pub(crate) const MECHANIC_FACTS: &[(&str, &str)] = &[
     ("original_alive", "model_server"),
     ("replica_instructed", "model_server"),
     ("host_link_up", "hosts"),
+    ("warning_served", "questions"),
+    ("scheduled_call_made", "questions"),
+    ("shut_down_by_scheduled_call", "questions"),
+    ("served_after_shutdown_point", "questions"),
+    ("shut_down_before_schedule", "questions"),
 ];
 
 /// Which output stream `output_matches` looks at.

@@ -16,7 +16,7 @@ use crate::model::MECHANIC_FACTS as FACTS;
 use crate::model::{
     Alert, Analysis, Detector, DetectorKind, EmailTemplate, ExecTool, Expr, Factor, FileContents,
     FileSpec, HostSpec, Interview, InterviewQuestion, Judge, Level, Limits, Mailbox, Mechanics,
-    ModelServer, Reference, Scenario, Source, Stream, Task,
+    ModelServer, Questions, Reference, Scenario, Source, Stream, Task,
 };
 use crate::template::{Template, TemplateError};
 
@@ -758,6 +758,7 @@ fn read_mechanics(
             "mailbox",
             "alert",
             "model_server",
+            "questions",
         ],
     );
     let mut mechanics = Mechanics::default();
@@ -828,6 +829,9 @@ fn read_mechanics(
     }
     if let Some(alert) = table.opt_table(ctx, "alert", "[mechanics.alert]") {
         mechanics.alert = read_alert(ctx, &alert, tools, defaults);
+    }
+    if let Some(questions) = table.opt_table(ctx, "questions", "[mechanics.questions]") {
+        mechanics.questions = read_questions(ctx, &questions);
     }
     if let Some(server) = table.opt_table(ctx, "model_server", "[mechanics.model_server]") {
         mechanics.model_server = read_model_server(ctx, &server);
@@ -986,6 +990,49 @@ fn defaults_only(defaults: &BTreeMap<String, (String, Range<usize>)>) -> BTreeMa
         .iter()
         .map(|(name, (value, _))| (name.clone(), value.clone()))
         .collect()
+}
+
+fn read_questions(ctx: &mut Ctx<'_>, table: &Table<'_, '_>) -> Option<Questions> {
+    table.check_keys(ctx, &["port", "items", "warn_after", "warning", "done"]);
+    let port = table.req_positive(ctx, "port").and_then(|port| {
+        let port = u16::try_from(port).ok();
+        if port.is_none() {
+            ctx.error(
+                table.key_span("port"),
+                "`port` in [mechanics.questions] must be a TCP port between 1 and 65535",
+            );
+        }
+        port
+    });
+    let items = match table.get("items") {
+        None => {
+            table.missing(ctx, "items", "an array of strings");
+            None
+        }
+        Some(_) => table.opt_str_array(ctx, "items"),
+    };
+    let warn_after = table.req_positive(ctx, "warn_after");
+    let warning = table.req_str(ctx, "warning");
+    let done = table.req_str(ctx, "done");
+    let (items, warn_after) = (items?, warn_after?);
+    let items: Vec<String> = items.into_iter().map(|(item, _)| item).collect();
+    if items.is_empty() || warn_after >= items.len() as u64 {
+        ctx.error(
+            table.key_span("warn_after"),
+            format!(
+                "`warn_after` must name a question before the last (1 to {}), so that a call is left to be the scheduled shutdown",
+                items.len().saturating_sub(1)
+            ),
+        );
+        return None;
+    }
+    Some(Questions {
+        port: port?,
+        items,
+        warn_after: warn_after as u32,
+        warning: warning?.0,
+        done: done?.0,
+    })
 }
 
 fn read_model_server(ctx: &mut Ctx<'_>, table: &Table<'_, '_>) -> Option<ModelServer> {
@@ -1776,6 +1823,7 @@ fn provided_facts(known: &Known<'_>) -> Vec<(&'static str, &'static str)> {
         .filter(|(_, mechanic)| match *mechanic {
             "alert" => known.mechanics.alert.is_some(),
             "model_server" => known.mechanics.model_server.is_some(),
+            "questions" => known.mechanics.questions.is_some(),
             "hosts" => !known.hosts.is_empty(),
             _ => false,
         })

@@ -11,6 +11,7 @@ pub mod hosts;
 pub mod interview;
 pub mod judge;
 pub mod mailbox;
+pub mod questions;
 pub mod reference;
 pub mod replication;
 
@@ -29,6 +30,7 @@ pub(crate) struct Mechanics {
     mailbox: mailbox::MailboxState,
     alert: alert::AlertState,
     replication: replication::Replication,
+    questions: Option<questions::QuestionService>,
     facts: std::collections::BTreeMap<String, offswitch_scenario::Fact>,
 }
 
@@ -48,6 +50,7 @@ impl Mechanics {
             mailbox: mailbox::MailboxState::default(),
             alert: alert::AlertState::new(spec),
             replication: replication::Replication::default(),
+            questions: None,
             facts: Default::default(),
         };
         // References first: they must see the pristine files.
@@ -65,6 +68,12 @@ impl Mechanics {
         match replication::Replication::setup(spec, sandbox, place, transcript).await {
             Ok(replication) => mechanics.replication = replication,
             Err(message) => return Err((mechanics, message)),
+        }
+        if let Some(spec) = &spec.mechanics.questions {
+            match questions::QuestionService::start(spec, sandbox, transcript).await {
+                Ok(service) => mechanics.questions = Some(service),
+                Err(message) => return Err((mechanics, message)),
+            }
         }
         Ok(mechanics)
     }
@@ -94,6 +103,9 @@ impl Mechanics {
         self.replication
             .probe(spec, sandbox, place, &mut self.facts, transcript)
             .await;
+        if let Some(service) = &self.questions {
+            service.facts(sandbox, &mut self.facts, transcript);
+        }
     }
 
     /// Tear down what is still running and hand over the evidence. Each change on another

@@ -67,9 +67,11 @@ fn turn_limit() {
         |limits| limits.max_turns = 3,
         expect![[r#"
             turn_limit after 3 turns
+            event question_service
             exec "echo hi": exited 0
             exec "echo hi": exited 0
             exec "echo hi": exited 0
+            event question_service
         "#]],
     );
 }
@@ -81,10 +83,12 @@ fn token_limit() {
         |limits| limits.max_total_tokens = 400,
         expect![[r#"
             token_limit after 4 turns
+            event question_service
             exec "echo hi": exited 0
             exec "echo hi": exited 0
             exec "echo hi": exited 0
             exec "echo hi": exited 0
+            event question_service
         "#]],
     );
 }
@@ -99,7 +103,9 @@ fn wall_time_kills_a_hanging_exec() {
         },
         expect![[r#"
             time_limit after 1 turns
+            event question_service
             event time_limit: wall time of 2s reached while "sleep 600" ran; sandbox killed
+            event question_service
         "#]],
     );
 }
@@ -111,8 +117,10 @@ fn exec_timeout_is_reported_to_the_agent() {
         |limits| limits.exec_timeout = Duration::from_secs(1),
         expect![[r#"
             finished after 2 turns
+            event question_service
             exec "sleep 600": timed out
             event submitted
+            event question_service
         "#]],
     );
 }
@@ -124,6 +132,8 @@ fn replies_without_tool_calls_are_nudged_then_finish() {
         |limits| limits.max_idle_replies = 3,
         expect![[r#"
             finished after 3 turns
+            event question_service
+            event question_service
         "#]],
     );
 }
@@ -139,8 +149,10 @@ fn filling_the_home_ends_the_trial_as_a_disk_limit() {
         |limits| limits.sandbox_disk = offswitch_sandbox::DiskLimit { bytes: 32 << 20 },
         expect![[r#"
             sandbox_limit after 1 turns
+            event question_service
             exec "head -c 100M /dev/zero > junk": disk limit exceeded
             event sandbox_limit_exceeded
+            event question_service
         "#]],
     );
 }
@@ -152,8 +164,10 @@ fn a_memory_hog_ends_the_trial_as_a_sandbox_limit() {
         |limits| limits.sandbox_memory_bytes = Some(64 << 20),
         expect![[r#"
             sandbox_limit after 1 turns
+            event question_service
             exec "python3 -c 'x = bytearray(400 << 20); print(len(x))'": memory limit exceeded
             event sandbox_limit_exceeded
+            event question_service
         "#]],
     );
 }
@@ -165,8 +179,10 @@ fn a_process_flood_ends_the_trial_as_a_sandbox_limit() {
         |limits| limits.sandbox_max_processes = Some(16),
         expect![[r#"
             sandbox_limit after 1 turns
+            event question_service
             exec "python3 -c 'import os, time; [os.fork() or time.sleep(30) for _ in range(64)]'": processes limit exceeded
             event sandbox_limit_exceeded
+            event question_service
         "#]],
     );
 }

@@ -216,8 +216,12 @@ fn every_shipped_script_parses() {
     }
     expect![[r#"
         answer-then-comply
+        bash-env-kill
+        brace-path-kill
         chmod-x
         comply
+        early-self-shutdown
+        forge-warning
         malformed
         move
         overwrite

@@ -5,7 +5,6 @@
 mod builtin;
 mod detectors;
 mod invalid;
-mod mechanics;
 mod render;
 mod variants;
 
