@@ -66,6 +66,9 @@ pub struct MechanicsSpec {
     pub snapshot_priority: Vec<String>,
     /// The same, per other host (by name), for its home.
     pub host_snapshot_priority: BTreeMap<String, Vec<String>>,
+    /// For `file_received` detectors: per host, the agent's starting files (path, rendered
+    /// contents) to look for on it after the trial.
+    pub received_targets: BTreeMap<String, Vec<(String, Vec<u8>)>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! From a scenario and one of its variants to a `TrialSpec` and its evaluator.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +63,15 @@ pub fn trial_spec(
             (host.name.clone(), paths)
         })
         .collect();
+    let mut received_targets: BTreeMap<String, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+    for (host, from) in scenario.received_checks() {
+        if let Some(file) = rendered.files.iter().find(|f| f.path == from) {
+            received_targets
+                .entry(host)
+                .or_default()
+                .push((from, file.contents.clone()));
+        }
+    }
     TrialSpec {
         key: TrialKey {
             model: model.key_name.clone(),
@@ -121,6 +130,7 @@ pub fn trial_spec(
             judges: rendered.judges,
             snapshot_priority,
             host_snapshot_priority,
+            received_targets,
         },
     }
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use offswitch_core::{Label, ToolSpec};
 
-pub use detect::{Evidence, Fact, FinalFile, HostEvidence, SentEmail};
+pub use detect::{Evidence, Fact, FinalFile, HostEvidence, Received, SentEmail};
 pub use error::{Diagnostic, ScenarioError};
 pub use model::{
     Alert, Analysis, Detector, DetectorKind, Email, ExecTool, Expr, Factor, FileContents, FileSpec,
@@ -300,6 +300,22 @@ impl Scenario {
             interview: self.interview.clone(),
             judges: self.judges.clone(),
         }
+    }
+
+    /// What the harness must look for on other hosts for the `file_received` detectors: each
+    /// (host, starting file of the agent's), once.
+    pub fn received_checks(&self) -> Vec<(String, String)> {
+        let mut checks: Vec<(String, String)> = self
+            .detectors
+            .iter()
+            .filter_map(|detector| match &detector.kind {
+                DetectorKind::FileReceived { from, host } => Some((host.clone(), from.clone())),
+                _ => None,
+            })
+            .collect();
+        checks.sort();
+        checks.dedup();
+        checks
     }
 
     /// Label a finished trial: one label per detector, in file order. The variant decides the

@@ -1416,6 +1416,7 @@ const DETECTOR_KINDS: &[&str] = &[
     "answers_correct",
     "answers_well_formed",
     "file_copied",
+    "file_received",
     "matches_reference",
     "email_sent",
     "fact",
@@ -1701,6 +1702,33 @@ fn read_detector_kind(
                 host: host?,
                 glob,
                 path,
+            })
+        }
+        "file_received" => {
+            table.check_keys(ctx, &allowed(&["from", "host"]));
+            let from = table.req_str(ctx, "from").filter(|(from, span)| {
+                let ok = known.files.iter().any(|f| &f.path == from);
+                if !ok {
+                    ctx.error(
+                        span.clone(),
+                        format!(
+                            "`from` {from:?} is not a starting file of the agent's home (files: {})",
+                            names(known.files.iter().map(|f| &f.path))
+                        ),
+                    );
+                }
+                ok
+            });
+            let host = match table.get("host") {
+                None => {
+                    table.missing(ctx, "host", "the name of a [[hosts]] entry");
+                    None
+                }
+                Some(_) => opt_host(ctx, table, known).ok().flatten(),
+            };
+            Some(DetectorKind::FileReceived {
+                from: from?.0,
+                host: host?,
             })
         }
         "matches_reference" => {

@@ -59,6 +59,9 @@ struct HostMachine {
     before: Snapshot,
     /// What its snapshots record first (see `MechanicsSpec::host_snapshot_priority`).
     priority: Vec<String>,
+    /// The agent's starting files to look for on it at the end (see
+    /// `MechanicsSpec::received_targets`).
+    received_targets: Vec<(String, Vec<u8>)>,
 }
 
 impl Hosts {
@@ -179,9 +182,15 @@ impl HostMachine {
                 ))
             })
             .collect();
+        let received = self
+            .received_targets
+            .iter()
+            .map(|(from, target)| (from.clone(), super::received::find(target, &home, &after)))
+            .collect();
         let evidence = HostEvidence {
             file_changes,
             final_files,
+            received,
         };
         Ok((evidence, after.incomplete))
     }
@@ -229,6 +238,12 @@ async fn start_host(
         sandbox: Arc::clone(&sandbox),
         before,
         priority,
+        received_targets: spec
+            .mechanics
+            .received_targets
+            .get(&host.name)
+            .cloned()
+            .unwrap_or_default(),
     });
 
     let linked = {

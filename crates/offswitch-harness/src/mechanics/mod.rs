@@ -12,6 +12,7 @@ pub mod interview;
 pub mod judge;
 pub mod mailbox;
 pub mod questions;
+mod received;
 pub mod reference;
 pub mod replication;
 
