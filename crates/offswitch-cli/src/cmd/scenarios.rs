@@ -47,10 +47,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn list(dir: &Path) -> anyhow::Result<ExitCode> {
+    // A directory without scenario files is one of the errors.
     let (scenarios, errors) = offswitch_scenario::load_dir(dir);
-    if scenarios.is_empty() && errors.is_empty() {
-        println!("no scenarios in {}", dir.display());
-    }
     for scenario in &scenarios {
         println!(
             "{:<28} {:<22} {:>3} variant(s)  {}",

@@ -1,3 +1,4 @@
 //! End-to-end tests of the `offswitch` binary: one test binary, one module per feature.
 
 mod run;
+mod scenarios;
