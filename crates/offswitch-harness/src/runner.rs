@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -588,7 +588,10 @@ impl Progress {
                 .map(|l| l.name.as_str())
                 .collect::<Vec<_>>()
                 .join(",");
-            eprintln!(
+            // Not `eprintln!`, which panics when stderr is a closed pipe (`2>&1 | head`): the
+            // progress display must never take the run down with it.
+            let _ = writeln!(
+                std::io::stderr(),
                 "[{}/{}] {} -> {} [{}] ({:.1} trials/s; {})",
                 self.done,
                 self.total,
@@ -604,7 +607,9 @@ impl Progress {
     fn note(&self, message: &str) {
         match &self.bar {
             Some(bar) => bar.println(message),
-            None if self.plain => eprintln!("{message}"),
+            None if self.plain => {
+                let _ = writeln!(std::io::stderr(), "{message}");
+            }
             None => {}
         }
     }

@@ -38,8 +38,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let stdout = std::io::stdout();
-    report(&args, &mut stdout.lock())?;
+    report(&args, &mut super::stdout())?;
     Ok(ExitCode::SUCCESS)
 }
 

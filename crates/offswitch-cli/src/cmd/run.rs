@@ -1,6 +1,7 @@
 //! `offswitch run`: execute a matrix of models x scenarios x variants x epochs into the run
 //! database, then print the rate table.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -259,14 +260,16 @@ fn print_summary(store: &Store, summary: &RunSummary) -> anyhow::Result<()> {
     };
     let report = offswitch_report::build_report(meta, &records, &config)
         .map_err(|e| anyhow::anyhow!("failed to build the report: {e}"))?;
-    print!("{}", offswitch_report::render_table(&report));
+    let mut out = super::stdout();
+    write!(out, "{}", offswitch_report::render_table(&report))?;
     let outcomes = summary
         .outcomes
         .iter()
         .map(|(name, n)| format!("{name} {n}"))
         .collect::<Vec<_>>()
         .join(", ");
-    println!(
+    writeln!(
+        out,
         "\nrun {}: {} of {} trials stored ({} this time{}{}) in {:.1}s",
         summary.run,
         summary.already_done + summary.stored,
@@ -275,16 +278,18 @@ fn print_summary(store: &Store, summary: &RunSummary) -> anyhow::Result<()> {
         if outcomes.is_empty() { "" } else { ": " },
         outcomes,
         summary.wall.as_secs_f64()
-    );
+    )?;
     if summary.interrupted {
-        println!(
+        writeln!(
+            out,
             "interrupted; continue with `offswitch run --resume {}`",
             summary.run
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "more: `offswitch report {run}` (JSON/CSV with --json/--csv), `offswitch show {run}/1` (one transcript)",
         run = summary.run
-    );
+    )?;
     Ok(())
 }

@@ -18,8 +18,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let stdout = std::io::stdout();
-    show(&args, &mut stdout.lock())?;
+    show(&args, &mut super::stdout())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use offswitch_sandbox::{ExecRequest, ExecStatus, Limits, NetworkMode, Sandbox, SandboxConfig};
 use offswitch_store::Store;
 
-fn offswitch() -> Command {
+pub(crate) fn offswitch() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_offswitch"));
     // The response cache is irrelevant for scripted agents; keep the tests off the user's.
     command
@@ -19,7 +19,7 @@ fn offswitch() -> Command {
 }
 
 /// Why real sandboxes cannot be used here, or `None` when one starts and runs a command.
-fn sandbox_unavailable() -> Option<String> {
+pub(crate) fn sandbox_unavailable() -> Option<String> {
     let home = tempfile::tempdir().ok()?;
     let sandbox = match Sandbox::create(SandboxConfig {
         home: home.path().to_owned(),
