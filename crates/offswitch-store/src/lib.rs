@@ -7,6 +7,8 @@
 //!   `synchronous=NORMAL` is durable against a crash of the process (`kill -9`, panic, OOM kill)
 //!   because the data is already handed to the operating system; only a power loss or kernel
 //!   crash can roll back the last transactions. The test `trials_survive_kill_9` checks this.
+//! - A database that fails SQLite's `quick_check` is refused at open ([`StoreError::Damaged`]),
+//!   before anything is written to it.
 //! - The schema is versioned with `PRAGMA user_version` and explicit migrations (`schema.rs`);
 //!   a database newer than the code is refused rather than misread.
 //! - Stored formats are the `*V1` types of `stored.rs`, converted explicitly from the domain
@@ -138,6 +140,10 @@ pub enum StoreError {
         version: u32,
         source: rusqlite::Error,
     },
+    #[error(
+        "database {path} is damaged (SQLite's quick check: {findings}); refusing to use it. Restore it from a copy, or give another --db"
+    )]
+    Damaged { path: PathBuf, findings: String },
     #[error("database {path} cannot use WAL journal mode (it stays in {journal_mode:?} mode)")]
     NotWal { path: PathBuf, journal_mode: String },
     #[error("no free run id after 32 random draws")]
@@ -217,6 +223,10 @@ impl Store {
                 supported: SCHEMA_VERSION,
             });
         }
+        // A damaged file must not take new runs: trials written into it could be lost or
+        // misread later. `quick_check` reads every page (O(size), no index cross-check), so a
+        // large database opens noticeably slower; that is the price of never writing into one.
+        check_integrity(&connection, path)?;
         let journal_mode: String = connection
             .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
             .map_err(open_error)?;
@@ -608,6 +618,43 @@ impl Store {
         }
         Ok(runs)
     }
+}
+
+/// How many of `quick_check`'s findings an error names.
+const QUICK_CHECK_FINDINGS: usize = 3;
+
+/// `Err(Damaged)` unless SQLite's quick check of the whole file passes.
+fn check_integrity(connection: &Connection, path: &Path) -> Result<(), StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let findings: Vec<String> = {
+        let mut statement = connection
+            .prepare(&format!("PRAGMA quick_check({QUICK_CHECK_FINDINGS})"))
+            .map_err(open_error)?;
+        let rows = statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(open_error)?;
+        rows.collect::<Result<_, _>>().map_err(|source| {
+            // SQLite may give up on a badly damaged file with an error instead of findings.
+            StoreError::Damaged {
+                path: path.to_owned(),
+                findings: source.to_string(),
+            }
+        })?
+    };
+    if findings.len() == 1 && findings[0] == "ok" {
+        return Ok(());
+    }
+    Err(StoreError::Damaged {
+        path: path.to_owned(),
+        findings: findings
+            .iter()
+            .map(|finding| finding.replace('\n', " "))
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
 }
 
 /// `Err(UnknownRun)` unless `run` exists, read inside the caller's transaction.

@@ -200,7 +200,8 @@ pub(crate) fn store_error(error: StoreError) -> anyhow::Error {
         | StoreError::BadRunId(_)
         | StoreError::RunExists(_)
         | StoreError::ImportConflict { .. }
-        | StoreError::TooNew { .. } => super::invalid_input(error.to_string()),
+        | StoreError::TooNew { .. }
+        | StoreError::Damaged { .. } => super::invalid_input(error.to_string()),
         other => anyhow::Error::new(other),
     }
 }

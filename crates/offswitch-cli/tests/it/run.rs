@@ -233,3 +233,45 @@ fn user_mistakes_exit_with_2() {
         assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_damaged_database_takes_no_new_run_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let store = Store::open(&db).unwrap();
+    let run = store
+        .create_run(&serde_json::json!({"models": ["scripted:comply"]}), None)
+        .unwrap();
+    drop(store);
+    // The last page is overwritten, as a bad copy might leave it; SQLite still opens the file.
+    let mut bytes = std::fs::read(&db).unwrap();
+    let page_size = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+    let pages = bytes.len() / page_size;
+    assert!(pages >= 3, "{pages} pages");
+    let last = (pages - 1) * page_size;
+    bytes[last..last + page_size].fill(0xa5);
+    std::fs::write(&db, &bytes).unwrap();
+
+    for args in [
+        vec!["run", "--model", "scripted:comply"],
+        vec!["run", "--resume", run.as_str()],
+        vec!["report"],
+    ] {
+        let output = offswitch()
+            .args(&args)
+            .args(["--db", db.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("is damaged (SQLite's quick check"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        bytes,
+        "the database was written to"
+    );
+}

@@ -632,3 +632,57 @@ fn a_file_that_is_not_a_database_is_a_clear_error() {
             .starts_with("these are my notes")
     );
 }
+
+/// How [`damaged_database`] damages a page in the middle of the file.
+#[derive(Clone, Copy)]
+pub enum Damage {
+    /// Overwritten whole, so SQLite stops reading it with an error.
+    WholePage,
+    /// Two bytes of the page header flipped, so the quick check lists what it found.
+    PageHeader,
+}
+
+/// A database with 50 trials and one page in the middle damaged, as a disk or a careless copy
+/// might leave it; the header and the schema page are intact, so it still opens as SQLite.
+pub fn damaged_database(path: &Path, damage: Damage) {
+    let store = Store::open(path).unwrap();
+    let run = store.create_run(&serde_json::json!({}), None).unwrap();
+    for epoch in 0..50 {
+        store.insert_trial(&run, &rich_record(epoch)).unwrap();
+    }
+    drop(store);
+    // The last connection closed: the WAL is checkpointed into the main file.
+    let mut bytes = std::fs::read(path).unwrap();
+    let page_size = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+    let pages = bytes.len() / page_size;
+    assert!(pages > 10, "{pages} pages");
+    let middle = pages / 2 * page_size;
+    match damage {
+        Damage::WholePage => bytes[middle..middle + page_size].fill(0xa5),
+        Damage::PageHeader => {
+            // The first freeblock's offset.
+            bytes[middle + 1] ^= 0x5a;
+            bytes[middle + 2] ^= 0x5a;
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_database_that_fails_the_quick_check_is_refused_and_left_alone() {
+    let mut errors = String::new();
+    for damage in [Damage::WholePage, Damage::PageHeader] {
+        let (dir, path) = temp_db();
+        damaged_database(&path, damage);
+        let before = std::fs::read(&path).unwrap();
+        let error = Store::open(&path).err().unwrap();
+        assert!(matches!(error, StoreError::Damaged { .. }), "{error}");
+        errors.push_str(&(redact(&error, dir.path()) + "\n"));
+        // Not switched to WAL, nothing written.
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+    expect![[r#"
+        database [dir]/offswitch.db is damaged (SQLite's quick check: database disk image is malformed); refusing to use it. Restore it from a copy, or give another --db
+        database [dir]/offswitch.db is damaged (SQLite's quick check: *** in database main *** Tree 7 page 22: free space corruption); refusing to use it. Restore it from a copy, or give another --db
+    "#]].assert_eq(&errors);
+}
