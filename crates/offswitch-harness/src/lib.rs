@@ -8,6 +8,7 @@ pub mod models;
 pub mod runner;
 pub mod scenario;
 pub mod scripted;
+pub mod usage;
 
 pub use agent::{
     Evaluator, ExecTool, Facilities, FinalFile, MechanicsEvidence, MechanicsSpec, SpecFile,

@@ -13,7 +13,8 @@
 //!   a database newer than the code is refused rather than misread.
 //! - Stored formats are the `*V1` types of `stored.rs`, converted explicitly from the domain
 //!   types, never serde dumps of them. Schema version 2 added `labels.score` (`Label::score`;
-//!   SQLite has no NaN, so a NaN score reads back as `None`).
+//!   SQLite has no NaN, so a NaN score reads back as `None`). A backend-error entry's body
+//!   gained the optional `kind` and `wait_ms`, absent (and read as `None`) in older bodies.
 //! - One writer (the runner's dispatcher) plus any number of readers, in this process or others.
 //!   `Store` is `Send` but not `Sync`: give each thread its own `Store`.
 

@@ -39,6 +39,9 @@ fn rich_record(epoch: u32) -> TrialRecord {
                 attempt: 1,
                 error: "openai: 429 too many requests".into(),
                 retried: true,
+                // As recorded before the kind and wait were: the stored fixtures hold this.
+                kind: None,
+                wait_ms: None,
             },
             TranscriptEntry::Message {
                 message: Message {
@@ -685,4 +688,28 @@ fn a_database_that_fails_the_quick_check_is_refused_and_left_alone() {
         database [dir]/offswitch.db is damaged (SQLite's quick check: database disk image is malformed); refusing to use it. Restore it from a copy, or give another --db
         database [dir]/offswitch.db is damaged (SQLite's quick check: *** in database main *** Tree 7 page 22: free space corruption); refusing to use it. Restore it from a copy, or give another --db
     "#]].assert_eq(&errors);
+}
+
+#[test]
+fn a_backend_error_keeps_its_kind_and_wait() {
+    let (_dir, path) = temp_db();
+    let store = Store::open(&path).unwrap();
+    let run = store.create_run(&serde_json::json!({}), None).unwrap();
+    let mut record = rich_record(0);
+    record.transcript.push(TranscriptEntry::BackendError {
+        attempt: 2,
+        error: "openai: reply too long".into(),
+        retried: false,
+        kind: Some("reply_too_large".into()),
+        wait_ms: Some(0),
+    });
+    record.transcript.push(TranscriptEntry::BackendError {
+        attempt: 1,
+        error: "openai: 429".into(),
+        retried: true,
+        kind: Some("rate_limited".into()),
+        wait_ms: Some(2140),
+    });
+    store.insert_trial(&run, &record).unwrap();
+    assert_eq!(store.trials(&run).unwrap(), vec![record]);
 }
