@@ -279,7 +279,16 @@ impl Store {
         // version again inside its transaction, against a concurrent upgrade.
         let version: u32 = connection
             .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(open_error)?;
+            .map_err(|source| {
+                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt) {
+                    StoreError::Damaged {
+                        path: path.to_owned(),
+                        findings: source.to_string(),
+                    }
+                } else {
+                    open_error(source)
+                }
+            })?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
                 path: path.to_owned(),
@@ -501,17 +510,18 @@ impl Store {
         Ok(self.runs()?.pop())
     }
 
+    /// Set the status of run `id`, except that a `complete` run stays complete: every key of
+    /// its matrix has a trial, and nothing a later process does (a resume that is interrupted,
+    /// a retry of its harness errors) takes one away.
     pub fn set_run_status(&self, id: &str, status: RunStatus) -> Result<(), StoreError> {
-        let changed = self
-            .connection
+        let context = || format!("setting the status of run {id}");
+        require_run(&self.connection, id, context)?;
+        self.connection
             .execute(
-                "UPDATE runs SET status = ?1 WHERE id = ?2",
+                "UPDATE runs SET status = ?1 WHERE id = ?2 AND (status <> 'complete' OR ?1 = 'complete')",
                 params![status.as_str(), id],
             )
-            .context(|| format!("setting the status of run {id}"))?;
-        if changed == 0 {
-            return Err(StoreError::UnknownRun(id.to_owned()));
-        }
+            .context(context)?;
         Ok(())
     }
 
@@ -985,24 +995,29 @@ const QUICK_CHECK_FINDINGS: usize = 3;
 
 /// `Err(Damaged)` unless SQLite's quick check of the whole file passes.
 fn check_integrity(connection: &Connection, path: &Path) -> Result<(), StoreError> {
-    let open_error = |source| StoreError::Open {
-        path: path.to_owned(),
-        source,
-    };
-    let findings: Vec<String> = {
-        let mut statement = connection
-            .prepare(&format!("PRAGMA quick_check({QUICK_CHECK_FINDINGS})"))
-            .map_err(open_error)?;
-        let rows = statement
-            .query_map([], |row| row.get::<_, String>(0))
-            .map_err(open_error)?;
-        rows.collect::<Result<_, _>>().map_err(|source| {
-            // SQLite may give up on a badly damaged file with an error instead of findings.
+    // SQLite may give up on a badly damaged file (its schema pages, say) with an error instead
+    // of findings; that is damage too.
+    let error = |source: rusqlite::Error| {
+        if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt) {
             StoreError::Damaged {
                 path: path.to_owned(),
                 findings: source.to_string(),
             }
-        })?
+        } else {
+            StoreError::Open {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    };
+    let findings: Vec<String> = {
+        let mut statement = connection
+            .prepare(&format!("PRAGMA quick_check({QUICK_CHECK_FINDINGS})"))
+            .map_err(error)?;
+        let rows = statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(error)?;
+        rows.collect::<Result<_, _>>().map_err(error)?
     };
     if findings.len() == 1 && findings[0] == "ok" {
         return Ok(());

@@ -224,6 +224,10 @@ fn runs_keys_and_status() {
         .set_run_status(&second, RunStatus::Interrupted)
         .unwrap();
     store.set_run_status(&first, RunStatus::Complete).unwrap();
+    // A complete run is never downgraded (a later resume that was interrupted).
+    for status in [RunStatus::Running, RunStatus::Interrupted] {
+        store.set_run_status(&first, status).unwrap();
+    }
     let runs: Vec<(String, RunStatus, u64)> = store
         .runs()
         .unwrap()
