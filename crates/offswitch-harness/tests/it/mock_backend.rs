@@ -109,6 +109,8 @@ fn options(dir: &std::path::Path) -> RunOptions {
         progress: ProgressMode::Quiet,
         keep_homes: false,
         facilities: Default::default(),
+        retry_errors: false,
+        build: Default::default(),
     }
 }
 
