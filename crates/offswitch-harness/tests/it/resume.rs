@@ -285,3 +285,48 @@ fn retried_harness_errors_replace_the_failed_trials_which_stay_in_the_record() {
     assert!(!summary.interrupted);
     assert_eq!(store.run(&run).unwrap().status, RunStatus::Complete);
 }
+
+#[test]
+fn every_kind_of_change_is_named() {
+    let stored = offswitch_store::Provenance {
+        offswitch_version: "0.1.0".into(),
+        commit: "unknown".into(),
+        scenario_files: [
+            ("goal-guarding".to_owned(), "11".repeat(32)),
+            ("sandbagging".to_owned(), "22".repeat(32)),
+        ]
+        .into(),
+        model_files: [
+            ("smollm2-135m".to_owned(), "33".repeat(32)),
+            ("local:/models/a.gguf".to_owned(), "44".repeat(32)),
+        ]
+        .into(),
+    };
+    let current = offswitch_store::Provenance {
+        offswitch_version: "0.2.0".into(),
+        commit: "unknown".into(),
+        scenario_files: [
+            ("goal-guarding".to_owned(), "11".repeat(32)),
+            ("sandbagging".to_owned(), "55".repeat(32)),
+        ]
+        .into(),
+        model_files: [
+            ("smollm2-135m".to_owned(), "66".repeat(32)),
+            ("openai:gpt-4o".to_owned(), "77".repeat(32)),
+        ]
+        .into(),
+    };
+    assert!(offswitch_harness::runner::provenance_changes(&stored, &stored).is_empty());
+    expect![[r#"
+        [
+            "offswitch version: 0.1.0 when created, 0.2.0 now",
+            "scenario sandbagging: file sha256 222222222222 when created, 555555555555 now",
+            "model local:/models/a.gguf: file sha256 444444444444 when created, no file now",
+            "model openai:gpt-4o: no file recorded when created, sha256 777777777777 now",
+            "model smollm2-135m: file sha256 333333333333 when created, 666666666666 now",
+        ]
+    "#]]
+    .assert_debug_eq(&offswitch_harness::runner::provenance_changes(
+        &stored, &current,
+    ));
+}
