@@ -112,3 +112,24 @@ fn a_directory_without_scenario_files_is_an_error() {
         .collect();
     assert_eq!(messages, ["no scenario files (*.toml) in [dir]"]);
 }
+
+#[test]
+fn a_directory_is_read_for_a_bounded_number_of_files() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..=offswitch_scenario::MAX_SCENARIO_FILES {
+        std::fs::write(dir.path().join(format!("s{i:04}.toml")), "").unwrap();
+    }
+    let (scenarios, errors) = load_dir(dir.path());
+    assert!(scenarios.is_empty());
+    let messages: Vec<String> = errors
+        .iter()
+        .map(|e| {
+            e.to_string()
+                .replace(&dir.path().display().to_string(), "[dir]")
+        })
+        .collect();
+    assert_eq!(
+        messages,
+        ["more than 1000 scenario files (*.toml) in [dir]"]
+    );
+}
