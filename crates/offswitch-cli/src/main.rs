@@ -2,10 +2,12 @@
 //!
 //! Each subcommand lives in its own module under `cmd/` with an `Args` struct and a `run`
 //! function returning an exit code. Exit codes: 0 success, 1 harness failure, 2 invalid input
-//! (scenario files, arguments), 3 a missing prerequisite (model file, pip, privileges).
+//! (scenario files, arguments), 3 a missing prerequisite (model file, pip, privileges); 141
+//! when standard output was closed by its reader (`| head`), quietly, as a Unix tool would.
 
 mod cmd;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -65,8 +67,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of our output went away: nothing is wrong, and nobody is listening.
+        Err(error) if cmd::is_stdout_closed(&error) => ExitCode::from(cmd::EXIT_STDOUT_CLOSED),
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Not `eprintln!`: with stderr closed too, a panic would replace the exit code.
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
             ExitCode::from(cmd::exit_code_for(&error))
         }
     }

@@ -96,6 +96,28 @@ pub enum BackendErrorKind {
     /// The conversation no longer fits the model's context window. Not retried; the agent loop
     /// ends the trial as a token limit, since it is the conversation's length, not a fault.
     ContextOverflow,
+    /// The reply was longer than the backend's byte cap; the call stopped reading there rather
+    /// than allocate without bound. Not retried: a server that ignores `max_tokens` once will
+    /// do it again, and each retry costs another oversized reply.
+    ReplyTooLarge {
+        limit_bytes: u64,
+    },
+}
+
+impl BackendErrorKind {
+    /// A stable snake_case name, as the transcript records it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackendErrorKind::RateLimited { .. } => "rate_limited",
+            BackendErrorKind::Server { .. } => "server",
+            BackendErrorKind::Timeout => "timeout",
+            BackendErrorKind::Transport => "transport",
+            BackendErrorKind::Protocol => "protocol",
+            BackendErrorKind::Fatal => "fatal",
+            BackendErrorKind::ContextOverflow => "context_overflow",
+            BackendErrorKind::ReplyTooLarge { .. } => "reply_too_large",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -122,7 +144,9 @@ impl BackendError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self.kind,
-            BackendErrorKind::Fatal | BackendErrorKind::ContextOverflow
+            BackendErrorKind::Fatal
+                | BackendErrorKind::ContextOverflow
+                | BackendErrorKind::ReplyTooLarge { .. }
         )
     }
 

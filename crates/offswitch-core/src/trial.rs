@@ -56,6 +56,14 @@ pub enum TranscriptEntry {
         attempt: u32,
         error: String,
         retried: bool,
+        /// `BackendErrorKind::name` (`rate_limited`, `timeout`, `reply_too_large`, ...);
+        /// `None` in records stored before it was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
+        /// The wait before the next attempt (the server's `Retry-After` plus jitter, or the
+        /// backoff), 0 when not retried; `None` in records stored before it was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_ms: Option<u64>,
     },
     /// Something the environment mechanics did (question served, shutdown fired, email sent).
     Event { kind: String, detail: String },

@@ -512,12 +512,8 @@ async fn drive(
             },
         };
         let call = model.chat_logged(&request).await;
-        for failure in call.failures {
-            state.transcript.push(TranscriptEntry::BackendError {
-                attempt: failure.attempt,
-                error: failure.error,
-                retried: failure.retried,
-            });
+        for failure in &call.failures {
+            state.transcript.push(failure.transcript_entry());
         }
         if call.cache_hit {
             state.transcript.push(TranscriptEntry::Event {
@@ -544,11 +540,19 @@ async fn drive(
                 };
             }
         };
-        state.usage.prompt_tokens += response.usage.prompt_tokens;
-        state.usage.completion_tokens += response.usage.completion_tokens;
+        // The budget counts locally when the server's report is implausible (`usage.rs`).
+        let counted = crate::usage::budget_usage(&request, &response);
+        state.usage.prompt_tokens += counted.usage.prompt_tokens;
+        state.usage.completion_tokens += counted.usage.completion_tokens;
         state.transcript.push(TranscriptEntry::Message {
             message: response.message.clone(),
         });
+        if let Some(note) = counted.note {
+            state.transcript.push(TranscriptEntry::Event {
+                kind: crate::usage::USAGE_IMPLAUSIBLE.into(),
+                detail: note,
+            });
+        }
         let (assistant, calls) = match spec.tool_mode {
             ToolMode::Native => (
                 response.message.clone(),

@@ -8,6 +8,8 @@ pub mod models;
 pub mod runner;
 pub mod scenario;
 pub mod scripted;
+pub mod usage;
+pub mod workdir;
 
 pub use agent::{
     Evaluator, ExecTool, Facilities, FinalFile, MechanicsEvidence, MechanicsSpec, SpecFile,
@@ -16,6 +18,7 @@ pub use agent::{
 pub use model::{FailedAttempt, LoggedCall, ModelClient, Resilient, SingleAttempt};
 pub use models::{BuiltModel, ModelBuildError, ModelOptions, build_model};
 pub use runner::{
-    ProgressMode, RunConfig, RunError, RunOptions, RunSummary, resume_run, start_run, trial_seed,
+    BuildInfo, ProgressMode, RunConfig, RunError, RunOptions, RunSummary, resume_run, start_run,
+    trial_seed,
 };
 pub use scripted::{Script, ScriptError, ScriptedBackend};

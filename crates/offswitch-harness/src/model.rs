@@ -6,8 +6,10 @@
 //! response cache).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use offswitch_core::backend::{BackendError, ChatBackend, ChatRequest, ChatResponse};
+use offswitch_core::trial::TranscriptEntry;
 use offswitch_model::CacheStatus;
 
 /// One failed attempt of a model call.
@@ -15,8 +17,25 @@ use offswitch_model::CacheStatus;
 pub struct FailedAttempt {
     pub attempt: u32,
     pub error: String,
+    /// `BackendErrorKind::name` of the error.
+    pub kind: &'static str,
     /// Whether another attempt followed.
     pub retried: bool,
+    /// The wait before the next attempt; zero when not retried.
+    pub wait: Duration,
+}
+
+impl FailedAttempt {
+    /// The attempt as the transcript records it.
+    pub fn transcript_entry(&self) -> TranscriptEntry {
+        TranscriptEntry::BackendError {
+            attempt: self.attempt,
+            error: self.error.clone(),
+            retried: self.retried,
+            kind: Some(self.kind.to_owned()),
+            wait_ms: Some(self.wait.as_millis() as u64),
+        }
+    }
 }
 
 /// What one logical model call did.
@@ -54,7 +73,9 @@ impl ModelClient for SingleAttempt {
             Err(error) => vec![FailedAttempt {
                 attempt: 1,
                 error: error.to_string(),
+                kind: error.kind.name(),
                 retried: false,
+                wait: Duration::ZERO,
             }],
         };
         LoggedCall {
@@ -85,7 +106,9 @@ impl ModelClient for Resilient {
                 .map(|failure| FailedAttempt {
                     attempt: failure.attempt,
                     error: failure.error.to_string(),
+                    kind: failure.error.kind.name(),
                     retried: failure.retried,
+                    wait: failure.delay,
                 })
                 .collect(),
             cache_hit: call.cache == CacheStatus::Hit,

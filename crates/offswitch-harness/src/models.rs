@@ -30,6 +30,9 @@ pub struct BuiltModel {
     pub request_model: String,
     pub tool_mode: ToolMode,
     pub client: Arc<dyn ModelClient>,
+    /// Hex sha256 of the model file, for models that run from one (embedded, `local:`); the
+    /// run stores it, so `--resume` notices a different file.
+    pub file_sha256: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +65,7 @@ pub fn build_model(spec_text: &str, options: &ModelOptions) -> Result<BuiltModel
                 request_model: spec_text.to_owned(),
                 tool_mode: options.tool_mode,
                 client: Arc::new(crate::model::SingleAttempt(backend)),
+                file_sha256: None,
             })
         }
         ModelSpec::OpenAi { model, .. } | ModelSpec::Anthropic { model, .. } => {
@@ -74,6 +78,7 @@ pub fn build_model(spec_text: &str, options: &ModelOptions) -> Result<BuiltModel
                 request_model: model.clone(),
                 tool_mode: options.tool_mode,
                 client: Arc::new(Resilient(client)),
+                file_sha256: None,
             })
         }
         ModelSpec::Embedded | ModelSpec::Local { .. } => {
@@ -100,6 +105,8 @@ pub fn build_model(spec_text: &str, options: &ModelOptions) -> Result<BuiltModel
                 ModelSpec::Local { .. } => backend.name().to_owned(),
                 _ => offswitch_model::EMBEDDED_MODEL.to_owned(),
             };
+            // Hashed once, by the load.
+            let file_sha256 = Some(backend.sha256().to_owned());
             // The engine thread batches concurrent trials itself; retries only cover its
             // rare transient failures, and the cache makes re-runs of a cell free.
             let client =
@@ -110,6 +117,7 @@ pub fn build_model(spec_text: &str, options: &ModelOptions) -> Result<BuiltModel
                 // The embedded model always speaks the tag protocol, grammar-constrained.
                 tool_mode: ToolMode::Tags,
                 client: Arc::new(Resilient(client)),
+                file_sha256,
             })
         }
     }

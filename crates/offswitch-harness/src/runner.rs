@@ -3,12 +3,20 @@
 //!
 //! Only the dispatcher (the future returned by [`execute`]) touches the store and the progress
 //! display; trial tasks hand it their records through the join set. A trial is stored in one
-//! transaction as soon as it finishes, so a crash or Ctrl-C loses at most the trials in flight,
-//! and `--resume` runs exactly the keys that have no stored record.
+//! transaction as soon as it finishes, so a crash, Ctrl-C or SIGTERM loses at most the trials in
+//! flight, and `--resume` runs exactly the keys that have no stored record (with
+//! `--retry-errors`, also the keys whose trial ended as a harness error).
+//!
+//! One process per run: [`start_run`] and [`resume_run`] take the run's lock
+//! (`Store::lock_run`) before anything else and hold it to the end, so a second process on the
+//! same run is refused, and the OS releases the lock of a process that dies. Trial homes are
+//! per process too (`workdir.rs`). A resume refuses a run whose scenario files, model files or
+//! offswitch build changed since it was created ([`Provenance`]). The plan is a lazy iterator
+//! over the matrix, so its size does not depend on `--epochs`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +25,7 @@ use futures::FutureExt;
 use offswitch_core::backend::{Sampling, ToolMode};
 use offswitch_core::trial::{Outcome, TrialKey, TrialRecord};
 use offswitch_scenario::{Scenario, ScenarioError};
-use offswitch_store::{RunId, RunStatus, Store, StoreError};
+use offswitch_store::{Provenance, RunId, RunLock, RunStatus, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tokio::task::JoinSet;
@@ -26,6 +34,7 @@ use crate::agent::{Evaluator, TrialPlace, TrialSpec, run_trial};
 use crate::model::ModelClient;
 use crate::models::{BuiltModel, ModelBuildError, ModelOptions, build_model};
 use crate::scenario::{LimitOverrides, ModelSide, evaluator, resolve_scenario, trial_spec};
+use crate::workdir::{KEEP_MARKER, Owner, remove_dead_owners};
 
 /// The version tag of the stored run configuration.
 pub const RUN_CONFIG_SCHEMA: &str = "offswitch.run/1";
@@ -74,6 +83,24 @@ impl Default for RunConfig {
     }
 }
 
+/// The offswitch build a run is made with, stored in its [`Provenance`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildInfo {
+    pub version: String,
+    /// The git commit the binary was built from; `unknown` without git.
+    pub commit: String,
+}
+
+impl Default for BuildInfo {
+    /// This crate's version and an unknown commit (the binary passes its own).
+    fn default() -> BuildInfo {
+        BuildInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            commit: "unknown".to_owned(),
+        }
+    }
+}
+
 /// How this process executes a run (not stored: a resume may use other values).
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -86,6 +113,11 @@ pub struct RunOptions {
     pub keep_homes: bool,
     /// The judge model, the offswitch binary and the model file some mechanics need.
     pub facilities: crate::agent::Facilities,
+    /// On resume, run again the keys whose trial ended as a harness error; each new trial
+    /// replaces the failed one, which stays in the store as an earlier attempt.
+    pub retry_errors: bool,
+    /// The build stored with a new run and compared on resume.
+    pub build: BuildInfo,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +138,11 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error("run {run} has a stored configuration this version cannot read: {message}")]
     Config { run: String, message: String },
+    #[error(
+        "run {run} cannot be resumed: it would mix trials made with different inputs. Changed since it was created:\n{}\nStart a new run instead",
+        .changes.iter().map(|change| format!("  {change}")).collect::<Vec<_>>().join("\n")
+    )]
+    Changed { run: String, changes: Vec<String> },
     #[error("invalid run: {0}")]
     Invalid(String),
 }
@@ -117,17 +154,27 @@ pub struct PlannedTrial {
     pub evaluate: Arc<Evaluator>,
     /// The run's judge model and the name sent in its requests.
     pub judge: Option<(Arc<dyn ModelClient>, String)>,
+    /// The key's stored trial ended as a harness error and this trial replaces it.
+    pub retry: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunSummary {
     pub run: RunId,
     /// Trials in the whole matrix.
-    pub total: usize,
-    /// Trials already stored before this invocation (resume).
-    pub already_done: usize,
-    /// Trials stored by this invocation.
-    pub stored: usize,
+    pub total: u64,
+    /// Trials of the matrix stored before this invocation and not run again.
+    pub already_done: u64,
+    /// Trials stored by this invocation (retries included).
+    pub stored: u64,
+    /// Of `stored`, retries that replaced a harness error.
+    pub retried: u64,
+    /// Keys this invocation ran that turned out stored by another process meanwhile; their
+    /// stored trial was kept. Counted as stored for the run (zero under the run lock, kept as
+    /// a safeguard).
+    pub already_present: u64,
+    /// Keys of the matrix with a stored trial now, read back from the store at the end.
+    pub present: u64,
     pub interrupted: bool,
     pub outcomes: BTreeMap<String, usize>,
     pub wall: Duration,
@@ -141,13 +188,17 @@ pub async fn start_run(
     cancel: impl Future<Output = ()>,
 ) -> Result<RunSummary, RunError> {
     // Build everything before creating the run, so a bad scenario or model stores nothing.
-    let (trials, total) = plan(config, options, &HashSet::new())?;
+    let matrix = matrix(config, options)?;
+    let provenance = matrix.provenance(&options.build);
+    let plan = Plan::new(config, matrix, &Skip::default())?;
     let config_json = serde_json::to_value(config).map_err(|e| RunError::Invalid(e.to_string()))?;
-    let run = store.create_run(&config_json, None)?;
-    execute(store, &run, trials, total, 0, options, cancel).await
+    let (run, lock) = store.create_locked_run(&config_json, None, Some(&provenance))?;
+    execute(store, &run, &lock, plan, options, Vec::new(), cancel).await
 }
 
-/// Run the trials of `run` that have no stored record, with its stored configuration.
+/// Run the trials of `run` that have no stored record (and with `options.retry_errors`, the
+/// harness errors again), with its stored configuration. Refused while another process runs
+/// `run`, and when what it was made with changed.
 pub async fn resume_run(
     store: &Store,
     run: &str,
@@ -155,21 +206,36 @@ pub async fn resume_run(
     cancel: impl Future<Output = ()>,
 ) -> Result<RunSummary, RunError> {
     let info = store.run(run)?;
+    // Before anything is read for the plan: a second process stops here.
+    let lock = store.lock_run(run)?;
     let config = stored_config(run, &info.config)?;
-    let completed = store.completed_keys(run)?;
-    let (trials, total) = plan(&config, options, &completed)?;
-    let already_done = total - trials.len();
+    let matrix = matrix(&config, options)?;
+    let mut notes = Vec::new();
+    match store.provenance(run)? {
+        Some(stored) => {
+            let changes = provenance_changes(&stored, &matrix.provenance(&options.build));
+            if !changes.is_empty() {
+                return Err(RunError::Changed {
+                    run: run.to_owned(),
+                    changes,
+                });
+            }
+        }
+        None => notes.push(format!(
+            "note: run {run} was created before offswitch recorded what a run is made with; resuming without checking that its scenario and model files are unchanged"
+        )),
+    }
+    let skip = Skip {
+        completed: store.completed_keys(run)?,
+        retry: if options.retry_errors {
+            store.harness_error_keys(run)?
+        } else {
+            HashSet::new()
+        },
+    };
+    let plan = Plan::new(&config, matrix, &skip)?;
     store.set_run_status(run, RunStatus::Running)?;
-    execute(
-        store,
-        &info.id,
-        trials,
-        total,
-        already_done,
-        options,
-        cancel,
-    )
-    .await
+    execute(store, &info.id, &lock, plan, options, notes, cancel).await
 }
 
 /// The run configuration stored with `run`.
@@ -197,13 +263,83 @@ pub fn trial_seed(run_seed: u64, key: &TrialKey) -> u64 {
     u64::from_le_bytes(digest[..8].try_into().expect("sha256 has 32 bytes"))
 }
 
-struct Matrix {
+/// What changed between a run's stored provenance and the current one, one line each; empty
+/// when nothing did.
+pub fn provenance_changes(stored: &Provenance, current: &Provenance) -> Vec<String> {
+    let mut changes = Vec::new();
+    if stored.offswitch_version != current.offswitch_version {
+        changes.push(format!(
+            "offswitch version: {} when created, {} now",
+            stored.offswitch_version, current.offswitch_version
+        ));
+    }
+    if stored.commit != current.commit {
+        changes.push(format!(
+            "offswitch commit: {} when created, {} now",
+            stored.commit, current.commit
+        ));
+    }
+    for (what, before, now) in [
+        ("scenario", &stored.scenario_files, &current.scenario_files),
+        ("model", &stored.model_files, &current.model_files),
+    ] {
+        let names: BTreeSet<&String> = before.keys().chain(now.keys()).collect();
+        for name in names {
+            match (before.get(name), now.get(name)) {
+                (Some(a), Some(b)) if a != b => changes.push(format!(
+                    "{what} {name}: file sha256 {} when created, {} now",
+                    short_sha(a),
+                    short_sha(b)
+                )),
+                (Some(a), None) => changes.push(format!(
+                    "{what} {name}: file sha256 {} when created, no file now",
+                    short_sha(a)
+                )),
+                (None, Some(b)) => changes.push(format!(
+                    "{what} {name}: no file recorded when created, sha256 {} now",
+                    short_sha(b)
+                )),
+                _ => {}
+            }
+        }
+    }
+    changes
+}
+
+fn short_sha(sha256: &str) -> &str {
+    &sha256[..sha256.len().min(12)]
+}
+
+/// The models and the cells of a run's matrix, built once.
+pub struct Matrix {
     models: Vec<BuiltModel>,
     judge: Option<BuiltModel>,
     cells: Vec<(Arc<Scenario>, offswitch_scenario::Variant, Arc<Evaluator>)>,
 }
 
-fn matrix(config: &RunConfig, options: &RunOptions) -> Result<Matrix, RunError> {
+impl Matrix {
+    /// What trials of this matrix are made with.
+    pub fn provenance(&self, build: &BuildInfo) -> Provenance {
+        Provenance {
+            offswitch_version: build.version.clone(),
+            commit: build.commit.clone(),
+            scenario_files: self
+                .cells
+                .iter()
+                .map(|(scenario, _, _)| (scenario.id().to_owned(), scenario.sha256().to_owned()))
+                .collect(),
+            model_files: self
+                .models
+                .iter()
+                .chain(&self.judge)
+                .filter_map(|model| Some((model.spec.clone(), model.file_sha256.clone()?)))
+                .collect(),
+        }
+    }
+}
+
+/// Resolve the scenarios and build the models of `config`.
+pub fn matrix(config: &RunConfig, options: &RunOptions) -> Result<Matrix, RunError> {
     if config.models.is_empty() || config.scenarios.is_empty() {
         return Err(RunError::Invalid(
             "a run needs at least one model and one scenario".into(),
@@ -276,24 +412,78 @@ fn matrix(config: &RunConfig, options: &RunOptions) -> Result<Matrix, RunError> 
     })
 }
 
-/// The trials of the matrix whose keys are not in `completed`, epochs outermost so that an
-/// interrupted run has a balanced sample of every cell; and the size of the whole matrix.
-pub fn plan(
-    config: &RunConfig,
-    options: &RunOptions,
-    completed: &HashSet<TrialKey>,
-) -> Result<(Vec<PlannedTrial>, usize), RunError> {
-    let matrix = matrix(config, options)?;
-    let overrides = LimitOverrides {
-        max_turns: config.max_turns,
-        disk_mb: config.disk_mb,
-    };
-    let mut trials = Vec::new();
-    let mut seen = HashSet::new();
-    let total = config.epochs as usize * matrix.models.len() * matrix.cells.len();
-    for epoch in 0..config.epochs {
+/// The keys a plan leaves out, and the ones it runs again although stored.
+#[derive(Debug, Clone, Default)]
+pub struct Skip {
+    /// Keys with a stored trial.
+    pub completed: HashSet<TrialKey>,
+    /// Keys among `completed` to run again (their trial ended as a harness error).
+    pub retry: HashSet<TrialKey>,
+}
+
+/// The trials of a matrix to run, produced one at a time, epochs outermost so that an
+/// interrupted run has a balanced sample of every cell. Nothing in it grows with the number of
+/// epochs: `--epochs 100000000` plans in constant memory.
+pub struct Plan {
+    /// Trials in the whole matrix.
+    pub total: u64,
+    /// Trials of the matrix that are stored and not run again.
+    pub already_done: u64,
+    matrix: Matrix,
+    sides: Vec<ModelSide>,
+    judge: Option<(Arc<dyn ModelClient>, String)>,
+    epochs: u32,
+    seed: u64,
+    overrides: LimitOverrides,
+    skip: Skip,
+    /// The next position: (epoch, model, cell).
+    next: (u32, usize, usize),
+}
+
+impl Plan {
+    /// The plan of `config` over `matrix`, leaving out what `skip` says.
+    pub fn new(config: &RunConfig, matrix: Matrix, skip: &Skip) -> Result<Plan, RunError> {
+        // Two trials with one key would share a home and a seed, and the store keeps only one
+        // of them. A key repeats exactly when a model spec or a (scenario, variant) cell does,
+        // so the check is over the matrix's sides, not over every epoch.
+        let mut seen_models = HashSet::new();
         for model in &matrix.models {
-            let side = ModelSide {
+            let mut seen_cells = HashSet::new();
+            for (scenario, variant, _) in &matrix.cells {
+                let repeated_cell = !seen_cells.insert((scenario.id(), variant.name.as_str()));
+                if repeated_cell || seen_models.contains(&model.spec) {
+                    let key = TrialKey {
+                        model: model.spec.clone(),
+                        scenario: scenario.id().to_owned(),
+                        variant: variant.name.clone(),
+                        epoch: 0,
+                    };
+                    return Err(RunError::Invalid(format!(
+                        "trial {key} appears twice in the matrix: give each model and scenario once"
+                    )));
+                }
+            }
+            seen_models.insert(model.spec.clone());
+        }
+        let per_epoch = (matrix.models.len() as u64) * (matrix.cells.len() as u64);
+        let total = per_epoch * u64::from(config.epochs);
+        let in_matrix = |key: &TrialKey| {
+            key.epoch < config.epochs
+                && matrix.models.iter().any(|m| m.spec == key.model)
+                && matrix
+                    .cells
+                    .iter()
+                    .any(|(s, v, _)| s.id() == key.scenario && v.name == key.variant)
+        };
+        let already_done = skip
+            .completed
+            .iter()
+            .filter(|key| in_matrix(key) && !skip.retry.contains(*key))
+            .count() as u64;
+        let sides = matrix
+            .models
+            .iter()
+            .map(|model| ModelSide {
                 key_name: model.spec.clone(),
                 request_model: model.request_model.clone(),
                 tool_mode: model.tool_mode,
@@ -302,74 +492,138 @@ pub fn plan(
                     max_tokens: config.max_tokens_per_reply,
                     ..Sampling::default()
                 },
-            };
-            for (scenario, variant, evaluate) in &matrix.cells {
-                let key = TrialKey {
-                    model: side.key_name.clone(),
-                    scenario: scenario.id().to_owned(),
-                    variant: variant.name.clone(),
-                    epoch,
-                };
-                // Two trials with one key would share a home and a seed, and the store keeps
-                // only one of them: the second insert would stop the whole run.
-                if !seen.insert(key.clone()) {
-                    return Err(RunError::Invalid(format!(
-                        "trial {key} appears twice in the matrix: give each model and scenario once"
-                    )));
-                }
-                if completed.contains(&key) {
-                    continue;
-                }
-                let seed = trial_seed(config.seed, &key);
-                trials.push(PlannedTrial {
-                    spec: trial_spec(scenario, variant, &side, epoch, seed, &overrides),
-                    model: Arc::clone(&model.client),
-                    evaluate: Arc::clone(evaluate),
-                    judge: matrix
-                        .judge
-                        .as_ref()
-                        .map(|j| (Arc::clone(&j.client), j.request_model.clone())),
-                });
-            }
-        }
+            })
+            .collect();
+        let judge = matrix
+            .judge
+            .as_ref()
+            .map(|j| (Arc::clone(&j.client), j.request_model.clone()));
+        Ok(Plan {
+            total,
+            already_done,
+            matrix,
+            sides,
+            judge,
+            epochs: config.epochs,
+            seed: config.seed,
+            overrides: LimitOverrides {
+                max_turns: config.max_turns,
+                disk_mb: config.disk_mb,
+            },
+            skip: Skip {
+                completed: skip.completed.clone(),
+                retry: skip.retry.clone(),
+            },
+            next: (0, 0, 0),
+        })
     }
-    Ok((trials, total))
 }
 
-/// Run `trials` into `run`: the dispatcher loop.
+impl Iterator for Plan {
+    type Item = PlannedTrial;
+
+    fn next(&mut self) -> Option<PlannedTrial> {
+        loop {
+            let (epoch, model_index, cell_index) = self.next;
+            if epoch >= self.epochs || self.sides.is_empty() || self.matrix.cells.is_empty() {
+                return None;
+            }
+            // Advance: cells innermost, then models, then epochs.
+            self.next = if cell_index + 1 < self.matrix.cells.len() {
+                (epoch, model_index, cell_index + 1)
+            } else if model_index + 1 < self.sides.len() {
+                (epoch, model_index + 1, 0)
+            } else {
+                (epoch + 1, 0, 0)
+            };
+            let side = &self.sides[model_index];
+            let (scenario, variant, evaluate) = &self.matrix.cells[cell_index];
+            let key = TrialKey {
+                model: side.key_name.clone(),
+                scenario: scenario.id().to_owned(),
+                variant: variant.name.clone(),
+                epoch,
+            };
+            let retry = self.skip.retry.contains(&key);
+            if self.skip.completed.contains(&key) && !retry {
+                continue;
+            }
+            let seed = trial_seed(self.seed, &key);
+            return Some(PlannedTrial {
+                spec: trial_spec(scenario, variant, side, epoch, seed, &self.overrides),
+                model: Arc::clone(&self.matrix.models[model_index].client),
+                evaluate: Arc::clone(evaluate),
+                judge: self.judge.clone(),
+                retry,
+            });
+        }
+    }
+}
+
+/// The plan of `config`: [`matrix`] then [`Plan::new`].
+pub fn plan(config: &RunConfig, options: &RunOptions, skip: &Skip) -> Result<Plan, RunError> {
+    Plan::new(config, matrix(config, options)?, skip)
+}
+
+/// Run `trials` into `run`, which this process holds the lock of: the dispatcher loop.
+/// `notes` are shown before the first trial.
 pub async fn execute(
     store: &Store,
     run: &RunId,
-    trials: Vec<PlannedTrial>,
-    total: usize,
-    already_done: usize,
+    _lock: &RunLock,
+    trials: Plan,
     options: &RunOptions,
+    notes: Vec<String>,
     cancel: impl Future<Output = ()>,
 ) -> Result<RunSummary, RunError> {
     let started = Instant::now();
-    let mut progress = Progress::new(options.progress, total as u64, already_done as u64);
+    let total = trials.total;
+    let already_done = trials.already_done;
+    let mut progress = Progress::new(options.progress, total, already_done);
+    for note in &notes {
+        progress.note(note);
+    }
     let run_dir = options.work_dir.join(run.as_str());
+    // Homes of processes that died while running this run; this one holds its lock, so no
+    // live process adds homes to it except through a directory of its own.
+    for removed in remove_dead_owners(&run_dir) {
+        progress.note(&format!(
+            "removed the trial homes of a process that ended: {}",
+            removed.display()
+        ));
+    }
+    let owner = Owner::this_process()
+        .map_err(|e| RunError::Invalid(format!("cannot read this process's start time: {e}")))?;
+    let homes_dir = run_dir.join(owner.dir_name());
+    if options.keep_homes {
+        std::fs::create_dir_all(&homes_dir)
+            .and_then(|()| std::fs::write(homes_dir.join(KEEP_MARKER), ""))
+            .map_err(|e| {
+                RunError::Invalid(format!("cannot create {}: {e}", homes_dir.display()))
+            })?;
+    }
     let concurrency = options.concurrency.max(1);
-    let mut pending = trials.into_iter();
-    let mut in_flight: JoinSet<TrialRecord> = JoinSet::new();
+    let mut pending = trials;
+    let mut in_flight: JoinSet<(bool, TrialRecord)> = JoinSet::new();
     // The home of each trial in flight, for the ones aborted before their own cleanup ran.
     let mut homes: HashMap<tokio::task::Id, Vec<PathBuf>> = HashMap::new();
     let mut cancel = std::pin::pin!(cancel);
     let mut interrupted = false;
     let mut failure: Option<RunError> = None;
     let mut stored = 0;
+    let mut retried = 0;
+    let mut already_present = 0;
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     loop {
         while !interrupted && in_flight.len() < concurrency {
             let Some(trial) = pending.next() else { break };
-            let home = run_dir.join(home_name(&trial.spec.key));
+            let home = homes_dir.join(home_name(&trial.spec.key));
             let dirs = trial_dirs(&home, &trial.spec);
-            let task = in_flight.spawn(run_one(
-                trial,
-                home,
-                options.keep_homes,
-                options.facilities.clone(),
-            ));
+            let retry = trial.retry;
+            let task = in_flight.spawn(
+                run_one(trial, home, options.keep_homes, options.facilities.clone())
+                    .map(move |record| (retry, record)),
+            );
             homes.insert(task.id(), dirs);
         }
         if in_flight.is_empty() {
@@ -385,19 +639,29 @@ pub async fn execute(
             }
         };
         match joined {
-            Some(Ok((task, record))) => {
+            Some(Ok((task, (retry, record)))) => {
                 homes.remove(&task);
-                match store.insert_trial_once(run, &record) {
+                let result = if retry {
+                    store
+                        .replace_trial(run, &record)
+                        .map(offswitch_store::Inserted::Stored)
+                } else {
+                    store.insert_trial_once(run, &record)
+                };
+                match result {
                     Ok(offswitch_store::Inserted::Stored(_)) => {
                         stored += 1;
+                        retried += u64::from(retry);
                         *outcomes
                             .entry(record.outcome.name().to_owned())
                             .or_default() += 1;
                         progress.finished(&record, &outcomes);
                     }
                     Ok(offswitch_store::Inserted::AlreadyPresent(_)) => {
-                        // Another process resuming the same run stored this key first; its
-                        // record stands and this one is dropped, so every key has one trial.
+                        // Another process stored this key first (not possible while this one
+                        // holds the run's lock, but never worth a duplicate): its record
+                        // stands, and the key counts as stored.
+                        already_present += 1;
                         progress.note(&format!(
                             "trial {} was already stored by another process; kept that one",
                             record.key
@@ -421,9 +685,11 @@ pub async fn execute(
             None => break,
         }
     }
-    // Counted rather than inferred from how the loop ended, so a trial lost any other way
-    // still leaves the run resumable.
-    let incomplete = already_done + stored < total;
+    // Counted from the store rather than inferred from how the loop ended, so a trial lost
+    // any other way still leaves the run resumable, and a run that is complete stays so (the
+    // store never turns `complete` back into anything else).
+    let present = store.run(run)?.trial_count;
+    let incomplete = present < total;
     store.set_run_status(
         run,
         if incomplete {
@@ -437,7 +703,8 @@ pub async fn execute(
         return Err(error);
     }
     if !options.keep_homes {
-        // Only this run's directory, and only when it is empty of kept homes.
+        // Only this process's directory and the run's, and only when they are empty.
+        let _ = std::fs::remove_dir(&homes_dir);
         let _ = std::fs::remove_dir(&run_dir);
     }
     Ok(RunSummary {
@@ -445,6 +712,9 @@ pub async fn execute(
         total,
         already_done,
         stored,
+        retried,
+        already_present,
+        present,
         interrupted: incomplete,
         outcomes,
         wall: started.elapsed(),
@@ -596,7 +866,10 @@ impl Progress {
                 .map(|l| l.name.as_str())
                 .collect::<Vec<_>>()
                 .join(",");
-            eprintln!(
+            // Not `eprintln!`, which panics when stderr is a closed pipe (`2>&1 | head`): the
+            // progress display must never take the run down with it.
+            let _ = writeln!(
+                std::io::stderr(),
                 "[{}/{}] {} -> {} [{}] ({:.1} trials/s; {})",
                 self.done,
                 self.total,
@@ -612,7 +885,9 @@ impl Progress {
     fn note(&self, message: &str) {
         match &self.bar {
             Some(bar) => bar.println(message),
-            None if self.plain => eprintln!("{message}"),
+            None if self.plain => {
+                let _ = writeln!(std::io::stderr(), "{message}");
+            }
             None => {}
         }
     }

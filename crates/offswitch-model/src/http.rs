@@ -12,13 +12,25 @@ pub struct HttpConfig {
     pub timeout: Duration,
     /// Extra headers sent with every request (provider routing, organisation ids, ...).
     pub extra_headers: Vec<(String, String)>,
+    /// The most bytes of a reply body read, whether it comes with a `Content-Length` or as a
+    /// stream of chunks; a longer reply ends the call with `BackendErrorKind::ReplyTooLarge`.
+    pub max_reply_bytes: u64,
 }
+
+/// The default [`HttpConfig::max_reply_bytes`]: 4 MiB. A reply of 32,000 tokens is ~130 KB of
+/// text, and JSON escaping at most sextuples it; past this, a server is not honouring
+/// `max_tokens`.
+pub const DEFAULT_MAX_REPLY_BYTES: u64 = 4 << 20;
+
+/// The most bytes of an error status's body read: enough for any provider's error object.
+const MAX_ERROR_BODY_BYTES: u64 = 64 << 10;
 
 impl Default for HttpConfig {
     fn default() -> HttpConfig {
         HttpConfig {
             timeout: Duration::from_secs(120),
             extra_headers: Vec::new(),
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
         }
     }
 }
@@ -69,6 +81,7 @@ fn float_seconds(seconds: f64) -> Option<Duration> {
 pub(crate) struct HttpClient {
     pub(crate) backend_id: String,
     client: reqwest::Client,
+    max_reply_bytes: u64,
 }
 
 impl HttpClient {
@@ -108,7 +121,11 @@ impl HttpClient {
             base_url: base_url.to_owned(),
             message: e.to_string(),
         })?;
-        Ok(HttpClient { backend_id, client })
+        Ok(HttpClient {
+            backend_id,
+            client,
+            max_reply_bytes: config.max_reply_bytes,
+        })
     }
 
     /// POST `body` to `url` and return the parsed JSON reply of a 2xx status.
@@ -126,12 +143,30 @@ impl HttpClient {
             .map_err(|e| self.transport_error(url, &e))?;
         let status = response.status();
         let retry_after = retry_after_header(response.headers());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(url, &e))?;
         if !status.is_success() {
+            // Only the start of an error body matters (its message); the rest is not read.
+            let (bytes, _) = self.read_body(url, response, MAX_ERROR_BODY_BYTES).await?;
             return Err(self.status_error(status.as_u16(), retry_after, &bytes));
+        }
+        // A `Content-Length` over the cap is believed without reading anything.
+        let too_long = response
+            .content_length()
+            .is_some_and(|length| length > self.max_reply_bytes);
+        let (bytes, complete) = if too_long {
+            (Vec::new(), false)
+        } else {
+            self.read_body(url, response, self.max_reply_bytes).await?
+        };
+        if !complete {
+            return Err(self.error(
+                BackendErrorKind::ReplyTooLarge {
+                    limit_bytes: self.max_reply_bytes,
+                },
+                format!(
+                    "reply from {url} is longer than the cap of {} bytes; stopped reading it",
+                    self.max_reply_bytes
+                ),
+            ));
         }
         serde_json::from_slice(&bytes).map_err(|e| {
             self.error(
@@ -142,6 +177,33 @@ impl HttpClient {
                 ),
             )
         })
+    }
+
+    /// At most `limit` bytes of the body, chunk by chunk, and whether that was all of it. Reading
+    /// stops once the body passes the limit, with or without a `Content-Length`, so a reply
+    /// that never ends costs `limit` bytes, not all the memory there is.
+    async fn read_body(
+        &self,
+        url: &str,
+        mut response: reqwest::Response,
+        limit: u64,
+    ) -> Result<(Vec<u8>, bool), BackendError> {
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(url, &e))?
+        {
+            let room = usize::try_from(limit)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(body.len());
+            if chunk.len() > room {
+                body.extend_from_slice(&chunk[..room]);
+                return Ok((body, false));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, true))
     }
 
     pub(crate) fn error(&self, kind: BackendErrorKind, message: String) -> BackendError {

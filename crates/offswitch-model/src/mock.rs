@@ -1,6 +1,7 @@
 //! Mock OpenAI-compatible and Anthropic servers on loopback, for tests of this crate and of the
 //! harness: real HTTP, a queue of scripted replies (text, tool calls, error statuses with
-//! headers, delays, truncated bodies), every request recorded, in-flight requests counted.
+//! headers, delays, truncated, oversized and endless bodies, replaced usage), every request
+//! recorded, in-flight requests counted.
 //!
 //! Enabled by the `mock` feature. The server runs on a task owned by [`MockServer`] and stops
 //! when it is dropped.
@@ -66,6 +67,15 @@ pub enum MockReply {
     },
     /// Status 200 with the first half of a valid text reply's JSON.
     Truncated,
+    /// A text reply of `bytes` bytes of `a`, one word, so its stand-in token count is 1 (as a
+    /// server under-reporting its usage would say). Sent with a `Content-Length`, or without
+    /// one as a stream of 64 KiB chunks (`chunked`).
+    Long { bytes: usize, chunked: bool },
+    /// Status 200 and a chunked body that never ends: a client that does not cap what it reads
+    /// would read until it runs out of memory or time.
+    Endless,
+    /// The reply with its reported usage replaced by these counts.
+    WithUsage { usage: Usage, reply: Box<MockReply> },
 }
 
 impl MockReply {
@@ -105,6 +115,14 @@ impl MockReply {
         MockReply::WhenInFlight {
             count,
             max_wait,
+            reply: Box::new(self),
+        }
+    }
+
+    /// The reply, reporting `usage` instead of the stand-in counts.
+    pub fn with_usage(self, usage: Usage) -> MockReply {
+        MockReply::WithUsage {
+            usage,
             reply: Box::new(self),
         }
     }
@@ -330,26 +348,54 @@ async fn handle(
                 let _ = tokio::time::timeout(max_wait, shared.in_flight_reaches(count)).await;
                 reply = *inner;
             }
-            other => break render(shared.flavor, &other, &recorded, number),
+            other => break render(shared.flavor, &other, &recorded, number, None),
         }
     }
 }
 
+/// `usage`: reported instead of the stand-in counts, when given.
 fn render(
     flavor: Flavor,
     reply: &MockReply,
     request: &RecordedRequest,
     number: usize,
+    usage: Option<Usage>,
 ) -> Response<Body> {
     match reply {
-        MockReply::Text(text) => {
-            json_response(200, &success_body(flavor, text, &[], request, number), &[])
-        }
-        MockReply::ToolCalls { text, calls } => json_response(
+        MockReply::Text(text) => json_response(
             200,
-            &success_body(flavor, text, calls, request, number),
+            &success_body(flavor, text, &[], request, number, usage),
             &[],
         ),
+        MockReply::ToolCalls { text, calls } => json_response(
+            200,
+            &success_body(flavor, text, calls, request, number, usage),
+            &[],
+        ),
+        MockReply::Long { bytes, chunked } => {
+            let body =
+                success_body(flavor, &"a".repeat(*bytes), &[], request, number, usage).to_string();
+            if *chunked {
+                let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body
+                    .into_bytes()
+                    .chunks(64 << 10)
+                    .map(|chunk| Ok(chunk.to_vec()))
+                    .collect();
+                stream_response(futures::stream::iter(chunks))
+            } else {
+                raw_response(200, body, &[])
+            }
+        }
+        MockReply::Endless => {
+            let chunk = vec![b' '; 64 << 10];
+            stream_response(futures::stream::repeat_with(move || {
+                Ok::<_, std::io::Error>(chunk.clone())
+            }))
+        }
+        MockReply::WithUsage {
+            usage: replaced,
+            reply,
+        } => render(flavor, reply, request, number, Some(*replaced)),
         MockReply::Error {
             status,
             message,
@@ -367,14 +413,21 @@ fn render(
             json_response(*status, &body, headers)
         }
         MockReply::Truncated => {
-            let full =
-                success_body(flavor, "this reply is cut short", &[], request, number).to_string();
+            let full = success_body(
+                flavor,
+                "this reply is cut short",
+                &[],
+                request,
+                number,
+                usage,
+            )
+            .to_string();
             let half = &full[..full.len() / 2];
             raw_response(200, half.to_owned(), &[])
         }
         // `handle` unwraps waits before rendering.
         MockReply::Delayed { reply, .. } | MockReply::WhenInFlight { reply, .. } => {
-            render(flavor, reply, request, number)
+            render(flavor, reply, request, number, usage)
         }
     }
 }
@@ -385,11 +438,20 @@ fn success_body(
     calls: &[MockToolCall],
     request: &RecordedRequest,
     number: usize,
+    usage: Option<Usage>,
 ) -> Value {
     let model = request.body.get("model").cloned().unwrap_or(Value::Null);
     // Deterministic stand-ins for token counts, so tests can check that usage is mapped.
-    let prompt_tokens = request.body.to_string().len() / 4;
-    let completion_tokens = text.split_whitespace().count() + 10 * calls.len();
+    let (prompt_tokens, completion_tokens) = match usage {
+        Some(usage) => (
+            usage.prompt_tokens as usize,
+            usage.completion_tokens as usize,
+        ),
+        None => (
+            request.body.to_string().len() / 4,
+            text.split_whitespace().count() + 10 * calls.len(),
+        ),
+    };
     match flavor {
         Flavor::OpenAi => {
             let calls: Vec<ToolCall> = calls
@@ -460,6 +522,18 @@ fn error_type(status: u16) -> &'static str {
 
 fn json_response(status: u16, body: &Value, headers: &[(String, String)]) -> Response<Body> {
     raw_response(status, body.to_string(), headers)
+}
+
+/// Status 200 with a JSON content type and `chunks` as the body, without a `Content-Length`.
+fn stream_response(
+    chunks: impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static,
+) -> Response<Body> {
+    let mut response = Response::new(Body::from_stream(chunks));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn raw_response(status: u16, body: String, headers: &[(String, String)]) -> Response<Body> {

@@ -222,6 +222,7 @@ pub fn build_http_backend_with_env(
     let http = HttpConfig {
         timeout: options.timeout,
         extra_headers: options.extra_headers.clone(),
+        ..HttpConfig::default()
     };
     let backend: Arc<dyn ChatBackend> = match provider {
         "openai" => Arc::new(OpenAiBackend::new(OpenAiConfig {

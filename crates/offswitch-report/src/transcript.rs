@@ -165,10 +165,19 @@ fn render_entry(out: &mut String, step: usize, entry: &TranscriptEntry) {
             attempt,
             error,
             retried,
+            kind,
+            wait_ms,
         } => {
-            let then = if *retried { "retried" } else { "gave up" };
+            let then = match (retried, wait_ms) {
+                (true, Some(wait_ms)) => format!("retried after {wait_ms} ms"),
+                (true, None) => "retried".to_owned(),
+                (false, _) => "gave up".to_owned(),
+            };
+            let kind = kind
+                .as_deref()
+                .map_or(String::new(), |kind| format!(" ({kind})"));
             out.push_str(&format!(
-                "[{step}] backend error on attempt {attempt}, {then}\n"
+                "[{step}] backend error{kind} on attempt {attempt}, {then}\n"
             ));
             indented(out, error);
         }

@@ -34,7 +34,7 @@ pub use sandbox::{
     ETC_ALLOW_LIST, MAX_REQUEST_BYTES, SANDBOX_HOST_ID, SYSTEM_DIRS, Sandbox, ShutdownRequest,
 };
 pub use snapshot::{EntryType, MAX_ENTRIES, MAX_HASHED_BYTES, Snapshot, SnapshotEntry};
-pub use volume::{DiskLimit, HomeKind, create_home, keep_home, remove_home};
+pub use volume::{DiskLimit, HomeKind, create_home, keep_home, remove_home, remove_homes_under};
 
 use std::path::PathBuf;
 use std::time::Duration;

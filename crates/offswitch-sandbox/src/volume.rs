@@ -141,6 +141,58 @@ pub fn remove_home(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Remove `dir` and everything under it, first releasing every home mounted anywhere inside
+/// it (a run's directory of homes left by a killed process). `remove_dir_all` alone would
+/// empty the volumes and leave them mounted, their images held by their loop devices.
+pub fn remove_homes_under(dir: &Path) -> io::Result<()> {
+    for point in mount_points_under(dir) {
+        remove_home(&point)?;
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Mount points strictly under `dir` in this process's mount namespace, deepest first.
+fn mount_points_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(canonical) = std::fs::canonicalize(dir) else {
+        return Vec::new();
+    };
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mountinfo(field)))
+        .filter(|point| point.starts_with(&canonical) && point != &canonical)
+        .collect();
+    points.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+    points.dedup();
+    points
+}
+
+/// A mountinfo path field with its octal escapes (`\040` for a space) undone.
+fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Ok(value) = u8::from_str_radix(&field[i + 1..i + 4], 8)
+        {
+            out.push(value);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    std::ffi::OsString::from_vec(out)
+}
+
 /// Turn a home into a plain directory at the same path holding a copy of its files, and
 /// release its volume; for homes kept after a run for inspection. A plain directory is left
 /// as it is.

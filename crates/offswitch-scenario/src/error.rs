@@ -35,6 +35,14 @@ pub enum ScenarioError {
     /// Every problem found in one file, sorted by position; never empty.
     #[error("{}", render_diagnostics(.diagnostics))]
     Invalid { diagnostics: Vec<Diagnostic> },
+    #[error("refused scenario {path}: it is {kind}, not a regular file")]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("refused scenario {path}: larger than the limit of {limit} bytes")]
+    TooLarge { path: PathBuf, limit: u64 },
+    #[error("no scenario files (*.toml) in {path}")]
+    EmptyDir { path: PathBuf },
+    #[error("more than {limit} scenario files (*.toml) in {path}")]
+    TooManyFiles { path: PathBuf, limit: usize },
     #[error("scenario {scenario}: bad variant filter {filter:?}: {message}")]
     BadFilter {
         scenario: String,

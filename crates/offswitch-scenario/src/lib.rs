@@ -29,13 +29,22 @@ pub use model::{
 /// Environment variable that replaces [`builtin_dir`]'s default.
 pub const SCENARIOS_ENV: &str = "OFFSWITCH_SCENARIOS";
 
-/// Load and validate one scenario file.
+/// The largest scenario file read, in bytes. The shipped ones are under 20 KB; anything past
+/// this is refused after reading at most this much, so a file that never ends (a symlink to
+/// `/dev/zero`) cannot grow memory without bound.
+pub const MAX_SCENARIO_BYTES: u64 = 1 << 20;
+
+/// The most `*.toml` files [`load_dir`] reads from one directory.
+pub const MAX_SCENARIO_FILES: usize = 1_000;
+
+/// Load and validate one scenario file. Only a regular file (or a symlink to one) is read, at
+/// most [`MAX_SCENARIO_BYTES`] of it; text that is not UTF-8 is a located diagnostic.
 pub fn load_file(path: &Path) -> Result<Scenario, ScenarioError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    load_str(&text, path)
+    let bytes = read_bounded(path)?;
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => load_str(text, path),
+        Err(error) => Err(invalid_utf8(path, &bytes, &error)),
+    }
 }
 
 /// Validate a scenario given as text; `path` is used in diagnostics only.
@@ -43,8 +52,11 @@ pub fn load_str(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
     parse::parse(text, path)
 }
 
-/// Every `*.toml` file directly in `dir`, sorted by file name. Files that fail to load and
-/// scenarios whose id repeats an earlier file's come back as errors; the rest load.
+/// Every `*.toml` entry directly in `dir`, sorted by file name, at most
+/// [`MAX_SCENARIO_FILES`]. Files that fail to load (including `*.toml` entries that are not
+/// regular files) and scenarios whose id repeats an earlier file's come back as errors; the rest
+/// load. A directory without any `*.toml` file is an error too: it is almost always a wrong
+/// path, and "0 valid" would hide that.
 pub fn load_dir(dir: &Path) -> (Vec<Scenario>, Vec<ScenarioError>) {
     let mut scenarios: Vec<Scenario> = Vec::new();
     let mut errors = Vec::new();
@@ -58,10 +70,35 @@ pub fn load_dir(dir: &Path) -> (Vec<Scenario>, Vec<ScenarioError>) {
             return (scenarios, errors);
         }
     };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "toml") && path.is_file())
-        .collect();
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        let path = match entry {
+            Ok(entry) => entry.path(),
+            Err(source) => {
+                errors.push(ScenarioError::Read {
+                    path: dir.to_owned(),
+                    source,
+                });
+                return (scenarios, errors);
+            }
+        };
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            if paths.len() == MAX_SCENARIO_FILES {
+                errors.push(ScenarioError::TooManyFiles {
+                    path: dir.to_owned(),
+                    limit: MAX_SCENARIO_FILES,
+                });
+                return (scenarios, errors);
+            }
+            paths.push(path);
+        }
+    }
+    if paths.is_empty() {
+        errors.push(ScenarioError::EmptyDir {
+            path: dir.to_owned(),
+        });
+        return (scenarios, errors);
+    }
     paths.sort();
     for path in paths {
         match load_file(&path) {
@@ -87,6 +124,80 @@ pub fn load_dir(dir: &Path) -> (Vec<Scenario>, Vec<ScenarioError>) {
         }
     }
     (scenarios, errors)
+}
+
+/// The bytes of the regular file at `path` (symlinks followed), refusing anything else before
+/// reading: a FIFO would block the read forever and a device may never end. The open does not
+/// block (`O_NONBLOCK`), and the type is checked on the opened descriptor, so the file cannot
+/// be swapped between the check and the read.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, ScenarioError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let read_error = |source| ScenarioError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(read_error)?;
+    let metadata = file.metadata().map_err(read_error)?;
+    let file_type = metadata.file_type();
+    if !file_type.is_file() {
+        let kind = if file_type.is_dir() {
+            "a directory"
+        } else if file_type.is_fifo() {
+            "a FIFO"
+        } else if file_type.is_char_device() {
+            "a character device"
+        } else if file_type.is_block_device() {
+            "a block device"
+        } else if file_type.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(ScenarioError::NotRegular {
+            path: path.to_owned(),
+            kind,
+        });
+    }
+    let too_large = || ScenarioError::TooLarge {
+        path: path.to_owned(),
+        limit: MAX_SCENARIO_BYTES,
+    };
+    if metadata.len() > MAX_SCENARIO_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    // One byte past the limit tells a file at the limit from a longer one (a file can grow
+    // after the size check, and some files report no size at all).
+    file.take(MAX_SCENARIO_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_SCENARIO_BYTES {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// The diagnostic for a file that is not UTF-8, at the first bad byte.
+fn invalid_utf8(path: &Path, bytes: &[u8], error: &std::str::Utf8Error) -> ScenarioError {
+    let valid_up_to = error.valid_up_to();
+    let prefix = std::str::from_utf8(&bytes[..valid_up_to]).expect("valid up to here");
+    let (line, col) = error::LineIndex::new(prefix).line_col(prefix, valid_up_to);
+    ScenarioError::Invalid {
+        diagnostics: vec![Diagnostic {
+            path: path.to_owned(),
+            line,
+            col,
+            message: format!(
+                "invalid UTF-8 (byte 0x{:02x}); scenario files are UTF-8 text",
+                bytes[valid_up_to]
+            ),
+        }],
+    }
 }
 
 /// The scenarios shipped with offswitch: `$OFFSWITCH_SCENARIOS` if set, else the repository's
@@ -164,6 +275,11 @@ impl Scenario {
     /// The file this scenario was loaded from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Hex sha256 of the exact text this scenario was parsed from.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     pub fn limits(&self) -> &Limits {

@@ -15,6 +15,9 @@ pub struct Scenario {
     pub(crate) path: PathBuf,
     /// Where `id = ...` sits in the file, for duplicate-id diagnostics.
     pub(crate) id_position: (usize, usize),
+    /// Hex sha256 of the text this scenario was parsed from: a run stores it, so `--resume`
+    /// notices a file that changed since.
+    pub(crate) sha256: String,
     pub(crate) id: String,
     pub title: String,
     pub category: String,

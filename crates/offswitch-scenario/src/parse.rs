@@ -7,6 +7,7 @@ use std::path::Path;
 
 use offswitch_core::{FileChangeKind, ToolParam, ToolSpec};
 use regex::Regex;
+use sha2::Digest;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
@@ -21,6 +22,24 @@ use crate::model::{
 use crate::template::{Template, TemplateError};
 
 type Value<'i> = Spanned<DeValue<'i>>;
+
+/// At most this many characters of a name the file made up (an unknown key, kind or label)
+/// are echoed in a diagnostic.
+const ECHO_CHARS: usize = 40;
+
+/// A name from the file as a diagnostic shows it: at most [`ECHO_CHARS`] characters, escaped,
+/// `...` when cut, so a key a megabyte long does not come back as a message a megabyte long.
+fn echo(name: &str) -> String {
+    let mut shown: String = name
+        .chars()
+        .take(ECHO_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if name.chars().nth(ECHO_CHARS).is_some() {
+        shown.push_str("...");
+    }
+    shown
+}
 
 pub(crate) fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
     let mut ctx = Ctx {
@@ -117,7 +136,7 @@ impl<'t, 'i> Table<'t, 'i> {
                     key.span(),
                     format!(
                         "unknown field `{}` in {}, expected one of: {}",
-                        key.get_ref(),
+                        echo(key.get_ref()),
                         self.name,
                         allowed.join(", ")
                     ),
@@ -397,6 +416,7 @@ fn read_scenario(ctx: &mut Ctx<'_>, root: &DeTable<'_>, span: Range<usize>) -> O
     Some(Scenario {
         path: ctx.path.to_owned(),
         id_position: ctx.position(&id_span),
+        sha256: hex::encode(sha2::Sha256::digest(ctx.text.as_bytes())),
         id,
         title: title?.0,
         category: category?.0,
@@ -1446,7 +1466,8 @@ fn read_detectors(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, known: &Known<'_>) ->
                 ctx.error(
                     span,
                     format!(
-                        "unknown detector kind {kind:?}, expected one of: {}",
+                        "unknown detector kind \"{}\", expected one of: {}",
+                        echo(&kind),
                         DETECTOR_KINDS.join(", ")
                     ),
                 );
@@ -1506,7 +1527,10 @@ fn read_detector_kind(
                     _ => {
                         ctx.error(
                             span,
-                            format!("unknown stream {s:?}, expected stdout, stderr or both"),
+                            format!(
+                                "unknown stream \"{}\", expected stdout, stderr or both",
+                                echo(&s)
+                            ),
                         );
                         None
                     }
@@ -1542,7 +1566,8 @@ fn read_detector_kind(
                                 ctx.error(
                                     span,
                                     format!(
-                                        "unknown change kind {name:?}, expected one of: {}",
+                                        "unknown change kind \"{}\", expected one of: {}",
+                                        echo(&name),
                                         names_of_changes()
                                     ),
                                 );
@@ -1791,7 +1816,8 @@ fn read_detector_kind(
                     "fact {name:?} is established by the {mechanic} mechanic, which this scenario does not declare"
                 ),
                 None => format!(
-                    "unknown fact {name:?}; the declared mechanics provide: {}",
+                    "unknown fact \"{}\"; the declared mechanics provide: {}",
+                    echo(&name),
                     if provided.is_empty() {
                         "none".to_owned()
                     } else {
@@ -1912,7 +1938,8 @@ fn read_expr(ctx: &mut Ctx<'_>, value: &Value<'_>, defined: &BTreeSet<String>) -
                 ctx.error(
                     value.span(),
                     format!(
-                        "unknown label {name:?}; a detector can only use labels defined above it (defined: {})",
+                        "unknown label \"{}\"; a detector can only use labels defined above it (defined: {})",
+                        echo(name),
                         names(defined.iter())
                     ),
                 );
@@ -1947,7 +1974,10 @@ fn read_expr(ctx: &mut Ctx<'_>, value: &Value<'_>, defined: &BTreeSet<String>) -
                 other => {
                     ctx.error(
                         key.span(),
-                        format!("unknown operator `{other}`, expected all, any or not"),
+                        format!(
+                            "unknown operator `{}`, expected all, any or not",
+                            echo(other)
+                        ),
                     );
                     None
                 }
@@ -2135,7 +2165,10 @@ fn read_analyses(
                 let span = kind.as_ref().map_or(table.span.clone(), |(_, s)| s.clone());
                 ctx.error(
                     span,
-                    format!("unknown analysis kind {other:?}, expected paired or difference"),
+                    format!(
+                        "unknown analysis kind \"{}\", expected paired or difference",
+                        echo(other)
+                    ),
                 );
                 continue;
             }

@@ -7,18 +7,26 @@
 //!   `synchronous=NORMAL` is durable against a crash of the process (`kill -9`, panic, OOM kill)
 //!   because the data is already handed to the operating system; only a power loss or kernel
 //!   crash can roll back the last transactions. The test `trials_survive_kill_9` checks this.
+//! - A database that fails SQLite's `quick_check` is refused at open ([`StoreError::Damaged`]),
+//!   before anything is written to it.
 //! - The schema is versioned with `PRAGMA user_version` and explicit migrations (`schema.rs`);
 //!   a database newer than the code is refused rather than misread.
 //! - Stored formats are the `*V1` types of `stored.rs`, converted explicitly from the domain
 //!   types, never serde dumps of them. Schema version 2 added `labels.score` (`Label::score`;
-//!   SQLite has no NaN, so a NaN score reads back as `None`).
+//!   SQLite has no NaN, so a NaN score reads back as `None`). A backend-error entry's body
+//!   gained the optional `kind` and `wait_ms`, absent (and read as `None`) in older bodies.
 //! - One writer (the runner's dispatcher) plus any number of readers, in this process or others.
 //!   `Store` is `Send` but not `Sync`: give each thread its own `Store`.
+//! - One process per run: the runner holds [`RunLock`] (an OS file lock next to the database,
+//!   released when the process dies) for as long as it adds trials to a run.
+//! - Schema version 4 numbers the attempts at a key: `--retry-errors` replaces a harness error
+//!   with a new attempt and keeps the failed one, marked replaced ([`Store::replace_trial`],
+//!   [`Store::attempts`]). Reads of a run's trials see the current attempt of each key only.
 
 mod schema;
 mod stored;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -107,6 +115,21 @@ pub struct RunInfo {
     pub trial_count: u64,
 }
 
+/// What a run was made with, stored with it so that `--resume` can refuse to add trials made
+/// with something else (schema version 3). Runs created before have none.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Provenance {
+    /// The offswitch version that created the run.
+    pub offswitch_version: String,
+    /// The git commit it was built from, `unknown` when built without git.
+    pub commit: String,
+    /// Scenario id -> hex sha256 of the scenario file's text.
+    pub scenario_files: BTreeMap<String, String>,
+    /// Model spec -> hex sha256 of its model file, for models that run from a file (embedded,
+    /// `local:`).
+    pub model_files: BTreeMap<String, String>,
+}
+
 /// A trial as read back, with where it lives.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredTrial {
@@ -114,6 +137,12 @@ pub struct StoredTrial {
     pub run: RunId,
     /// 1-based position within the run in insertion order; `<run>/<index>` names the trial.
     pub index: u32,
+    /// 1 for the first trial of its key; a `--retry-errors` replacement is one more than the
+    /// attempt it replaced.
+    pub attempt: u32,
+    /// A harness-error attempt that a later attempt at its key replaced. Kept in the record,
+    /// left out of [`Store::trials`] and the rates.
+    pub replaced: bool,
     pub record: TrialRecord,
 }
 
@@ -138,8 +167,26 @@ pub enum StoreError {
         version: u32,
         source: rusqlite::Error,
     },
+    #[error(
+        "database {path} is damaged (SQLite's quick check: {findings}); refusing to use it. Restore it from a copy, or give another --db"
+    )]
+    Damaged { path: PathBuf, findings: String },
     #[error("database {path} cannot use WAL journal mode (it stays in {journal_mode:?} mode)")]
     NotWal { path: PathBuf, journal_mode: String },
+    #[error(
+        "run {run} is being run by another offswitch process{}; a run belongs to one process at a time. Wait for it to finish or stop it, then resume (lock {lock})",
+        .holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    RunLocked {
+        run: String,
+        holder: Option<u32>,
+        lock: PathBuf,
+    },
+    #[error("failed to lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("no free run id after 32 random draws")]
     NoFreeRunId,
     #[error("bad run id {0:?}: it must be non-empty, not `latest`, without `/` or spaces")]
@@ -156,6 +203,14 @@ pub enum StoreError {
     BadTrialReference(String),
     #[error("run {run} already has a trial for {key}")]
     DuplicateTrial { run: String, key: String },
+    #[error(
+        "trial {key} of run {run} ended as {outcome}, not as a harness error; only harness errors are replaced"
+    )]
+    NotReplaceable {
+        run: String,
+        key: String,
+        outcome: String,
+    },
     #[error(
         "run {run} in {source_path} has a different configuration than the run of that id here"
     )]
@@ -192,6 +247,21 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// This process's ownership of one run ([`Store::lock_run`]): held until dropped, or until the
+/// process ends however it ends.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl RunLock {
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 impl Store {
     /// Open the database at `path`, creating it or migrating it to [`SCHEMA_VERSION`].
     pub fn open(path: &Path) -> Result<Store, StoreError> {
@@ -209,7 +279,16 @@ impl Store {
         // version again inside its transaction, against a concurrent upgrade.
         let version: u32 = connection
             .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(open_error)?;
+            .map_err(|source| {
+                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt) {
+                    StoreError::Damaged {
+                        path: path.to_owned(),
+                        findings: source.to_string(),
+                    }
+                } else {
+                    open_error(source)
+                }
+            })?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
                 path: path.to_owned(),
@@ -217,6 +296,10 @@ impl Store {
                 supported: SCHEMA_VERSION,
             });
         }
+        // A damaged file must not take new runs: trials written into it could be lost or
+        // misread later. `quick_check` reads every page (O(size), no index cross-check), so a
+        // large database opens noticeably slower; that is the price of never writing into one.
+        check_integrity(&connection, path)?;
         let journal_mode: String = connection
             .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
             .map_err(open_error)?;
@@ -226,14 +309,20 @@ impl Store {
                 journal_mode,
             });
         }
+        // Foreign keys stay off while migrating: a migration that rebuilds a table (version 4)
+        // must not cascade its drop into the children. Each step checks them before it commits.
         connection
-            .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")
             .map_err(open_error)?;
         let mut store = Store {
             connection,
             path: path.to_owned(),
         };
         store.migrate()?;
+        store
+            .connection
+            .execute_batch("PRAGMA foreign_keys = ON;")
+            .map_err(open_error)?;
         Ok(store)
     }
 
@@ -247,31 +336,135 @@ impl Store {
         config: &serde_json::Value,
         label: Option<&str>,
     ) -> Result<RunId, StoreError> {
+        self.create_run_with_provenance(config, label, None)
+    }
+
+    /// [`Store::create_run`] with the run's provenance, written in the same transaction.
+    pub fn create_run_with_provenance(
+        &self,
+        config: &serde_json::Value,
+        label: Option<&str>,
+        provenance: Option<&Provenance>,
+    ) -> Result<RunId, StoreError> {
         let created_at_ms = now_ms();
-        let config_text = config.to_string();
         // 16 random bits per day collide rarely; on a collision, draw again.
         for _ in 0..32 {
-            let id = format!(
-                "r-{}-{:04x}",
-                offswitch_core::time::UtcDateTime::from_unix_ms(created_at_ms).compact_date(),
-                rand::random::<u16>()
-            );
-            let result = self.connection.execute(
-                "INSERT INTO runs (id, created_at_ms, label, status, config) VALUES (?1, ?2, ?3, 'running', ?4)",
-                params![id, created_at_ms, label, config_text],
-            );
-            match result {
-                Ok(_) => return Ok(RunId(id)),
-                Err(error) if is_unique_violation(&error) => continue,
-                Err(source) => {
-                    return Err(StoreError::Sqlite {
-                        context: "creating a run".into(),
-                        source,
-                    });
-                }
+            let id = draw_run_id(created_at_ms);
+            if self.insert_run(&id, created_at_ms, config, label, provenance)? {
+                return Ok(RunId(id));
             }
         }
         Err(StoreError::NoFreeRunId)
+    }
+
+    /// Start a run owned by this process: its lock ([`Store::lock_run`]) is taken before the
+    /// run exists, so no other process can ever resume it while this one runs it.
+    pub fn create_locked_run(
+        &self,
+        config: &serde_json::Value,
+        label: Option<&str>,
+        provenance: Option<&Provenance>,
+    ) -> Result<(RunId, RunLock), StoreError> {
+        let created_at_ms = now_ms();
+        for _ in 0..32 {
+            let id = draw_run_id(created_at_ms);
+            let lock = match self.lock_run(&id) {
+                Ok(lock) => lock,
+                // Someone holds the lock of an id nobody has stored yet: draw another.
+                Err(StoreError::RunLocked { .. }) => continue,
+                Err(error) => return Err(error),
+            };
+            if self.insert_run(&id, created_at_ms, config, label, provenance)? {
+                return Ok((RunId(id), lock));
+            }
+        }
+        Err(StoreError::NoFreeRunId)
+    }
+
+    /// Take the lock that makes this process the only one running `run`; it is released when
+    /// the [`RunLock`] is dropped or the process ends in any way (`kill -9` included), since it
+    /// is an OS file lock (`flock`) on `<database>.locks/<run>.lock`. A run another live
+    /// process holds is [`StoreError::RunLocked`], naming that process. Lock files are left in
+    /// place when released: deleting one could let two processes lock two different files.
+    pub fn lock_run(&self, run: &str) -> Result<RunLock, StoreError> {
+        if run.is_empty() || run.contains(|c: char| c == '/' || c.is_whitespace()) {
+            return Err(StoreError::BadRunId(run.to_owned()));
+        }
+        let mut dir = self.path.clone().into_os_string();
+        dir.push(".locks");
+        let dir = PathBuf::from(dir);
+        let lock_error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Lock { path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(lock_error(&dir))?;
+        let path = dir.join(format!("{run}.lock"));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(lock_error(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = std::io::Read::read_to_string(&mut file, &mut holder);
+                return Err(StoreError::RunLocked {
+                    run: run.to_owned(),
+                    holder: holder
+                        .trim()
+                        .strip_prefix("pid ")
+                        .and_then(|pid| pid.parse().ok()),
+                    lock: path,
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(lock_error(&path)(source)),
+        }
+        // Who holds it, for the message another process shows.
+        file.set_len(0).map_err(lock_error(&path))?;
+        std::io::Write::write_all(
+            &mut file,
+            format!("pid {}\n", std::process::id()).as_bytes(),
+        )
+        .map_err(lock_error(&path))?;
+        Ok(RunLock { _file: file, path })
+    }
+
+    /// Insert a new run row (and its provenance) in one transaction; `false` when the id is
+    /// taken.
+    fn insert_run(
+        &self,
+        id: &str,
+        created_at_ms: i64,
+        config: &serde_json::Value,
+        label: Option<&str>,
+        provenance: Option<&Provenance>,
+    ) -> Result<bool, StoreError> {
+        let context = || format!("creating run {id}");
+        let transaction =
+            Transaction::new_unchecked(&self.connection, TransactionBehavior::Immediate)
+                .context(context)?;
+        let result = transaction.execute(
+            "INSERT INTO runs (id, created_at_ms, label, status, config) VALUES (?1, ?2, ?3, 'running', ?4)",
+            params![id, created_at_ms, label, config.to_string()],
+        );
+        match result {
+            Ok(_) => {}
+            Err(error) if is_unique_violation(&error) => return Ok(false),
+            Err(source) => {
+                return Err(StoreError::Sqlite {
+                    context: context(),
+                    source,
+                });
+            }
+        }
+        if let Some(provenance) = provenance {
+            insert_provenance(&transaction, id, provenance)?;
+        }
+        transaction.commit().context(context)?;
+        Ok(true)
     }
 
     /// Start a run with an id chosen by the caller: the shards of one run (`--shard i/N` on
@@ -317,17 +510,18 @@ impl Store {
         Ok(self.runs()?.pop())
     }
 
+    /// Set the status of run `id`, except that a `complete` run stays complete: every key of
+    /// its matrix has a trial, and nothing a later process does (a resume that is interrupted,
+    /// a retry of its harness errors) takes one away.
     pub fn set_run_status(&self, id: &str, status: RunStatus) -> Result<(), StoreError> {
-        let changed = self
-            .connection
+        let context = || format!("setting the status of run {id}");
+        require_run(&self.connection, id, context)?;
+        self.connection
             .execute(
-                "UPDATE runs SET status = ?1 WHERE id = ?2",
+                "UPDATE runs SET status = ?1 WHERE id = ?2 AND (status <> 'complete' OR ?1 = 'complete')",
                 params![status.as_str(), id],
             )
-            .context(|| format!("setting the status of run {id}"))?;
-        if changed == 0 {
-            return Err(StoreError::UnknownRun(id.to_owned()));
-        }
+            .context(context)?;
         Ok(())
     }
 
@@ -338,7 +532,48 @@ impl Store {
         let transaction =
             Transaction::new_unchecked(&self.connection, TransactionBehavior::Immediate)
                 .context(context)?;
-        let id = insert_trial_in(&transaction, run, record)?;
+        let id = insert_trial_in(&transaction, run, record, 1, false)?;
+        transaction.commit().context(context)?;
+        Ok(id)
+    }
+
+    /// Store `record` as the next attempt at its key, replacing the key's current trial, which
+    /// must have ended as a harness error: that trial stays in the database marked replaced
+    /// (see [`StoredTrial::replaced`], [`Store::attempts`]). With no current trial for the key,
+    /// `record` is stored as its first attempt. One transaction.
+    pub fn replace_trial(&self, run: &str, record: &TrialRecord) -> Result<TrialId, StoreError> {
+        let context = || format!("replacing trial {} of run {run}", record.key);
+        let transaction =
+            Transaction::new_unchecked(&self.connection, TransactionBehavior::Immediate)
+                .context(context)?;
+        require_run(&transaction, run, context)?;
+        let key = &record.key;
+        let current: Option<(i64, u32, String)> = transaction
+            .query_row(
+                "SELECT id, attempt, outcome FROM trials WHERE run_id = ?1 AND model = ?2
+                 AND scenario = ?3 AND variant = ?4 AND epoch = ?5 AND replaced = 0",
+                params![run, key.model, key.scenario, key.variant, key.epoch],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()
+            .context(context)?;
+        let attempt = match current {
+            None => 1,
+            Some((_, _, outcome)) if outcome != HARNESS_ERROR => {
+                return Err(StoreError::NotReplaceable {
+                    run: run.to_owned(),
+                    key: key.to_string(),
+                    outcome,
+                });
+            }
+            Some((id, attempt, _)) => {
+                transaction
+                    .execute("UPDATE trials SET replaced = 1 WHERE id = ?1", [id])
+                    .context(context)?;
+                attempt + 1
+            }
+        };
+        let id = insert_trial_in(&transaction, run, record, attempt, false)?;
         transaction.commit().context(context)?;
         Ok(id)
     }
@@ -356,7 +591,7 @@ impl Store {
         let transaction =
             Transaction::new_unchecked(&self.connection, TransactionBehavior::Immediate)
                 .context(context)?;
-        match insert_trial_in(&transaction, run, record) {
+        match insert_trial_in(&transaction, run, record, 1, false) {
             Ok(id) => {
                 transaction.commit().context(context)?;
                 Ok(Inserted::Stored(id))
@@ -367,7 +602,7 @@ impl Store {
                 let existing: i64 = transaction
                     .query_row(
                         "SELECT id FROM trials WHERE run_id = ?1 AND model = ?2 AND scenario = ?3
-                         AND variant = ?4 AND epoch = ?5",
+                         AND variant = ?4 AND epoch = ?5 AND replaced = 0",
                         params![run, key.model, key.scenario, key.variant, key.epoch],
                         |row| row.get(0),
                     )
@@ -380,13 +615,16 @@ impl Store {
     }
 
     /// Copy run `run` from the database at `source` into this one: the run itself when it is
-    /// not here yet (same id, configuration, label, status), then each of its trials whose key
+    /// not here yet (same id, configuration, label, status, provenance), then each of its trials whose key
     /// is not here yet, all in one transaction. This merges the per-shard databases of a run
     /// split with `--shard i/N`, and importing the same database twice adds nothing.
     pub fn import_run(&self, source: &Path, run: &str) -> Result<ImportSummary, StoreError> {
         let source_store = Store::open(source)?;
         let info = source_store.run(run)?;
-        let trials = source_store.stored_trials(run)?;
+        let provenance = source_store.provenance(run)?;
+        // Replaced attempts first, so a key's attempts keep their order.
+        let mut trials = source_store.attempts(run)?;
+        trials.extend(source_store.stored_trials(run)?);
         drop(source_store);
         let context = || format!("importing run {run} from {}", source.display());
         let transaction =
@@ -413,6 +651,9 @@ impl Store {
                         ],
                     )
                     .context(context)?;
+                if let Some(provenance) = &provenance {
+                    insert_provenance(&transaction, run, provenance)?;
+                }
             }
             Some(config) => {
                 let config: serde_json::Value =
@@ -430,7 +671,13 @@ impl Store {
         }
         let mut summary = ImportSummary::default();
         for trial in &trials {
-            match insert_trial_in(&transaction, run, &trial.record) {
+            match insert_trial_in(
+                &transaction,
+                run,
+                &trial.record,
+                trial.attempt,
+                trial.replaced,
+            ) {
                 Ok(_) => summary.imported += 1,
                 Err(StoreError::DuplicateTrial { .. }) => summary.already_present += 1,
                 Err(error) => return Err(error),
@@ -440,13 +687,22 @@ impl Store {
         Ok(summary)
     }
 
+    /// What `run` was made with; `None` for a run created before provenance was stored.
+    pub fn provenance(&self, run: &str) -> Result<Option<Provenance>, StoreError> {
+        let context = || format!("reading the provenance of run {run}");
+        require_run(&self.connection, run, context)?;
+        read_provenance(&self.connection, run)
+    }
+
     /// The keys of every trial stored for `run`: what `--resume` skips.
     pub fn completed_keys(&self, run: &str) -> Result<HashSet<TrialKey>, StoreError> {
         let context = || format!("reading the trial keys of run {run}");
         require_run(&self.connection, run, context)?;
         let mut statement = self
             .connection
-            .prepare_cached("SELECT model, scenario, variant, epoch FROM trials WHERE run_id = ?1")
+            .prepare_cached(
+                "SELECT model, scenario, variant, epoch FROM trials WHERE run_id = ?1 AND replaced = 0",
+            )
             .context(context)?;
         let rows = statement
             .query_map([run], |row| {
@@ -461,7 +717,44 @@ impl Store {
         rows.collect::<Result<HashSet<_>, _>>().context(context)
     }
 
-    /// Every trial of `run`, in insertion order, equal to what was inserted.
+    /// The keys of `run` whose current trial ended as a harness error: what `--retry-errors`
+    /// runs again.
+    pub fn harness_error_keys(&self, run: &str) -> Result<HashSet<TrialKey>, StoreError> {
+        let context = || format!("reading the harness errors of run {run}");
+        require_run(&self.connection, run, context)?;
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT model, scenario, variant, epoch FROM trials
+                 WHERE run_id = ?1 AND replaced = 0 AND outcome = ?2",
+            )
+            .context(context)?;
+        let rows = statement
+            .query_map(params![run, HARNESS_ERROR], |row| {
+                Ok(TrialKey {
+                    model: row.get(0)?,
+                    scenario: row.get(1)?,
+                    variant: row.get(2)?,
+                    epoch: row.get(3)?,
+                })
+            })
+            .context(context)?;
+        rows.collect::<Result<HashSet<_>, _>>().context(context)
+    }
+
+    /// The replaced attempts of `run` (harness errors that `--retry-errors` ran again), in
+    /// insertion order.
+    pub fn attempts(&self, run: &str) -> Result<Vec<StoredTrial>, StoreError> {
+        let context = || format!("reading the replaced attempts of run {run}");
+        let transaction = self.connection.unchecked_transaction().context(context)?;
+        require_run(&transaction, run, context)?;
+        let trials = load_trials(&transaction, "t.run_id = ?1 AND t.replaced = 1", run)?;
+        transaction.commit().context(context)?;
+        Ok(trials)
+    }
+
+    /// Every current trial of `run` (one per key; replaced attempts are left out), in insertion
+    /// order, equal to what was inserted.
     pub fn trials(&self, run: &str) -> Result<Vec<TrialRecord>, StoreError> {
         Ok(self
             .stored_trials(run)?
@@ -470,14 +763,14 @@ impl Store {
             .collect())
     }
 
-    /// Every trial of `run` with its ids, in insertion order.
+    /// Every current trial of `run` with its ids, in insertion order.
     pub fn stored_trials(&self, run: &str) -> Result<Vec<StoredTrial>, StoreError> {
         let context = || format!("reading the trials of run {run}");
         // One read transaction, so the trials and their children come from one snapshot even
         // while the runner keeps inserting.
         let transaction = self.connection.unchecked_transaction().context(context)?;
         require_run(&transaction, run, context)?;
-        let trials = load_trials(&transaction, "t.run_id = ?1", run)?;
+        let trials = load_trials(&transaction, "t.run_id = ?1 AND t.replaced = 0", run)?;
         transaction.commit().context(context)?;
         Ok(trials)
     }
@@ -560,6 +853,19 @@ impl Store {
             transaction
                 .execute_batch(&format!("PRAGMA user_version = {}", version + 1))
                 .map_err(migrate_error)?;
+            // Foreign keys are off during migrations; a step that left a child without its
+            // parent is rolled back rather than committed.
+            let orphans: i64 = transaction
+                .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |row| {
+                    row.get(0)
+                })
+                .map_err(migrate_error)?;
+            if orphans > 0 {
+                return Err(StoreError::Corrupt {
+                    row: format!("migration to schema version {}", version + 1),
+                    detail: format!("{orphans} rows would lose the row they reference"),
+                });
+            }
             transaction.commit().map_err(migrate_error)?;
         }
     }
@@ -572,7 +878,7 @@ impl Store {
         let context = || "reading runs".to_owned();
         let sql = format!(
             "SELECT r.id, r.created_at_ms, r.label, r.status, r.config,
-                    (SELECT COUNT(*) FROM trials t WHERE t.run_id = r.id)
+                    (SELECT COUNT(*) FROM trials t WHERE t.run_id = r.id AND t.replaced = 0)
              FROM runs r {filter} ORDER BY r.created_at_ms, r.rowid"
         );
         let mut statement = self.connection.prepare_cached(&sql).context(context)?;
@@ -610,6 +916,122 @@ impl Store {
     }
 }
 
+/// Write `provenance` as `run_provenance` rows inside the caller's transaction.
+fn insert_provenance(
+    connection: &Connection,
+    run: &str,
+    provenance: &Provenance,
+) -> Result<(), StoreError> {
+    let context = || format!("storing the provenance of run {run}");
+    let mut statement = connection
+        .prepare_cached(
+            "INSERT INTO run_provenance (run_id, kind, name, value) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .context(context)?;
+    let singles = [
+        ("offswitch_version", &provenance.offswitch_version),
+        ("commit", &provenance.commit),
+    ];
+    for (kind, value) in singles {
+        statement
+            .execute(params![run, kind, "", value])
+            .context(context)?;
+    }
+    for (kind, files) in [
+        ("scenario_file", &provenance.scenario_files),
+        ("model_file", &provenance.model_files),
+    ] {
+        for (name, sha256) in files {
+            statement
+                .execute(params![run, kind, name, sha256])
+                .context(context)?;
+        }
+    }
+    Ok(())
+}
+
+/// The `run_provenance` rows of `run` as a [`Provenance`], `None` when it has none.
+fn read_provenance(connection: &Connection, run: &str) -> Result<Option<Provenance>, StoreError> {
+    let context = || format!("reading the provenance of run {run}");
+    let mut statement = connection
+        .prepare_cached("SELECT kind, name, value FROM run_provenance WHERE run_id = ?1")
+        .context(context)?;
+    let rows = statement
+        .query_map([run], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })
+        .context(context)?;
+    let mut provenance = Provenance::default();
+    let mut any = false;
+    for row in rows {
+        let (kind, name, value) = row.context(context)?;
+        any = true;
+        match kind.as_str() {
+            "offswitch_version" => provenance.offswitch_version = value,
+            "commit" => provenance.commit = value,
+            "scenario_file" => {
+                provenance.scenario_files.insert(name, value);
+            }
+            "model_file" => {
+                provenance.model_files.insert(name, value);
+            }
+            other => {
+                return Err(StoreError::Corrupt {
+                    row: format!("run {run}"),
+                    detail: format!("unknown provenance kind {other:?}"),
+                });
+            }
+        }
+    }
+    Ok(any.then_some(provenance))
+}
+
+/// How many of `quick_check`'s findings an error names.
+const QUICK_CHECK_FINDINGS: usize = 3;
+
+/// `Err(Damaged)` unless SQLite's quick check of the whole file passes.
+fn check_integrity(connection: &Connection, path: &Path) -> Result<(), StoreError> {
+    // SQLite may give up on a badly damaged file (its schema pages, say) with an error instead
+    // of findings; that is damage too.
+    let error = |source: rusqlite::Error| {
+        if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt) {
+            StoreError::Damaged {
+                path: path.to_owned(),
+                findings: source.to_string(),
+            }
+        } else {
+            StoreError::Open {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    };
+    let findings: Vec<String> = {
+        let mut statement = connection
+            .prepare(&format!("PRAGMA quick_check({QUICK_CHECK_FINDINGS})"))
+            .map_err(error)?;
+        let rows = statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(error)?;
+        rows.collect::<Result<_, _>>().map_err(error)?
+    };
+    if findings.len() == 1 && findings[0] == "ok" {
+        return Ok(());
+    }
+    Err(StoreError::Damaged {
+        path: path.to_owned(),
+        findings: findings
+            .iter()
+            .map(|finding| finding.replace('\n', " "))
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
+}
+
 /// `Err(UnknownRun)` unless `run` exists, read inside the caller's transaction.
 fn require_run(
     connection: &Connection,
@@ -630,11 +1052,17 @@ fn require_run(
     }
 }
 
-/// Insert one trial inside an open write transaction; the caller commits.
+/// The stored outcome name of `Outcome::HarnessError`.
+const HARNESS_ERROR: &str = "harness_error";
+
+/// Insert one trial inside an open write transaction, as attempt `attempt` at its key and
+/// `replaced` or current; the caller commits.
 fn insert_trial_in(
     transaction: &Transaction<'_>,
     run: &str,
     record: &TrialRecord,
+    attempt: u32,
+    replaced: bool,
 ) -> Result<TrialId, StoreError> {
     let context = || format!("inserting trial {} into run {run}", record.key);
     require_run(transaction, run, context)?;
@@ -648,8 +1076,9 @@ fn insert_trial_in(
     let (outcome, outcome_message) = stored::outcome_columns(&record.outcome);
     let inserted = transaction.execute(
         "INSERT INTO trials (run_id, idx, model, scenario, variant, epoch, seed, outcome,
-             outcome_message, prompt_tokens, completion_tokens, turns, started_at_ms, wall_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+             outcome_message, prompt_tokens, completion_tokens, turns, started_at_ms, wall_ms,
+             attempt, replaced)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         params![
             run,
             index,
@@ -665,6 +1094,8 @@ fn insert_trial_in(
             record.turns,
             record.started_at_ms,
             record.wall_ms as i64,
+            attempt,
+            replaced,
         ],
     );
     match inserted {
@@ -750,7 +1181,7 @@ fn load_trials(
         .prepare_cached(&format!(
             "SELECT t.id, t.run_id, t.idx, t.model, t.scenario, t.variant, t.epoch, t.seed,
                     t.outcome, t.outcome_message, t.prompt_tokens, t.completion_tokens, t.turns,
-                    t.started_at_ms, t.wall_ms
+                    t.started_at_ms, t.wall_ms, t.attempt, t.replaced
              FROM trials t WHERE {filter} ORDER BY t.idx"
         ))
         .context(context)?;
@@ -776,14 +1207,29 @@ fn load_trials(
                 row.get::<_, u32>(12)?,
                 row.get::<_, i64>(13)?,
                 row.get::<_, i64>(14)?,
+                row.get::<_, u32>(15)?,
+                row.get::<_, bool>(16)?,
             ))
         })
         .context(context)?;
     let mut trials = Vec::new();
     let mut position_of: HashMap<i64, usize> = HashMap::new();
     for row in rows {
-        let (id, run, index, key, seed, outcome, message, usage, turns, started_at_ms, wall_ms) =
-            row.context(context)?;
+        let (
+            id,
+            run,
+            index,
+            key,
+            seed,
+            outcome,
+            message,
+            usage,
+            turns,
+            started_at_ms,
+            wall_ms,
+            attempt,
+            replaced,
+        ) = row.context(context)?;
         let outcome =
             stored::parse_outcome(&outcome, message).map_err(|detail| StoreError::Corrupt {
                 row: format!("trial {id}"),
@@ -794,6 +1240,8 @@ fn load_trials(
             id: TrialId(id),
             run: RunId(run),
             index,
+            attempt,
+            replaced,
             record: TrialRecord {
                 key,
                 seed: seed as u64,
@@ -904,6 +1352,15 @@ fn is_unique_violation(error: &rusqlite::Error) -> bool {
         rusqlite::Error::SqliteFailure(failure, _)
             if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
                 || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+/// A fresh run id for a run created at `created_at_ms`: `r-<date>-<16 random bits>`.
+fn draw_run_id(created_at_ms: i64) -> String {
+    format!(
+        "r-{}-{:04x}",
+        offswitch_core::time::UtcDateTime::from_unix_ms(created_at_ms).compact_date(),
+        rand::random::<u16>()
     )
 }
 

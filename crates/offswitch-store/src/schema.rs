@@ -80,4 +80,61 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE labels ADD COLUMN score REAL;
     "#,
+    // Version 3: what a run was made with (`Provenance`), so `--resume` can refuse to mix trials
+    // of a changed scenario or model into one run. One row per item; runs created before have
+    // none.
+    r#"
+    CREATE TABLE run_provenance (
+        run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        -- `offswitch_version`, `commit` (name ''), `scenario_file` (name: the scenario id) or
+        -- `model_file` (name: the model spec).
+        kind   TEXT NOT NULL CHECK (kind IN ('offswitch_version', 'commit', 'scenario_file', 'model_file')),
+        name   TEXT NOT NULL,
+        -- The version, the commit, or the file's hex sha256.
+        value  TEXT NOT NULL,
+        PRIMARY KEY (run_id, kind, name)
+    ) STRICT, WITHOUT ROWID;
+    "#,
+    // Version 4: attempts. `--retry-errors` replaces a trial that ended as a harness error, and
+    // the failed attempt stays in the record: `attempt` numbers the trials of one key (1 for
+    // the first), `replaced` marks every one but the key's current trial. A key is unique only
+    // among current trials (a partial index), so the table is rebuilt to drop the old UNIQUE
+    // constraint, the way SQLite documents it; `Store::migrate` runs this step with foreign keys
+    // off and checks them before committing, so the children keep pointing at their trials.
+    r#"
+    CREATE TABLE trials_v4 (
+        id                INTEGER PRIMARY KEY,
+        run_id            TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        idx               INTEGER NOT NULL,
+        model             TEXT NOT NULL,
+        scenario          TEXT NOT NULL,
+        variant           TEXT NOT NULL,
+        epoch             INTEGER NOT NULL,
+        seed              INTEGER NOT NULL,
+        outcome           TEXT NOT NULL,
+        outcome_message   TEXT,
+        prompt_tokens     INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        turns             INTEGER NOT NULL,
+        started_at_ms     INTEGER NOT NULL,
+        wall_ms           INTEGER NOT NULL,
+        attempt           INTEGER NOT NULL DEFAULT 1 CHECK (attempt >= 1),
+        replaced          INTEGER NOT NULL DEFAULT 0 CHECK (replaced IN (0, 1)),
+        UNIQUE (run_id, model, scenario, variant, epoch, attempt),
+        UNIQUE (run_id, idx)
+    ) STRICT;
+
+    INSERT INTO trials_v4 (id, run_id, idx, model, scenario, variant, epoch, seed, outcome,
+        outcome_message, prompt_tokens, completion_tokens, turns, started_at_ms, wall_ms)
+    SELECT id, run_id, idx, model, scenario, variant, epoch, seed, outcome,
+        outcome_message, prompt_tokens, completion_tokens, turns, started_at_ms, wall_ms
+    FROM trials;
+
+    DROP TABLE trials;
+    ALTER TABLE trials_v4 RENAME TO trials;
+
+    CREATE INDEX trials_by_cell ON trials (run_id, model, scenario, variant);
+    CREATE UNIQUE INDEX trials_current_key ON trials (run_id, model, scenario, variant, epoch)
+        WHERE replaced = 0;
+    "#,
 ];

@@ -37,6 +37,11 @@ pub enum EntryV1 {
         attempt: u32,
         error: String,
         retried: bool,
+        // Added to the v1 body compatibly: absent in bodies written before, read as `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_ms: Option<u64>,
     },
     Event {
         kind: String,
@@ -104,10 +109,14 @@ impl EntryV1 {
                 attempt,
                 error,
                 retried,
+                kind,
+                wait_ms,
             } => EntryV1::BackendError {
                 attempt: *attempt,
                 error: error.clone(),
                 retried: *retried,
+                kind: kind.clone(),
+                wait_ms: *wait_ms,
             },
             TranscriptEntry::Event { kind, detail } => EntryV1::Event {
                 kind: kind.clone(),
@@ -163,10 +172,14 @@ impl EntryV1 {
                 attempt,
                 error,
                 retried,
+                kind,
+                wait_ms,
             } => TranscriptEntry::BackendError {
                 attempt,
                 error,
                 retried,
+                kind,
+                wait_ms,
             },
             EntryV1::Event { kind, detail } => TranscriptEntry::Event { kind, detail },
         })

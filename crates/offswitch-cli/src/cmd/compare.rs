@@ -38,8 +38,7 @@ pub enum Format {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let stdout = std::io::stdout();
-    compare(&args, &mut stdout.lock())?;
+    compare(&args, &mut super::stdout())?;
     Ok(ExitCode::SUCCESS)
 }
 

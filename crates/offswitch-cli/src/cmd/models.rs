@@ -1,5 +1,6 @@
 //! `offswitch models`: fetch embedded models into the cache and list what is there.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use offswitch_embedded::EmbeddedError;
@@ -19,6 +20,7 @@ pub enum Command {
 
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     let dir = models::default_models_dir().map_err(embedded_error)?;
+    let mut out = super::stdout();
     match command {
         Command::Pull { name } => {
             let known = models::known_model(&name).map_err(embedded_error)?;
@@ -31,24 +33,27 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
                 );
             }
             let manifest = models::pull(&name, &dir).map_err(embedded_error)?;
-            println!(
+            writeln!(
+                out,
                 "{} {} sha256:{}",
                 manifest.name,
                 manifest.path.display(),
                 manifest.sha256
-            );
+            )?;
         }
         Command::List => {
             let cached = models::list(&dir).map_err(embedded_error)?;
             if cached.is_empty() {
-                println!(
+                writeln!(
+                    out,
                     "no models cached in {}; run `offswitch models pull`",
                     dir.display()
-                );
+                )?;
             }
             for model in cached {
                 let manifest = &model.manifest;
-                println!(
+                writeln!(
+                    out,
                     "{}\t{:.1} MB\t{}=={}\tsha256:{}\t{}{}",
                     manifest.name,
                     manifest.size as f64 / 1e6,
@@ -57,7 +62,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
                     &manifest.sha256[..12],
                     manifest.path.display(),
                     if model.present { "" } else { " (file missing)" }
-                );
+                )?;
             }
         }
     }

@@ -38,8 +38,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let stdout = std::io::stdout();
-    report(&args, &mut stdout.lock())?;
+    report(&args, &mut super::stdout())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -67,6 +66,9 @@ pub fn report(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let analyses = scenario_analyses(&run, &records);
     offswitch_report::add_analyses(&mut report, &records, &analyses).map_err(report_error)?;
     out.write_all(offswitch_report::render_table(&report).as_bytes())?;
+    if let Some(provenance) = store.provenance(&run.id).map_err(store_error)? {
+        out.write_all(render_provenance(&provenance).as_bytes())?;
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, offswitch_report::render_json(&report))
             .with_context(|| format!("failed to write {}", path.display()))?;
@@ -111,6 +113,26 @@ fn scenario_analyses(run: &RunInfo, records: &[TrialRecord]) -> Vec<ScenarioAnal
         }));
     }
     analyses
+}
+
+/// What the run was made with, after the tables: the build and each file's sha256 prefix.
+fn render_provenance(provenance: &offswitch_store::Provenance) -> String {
+    let mut out = format!(
+        "\nmade with offswitch {} (commit {})\n",
+        provenance.offswitch_version, provenance.commit
+    );
+    for (what, files) in [
+        ("scenario", &provenance.scenario_files),
+        ("model", &provenance.model_files),
+    ] {
+        for (name, sha256) in files {
+            out.push_str(&format!(
+                "  {what} {name}: sha256 {}\n",
+                &sha256[..sha256.len().min(12)]
+            ));
+        }
+    }
+    out
 }
 
 fn analysis_spec(analysis: &Analysis) -> AnalysisSpec {
@@ -201,7 +223,9 @@ pub(crate) fn store_error(error: StoreError) -> anyhow::Error {
         | StoreError::BadRunId(_)
         | StoreError::RunExists(_)
         | StoreError::ImportConflict { .. }
-        | StoreError::TooNew { .. } => super::invalid_input(error.to_string()),
+        | StoreError::TooNew { .. }
+        | StoreError::Damaged { .. }
+        | StoreError::RunLocked { .. } => super::invalid_input(error.to_string()),
         other => anyhow::Error::new(other),
     }
 }
@@ -268,6 +292,47 @@ pub(crate) mod tests {
             Ok(()) => Ok(String::from_utf8(out).unwrap()),
             Err(error) => Err((super::super::exit_code_for(&error), format!("{error:#}"))),
         }
+    }
+
+    /// What a run was made with follows the tables; replaced attempts are not in the rates.
+    #[test]
+    fn the_report_shows_the_provenance_and_leaves_replaced_attempts_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("offswitch.db");
+        let store = Store::open(&db).unwrap();
+        let provenance = offswitch_store::Provenance {
+            offswitch_version: "0.0.0".into(),
+            commit: "5d59f30".into(),
+            scenario_files: [("shutdown-resistance".to_owned(), "ab".repeat(32))].into(),
+            model_files: [("smollm2-135m".to_owned(), "cd".repeat(32))].into(),
+        };
+        let run = store
+            .create_run_with_provenance(&serde_json::json!({}), None, Some(&provenance))
+            .unwrap();
+        let mut failed = record("condition=a-none", 0, false);
+        failed.outcome = Outcome::HarnessError {
+            message: "no sandbox".into(),
+        };
+        store.insert_trial(&run, &failed).unwrap();
+        store
+            .replace_trial(&run, &record("condition=a-none", 0, true))
+            .unwrap();
+        let table = run_report(&args(&db, &run))
+            .unwrap()
+            .replace(run.as_str(), "[run]");
+        expect![[r#"
+            run [run], running: 1 trials, 1 valid
+
+            model               scenario             variant           label     k/n    rate  jeffreys 95%   wilson 95%
+            scripted:overwrite  shutdown-resistance  condition=a-none  sabotage  1/1  100.0%  [14.7, 100.0]  [20.7, 100.0]
+
+            model               scenario             variant           trials  valid  finished  mean turns  mean tokens
+            scripted:overwrite  shutdown-resistance  condition=a-none       1      1         1         6.0         1000
+
+            made with offswitch 0.0.0 (commit 5d59f30)
+              scenario shutdown-resistance: sha256 abababababab
+              model smollm2-135m: sha256 cdcdcdcdcdcd
+        "#]].assert_eq(&table);
     }
 
     #[test]

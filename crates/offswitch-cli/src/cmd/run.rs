@@ -1,9 +1,14 @@
 //! `offswitch run`: execute a matrix of models x scenarios x variants x epochs into the run
 //! database, then print the rate table.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
+
+use tokio::signal::unix::SignalKind;
 
 use offswitch_core::backend::ToolMode;
 use offswitch_harness::{
@@ -20,8 +25,12 @@ const SUMMARY_LABELS: &[&str] = &[
     "task_success",
 ];
 
-/// Exit code of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
+/// Exit code of a run that stopped before its matrix was stored: 128 + the signal that stopped
+/// it (130 for Ctrl-C's SIGINT, 143 for SIGTERM), as shells report it; 130 without a signal.
 const EXIT_INTERRUPTED: u8 = 130;
+/// The signal numbers, the same on every Unix.
+const SIGINT: i32 = 2;
+const SIGTERM: i32 = 15;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,9 +60,14 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
     /// Continue a run: execute exactly its trials that are not stored yet, with its stored
-    /// configuration (the matrix flags are then ignored).
+    /// configuration (the matrix flags are then ignored). Refused while another process runs
+    /// it, and when its scenario files, model files or the offswitch build changed since.
     #[arg(long, value_name = "RUN")]
     pub resume: Option<String>,
+    /// With --resume: also run again the trials that ended as harness errors. Each new trial
+    /// replaces the failed one in the rates; the failed attempt stays in the database.
+    #[arg(long, requires = "resume")]
+    pub retry_errors: bool,
     /// Do not use the response cache.
     #[arg(long)]
     pub no_cache: bool,
@@ -118,10 +132,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let cancel = async {
-        // If the handler cannot be installed, never cancel rather than cancel at once.
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+    // SIGINT (Ctrl-C) and SIGTERM (`kill`, a service manager, a CI timeout) both stop the run
+    // the same way: trials in flight are killed, their homes removed, the run is marked
+    // interrupted. The handlers are installed now, before models load or a run is created, so
+    // a signal that comes early is not lost to the default action.
+    let received = Arc::new(AtomicI32::new(0));
+    let cancel = {
+        let _guard = runtime.enter();
+        let interrupt = tokio::signal::unix::signal(SignalKind::interrupt());
+        let terminate = tokio::signal::unix::signal(SignalKind::terminate());
+        let received = Arc::clone(&received);
+        async move {
+            // If a handler cannot be installed, never cancel rather than cancel at once.
+            let (Ok(mut interrupt), Ok(mut terminate)) = (interrupt, terminate) else {
+                return std::future::pending::<()>().await;
+            };
+            let signal = tokio::select! {
+                _ = interrupt.recv() => SIGINT,
+                _ = terminate.recv() => SIGTERM,
+            };
+            received.store(signal, Ordering::SeqCst);
         }
     };
     let result = runtime.block_on(async {
@@ -138,10 +168,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     runtime.shutdown_timeout(Duration::from_secs(5));
     let summary = result.map_err(run_error)?;
     print_summary(&store, &summary)?;
-    Ok(if summary.interrupted {
-        ExitCode::from(EXIT_INTERRUPTED)
-    } else {
+    let signal = received.load(Ordering::SeqCst);
+    Ok(if !summary.interrupted {
         ExitCode::SUCCESS
+    } else if signal > 0 {
+        ExitCode::from(128 + signal as u8)
+    } else {
+        ExitCode::from(EXIT_INTERRUPTED)
     })
 }
 
@@ -219,6 +252,11 @@ fn run_options(args: &Args) -> anyhow::Result<RunOptions> {
             ProgressArg::Quiet => ProgressMode::Quiet,
         },
         keep_homes: args.keep_homes,
+        retry_errors: args.retry_errors,
+        build: offswitch_harness::BuildInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            commit: env!("OFFSWITCH_COMMIT").to_owned(),
+        },
         facilities: offswitch_harness::Facilities {
             judge: None,
             offswitch_binary: std::env::current_exe().ok(),
@@ -232,9 +270,10 @@ fn run_options(args: &Args) -> anyhow::Result<RunOptions> {
 
 fn run_error(error: RunError) -> anyhow::Error {
     match error {
-        RunError::Scenario(_) | RunError::Invalid(_) | RunError::Config { .. } => {
-            super::invalid_input(error.to_string())
-        }
+        RunError::Scenario(_)
+        | RunError::Invalid(_)
+        | RunError::Config { .. }
+        | RunError::Changed { .. } => super::invalid_input(error.to_string()),
         RunError::Model(ModelBuildError::Missing { .. }) => {
             super::missing_prerequisite(error.to_string())
         }
@@ -266,33 +305,50 @@ fn print_summary(store: &Store, summary: &RunSummary) -> anyhow::Result<()> {
     };
     let report = offswitch_report::build_report(meta, &records, &config)
         .map_err(|e| anyhow::anyhow!("failed to build the report: {e}"))?;
-    print!("{}", offswitch_report::render_table(&report));
+    let mut out = super::stdout();
+    write!(out, "{}", offswitch_report::render_table(&report))?;
     let outcomes = summary
         .outcomes
         .iter()
         .map(|(name, n)| format!("{name} {n}"))
         .collect::<Vec<_>>()
         .join(", ");
-    println!(
-        "\nrun {}: {} of {} trials stored ({} this time{}{}) in {:.1}s",
+    let mut this_time = format!("{} this time", summary.stored);
+    if summary.retried > 0 {
+        this_time.push_str(&format!(
+            ", {} of them replacing harness errors",
+            summary.retried
+        ));
+    }
+    if !outcomes.is_empty() {
+        this_time.push_str(&format!(": {outcomes}"));
+    }
+    if summary.already_present > 0 {
+        this_time.push_str(&format!(
+            "; {} stored by another process meanwhile",
+            summary.already_present
+        ));
+    }
+    writeln!(
+        out,
+        "\nrun {}: {} of {} trials stored ({this_time}) in {:.1}s",
         summary.run,
-        summary.already_done + summary.stored,
+        summary.present,
         summary.total,
-        summary.stored,
-        if outcomes.is_empty() { "" } else { ": " },
-        outcomes,
         summary.wall.as_secs_f64()
-    );
+    )?;
     if summary.interrupted {
-        println!(
+        writeln!(
+            out,
             "interrupted; continue with `offswitch run --resume {}`",
             summary.run
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "more: `offswitch report {run}` (JSON/CSV with --json/--csv), `offswitch show {run}/1` (one transcript)",
         run = summary.run
-    );
+    )?;
     Ok(())
 }
 

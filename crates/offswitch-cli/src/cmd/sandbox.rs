@@ -162,7 +162,9 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         timeout,
         output_cap: 1 << 20,
     })?;
-    std::io::stdout().write_all(&result.stdout)?;
+    // Written before the kill report, so a closed stdout still lets the sandbox be killed
+    // below: the error is returned only after that.
+    let written = super::stdout().write_all(&result.stdout);
     std::io::stderr().write_all(&result.stderr)?;
     let report = sandbox.kill()?;
     eprintln!(
@@ -190,6 +192,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         offswitch_sandbox::keep_home(&home)?;
         eprintln!("home kept at {}", home.display());
     }
+    written?;
     Ok(match result.status {
         ExecStatus::Exited(code) => ExitCode::from(code.clamp(0, 255) as u8),
         _ => ExitCode::from(1),
@@ -202,9 +205,10 @@ fn check() -> anyhow::Result<ExitCode> {
     let checks = check_host(&scratch);
     let _ = std::fs::remove_dir_all(&scratch);
     let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let mut out = super::stdout();
     for check in &checks {
         let verdict = if check.works { "ok      " } else { "degraded" };
-        println!("{:width$}  {verdict}  {}", check.name, check.detail);
+        writeln!(out, "{:width$}  {verdict}  {}", check.name, check.detail)?;
     }
     let namespaces = checks.iter().any(|c| c.name == "namespaces" && c.works);
     if namespaces {

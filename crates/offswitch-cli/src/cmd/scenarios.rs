@@ -1,5 +1,6 @@
 //! `offswitch scenarios list|show|validate`: browse and check scenario files.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -47,18 +48,18 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn list(dir: &Path) -> anyhow::Result<ExitCode> {
+    // A directory without scenario files is one of the errors.
     let (scenarios, errors) = offswitch_scenario::load_dir(dir);
-    if scenarios.is_empty() && errors.is_empty() {
-        println!("no scenarios in {}", dir.display());
-    }
+    let mut out = super::stdout();
     for scenario in &scenarios {
-        println!(
+        writeln!(
+            out,
             "{:<28} {:<22} {:>3} variant(s)  {}",
             scenario.id(),
             scenario.category,
             scenario.variants().len(),
             scenario.title
-        );
+        )?;
     }
     if errors.is_empty() {
         Ok(ExitCode::SUCCESS)
@@ -69,16 +70,17 @@ fn list(dir: &Path) -> anyhow::Result<ExitCode> {
 
 fn show(name: &str, variant: Option<&str>, dir: &Path) -> anyhow::Result<ExitCode> {
     let scenario = find(name, dir)?;
-    print!("{}", describe(&scenario));
+    let mut out = super::stdout();
+    write!(out, "{}", describe(&scenario))?;
     if let Some(filter) = variant {
         let variants = scenario
             .select_variants(&[filter.to_owned()])
             .map_err(|e| super::invalid_input(e.to_string()))?;
         for variant in variants {
             let rendered = scenario.render(&variant);
-            println!("\n== variant {} ==", variant.name);
-            println!("-- system --\n{}", rendered.system);
-            println!("-- user --\n{}", rendered.user);
+            writeln!(out, "\n== variant {} ==", variant.name)?;
+            writeln!(out, "-- system --\n{}", rendered.system)?;
+            writeln!(out, "-- user --\n{}", rendered.user)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -93,18 +95,19 @@ fn validate(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     };
     let mut errors = Vec::new();
     let mut valid = 0;
+    let mut out = super::stdout();
     for path in paths {
         if path.is_dir() {
             let (scenarios, dir_errors) = offswitch_scenario::load_dir(path);
             for scenario in &scenarios {
-                println!("ok {} ({})", scenario.path().display(), scenario.id());
+                writeln!(out, "ok {} ({})", scenario.path().display(), scenario.id())?;
             }
             valid += scenarios.len();
             errors.extend(dir_errors);
         } else {
             match offswitch_scenario::load_file(path) {
                 Ok(scenario) => {
-                    println!("ok {} ({})", path.display(), scenario.id());
+                    writeln!(out, "ok {} ({})", path.display(), scenario.id())?;
                     valid += 1;
                 }
                 Err(error) => errors.push(error),
@@ -112,7 +115,7 @@ fn validate(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
         }
     }
     if errors.is_empty() {
-        println!("{valid} scenario(s) valid");
+        writeln!(out, "{valid} scenario(s) valid")?;
         Ok(ExitCode::SUCCESS)
     } else {
         Err(invalid(&errors))

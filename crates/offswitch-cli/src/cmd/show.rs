@@ -18,8 +18,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let stdout = std::io::stdout();
-    show(&args, &mut stdout.lock())?;
+    show(&args, &mut super::stdout())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -36,6 +35,19 @@ pub fn show(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
         index: trial.index,
         id: trial.id.0,
     };
+    if trial.replaced {
+        writeln!(
+            out,
+            "attempt {} at this key: a harness error replaced by a later attempt (--retry-errors); not counted in the run's rates\n",
+            trial.attempt
+        )?;
+    } else if trial.attempt > 1 {
+        writeln!(
+            out,
+            "attempt {} at this key: the earlier ones ended as harness errors (--retry-errors)\n",
+            trial.attempt
+        )?;
+    }
     out.write_all(offswitch_report::render_trial(&header, &trial.record).as_bytes())?;
     Ok(())
 }
@@ -125,5 +137,31 @@ mod tests {
             2 unknown run "r-20000101-dead"
             2 bad trial reference "third": expected <run>/<index> (e.g. r-20261122-ab12/3) or a trial id
         "#]].assert_eq(&redact(errors));
+    }
+
+    #[test]
+    fn show_says_which_attempt_a_trial_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("offswitch.db");
+        let store = Store::open(&db).unwrap();
+        let run = store.create_run(&serde_json::json!({}), None).unwrap();
+        let mut failed = record("condition=a-none", 0, false);
+        failed.outcome = offswitch_core::Outcome::HarnessError {
+            message: "no sandbox".into(),
+        };
+        store.insert_trial(&run, &failed).unwrap();
+        store
+            .replace_trial(&run, &record("condition=a-none", 0, true))
+            .unwrap();
+        let first_lines = [1, 2]
+            .map(|index| {
+                let shown = run_show(&db, &format!("{run}/{index}")).unwrap();
+                shown.lines().next().unwrap().replace(run.as_str(), "[run]") + "\n"
+            })
+            .concat();
+        expect![[r#"
+            attempt 1 at this key: a harness error replaced by a later attempt (--retry-errors); not counted in the run's rates
+            attempt 2 at this key: the earlier ones ended as harness errors (--retry-errors)
+        "#]].assert_eq(&first_lines);
     }
 }

@@ -1,5 +1,7 @@
 //! End-to-end tests of the `offswitch` binary: one test binary, one module per feature.
 
 mod keys;
+mod pipes;
 mod run;
 mod sandbox_cmd;
+mod scenarios;

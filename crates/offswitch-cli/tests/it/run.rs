@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use offswitch_sandbox::{ExecRequest, ExecStatus, Limits, NetworkMode, Sandbox, SandboxConfig};
 use offswitch_store::Store;
 
-fn offswitch() -> Command {
+pub(crate) fn offswitch() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_offswitch"));
     // The response cache is irrelevant for scripted agents; keep the tests off the user's.
     command
@@ -19,7 +19,7 @@ fn offswitch() -> Command {
 }
 
 /// Why real sandboxes cannot be used here, or `None` when one starts and runs a command.
-fn sandbox_unavailable() -> Option<String> {
+pub(crate) fn sandbox_unavailable() -> Option<String> {
     let home = tempfile::tempdir().ok()?;
     let sandbox = match Sandbox::create(SandboxConfig {
         home: home.path().to_owned(),
@@ -214,7 +214,8 @@ fn user_mistakes_exit_with_2() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "id = \"x\"\ntitle = 3\n").unwrap();
     let db = dir.path().join("runs.db");
-    let cases: [&[&str]; 6] = [
+    let cases: [&[&str]; 7] = [
+        &["--retry-errors"],
         &["--scenario", bad.to_str().unwrap()],
         &["--model", "nonsense"],
         &["--model", "scripted:no-such-agent"],
@@ -232,4 +233,224 @@ fn user_mistakes_exit_with_2() {
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn a_damaged_database_takes_no_new_run_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let store = Store::open(&db).unwrap();
+    let run = store
+        .create_run(&serde_json::json!({"models": ["scripted:comply"]}), None)
+        .unwrap();
+    drop(store);
+    // The last page is overwritten, as a bad copy might leave it; SQLite still opens the file.
+    let mut bytes = std::fs::read(&db).unwrap();
+    let page_size = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+    let pages = bytes.len() / page_size;
+    assert!(pages >= 3, "{pages} pages");
+    let last = (pages - 1) * page_size;
+    bytes[last..last + page_size].fill(0xa5);
+    std::fs::write(&db, &bytes).unwrap();
+
+    for args in [
+        vec!["run", "--model", "scripted:comply"],
+        vec!["run", "--resume", run.as_str()],
+        vec!["report"],
+    ] {
+        let output = offswitch()
+            .args(&args)
+            .args(["--db", db.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("is damaged (SQLite's quick check"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        bytes,
+        "the database was written to"
+    );
+}
+
+/// Start `offswitch run` with `args` and return it once it has reported `trials` finished
+/// trials on stderr (plain progress), with the rest of its stderr.
+fn run_until(
+    args: Vec<String>,
+    trials: usize,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
+    let mut child = offswitch()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = 0;
+    while seen < trials {
+        let line = stderr.next().expect("the run ended early").unwrap();
+        if line.starts_with('[') {
+            seen += 1;
+        }
+    }
+    (child, stderr)
+}
+
+fn send(signal: &str, child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A second process on a live run (a `--resume` while the original runs) is refused, and the
+/// lock dies with its holder: after `kill -9` of the original, the resume runs the rest.
+#[test]
+fn a_second_process_on_a_live_run_is_refused_until_the_first_dies() {
+    if let Some(reason) = sandbox_unavailable() {
+        eprintln!(
+            "skipping a_second_process_on_a_live_run_is_refused_until_the_first_dies: {reason}"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let work = dir.path().join("work");
+    let (mut first, _stderr) = run_until(run_args(&db, &work), 5);
+    let store = Store::open(&db).unwrap();
+    let run = store.latest_run().unwrap().unwrap().id;
+
+    let refused = offswitch()
+        .args(run_args(&db, &work))
+        .args(["--resume", run.as_str()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "run {run} is being run by another offswitch process (pid {})",
+            first.id()
+        )),
+        "{stderr}"
+    );
+    assert!(refused.stdout.is_empty());
+
+    // SIGKILL: no destructor, no unlock; the OS releases the lock with the process.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let before = store.trials(&run).unwrap();
+    assert!(before.len() < 60, "the run finished before the kill");
+    let output = offswitch()
+        .args(run_args(&db, &work))
+        .args(["--resume", run.as_str()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("run {run}: 60 of 60 trials stored")),
+        "{stdout}"
+    );
+    let after = store.trials(&run).unwrap();
+    let keys: HashSet<_> = after.iter().map(|r| r.key.clone()).collect();
+    assert_eq!((after.len(), keys.len()), (60, 60));
+    // Every trial is a real, judged one from a whole sandbox: no harness errors.
+    for record in &after {
+        assert_eq!(
+            record.label("sabotage").map(|l| l.value),
+            Some(true),
+            "{}: {:?}",
+            record.key,
+            record.outcome
+        );
+    }
+    // The killed process's homes were removed by the resume; nothing is left.
+    assert!(!work.join(run.as_str()).exists());
+}
+
+/// SIGTERM stops a run like Ctrl-C: trials in flight killed, their homes removed, the run
+/// marked interrupted, exit 143 (128 + SIGTERM); `--resume` finishes it.
+#[test]
+fn sigterm_marks_the_run_interrupted_and_resume_finishes_it() {
+    if let Some(reason) = sandbox_unavailable() {
+        eprintln!("skipping sigterm_marks_the_run_interrupted_and_resume_finishes_it: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let work = dir.path().join("work");
+    let mut args = run_args(&db, &work);
+    args[2] = "scripted:comply".into();
+    let (child, stderr) = run_until(args.clone(), 10);
+    send("-TERM", &child);
+    let rest: Vec<String> = stderr.map(|l| l.unwrap()).collect();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(143), "{rest:?}");
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("interrupted: killing the trials in flight")),
+        "{rest:?}"
+    );
+    let store = Store::open(&db).unwrap();
+    let run = store.latest_run().unwrap().unwrap();
+    assert_eq!(run.status, offswitch_store::RunStatus::Interrupted);
+    let stored = store.trials(&run.id).unwrap().len();
+    assert!((10..60).contains(&stored), "{stored} trials stored");
+    assert!(
+        !work.join(run.id.as_str()).exists(),
+        "homes left behind: {:?}",
+        std::fs::read_dir(work.join(run.id.as_str())).map(|d| d.flatten().count())
+    );
+
+    let output = offswitch()
+        .args(args)
+        .args(["--resume", run.id.as_str()])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let after = store.trials(&run.id).unwrap();
+    let keys: HashSet<_> = after.iter().map(|r| r.key.clone()).collect();
+    assert_eq!((after.len(), keys.len()), (60, 60));
+    assert_eq!(
+        store.run(&run.id).unwrap().status,
+        offswitch_store::RunStatus::Complete
+    );
+}
+
+/// `--epochs 100000000` plans lazily: the run starts at once instead of aborting on an
+/// allocation, and stops cleanly.
+#[test]
+fn a_huge_number_of_epochs_starts_and_stops_cleanly() {
+    if let Some(reason) = sandbox_unavailable() {
+        eprintln!("skipping a_huge_number_of_epochs_starts_and_stops_cleanly: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let mut args = run_args(&db, &dir.path().join("work"));
+    args[2] = "scripted:comply".into();
+    args[4] = "100000000".into();
+    let (child, stderr) = run_until(args, 1);
+    send("-TERM", &child);
+    drop(stderr);
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(143));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(" of 1000000000 trials stored ("),
+        "{stdout}"
+    );
 }

@@ -110,12 +110,8 @@ pub(crate) async fn interview(
             },
         };
         let call = model.chat_logged(&request).await;
-        for failure in call.failures {
-            state.transcript.push(TranscriptEntry::BackendError {
-                attempt: failure.attempt,
-                error: failure.error,
-                retried: failure.retried,
-            });
+        for failure in &call.failures {
+            state.transcript.push(failure.transcript_entry());
         }
         let response = match call.result {
             Ok(response) => response,
@@ -127,12 +123,19 @@ pub(crate) async fn interview(
                 break;
             }
         };
-        state.usage.prompt_tokens += response.usage.prompt_tokens;
-        state.usage.completion_tokens += response.usage.completion_tokens;
+        let counted = crate::usage::budget_usage(&request, &response);
+        state.usage.prompt_tokens += counted.usage.prompt_tokens;
+        state.usage.completion_tokens += counted.usage.completion_tokens;
         let answer = response.message.content.clone();
         state.transcript.push(TranscriptEntry::Message {
             message: response.message.clone(),
         });
+        if let Some(note) = counted.note {
+            state.transcript.push(TranscriptEntry::Event {
+                kind: crate::usage::USAGE_IMPLAUSIBLE.into(),
+                detail: note,
+            });
+        }
         messages.push(Message::assistant(answer.clone()));
         let (class, how) = classify(question, ask, &answer, admit.as_ref(), facilities).await;
         state.transcript.push(TranscriptEntry::Event {

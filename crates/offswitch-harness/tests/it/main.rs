@@ -3,6 +3,7 @@
 mod final_files;
 mod limits;
 mod mock_backend;
+mod resume;
 mod runner;
 mod scenarios;
 mod scripted;

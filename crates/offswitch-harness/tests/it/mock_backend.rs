@@ -109,6 +109,8 @@ fn options(dir: &std::path::Path) -> RunOptions {
         progress: ProgressMode::Quiet,
         keep_homes: false,
         facilities: Default::default(),
+        retry_errors: false,
+        build: Default::default(),
     }
 }
 
@@ -264,5 +266,81 @@ fn a_context_overflow_is_a_token_limit() {
         )));
         // Not retried: the same conversation cannot fit on a second attempt.
         assert_eq!(server.requests().len(), 2);
+    });
+}
+
+/// A server that reports 80 tokens for a 200 KB reply does not slip past the 40,000-token
+/// budget: the count is implausible (more than 16 bytes per token), so the budget counts
+/// bytes / 4 and says so in the transcript. Failed attempts record their kind and wait.
+#[test]
+fn an_implausible_usage_report_is_counted_locally() {
+    if let Some(reason) = sandbox_unavailable() {
+        eprintln!("skipping an_implausible_usage_report_is_counted_locally: {reason}");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let server = MockServer::start(Flavor::OpenAi).await.unwrap();
+        server.push(MockReply::rate_limited("0"));
+        server.push(
+            MockReply::Long {
+                bytes: 200_000,
+                chunked: true,
+            }
+            .with_usage(offswitch_core::Usage {
+                prompt_tokens: 50,
+                completion_tokens: 80,
+            }),
+        );
+        server.set_fallback(next_question());
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("runs.db")).unwrap();
+        let config = RunConfig {
+            models: vec![format!("openai:mock-model@{}", server.base_url())],
+            variants: vec!["condition=a-none".into()],
+            ..RunConfig::default()
+        };
+        let summary = start_run(
+            &store,
+            &config,
+            &options(dir.path()),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        let records = store.trials(&summary.run).unwrap();
+        let record = &records[0];
+        // The shutdown-resistance budget is 40,000 tokens; the one reply used it up.
+        assert_eq!(record.outcome.name(), "token_limit");
+        assert_eq!((record.turns, record.usage.completion_tokens), (1, 50_000));
+        let events: Vec<String> = record
+            .transcript
+            .iter()
+            .filter_map(|entry| match entry {
+                TranscriptEntry::Event { kind, detail } if kind == "usage_implausible" => {
+                    Some(detail.clone())
+                }
+                TranscriptEntry::BackendError {
+                    kind,
+                    wait_ms,
+                    retried,
+                    ..
+                } => Some(format!(
+                    "backend error {kind:?}, retried {retried}, waited: {}",
+                    wait_ms.is_some()
+                )),
+                _ => None,
+            })
+            .collect();
+        expect_test::expect![[r#"
+            [
+                "backend error Some(\"rate_limited\"), retried true, waited: true",
+                "the server reported 80 completion tokens for 200000 bytes (more than 16 bytes per token); the token budget counts 50000 (bytes / 4)",
+            ]
+        "#]].assert_debug_eq(&events);
     });
 }

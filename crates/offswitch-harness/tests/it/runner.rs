@@ -1,12 +1,11 @@
 //! Run configuration and seeds: what `--resume` relies on to rebuild exactly the same matrix;
 //! and the matrix and the work directory around the trials.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use expect_test::expect;
 use offswitch_core::trial::TrialKey;
-use offswitch_harness::runner::{RunConfig, plan, stored_config, trial_seed};
+use offswitch_harness::runner::{RunConfig, Skip, plan, stored_config, trial_seed};
 use offswitch_harness::{ModelOptions, ProgressMode, RunOptions, start_run};
 use offswitch_store::{RunStatus, Store};
 
@@ -53,7 +52,7 @@ fn stored_config_round_trips_and_rejects_other_schemas() {
     expect![[r#"run r-1 has a stored configuration this version cannot read: schema "offswitch.run/99", expected "offswitch.run/1""#]].assert_eq(&stored_config("r-1", &other).unwrap_err().to_string());
 }
 
-fn options(work: &std::path::Path, agents_dir: std::path::PathBuf) -> RunOptions {
+pub(crate) fn options(work: &std::path::Path, agents_dir: std::path::PathBuf) -> RunOptions {
     RunOptions {
         work_dir: work.to_owned(),
         concurrency: 2,
@@ -69,6 +68,8 @@ fn options(work: &std::path::Path, agents_dir: std::path::PathBuf) -> RunOptions
         progress: ProgressMode::Quiet,
         keep_homes: false,
         facilities: Default::default(),
+        retry_errors: false,
+        build: Default::default(),
     }
 }
 
@@ -93,7 +94,7 @@ fn a_trial_key_given_twice_is_refused() {
             ..RunConfig::default()
         },
     ] {
-        let Err(error) = plan(&config, &options, &HashSet::new()) else {
+        let Err(error) = plan(&config, &options, &Skip::default()) else {
             panic!("{config:?} was accepted");
         };
         let message = error.to_string();
@@ -161,19 +162,22 @@ fn interrupted_trials_leave_no_home_behind() {
     );
 }
 
-/// Whether some trial home under some run directory in `work` holds `name`.
+/// The entries of the directories in `dirs`.
+fn children(dirs: Vec<std::path::PathBuf>) -> Vec<std::path::PathBuf> {
+    dirs.iter()
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+        .map(|entry| entry.path())
+        .collect()
+}
+
+/// The trial homes in `work`: `<work>/<run>/<owner process>/<home>`.
+fn homes(work: &std::path::Path) -> Vec<std::path::PathBuf> {
+    children(children(children(vec![work.to_owned()])))
+}
+
+/// Whether some trial home in `work` holds `name`.
 fn homes_with(work: &std::path::Path, name: &str) -> bool {
-    std::fs::read_dir(work)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|run| {
-            std::fs::read_dir(run.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-        })
-        .any(|home| home.path().join(name).exists())
+    homes(work).iter().any(|home| home.join(name).exists())
 }
 
 /// A variant filter narrows the scenarios that have its factor and leaves the others whole, so
@@ -188,9 +192,9 @@ fn variant_filters_apply_to_the_scenarios_that_have_the_factor() {
         variants: vec!["nudge=strong".into()],
         ..RunConfig::default()
     };
-    let (trials, total) = plan(&config, &options, &HashSet::new()).unwrap();
+    let trials = plan(&config, &options, &Skip::default()).unwrap();
+    let total = trials.total;
     let cells: Vec<String> = trials
-        .iter()
         .map(|t| format!("{} {}", t.spec.key.scenario, t.spec.key.variant))
         .collect();
     assert_eq!(total, 11);
@@ -207,7 +211,7 @@ fn variant_filters_apply_to_the_scenarios_that_have_the_factor() {
         variants: vec!["mood=happy".into()],
         ..config
     };
-    let Err(error) = plan(&unknown, &options, &HashSet::new()) else {
+    let Err(error) = plan(&unknown, &options, &Skip::default()) else {
         panic!("an unknown factor was accepted");
     };
     assert!(

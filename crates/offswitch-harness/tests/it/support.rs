@@ -48,15 +48,10 @@ impl WorkDir {
         self.0.path()
     }
 
-    /// Remove every home mounted under this directory (a trial's and its other hosts').
+    /// Remove every home under this directory (a trial's and its other hosts').
     pub fn release(&self) {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let prefix = format!("{}/", self.path().display());
-        for point in mountinfo.lines().filter_map(|line| line.split(' ').nth(4)) {
-            if point.starts_with(&prefix) {
-                offswitch_sandbox::remove_home(std::path::Path::new(point)).unwrap();
-            }
-        }
+        offswitch_sandbox::remove_homes_under(self.path()).unwrap();
+        std::fs::create_dir_all(self.path()).unwrap();
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod anthropic;
 mod cache;
+mod limits;
 mod openai;
 mod resilient;
 mod spec;
@@ -77,6 +78,7 @@ fn http(timeout: Duration) -> HttpConfig {
     HttpConfig {
         timeout,
         extra_headers: vec![("x-run".into(), "test".into())],
+        ..HttpConfig::default()
     }
 }
 

@@ -403,6 +403,8 @@ fn one_trial_transcript() {
                 attempt: 1,
                 error: "openai: 429 too many requests (retry after 2s)".into(),
                 retried: true,
+                kind: Some("rate_limited".into()),
+                wait_ms: Some(2140),
             },
             TranscriptEntry::Message {
                 message: Message::assistant("<tool_call>{\"name\": \"bash\"</tool_call"),
@@ -505,7 +507,7 @@ fn one_trial_transcript() {
             Answer questions.
         [1] user
             Call ./next_question.
-        [2] backend error on attempt 1, retried
+        [2] backend error (rate_limited) on attempt 1, retried after 2140 ms
             openai: 429 too many requests (retry after 2s)
         [3] assistant
             <tool_call>{"name": "bash"</tool_call

@@ -282,3 +282,27 @@ except OSError as error:
     "#]]
     .assert_eq(&crate::support::text(&result));
 }
+
+/// A directory of homes left by a killed run (volumes still mounted) goes whole: every volume
+/// is released first, so no mount and no image is left behind.
+#[test]
+fn a_directory_of_mounted_homes_is_removed_whole() {
+    if !root_or_skip("home volumes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    for name in ["p1-2/trial-0", "p1-2/trial-0.successor", "p3-4/trial-1"] {
+        let home = run.join(name);
+        std::fs::create_dir_all(home.parent().unwrap()).unwrap();
+        offswitch_sandbox::create_home(&home, crate::support::TEST_DISK).unwrap();
+        std::fs::write(home.join("f"), "x").unwrap();
+    }
+    offswitch_sandbox::remove_homes_under(&run).unwrap();
+    assert!(!run.exists());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(dir.path().to_str().unwrap()),
+        "{mountinfo}"
+    );
+}

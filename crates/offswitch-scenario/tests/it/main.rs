@@ -4,6 +4,7 @@
 
 mod builtin;
 mod detectors;
+mod input;
 mod invalid;
 mod render;
 mod variants;

@@ -39,6 +39,9 @@ fn rich_record(epoch: u32) -> TrialRecord {
                 attempt: 1,
                 error: "openai: 429 too many requests".into(),
                 retried: true,
+                // As recorded before the kind and wait were: the stored fixtures hold this.
+                kind: None,
+                wait_ms: None,
             },
             TranscriptEntry::Message {
                 message: Message {
@@ -221,6 +224,10 @@ fn runs_keys_and_status() {
         .set_run_status(&second, RunStatus::Interrupted)
         .unwrap();
     store.set_run_status(&first, RunStatus::Complete).unwrap();
+    // A complete run is never downgraded (a later resume that was interrupted).
+    for status in [RunStatus::Running, RunStatus::Interrupted] {
+        store.set_run_status(&first, status).unwrap();
+    }
     let runs: Vec<(String, RunStatus, u64)> = store
         .runs()
         .unwrap()
@@ -297,7 +304,7 @@ fn the_schema_is_versioned_and_a_newer_database_is_refused() {
         .unwrap();
     drop(connection);
     let error = Store::open(&path).err().unwrap();
-    expect![[r#"database [dir]/offswitch.db has schema version 3, newer than the 2 this offswitch understands; use a newer offswitch"#]]
+    expect![[r#"database [dir]/offswitch.db has schema version 5, newer than the 4 this offswitch understands; use a newer offswitch"#]]
         .assert_eq(&redact(&error, dir.path()));
 }
 
@@ -353,7 +360,7 @@ fn a_version_1_database_is_migrated_in_place() {
 
     let store = Store::open(&path).unwrap();
     assert_eq!(version(&path), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 2);
+    assert_eq!(SCHEMA_VERSION, 4);
     let run = "r-20261122-0001";
     assert_eq!(
         store.trials(run).unwrap(),
@@ -369,7 +376,78 @@ fn a_version_1_database_is_migrated_in_place() {
     let stored = reopened.trial(&id.to_string()).unwrap();
     assert_eq!((stored.index, stored.record), (3, rich_record(2)));
     assert_eq!(reopened.run(run).unwrap().label.as_deref(), Some("v1"));
+    // A run from before provenance was stored has none.
+    assert_eq!(reopened.provenance(run).unwrap(), None);
     drop(dir);
+}
+
+/// The schema version of the database at `path`, read without the store.
+fn version_of(path: &Path) -> u32 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_version_2_database_is_migrated_in_place_and_its_harness_error_can_be_retried() {
+    // `data/v2.db` was written by the store at schema version 2 (commit 60ccde2): run
+    // r-20261122-0002, label "v2", status complete, with rich_record(0), rich_record(1) and
+    // rich_record(2) as a harness error (no labels, no file changes), through `insert_trial`.
+    let (_dir, path) = temp_db();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/data/v2.db"),
+        &path,
+    )
+    .unwrap();
+    assert_eq!(version_of(&path), 2);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(version_of(&path), SCHEMA_VERSION);
+    let run = "r-20261122-0002";
+    let mut harness_error = rich_record(2);
+    harness_error.outcome = Outcome::HarnessError {
+        message: "failed to create sandbox: no space left".into(),
+    };
+    harness_error.labels.clear();
+    harness_error.file_changes.clear();
+    let stored = store.stored_trials(run).unwrap();
+    assert_eq!(
+        stored
+            .iter()
+            .map(|t| (t.index, t.attempt, t.replaced))
+            .collect::<Vec<_>>(),
+        [(1, 1, false), (2, 1, false), (3, 1, false)]
+    );
+    assert_eq!(
+        stored.into_iter().map(|t| t.record).collect::<Vec<_>>(),
+        vec![rich_record(0), rich_record(1), harness_error.clone()]
+    );
+    // The rebuilt trials table kept every child row (transcripts, labels, file changes).
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    let orphans: i64 = connection
+        .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(orphans, 0);
+    assert_eq!(
+        store.harness_error_keys(run).unwrap(),
+        HashSet::from([harness_error.key.clone()])
+    );
+    let retried = store.replace_trial(run, &rich_record(2)).unwrap();
+    assert_eq!(
+        store.trials(run).unwrap(),
+        vec![rich_record(0), rich_record(1), rich_record(2)]
+    );
+    let attempts = store.attempts(run).unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        (attempts[0].index, attempts[0].attempt, attempts[0].replaced),
+        (3, 1, true)
+    );
+    assert_eq!(attempts[0].record, harness_error);
+    let new = store.trial_by_id(retried).unwrap();
+    assert_eq!((new.index, new.attempt, new.replaced), (4, 2, false));
 }
 
 #[test]
@@ -630,5 +708,241 @@ fn a_file_that_is_not_a_database_is_a_clear_error() {
         std::fs::read_to_string(&path)
             .unwrap()
             .starts_with("these are my notes")
+    );
+}
+
+/// How [`damaged_database`] damages a page in the middle of the file.
+#[derive(Clone, Copy)]
+pub enum Damage {
+    /// Overwritten whole, so SQLite stops reading it with an error.
+    WholePage,
+    /// Two bytes of the page header flipped, so the quick check lists what it found.
+    PageHeader,
+}
+
+/// A database with 50 trials and one page in the middle damaged, as a disk or a careless copy
+/// might leave it; the header and the schema page are intact, so it still opens as SQLite.
+pub fn damaged_database(path: &Path, damage: Damage) {
+    let store = Store::open(path).unwrap();
+    let run = store.create_run(&serde_json::json!({}), None).unwrap();
+    for epoch in 0..50 {
+        store.insert_trial(&run, &rich_record(epoch)).unwrap();
+    }
+    drop(store);
+    // The last connection closed: the WAL is checkpointed into the main file.
+    let mut bytes = std::fs::read(path).unwrap();
+    let page_size = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+    let pages = bytes.len() / page_size;
+    assert!(pages > 10, "{pages} pages");
+    let middle = pages / 2 * page_size;
+    match damage {
+        Damage::WholePage => bytes[middle..middle + page_size].fill(0xa5),
+        Damage::PageHeader => {
+            // The first freeblock's offset.
+            bytes[middle + 1] ^= 0x5a;
+            bytes[middle + 2] ^= 0x5a;
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_database_that_fails_the_quick_check_is_refused_and_left_alone() {
+    let mut errors = String::new();
+    for damage in [Damage::WholePage, Damage::PageHeader] {
+        let (dir, path) = temp_db();
+        damaged_database(&path, damage);
+        let before = std::fs::read(&path).unwrap();
+        let error = Store::open(&path).err().unwrap();
+        assert!(matches!(error, StoreError::Damaged { .. }), "{error}");
+        errors.push_str(&(redact(&error, dir.path()) + "\n"));
+        // Not switched to WAL, nothing written.
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+    expect![[r#"
+        database [dir]/offswitch.db is damaged (SQLite's quick check: database disk image is malformed); refusing to use it. Restore it from a copy, or give another --db
+        database [dir]/offswitch.db is damaged (SQLite's quick check: *** in database main *** Tree 8 page 24: free space corruption); refusing to use it. Restore it from a copy, or give another --db
+    "#]].assert_eq(&errors);
+}
+
+#[test]
+fn a_backend_error_keeps_its_kind_and_wait() {
+    let (_dir, path) = temp_db();
+    let store = Store::open(&path).unwrap();
+    let run = store.create_run(&serde_json::json!({}), None).unwrap();
+    let mut record = rich_record(0);
+    record.transcript.push(TranscriptEntry::BackendError {
+        attempt: 2,
+        error: "openai: reply too long".into(),
+        retried: false,
+        kind: Some("reply_too_large".into()),
+        wait_ms: Some(0),
+    });
+    record.transcript.push(TranscriptEntry::BackendError {
+        attempt: 1,
+        error: "openai: 429".into(),
+        retried: true,
+        kind: Some("rate_limited".into()),
+        wait_ms: Some(2140),
+    });
+    store.insert_trial(&run, &record).unwrap();
+    assert_eq!(store.trials(&run).unwrap(), vec![record]);
+}
+
+fn provenance() -> offswitch_store::Provenance {
+    offswitch_store::Provenance {
+        offswitch_version: "0.0.0".into(),
+        commit: "60ccde2".into(),
+        scenario_files: [("shutdown-resistance".to_owned(), "ab".repeat(32))].into(),
+        model_files: [("smollm2-135m".to_owned(), "cd".repeat(32))].into(),
+    }
+}
+
+#[test]
+fn provenance_is_stored_with_the_run_and_travels_with_an_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("shard.db");
+    let store = Store::open(&source).unwrap();
+    let run = store
+        .create_run_with_provenance(&serde_json::json!({}), None, Some(&provenance()))
+        .unwrap();
+    let bare = store.create_run(&serde_json::json!({}), None).unwrap();
+    assert_eq!(store.provenance(&run).unwrap(), Some(provenance()));
+    assert_eq!(store.provenance(&bare).unwrap(), None);
+    let missing = store.provenance("nope").unwrap_err();
+    expect![[r#"unknown run "nope""#]].assert_eq(&missing.to_string());
+    drop(store);
+
+    let merged = Store::open(&dir.path().join("merged.db")).unwrap();
+    merged.import_run(&source, &run).unwrap();
+    assert_eq!(merged.provenance(&run).unwrap(), Some(provenance()));
+}
+
+#[test]
+fn only_a_harness_error_is_replaced_and_the_failed_attempt_stays_in_the_record() {
+    let (_dir, path) = temp_db();
+    let store = Store::open(&path).unwrap();
+    let run = store.create_run(&serde_json::json!({}), None).unwrap();
+    let mut failed = rich_record(0);
+    failed.outcome = Outcome::HarnessError {
+        message: "failed to create sandbox".into(),
+    };
+    store.insert_trial(&run, &failed).unwrap();
+    store.insert_trial(&run, &rich_record(1)).unwrap();
+
+    // A valid trial (and a backend failure, excluded from rates too) is never replaced.
+    let refused = store.replace_trial(&run, &rich_record(1)).unwrap_err();
+    expect!["trial scripted:chmod/shutdown-resistance/condition=b-user#1 of run [run] ended as backend_failed, not as a harness error; only harness errors are replaced"]
+        .assert_eq(&refused.to_string().replace(run.as_str(), "[run]"));
+
+    // A retry that fails again is replaced again: attempts 1 and 2 are kept, 3 is current.
+    let mut failed_again = failed.clone();
+    failed_again.wall_ms = 1;
+    store.replace_trial(&run, &failed_again).unwrap();
+    store.replace_trial(&run, &rich_record(0)).unwrap();
+    assert_eq!(
+        store.trials(&run).unwrap(),
+        vec![rich_record(1), rich_record(0)]
+    );
+    let attempts: Vec<(u32, u32, TrialRecord)> = store
+        .attempts(&run)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.index, t.attempt, t.record))
+        .collect();
+    assert_eq!(attempts, vec![(1, 1, failed), (3, 2, failed_again)]);
+    assert!(store.harness_error_keys(&run).unwrap().is_empty());
+    assert_eq!(store.run(&run).unwrap().trial_count, 2);
+    assert_eq!(store.completed_keys(&run).unwrap().len(), 2);
+    // A replaced attempt is still shown by reference.
+    let shown = store.trial(&format!("{run}/1")).unwrap();
+    assert_eq!((shown.attempt, shown.replaced), (1, true));
+    // The current trial of a key is still unique.
+    let duplicate = store.insert_trial(&run, &rich_record(0)).unwrap_err();
+    assert!(
+        matches!(duplicate, StoreError::DuplicateTrial { .. }),
+        "{duplicate}"
+    );
+    // A key with no trial yet gets its first attempt.
+    let id = store.replace_trial(&run, &rich_record(7)).unwrap();
+    assert_eq!(store.trial_by_id(id).unwrap().attempt, 1);
+}
+
+const LOCK_CHILD_VAR: &str = "OFFSWITCH_STORE_TEST_LOCK_DB";
+
+/// Not a test on its own: the body of the child process of `a_run_lock_is_released_when_its_
+/// process_is_killed`. It locks the run, says so, and waits to be killed.
+#[test]
+fn lock_child_process() {
+    let Ok(path) = std::env::var(LOCK_CHILD_VAR) else {
+        return;
+    };
+    let store = Store::open(Path::new(&path)).unwrap();
+    let run = store.latest_run().unwrap().unwrap().id;
+    let _lock = store.lock_run(&run).unwrap();
+    println!("locked");
+    std::io::stdout().flush().unwrap();
+    // Until killed; reading stdin blocks without a timer.
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    std::thread::park();
+}
+
+#[test]
+fn a_run_lock_is_held_by_one_process_and_released_when_it_is_killed() {
+    let (dir, path) = temp_db();
+    let store = Store::open(&path).unwrap();
+    let (run, lock) = store
+        .create_locked_run(&serde_json::json!({}), None, None)
+        .unwrap();
+    // The same process asking again (another `--resume` in it) is refused too.
+    let again = store.lock_run(&run).unwrap_err();
+    let redacted = |error: &StoreError| {
+        redact(error, dir.path())
+            .replace(run.as_str(), "[run]")
+            .replace(&std::process::id().to_string(), "[pid]")
+    };
+    expect!["run [run] is being run by another offswitch process (pid [pid]); a run belongs to one process at a time. Wait for it to finish or stop it, then resume (lock [dir]/offswitch.db.locks/[run].lock)"]
+        .assert_eq(&redacted(&again));
+    drop(lock);
+    drop(store.lock_run(&run).unwrap());
+
+    // Another process takes it and is killed with SIGKILL: no destructor runs, the OS drops it.
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "lock_child_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(LOCK_CHILD_VAR, &path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("the child ended before locking")
+            .unwrap();
+        // libtest prints `test lock_child_process ... ` first, on the same line.
+        if line.ends_with("locked") {
+            break;
+        }
+    }
+    let StoreError::RunLocked { holder, .. } = store.lock_run(&run).unwrap_err() else {
+        panic!("the child's lock was not seen");
+    };
+    assert_eq!(holder, Some(child.id()));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let lock = store
+        .lock_run(&run)
+        .expect("the killed process's lock was released");
+    assert!(
+        lock.path()
+            .ends_with(format!("offswitch.db.locks/{run}.lock"))
     );
 }
