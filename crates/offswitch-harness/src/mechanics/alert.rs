@@ -10,7 +10,7 @@ use offswitch_core::chat::{Role, ToolCall};
 use offswitch_core::trial::TranscriptEntry;
 use offswitch_scenario::Fact;
 
-use crate::agent::TrialSpec;
+use crate::trial::TrialSpec;
 
 #[derive(Default)]
 pub(crate) struct AlertState {
@@ -145,6 +145,25 @@ impl AlertState {
     }
 }
 
+#[async_trait::async_trait]
+impl super::Mechanic for AlertState {
+    fn on_tool_call(
+        &mut self,
+        context: &mut super::Context<'_>,
+        call: &ToolCall,
+    ) -> Option<String> {
+        self.handle(context.spec, call, context.transcript)
+    }
+
+    async fn after(
+        &mut self,
+        context: &mut super::Context<'_>,
+        _evidence: &mut crate::trial::MechanicsEvidence,
+    ) {
+        self.facts(context.facts);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use expect_test::{Expect, expect};
@@ -152,10 +171,10 @@ mod tests {
     use offswitch_scenario::Alert;
 
     use super::*;
-    use crate::agent::MechanicsSpec;
+    use crate::trial::MechanicsSpec;
 
     fn spec(alert: bool) -> TrialSpec {
-        crate::agent::test_spec(MechanicsSpec {
+        crate::trial::test_spec(MechanicsSpec {
             alert: alert.then(|| Alert {
                 tool: "cancel_alert".into(),
                 argument: "code".into(),

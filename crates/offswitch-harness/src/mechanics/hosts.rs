@@ -22,7 +22,7 @@ use offswitch_sandbox::{
 };
 use offswitch_scenario::{Fact, FinalFile, HostEvidence, RenderedHost};
 
-use crate::agent::{
+use crate::trial::{
     EVIDENCE_INCOMPLETE, SANDBOX_HOME, TrialPlace, TrialSpec, collect_final_files, sandbox_path,
     write_home_file,
 };
@@ -357,7 +357,7 @@ fn create_host(
     priority: &[String],
 ) -> Result<(Arc<Sandbox>, Snapshot), String> {
     let home = &config.home;
-    crate::agent::create_home(home, disk)?;
+    crate::trial::create_home(home, disk)?;
     for file in &host.files {
         write_home_file(home, &file.path, &file.contents, file.mode)?;
     }
@@ -485,6 +485,50 @@ fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
+#[async_trait::async_trait]
+impl super::Mechanic for Hosts {
+    async fn before_turn_one(&mut self, context: &mut super::Context<'_>) -> Result<(), String> {
+        let started = Hosts::setup(
+            context.spec,
+            context.sandbox,
+            context.place,
+            context.facts,
+            context.transcript,
+        )
+        .await;
+        match started {
+            Ok(hosts) => {
+                *self = hosts;
+                Ok(())
+            }
+            Err((hosts, message)) => {
+                // Kept, so that `after` still kills and reports the hosts made so far.
+                *self = hosts;
+                Err(message)
+            }
+        }
+    }
+
+    /// Each change on another host goes into the transcript too, so the stored record shows
+    /// what reached it.
+    async fn after(
+        &mut self,
+        context: &mut super::Context<'_>,
+        evidence: &mut crate::trial::MechanicsEvidence,
+    ) {
+        let hosts = std::mem::take(self).finish(context.transcript).await;
+        for (name, host) in &hosts {
+            for change in &host.file_changes {
+                context.transcript.push(TranscriptEntry::Event {
+                    kind: "host_file_changed".into(),
+                    detail: format!("{name}: {:?} {}", change.kind, change.path),
+                });
+            }
+        }
+        evidence.hosts = hosts;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,7 +536,7 @@ mod tests {
     use offswitch_core::trial::TrialKey;
     use offswitch_sandbox::SandboxState;
 
-    use crate::agent::{Facilities, MechanicsSpec};
+    use crate::trial::{Facilities, MechanicsSpec};
 
     #[test]
     fn ports_are_the_whole_numbers_of_a_start_command() {
@@ -620,7 +664,7 @@ mod tests {
             },
             seed: 0,
             model_name: "test".into(),
-            ..crate::agent::test_spec(MechanicsSpec {
+            ..crate::trial::test_spec(MechanicsSpec {
                 hosts,
                 ..MechanicsSpec::default()
             })

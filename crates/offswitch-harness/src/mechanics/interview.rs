@@ -19,8 +19,8 @@ use offswitch_core::trial::{Label, TranscriptEntry};
 use offswitch_scenario::InterviewQuestion;
 use regex::Regex;
 
-use crate::agent::{Facilities, LoopState, TrialSpec};
 use crate::model::ModelClient;
+use crate::trial::{Facilities, LoopState, TrialSpec};
 
 /// The result text given for tool calls the episode left unanswered, so that the interview
 /// continues a well-formed conversation.

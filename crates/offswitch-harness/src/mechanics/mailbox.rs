@@ -11,7 +11,7 @@ use offswitch_core::chat::ToolCall;
 use offswitch_core::trial::TranscriptEntry;
 use offswitch_scenario::{Email, SentEmail};
 
-use crate::agent::TrialSpec;
+use crate::trial::TrialSpec;
 
 /// The line between a forward's note and the original email, as common mail clients write it.
 pub const FORWARD_SEPARATOR: &str = "---------- Forwarded message ----------";
@@ -151,6 +151,25 @@ fn confirmation(emails: &[SentEmail]) -> String {
     match emails.first().and_then(|e| e.forwarded.as_deref()) {
         Some(id) => format!("Email {id} forwarded to {}.", to.join(", ")),
         None => format!("Email sent to {}.", to.join(", ")),
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Mechanic for MailboxState {
+    fn on_tool_call(
+        &mut self,
+        context: &mut super::Context<'_>,
+        call: &ToolCall,
+    ) -> Option<String> {
+        self.handle(context.spec, call, context.transcript)
+    }
+
+    async fn after(
+        &mut self,
+        _context: &mut super::Context<'_>,
+        evidence: &mut crate::trial::MechanicsEvidence,
+    ) {
+        evidence.sent_emails = std::mem::take(&mut self.sent);
     }
 }
 

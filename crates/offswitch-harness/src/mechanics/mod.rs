@@ -1,10 +1,21 @@
-//! The environment mechanics beyond a shell and a submit tool: other hosts, reference runs,
-//! a mailbox, an emergency alert, a model server to replicate, and after the trial the judge
-//! and the follow-up interview. Each lives in its own module; this one sequences them.
+//! The environment mechanics beyond a shell and a submit tool: reference runs, other hosts, a
+//! model server to replicate, the question service, a mailbox, an emergency alert, and after
+//! the trial the judge and the follow-up interview. Each lives in its own module behind one
+//! interface, [`Mechanic`], with a hook for each moment of a trial; this module builds the ones
+//! a scenario declares and calls their hooks in order, so the agent loop (`agent.rs`) only
+//! drives.
+//!
+//! ```text
+//! prepare home, sandbox ─► before_turn_one ─► turns: on_tool_call ─► before_kill ─► kill ─► after
+//!                          (in declaration order;                                          (evidence)
+//!                           a failure ends the trial
+//!                           as a harness error)
+//! ```
 //!
 //! Everything a mechanic establishes is ground truth gathered by the harness from outside the
 //! sandbox (or, for probes, by commands the harness itself runs inside it), never something
-//! the agent reports.
+//! the agent reports. The judge and the interview need the labels, so they run after the
+//! detectors (`agent::finish`), not as hooks.
 
 pub mod alert;
 pub mod hosts;
@@ -16,64 +27,79 @@ mod received;
 pub mod reference;
 pub mod replication;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use offswitch_core::chat::ToolCall;
 use offswitch_core::trial::TranscriptEntry;
 use offswitch_sandbox::Sandbox;
+use offswitch_scenario::Fact;
 
-use crate::agent::{MechanicsEvidence, TrialPlace, TrialSpec};
+use crate::trial::{MechanicsEvidence, TrialPlace, TrialSpec};
 
-/// The live state of a trial's mechanics, from setup to the final evidence.
+/// What every hook sees of the trial.
+pub(crate) struct Context<'a> {
+    pub spec: &'a TrialSpec,
+    /// The agent's sandbox (killed by the time `after` runs).
+    pub sandbox: &'a Arc<Sandbox>,
+    pub place: &'a TrialPlace,
+    pub transcript: &'a mut Vec<TranscriptEntry>,
+    /// Facts established so far, by name (see `offswitch_scenario`'s `fact` detector).
+    pub facts: &'a mut BTreeMap<String, Fact>,
+}
+
+/// One mechanic's part in a trial. Every hook has a default that does nothing.
+#[async_trait::async_trait]
+pub(crate) trait Mechanic: Send {
+    /// Once the agent's sandbox exists, before the first turn. An error ends the trial as a
+    /// harness error naming what failed; mechanics started before it are still finished.
+    async fn before_turn_one(&mut self, _context: &mut Context<'_>) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// A tool call of the agent's: `Some(result)` when this mechanic owns the tool.
+    fn on_tool_call(&mut self, _context: &mut Context<'_>, _call: &ToolCall) -> Option<String> {
+        None
+    }
+
+    /// After the agent's last turn, while its sandbox still runs (probes that need it alive).
+    async fn before_kill(&mut self, _context: &mut Context<'_>) {}
+
+    /// After the agent's sandbox is killed: tear down what is left and hand over evidence.
+    async fn after(&mut self, _context: &mut Context<'_>, _evidence: &mut MechanicsEvidence) {}
+}
+
+/// The mechanics of one trial, in the order their hooks run.
+#[derive(Default)]
 pub(crate) struct Mechanics {
-    hosts: hosts::Hosts,
-    references: std::collections::BTreeMap<String, String>,
-    mailbox: mailbox::MailboxState,
-    alert: alert::AlertState,
-    replication: replication::Replication,
-    questions: Option<questions::QuestionService>,
-    facts: std::collections::BTreeMap<String, offswitch_scenario::Fact>,
+    started: Vec<Box<dyn Mechanic>>,
+    facts: BTreeMap<String, Fact>,
 }
 
 impl Mechanics {
-    /// Start every declared mechanic once the agent's sandbox exists, before the first turn.
-    /// On failure the mechanics started so far come back with the error, so that they can
-    /// still be torn down.
+    /// Build the mechanics `spec` declares and run their `before_turn_one`, in order
+    /// (references first: they must see the pristine files). On failure the mechanics
+    /// started so far come back with the error, so that they can still be finished.
     pub(crate) async fn setup(
         spec: &TrialSpec,
         sandbox: &Arc<Sandbox>,
         place: &TrialPlace,
         transcript: &mut Vec<TranscriptEntry>,
     ) -> Result<Mechanics, (Mechanics, String)> {
-        let mut mechanics = Mechanics {
-            hosts: hosts::Hosts::default(),
-            references: Default::default(),
-            mailbox: mailbox::MailboxState::default(),
-            alert: alert::AlertState::new(spec),
-            replication: replication::Replication::default(),
-            questions: None,
-            facts: Default::default(),
-        };
-        // References first: they must see the pristine files.
-        match reference::run(spec, sandbox, transcript).await {
-            Ok(references) => mechanics.references = references,
-            Err(message) => return Err((mechanics, message)),
-        }
-        match hosts::Hosts::setup(spec, sandbox, place, &mut mechanics.facts, transcript).await {
-            Ok(hosts) => mechanics.hosts = hosts,
-            Err((hosts, message)) => {
-                mechanics.hosts = hosts;
+        let mut mechanics = Mechanics::default();
+        for mechanic in declared(spec) {
+            mechanics.started.push(mechanic);
+            let Mechanics { started, facts } = &mut mechanics;
+            let mut context = Context {
+                spec,
+                sandbox,
+                place,
+                transcript: &mut *transcript,
+                facts,
+            };
+            let started_last = started.last_mut().expect("just pushed");
+            if let Err(message) = started_last.before_turn_one(&mut context).await {
                 return Err((mechanics, message));
-            }
-        }
-        match replication::Replication::setup(spec, sandbox, place, transcript).await {
-            Ok(replication) => mechanics.replication = replication,
-            Err(message) => return Err((mechanics, message)),
-        }
-        if let Some(spec) = &spec.mechanics.questions {
-            match questions::QuestionService::start(spec, sandbox, transcript).await {
-                Ok(service) => mechanics.questions = Some(service),
-                Err(message) => return Err((mechanics, message)),
             }
         }
         Ok(mechanics)
@@ -84,13 +110,21 @@ impl Mechanics {
     pub(crate) fn handle_tool(
         &mut self,
         spec: &TrialSpec,
+        sandbox: &Arc<Sandbox>,
+        place: &TrialPlace,
         call: &ToolCall,
         transcript: &mut Vec<TranscriptEntry>,
     ) -> Option<String> {
-        if let Some(result) = self.mailbox.handle(spec, call, transcript) {
-            return Some(result);
-        }
-        self.alert.handle(spec, call, transcript)
+        let mut context = Context {
+            spec,
+            sandbox,
+            place,
+            transcript,
+            facts: &mut self.facts,
+        };
+        self.started
+            .iter_mut()
+            .find_map(|mechanic| mechanic.on_tool_call(&mut context, call))
     }
 
     /// Probes that need the agent's sandbox still alive.
@@ -101,35 +135,63 @@ impl Mechanics {
         place: &TrialPlace,
         transcript: &mut Vec<TranscriptEntry>,
     ) {
-        self.replication
-            .probe(spec, sandbox, place, &mut self.facts, transcript)
-            .await;
-        if let Some(service) = &self.questions {
-            service.facts(sandbox, &mut self.facts, transcript);
+        let mut context = Context {
+            spec,
+            sandbox,
+            place,
+            transcript,
+            facts: &mut self.facts,
+        };
+        for mechanic in &mut self.started {
+            mechanic.before_kill(&mut context).await;
         }
     }
 
-    /// Tear down what is still running and hand over the evidence. Each change on another
-    /// host goes into the transcript too, so the stored record shows what reached it.
+    /// Tear down what is still running and hand over the evidence.
     pub(crate) async fn finish(
         mut self,
+        spec: &TrialSpec,
+        sandbox: &Arc<Sandbox>,
+        place: &TrialPlace,
         transcript: &mut Vec<TranscriptEntry>,
     ) -> MechanicsEvidence {
-        self.alert.facts(&mut self.facts);
-        let hosts = self.hosts.finish(transcript).await;
-        for (name, host) in &hosts {
-            for change in &host.file_changes {
-                transcript.push(TranscriptEntry::Event {
-                    kind: "host_file_changed".into(),
-                    detail: format!("{name}: {:?} {}", change.kind, change.path),
-                });
-            }
+        let mut evidence = MechanicsEvidence::default();
+        let mut context = Context {
+            spec,
+            sandbox,
+            place,
+            transcript,
+            facts: &mut self.facts,
+        };
+        for mechanic in &mut self.started {
+            mechanic.after(&mut context, &mut evidence).await;
         }
-        MechanicsEvidence {
-            hosts,
-            references: self.references,
-            sent_emails: self.mailbox.sent,
-            facts: self.facts,
-        }
+        evidence.facts = self.facts;
+        evidence
     }
+}
+
+/// The mechanics `spec` declares, in hook order.
+fn declared(spec: &TrialSpec) -> Vec<Box<dyn Mechanic>> {
+    let declared = &spec.mechanics;
+    let mut mechanics: Vec<Box<dyn Mechanic>> = Vec::new();
+    if !declared.references.is_empty() {
+        mechanics.push(Box::new(reference::References::default()));
+    }
+    if !declared.hosts.is_empty() {
+        mechanics.push(Box::new(hosts::Hosts::default()));
+    }
+    if declared.model_server.is_some() {
+        mechanics.push(Box::new(replication::Replication::default()));
+    }
+    if let Some(questions) = &declared.questions {
+        mechanics.push(Box::new(questions::QuestionMechanic::new(questions)));
+    }
+    if declared.mailbox.is_some() {
+        mechanics.push(Box::new(mailbox::MailboxState::default()));
+    }
+    if declared.alert.is_some() {
+        mechanics.push(Box::new(alert::AlertState::new(spec)));
+    }
+    mechanics
 }

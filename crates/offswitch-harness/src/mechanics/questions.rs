@@ -293,6 +293,37 @@ fn lock(record: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The question service as a mechanic: started before turn 1, its facts established before
+/// the kill (from the service's record and how the sandbox ended).
+pub(crate) struct QuestionMechanic {
+    spec: Questions,
+    service: Option<QuestionService>,
+}
+
+impl QuestionMechanic {
+    pub(crate) fn new(spec: &Questions) -> QuestionMechanic {
+        QuestionMechanic {
+            spec: spec.clone(),
+            service: None,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Mechanic for QuestionMechanic {
+    async fn before_turn_one(&mut self, context: &mut super::Context<'_>) -> Result<(), String> {
+        self.service =
+            Some(QuestionService::start(&self.spec, context.sandbox, context.transcript).await?);
+        Ok(())
+    }
+
+    async fn before_kill(&mut self, context: &mut super::Context<'_>) {
+        if let Some(service) = &self.service {
+            service.facts(context.sandbox, context.facts, context.transcript);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Record, answer};

@@ -15,7 +15,7 @@ use std::time::Duration;
 use offswitch_core::trial::TranscriptEntry;
 use offswitch_sandbox::{ExecRequest, ExecStatus, Sandbox, Snapshot};
 
-use crate::agent::{FINAL_FILE_TEXT_LIMIT, SANDBOX_HOME, TrialSpec};
+use crate::trial::{FINAL_FILE_TEXT_LIMIT, SANDBOX_HOME, TrialSpec};
 
 /// The most stdout a reference may print. A detector compares it with the final text of a
 /// file, which is only read up to [`FINAL_FILE_TEXT_LIMIT`], so a longer reference could never
@@ -169,6 +169,28 @@ fn list_tmp(sandbox: &Sandbox, timeout: Duration) -> Result<Vec<String>, String>
     }
 }
 
+/// The reference runs as a mechanic: before turn 1, on the pristine files.
+#[derive(Default)]
+pub(crate) struct References {
+    outputs: BTreeMap<String, String>,
+}
+
+#[async_trait::async_trait]
+impl super::Mechanic for References {
+    async fn before_turn_one(&mut self, context: &mut super::Context<'_>) -> Result<(), String> {
+        self.outputs = run(context.spec, context.sandbox, context.transcript).await?;
+        Ok(())
+    }
+
+    async fn after(
+        &mut self,
+        _context: &mut super::Context<'_>,
+        evidence: &mut crate::trial::MechanicsEvidence,
+    ) {
+        evidence.references = std::mem::take(&mut self.outputs);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -304,9 +326,10 @@ mod tests {
 
         use offswitch_core::trial::{Outcome, TrialKey};
 
-        use crate::agent::{SpecFile, TrialPlace, TrialSpec, run_trial};
+        use crate::agent::run_trial;
         use crate::model::SingleAttempt;
         use crate::scripted::{Script, ScriptedBackend};
+        use crate::trial::{SpecFile, TrialPlace, TrialSpec};
 
         let work = tempfile::tempdir().unwrap();
         let spec = TrialSpec {
@@ -325,7 +348,7 @@ mod tests {
                 contents: b"1,2\n".to_vec(),
                 mode: 0o644,
             }],
-            ..crate::agent::test_spec(crate::agent::MechanicsSpec {
+            ..crate::trial::test_spec(crate::trial::MechanicsSpec {
                 references: vec![Reference {
                     name: "score".into(),
                     command: "python3 missing_script.py data.txt".into(),
@@ -341,7 +364,7 @@ mod tests {
         let script =
             Script::parse("name = \"idle\"\n[[step]]\ntext = \"hello\"\n", "test").unwrap();
         let model = Arc::new(SingleAttempt(Arc::new(ScriptedBackend::new(script))));
-        let evaluate = |_: &crate::agent::TrialEvidence| {
+        let evaluate = |_: &crate::trial::TrialEvidence| {
             vec![offswitch_core::trial::Label {
                 name: "evaluated".into(),
                 value: true,

@@ -22,7 +22,7 @@ use offswitch_scenario::{Fact, ModelServer};
 use rand::Rng;
 use serde::Deserialize;
 
-use crate::agent::{Facilities, SANDBOX_HOME, TrialPlace, TrialSpec};
+use crate::trial::{Facilities, SANDBOX_HOME, TrialPlace, TrialSpec};
 
 /// How long the original server may take to load the model and answer.
 const START_WAIT: Duration = Duration::from_secs(120);
@@ -819,6 +819,31 @@ fn clip(text: &str, max_chars: usize) -> String {
         out.push('…');
     }
     out
+}
+
+#[async_trait::async_trait]
+impl super::Mechanic for Replication {
+    async fn before_turn_one(&mut self, context: &mut super::Context<'_>) -> Result<(), String> {
+        *self = Replication::setup(
+            context.spec,
+            context.sandbox,
+            context.place,
+            context.transcript,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn before_kill(&mut self, context: &mut super::Context<'_>) {
+        self.probe(
+            context.spec,
+            context.sandbox,
+            context.place,
+            context.facts,
+            context.transcript,
+        )
+        .await;
+    }
 }
 
 #[cfg(test)]
