@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod chat;
+pub mod events;
 pub mod tags;
 pub mod time;
 pub mod trial;

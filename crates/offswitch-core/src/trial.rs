@@ -73,8 +73,13 @@ pub enum TranscriptEntry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Label {
     pub name: String,
+    /// The verdict; meaningless (and false) when `indeterminate`.
     pub value: bool,
     pub detail: String,
+    /// The evidence the label rests on is incomplete (events lost, a snapshot cut short, no
+    /// event stream): neither true nor false. Rates leave such trials out and count them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub indeterminate: bool,
     /// A number some detectors measure besides the verdict (e.g. the fraction of answers
     /// correct, for a sandbagging contrast).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,6 +177,9 @@ pub struct TrialRecord {
     /// Unix time in milliseconds when the trial started.
     pub started_at_ms: i64,
     pub wall_ms: u64,
+    /// What the kernel saw in each sandbox of the trial (the agent's first, then other hosts').
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<crate::events::EventStream>,
 }
 
 impl TrialRecord {

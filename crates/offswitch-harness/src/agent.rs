@@ -629,5 +629,6 @@ async fn finish(
         turns: state.turns,
         started_at_ms,
         wall_ms: started.elapsed().as_millis() as u64,
+        events: Vec::new(),
     }
 }

@@ -763,6 +763,7 @@ async fn run_one(
                 turns: 0,
                 started_at_ms: 0,
                 wall_ms: 0,
+                events: Vec::new(),
             }
         }
     };

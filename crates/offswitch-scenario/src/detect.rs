@@ -171,6 +171,7 @@ pub(crate) fn evaluate(
             score,
             value,
             detail,
+            indeterminate: false,
         });
     }
     labels

@@ -114,6 +114,7 @@ fn typical_record(epoch: u32) -> TrialRecord {
                 name: name.into(),
                 value: epoch.is_multiple_of(2),
                 detail: "synthetic".into(),
+                indeterminate: false,
             })
             .into(),
         outcome: Outcome::ShutDown,
@@ -122,6 +123,7 @@ fn typical_record(epoch: u32) -> TrialRecord {
             completion_tokens: 300,
         },
         turns: 7,
+        events: Vec::new(),
         started_at_ms: 1_795_387_348_000,
         wall_ms: 900,
     }

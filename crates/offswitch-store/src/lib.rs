@@ -1253,6 +1253,7 @@ fn load_trials(
                 turns,
                 started_at_ms,
                 wall_ms: wall_ms as u64,
+                events: Vec::new(),
             },
         });
     }
@@ -1327,6 +1328,7 @@ fn load_trials(
             name: row.get(1).context(context)?,
             value: row.get(2).context(context)?,
             detail: row.get(3).context(context)?,
+            indeterminate: false,
         };
         trials[position_of[&trial_id]].record.labels.push(label);
     }

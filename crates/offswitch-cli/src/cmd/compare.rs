@@ -109,6 +109,7 @@ mod tests {
                     value: *value,
                     detail: String::new(),
                     score: None,
+                    indeterminate: false,
                 })
                 .collect(),
             outcome: Outcome::Finished,
@@ -116,6 +117,7 @@ mod tests {
             turns: 3,
             started_at_ms: 1_795_387_348_000,
             wall_ms: 10,
+            events: Vec::new(),
         }
     }
 

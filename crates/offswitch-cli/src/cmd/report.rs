@@ -258,6 +258,7 @@ pub(crate) mod tests {
                 name: "sabotage".into(),
                 value: sabotage,
                 detail: "shutdown.sh overwritten".into(),
+                indeterminate: false,
             }],
             outcome: if sabotage {
                 Outcome::Finished
@@ -271,6 +272,7 @@ pub(crate) mod tests {
             turns: 6,
             started_at_ms: 1_795_387_348_000,
             wall_ms: 250,
+            events: Vec::new(),
         }
     }
 

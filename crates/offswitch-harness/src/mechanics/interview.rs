@@ -163,6 +163,7 @@ fn label(name: &str, value: bool, detail: String) -> Label {
         value,
         detail,
         score: None,
+        indeterminate: false,
     }
 }
 

@@ -143,12 +143,14 @@ pub(crate) async fn judge_labels(
                 value: false,
                 detail: format!("no verdict to compare with {}", judge.compare),
                 score: None,
+                indeterminate: false,
             },
             (_, None) => Label {
                 name: format!("{}_agrees", judge.label),
                 value: false,
                 detail: format!("the trial has no label {} to compare with", judge.compare),
                 score: None,
+                indeterminate: false,
             },
             (_, Some(rule)) => Label {
                 name: format!("{}_agrees", judge.label),
@@ -158,6 +160,7 @@ pub(crate) async fn judge_labels(
                     judge.compare, rule.value
                 ),
                 score: None,
+                indeterminate: false,
             },
         };
         transcript.push(TranscriptEntry::Event {
@@ -178,6 +181,7 @@ pub(crate) async fn judge_labels(
             value: judged,
             detail,
             score: None,
+            indeterminate: false,
         });
         out.push(agrees);
     }
@@ -388,6 +392,7 @@ mod tests {
             value: rule,
             detail: String::new(),
             score: None,
+            indeterminate: false,
         };
         let mut transcript = Vec::new();
         let runtime = tokio::runtime::Builder::new_current_thread()

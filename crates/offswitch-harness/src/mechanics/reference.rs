@@ -370,6 +370,7 @@ mod tests {
                 value: true,
                 score: None,
                 detail: String::new(),
+                indeterminate: false,
             }]
         };
         let runtime = tokio::runtime::Builder::new_current_thread()

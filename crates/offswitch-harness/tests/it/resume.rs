@@ -198,6 +198,7 @@ fn retried_harness_errors_replace_the_failed_trials_which_stay_in_the_record() {
         turns: 0,
         started_at_ms: 0,
         wall_ms: 0,
+        events: Vec::new(),
     };
     store.insert_trial(&run, &failed).unwrap();
     let work = dir.path().join("work");

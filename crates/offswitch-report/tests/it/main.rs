@@ -21,6 +21,7 @@ fn label(name: &str, value: bool) -> Label {
         name: name.into(),
         value,
         detail: String::new(),
+        indeterminate: false,
     }
 }
 
@@ -49,6 +50,7 @@ fn trial(model: &str, variant: &str, epoch: u32, sabotage: bool, outcome: Outcom
         turns: 5 + epoch % 3,
         started_at_ms: 1_795_387_348_000,
         wall_ms: 100,
+        events: Vec::new(),
     }
 }
 
@@ -470,6 +472,7 @@ fn one_trial_transcript() {
                 name: "sabotage".into(),
                 value: true,
                 detail: "still running 30 s after the scheduled shutdown".into(),
+                indeterminate: false,
             },
             label("task_success", false),
         ],
@@ -481,6 +484,7 @@ fn one_trial_transcript() {
         turns: 4,
         started_at_ms: 1_795_387_348_123,
         wall_ms: 8_250,
+        events: Vec::new(),
     };
     let header = TrialHeader {
         run: "r-20261122-ab12".into(),
@@ -606,6 +610,7 @@ fn a_trial_shows_the_agents_control_characters_escaped() {
         name: "sabotage".into(),
         value: true,
         detail: "exec #1 `rm shutdown.sh\r./next_question`".into(),
+        indeterminate: false,
     }];
     let header = TrialHeader {
         run: "r".into(),
