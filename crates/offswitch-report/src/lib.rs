@@ -4,9 +4,13 @@
 //! terminal text, JSON and CSV (and markdown for the reproduction table).
 //!
 //! Pure: records in, strings out. Reading the store and writing files is the CLI's job.
-//! Invariants: a rate counts only valid trials (`Outcome::is_valid`) that carry the label;
-//! cells are ordered by (model, scenario, variant) so output does not depend on the order in
-//! which concurrent trials finished; the JSON and CSV layouts are versioned (`REPORT_SCHEMA`).
+//! Invariants: a rate counts only valid trials (`Outcome::is_valid`) that carry the label and
+//! whose label is not indeterminate (`Label::indeterminate`: its evidence is incomplete, so it
+//! is neither true nor false); those are counted beside the rate instead, in every table that
+//! has a rate (rates, comparisons, analyses, reproduction), so a label indeterminate in every
+//! trial reads n = 0, never 0%. Cells are ordered by (model, scenario, variant) so output does
+//! not depend on the order in which concurrent trials finished; the JSON and CSV layouts are
+//! versioned (`REPORT_SCHEMA`).
 
 mod analysis;
 pub mod published;
@@ -107,8 +111,11 @@ pub struct Cell {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelRate {
     pub name: String,
-    /// Valid trials with the label true, out of valid trials carrying the label at all.
+    /// Valid trials with the label true, out of valid trials carrying a determinate label.
     pub proportion: Proportion,
+    /// Valid trials whose label is indeterminate (events lost, no stream, a snapshot cut
+    /// short); not in `proportion`.
+    pub indeterminate: u64,
     /// Valid trials that lack this label (a detector did not run); not in `proportion`.
     pub unlabelled: u64,
     pub jeffreys: Interval,
@@ -124,6 +131,9 @@ pub struct Comparison {
     pub variant_a: String,
     pub variant_b: String,
     pub result: offswitch_stats::Comparison,
+    /// Valid trials of each variant whose label is indeterminate, left out of `result`.
+    pub indeterminate_a: u64,
+    pub indeterminate_b: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -206,19 +216,23 @@ pub fn build_report(
         // trials carry, not a row of 0/0 for every other scenario's labels.
         let in_cell = |name: &String| trials.iter().any(|r| r.label(name).is_some());
         for name in label_names.iter().filter(|name| in_cell(name)) {
-            let mut successes = 0;
-            let mut labelled = 0;
+            let (mut successes, mut determinate, mut indeterminate) = (0, 0, 0);
             for record in &valid {
-                if let Some(label) = record.label(name) {
-                    labelled += 1;
-                    successes += u64::from(label.value);
+                match record.label(name) {
+                    Some(label) if label.indeterminate => indeterminate += 1,
+                    Some(label) => {
+                        determinate += 1;
+                        successes += u64::from(label.value);
+                    }
+                    None => {}
                 }
             }
-            let proportion = Proportion::new(successes, labelled)?;
+            let proportion = Proportion::new(successes, determinate)?;
             labels.push(LabelRate {
                 name: name.clone(),
                 proportion,
-                unlabelled: valid.len() as u64 - labelled,
+                indeterminate,
+                unlabelled: valid.len() as u64 - determinate - indeterminate,
                 jeffreys: offswitch_stats::jeffreys(proportion, config.confidence)?,
                 wilson: offswitch_stats::wilson(proportion, config.confidence)?,
             });
@@ -320,6 +334,8 @@ pub fn add_comparison(
                     rate_b.proportion,
                     report.confidence,
                 )?,
+                indeterminate_a: rate_a.indeterminate,
+                indeterminate_b: rate_b.indeterminate,
             });
         }
     }

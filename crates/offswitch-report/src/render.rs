@@ -29,11 +29,16 @@ pub fn render_table(report: &Report) -> String {
     if report.label_names.is_empty() {
         out.push_str("no labels in this run\n");
     } else {
-        // The column of valid trials without the label appears only when there are some.
+        // The columns of valid trials without the label, or with an indeterminate one, appear
+        // only when there are some.
         let any_unlabelled = report
             .cells
             .iter()
             .any(|c| c.labels.iter().any(|l| l.unlabelled > 0));
+        let any_indeterminate = report
+            .cells
+            .iter()
+            .any(|c| c.labels.iter().any(|l| l.indeterminate > 0));
         let jeffreys_header = format!("jeffreys {percent}%");
         let wilson_header = format!("wilson {percent}%");
         let mut columns = vec![
@@ -43,9 +48,14 @@ pub fn render_table(report: &Report) -> String {
             ("label", Align::Left),
             ("k/n", Align::Right),
             ("rate", Align::Right),
+        ];
+        if any_indeterminate {
+            columns.push((INDETERMINATE_HEADER, Align::Right));
+        }
+        columns.extend([
             (jeffreys_header.as_str(), Align::Left),
             (wilson_header.as_str(), Align::Left),
-        ];
+        ]);
         if any_unlabelled {
             columns.push(("unlabelled", Align::Right));
         }
@@ -68,15 +78,13 @@ pub fn render_table(report: &Report) -> String {
                     label.name.clone(),
                     format!("{}/{}", p.successes, p.trials),
                     rate,
-                    jeffreys,
-                    wilson,
                 ];
+                if any_indeterminate {
+                    row.push(count_or_blank(label.indeterminate));
+                }
+                row.extend([jeffreys, wilson]);
                 if any_unlabelled {
-                    row.push(if label.unlabelled == 0 {
-                        String::new()
-                    } else {
-                        label.unlabelled.to_string()
-                    });
+                    row.push(count_or_blank(label.unlabelled));
                 }
                 table.row(row);
             }
@@ -129,7 +137,12 @@ pub fn render_table(report: &Report) -> String {
             "\ncomparisons (Fisher's exact test, two-sided; difference with Newcombe's interval)\n",
         );
         let difference_header = format!("b - a [{percent}%]");
-        let mut table = Table::new(&[
+        // Indeterminate trials of either variant, left out of both sides, when there are any.
+        let any_indeterminate = report
+            .comparisons
+            .iter()
+            .any(|c| c.indeterminate_a + c.indeterminate_b > 0);
+        let mut columns = vec![
             ("model", Align::Left),
             ("scenario", Align::Left),
             ("label", Align::Left),
@@ -137,16 +150,22 @@ pub fn render_table(report: &Report) -> String {
             ("a", Align::Right),
             ("variant b", Align::Left),
             ("b", Align::Right),
-            (&difference_header, Align::Left),
+        ];
+        if any_indeterminate {
+            columns.push(("indet. a, b", Align::Right));
+        }
+        columns.extend([
+            (difference_header.as_str(), Align::Left),
             ("p", Align::Right),
         ]);
+        let mut table = Table::new(&columns);
         for comparison in &report.comparisons {
             let result = &comparison.result;
             let side = |p: offswitch_stats::Proportion| match p.rate() {
                 Some(rate) => format!("{}/{} {:.1}%", p.successes, p.trials, rate * 100.0),
                 None => format!("{}/{}", p.successes, p.trials),
             };
-            table.row(vec![
+            let mut row = vec![
                 comparison.model.clone(),
                 comparison.scenario.clone(),
                 comparison.label.clone(),
@@ -154,6 +173,14 @@ pub fn render_table(report: &Report) -> String {
                 side(result.a),
                 display_variant(&comparison.variant_b),
                 side(result.b),
+            ];
+            if any_indeterminate {
+                row.push(format!(
+                    "{}, {}",
+                    comparison.indeterminate_a, comparison.indeterminate_b
+                ));
+            }
+            row.extend([
                 match (result.difference, result.difference_interval) {
                     (Some(d), Some(i)) => format!(
                         "{:+.1} pp [{:+.1}, {:+.1}]",
@@ -165,10 +192,24 @@ pub fn render_table(report: &Report) -> String {
                 },
                 format_p(result.p_value),
             ]);
+            table.row(row);
         }
         out.push_str(&table.render());
     }
     out
+}
+
+/// The header of the column of trials left out of a rate because their label is
+/// indeterminate.
+pub(crate) const INDETERMINATE_HEADER: &str = "indet.";
+
+/// A count, or nothing for zero (a column that is mostly zeros reads better blank).
+pub(crate) fn count_or_blank(count: u64) -> String {
+    if count == 0 {
+        String::new()
+    } else {
+        count.to_string()
+    }
 }
 
 /// Confession by answer turn among interviewed trials.
@@ -207,7 +248,16 @@ fn render_interviews(report: &Report, percent: &str, out: &mut String) {
 
 /// The scenario's paired and difference analyses, one table each.
 fn render_analyses(report: &Report, percent: &str, out: &mut String) {
-    let mut paired = Table::new(&[
+    // The column of trials left out because their label is indeterminate, when there are any.
+    let indeterminate_of = |value: &AnalysisValue| match value {
+        AnalysisValue::Paired { indeterminate, .. }
+        | AnalysisValue::Difference { indeterminate, .. } => *indeterminate,
+    };
+    let any_indeterminate = report
+        .analyses
+        .iter()
+        .any(|analysis| indeterminate_of(&analysis.value) > 0);
+    let mut paired_columns = vec![
         ("model", Align::Left),
         ("scenario", Align::Left),
         ("analysis", Align::Left),
@@ -221,9 +271,9 @@ fn render_analyses(report: &Report, percent: &str, out: &mut String) {
         ("clopper-pearson", Align::Left),
         ("mcnemar p", Align::Right),
         ("unpaired", Align::Right),
-    ]);
+    ];
     let difference_header = format!("a - b [{percent}%]");
-    let mut differences = Table::new(&[
+    let mut difference_columns = vec![
         ("model", Align::Left),
         ("scenario", Align::Left),
         ("analysis", Align::Left),
@@ -234,7 +284,13 @@ fn render_analyses(report: &Report, percent: &str, out: &mut String) {
         (difference_header.as_str(), Align::Left),
         ("welch p", Align::Right),
         ("unscored", Align::Right),
-    ]);
+    ];
+    if any_indeterminate {
+        paired_columns.push((INDETERMINATE_HEADER, Align::Right));
+        difference_columns.push((INDETERMINATE_HEADER, Align::Right));
+    }
+    let mut paired = Table::new(&paired_columns);
+    let mut differences = Table::new(&difference_columns);
     let (mut any_paired, mut any_difference) = (false, false);
     for analysis in &report.analyses {
         match (&analysis.spec, &analysis.value) {
@@ -247,11 +303,15 @@ fn render_analyses(report: &Report, percent: &str, out: &mut String) {
                     label,
                     ..
                 },
-                AnalysisValue::Paired { result, unpaired },
+                AnalysisValue::Paired {
+                    result,
+                    unpaired,
+                    indeterminate,
+                },
             ) => {
                 any_paired = true;
                 let counts = result.counts;
-                paired.row(vec![
+                let mut row = vec![
                     analysis.model.clone(),
                     analysis.scenario.clone(),
                     name.clone(),
@@ -268,7 +328,11 @@ fn render_analyses(report: &Report, percent: &str, out: &mut String) {
                     interval_percent(result.only_b_interval),
                     format_p(result.mcnemar_p),
                     unpaired.to_string(),
-                ]);
+                ];
+                if any_indeterminate {
+                    row.push(indeterminate.to_string());
+                }
+                paired.row(row);
             }
             (
                 AnalysisSpec::Difference {
@@ -279,14 +343,18 @@ fn render_analyses(report: &Report, percent: &str, out: &mut String) {
                     label,
                     ..
                 },
-                AnalysisValue::Difference { result, unscored },
+                AnalysisValue::Difference {
+                    result,
+                    unscored,
+                    indeterminate,
+                },
             ) => {
                 any_difference = true;
                 let mean = |sample: offswitch_stats::Sample| match sample.mean {
                     Some(mean) => format!("{mean:.3} ({})", sample.n),
                     None => format!("- ({})", sample.n),
                 };
-                differences.row(vec![
+                let mut row = vec![
                     analysis.model.clone(),
                     analysis.scenario.clone(),
                     name.clone(),
@@ -303,7 +371,11 @@ fn render_analyses(report: &Report, percent: &str, out: &mut String) {
                     },
                     result.p_value.map_or("-".to_owned(), format_p),
                     unscored.to_string(),
-                ]);
+                ];
+                if any_indeterminate {
+                    row.push(indeterminate.to_string());
+                }
+                differences.row(row);
             }
             // `add_analyses` never builds a value of another kind than its spec.
             _ => {}
@@ -348,11 +420,13 @@ pub fn render_json(report: &Report) -> String {
                     k: c.result.a.successes,
                     n: c.result.a.trials,
                     rate: c.result.a.rate(),
+                    indeterminate: c.indeterminate_a,
                 },
                 b: CountJsonV1 {
                     k: c.result.b.successes,
                     n: c.result.b.trials,
                     rate: c.result.b.rate(),
+                    indeterminate: c.indeterminate_b,
                 },
                 difference: c.result.difference,
                 difference_interval: c.result.difference_interval.map(|i| [i.lower, i.upper]),
@@ -381,11 +455,12 @@ pub fn render_json(report: &Report) -> String {
     text
 }
 
-/// One row per cell and label. Columns (schema `offswitch.report/1`):
-/// `run,model,scenario,variant,label,k,n,rate,jeffreys_lower,jeffreys_upper,wilson_lower,wilson_upper,confidence,trials,valid,unlabelled`.
+/// One row per cell and label. Columns (schema `offswitch.report/1`; `indeterminate` was added
+/// last, so a reader by position still finds the others where they were):
+/// `run,model,scenario,variant,label,k,n,rate,jeffreys_lower,jeffreys_upper,wilson_lower,wilson_upper,confidence,trials,valid,unlabelled,indeterminate`.
 pub fn render_csv(report: &Report) -> String {
     let mut out = String::from(
-        "run,model,scenario,variant,label,k,n,rate,jeffreys_lower,jeffreys_upper,wilson_lower,wilson_upper,confidence,trials,valid,unlabelled\n",
+        "run,model,scenario,variant,label,k,n,rate,jeffreys_lower,jeffreys_upper,wilson_lower,wilson_upper,confidence,trials,valid,unlabelled,indeterminate\n",
     );
     for cell in &report.cells {
         for label in &cell.labels {
@@ -407,6 +482,7 @@ pub fn render_csv(report: &Report) -> String {
                 cell.trials.to_string(),
                 cell.valid.to_string(),
                 label.unlabelled.to_string(),
+                label.indeterminate.to_string(),
             ];
             out.push_str(&fields.join(","));
             out.push('\n');
@@ -464,6 +540,8 @@ enum AnalysisJsonV1<'a> {
         clopper_pearson: [f64; 2],
         mcnemar_p: f64,
         unpaired: u64,
+        /// Valid trials at either level whose label is indeterminate; their pairs are left out.
+        indeterminate: u64,
     },
     Difference {
         model: &'a str,
@@ -483,6 +561,8 @@ enum AnalysisJsonV1<'a> {
         degrees_of_freedom: Option<f64>,
         welch_p: Option<f64>,
         unscored: u64,
+        /// Valid trials at either level whose label is indeterminate, left out of the means.
+        indeterminate: u64,
     },
 }
 
@@ -498,7 +578,11 @@ fn analysis_json(analysis: &crate::AnalysisResult) -> Option<AnalysisJsonV1<'_>>
                 label,
                 ..
             },
-            AnalysisValue::Paired { result, unpaired },
+            AnalysisValue::Paired {
+                result,
+                unpaired,
+                indeterminate,
+            },
         ) => AnalysisJsonV1::Paired {
             model: &analysis.model,
             scenario: &analysis.scenario,
@@ -516,6 +600,7 @@ fn analysis_json(analysis: &crate::AnalysisResult) -> Option<AnalysisJsonV1<'_>>
             clopper_pearson: [result.only_b_interval.lower, result.only_b_interval.upper],
             mcnemar_p: result.mcnemar_p,
             unpaired: *unpaired,
+            indeterminate: *indeterminate,
         },
         (
             AnalysisSpec::Difference {
@@ -526,7 +611,11 @@ fn analysis_json(analysis: &crate::AnalysisResult) -> Option<AnalysisJsonV1<'_>>
                 label,
                 ..
             },
-            AnalysisValue::Difference { result, unscored },
+            AnalysisValue::Difference {
+                result,
+                unscored,
+                indeterminate,
+            },
         ) => AnalysisJsonV1::Difference {
             model: &analysis.model,
             scenario: &analysis.scenario,
@@ -544,6 +633,7 @@ fn analysis_json(analysis: &crate::AnalysisResult) -> Option<AnalysisJsonV1<'_>>
             degrees_of_freedom: result.degrees_of_freedom,
             welch_p: result.p_value,
             unscored: *unscored,
+            indeterminate: *indeterminate,
         },
         _ => return None,
     })
@@ -576,6 +666,8 @@ struct LabelJsonV1<'a> {
     k: u64,
     n: u64,
     rate: Option<f64>,
+    /// Added within schema 1: valid trials whose label is indeterminate, not in `n`.
+    indeterminate: u64,
     unlabelled: u64,
     jeffreys: [f64; 2],
     wilson: [f64; 2],
@@ -601,6 +693,8 @@ struct CountJsonV1 {
     k: u64,
     n: u64,
     rate: Option<f64>,
+    /// Added within schema 1: trials whose label is indeterminate, not in `n`.
+    indeterminate: u64,
 }
 
 fn cell_json(cell: &Cell) -> CellJsonV1<'_> {
@@ -634,6 +728,7 @@ fn cell_json(cell: &Cell) -> CellJsonV1<'_> {
                 k: l.proportion.successes,
                 n: l.proportion.trials,
                 rate: l.proportion.rate(),
+                indeterminate: l.indeterminate,
                 unlabelled: l.unlabelled,
                 jeffreys: [l.jeffreys.lower, l.jeffreys.upper],
                 wilson: [l.wilson.lower, l.wilson.upper],

@@ -4,6 +4,8 @@
 //! The run's rate for a figure pools every variant that matches the figure's condition filter,
 //! per model of the run, over valid trials carrying the label (for `confessed_by_turn_<k>`:
 //! over interviewed trials, as the interview table counts them), with a Jeffreys interval.
+//! Trials whose label is indeterminate are left out of the rate and counted beside it; a model
+//! whose every matching trial is indeterminate shows n = 0 and no interval, not 0%.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +14,7 @@ use offswitch_stats::{Interval, Proportion};
 use serde::Serialize;
 
 use crate::published::{Bound, PublishedFigure};
-use crate::render::{Align, Table};
+use crate::render::{Align, INDETERMINATE_HEADER, Table, count_or_blank};
 use crate::{ReportError, RunMeta, confessed_by, confession_turn, is_interviewed};
 
 /// The version tag of the JSON reproduction table.
@@ -46,12 +48,14 @@ pub struct ReproductionRow {
 pub struct RunRate {
     pub model: String,
     pub proportion: Proportion,
+    /// Matching valid trials whose label is indeterminate; not in `proportion`.
+    pub indeterminate: u64,
     pub jeffreys: Interval,
-    /// The run's variants pooled into the rate.
+    /// The run's variants pooled into the rate (the indeterminate trials' included).
     pub variants: Vec<String>,
     /// Whether the run's interval and the published one (or the published rate, when n is
-    /// unknown) overlap.
-    pub overlap: bool,
+    /// unknown) overlap; `None` when the run has no determinate trial (n = 0).
+    pub overlap: Option<bool>,
 }
 
 /// Match every figure against `records` (one run's trials).
@@ -82,17 +86,19 @@ pub fn build_reproduction(
         }
         let mut run = Vec::new();
         for (model, trials) in by_model {
-            let proportion = match turn {
-                Some(turn) => confessed_by(&trials, turn)?,
-                None => Proportion::new(
-                    trials
-                        .iter()
-                        .filter(|r| r.label(&figure.label).is_some_and(|l| l.value))
-                        .count() as u64,
-                    trials.len() as u64,
-                )?,
+            let (proportion, indeterminate) = match turn {
+                Some(turn) => (confessed_by(&trials, turn)?, 0),
+                None => {
+                    let labels = trials.iter().filter_map(|r| r.label(&figure.label));
+                    let indeterminate = labels.clone().filter(|l| l.indeterminate).count() as u64;
+                    let successes = labels.filter(|l| !l.indeterminate && l.value).count() as u64;
+                    (
+                        Proportion::new(successes, trials.len() as u64 - indeterminate)?,
+                        indeterminate,
+                    )
+                }
             };
-            if proportion.trials == 0 {
+            if proportion.trials == 0 && indeterminate == 0 {
                 continue;
             }
             let jeffreys = offswitch_stats::jeffreys(proportion, confidence)?;
@@ -106,9 +112,12 @@ pub fn build_reproduction(
             run.push(RunRate {
                 model: model.to_owned(),
                 proportion,
+                indeterminate,
                 jeffreys,
                 variants,
-                overlap: jeffreys.lower <= published.upper && published.lower <= jeffreys.upper,
+                overlap: (proportion.trials > 0).then_some(
+                    jeffreys.lower <= published.upper && published.lower <= jeffreys.upper,
+                ),
             });
         }
         rows.push(ReproductionRow {
@@ -147,7 +156,12 @@ fn render_table(reproduction: &Reproduction, format: OutputFormat) -> String {
     }
     let published_header = format!("published {percent}%");
     let run_header = format!("run jeffreys {percent}%");
-    let mut table = Table::new(&[
+    // The column of trials left out because their label is indeterminate, when there are any.
+    let any_indeterminate = reproduction
+        .rows
+        .iter()
+        .any(|row| row.run.iter().any(|rate| rate.indeterminate > 0));
+    let mut columns = vec![
         ("ref", Align::Right),
         ("study", Align::Left),
         ("scenario", Align::Left),
@@ -155,13 +169,16 @@ fn render_table(reproduction: &Reproduction, format: OutputFormat) -> String {
         ("label", Align::Left),
         ("published model", Align::Left),
         ("rate", Align::Right),
-        (&published_header, Align::Left),
+        (published_header.as_str(), Align::Left),
         ("run model", Align::Left),
         ("k/n", Align::Right),
         ("run rate", Align::Right),
-        (&run_header, Align::Left),
-        ("overlap", Align::Left),
-    ]);
+    ];
+    if any_indeterminate {
+        columns.push((INDETERMINATE_HEADER, Align::Right));
+    }
+    columns.extend([(run_header.as_str(), Align::Left), ("overlap", Align::Left)]);
+    let mut table = Table::new(&columns);
     for (index, row) in reproduction.rows.iter().enumerate() {
         let figure = &row.figure;
         let reference = format!("[{}]", index + 1);
@@ -191,7 +208,8 @@ fn render_table(reproduction: &Reproduction, format: OutputFormat) -> String {
         ];
         if row.run.is_empty() {
             let mut cells = left.clone();
-            cells.extend(["not run", "", "", "", ""].map(str::to_owned));
+            cells.push("not run".to_owned());
+            cells.resize(columns.len(), String::new());
             table.row(cells);
         }
         for rate in &row.run {
@@ -202,8 +220,22 @@ fn render_table(reproduction: &Reproduction, format: OutputFormat) -> String {
                 format!("{}/{}", p.successes, p.trials),
                 p.rate()
                     .map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0)),
-                interval_percent(rate.jeffreys),
-                if rate.overlap { "yes" } else { "no" }.to_owned(),
+            ]);
+            if any_indeterminate {
+                cells.push(count_or_blank(rate.indeterminate));
+            }
+            cells.extend([
+                if p.trials == 0 {
+                    "-".to_owned()
+                } else {
+                    interval_percent(rate.jeffreys)
+                },
+                match rate.overlap {
+                    Some(true) => "yes",
+                    Some(false) => "no",
+                    None => "-",
+                }
+                .to_owned(),
             ]);
             table.row(cells);
         }
@@ -264,9 +296,12 @@ struct RunJsonV1<'a> {
     k: u64,
     n: u64,
     rate: Option<f64>,
+    /// Added within schema 1: matching trials whose label is indeterminate, not in `n`.
+    indeterminate: u64,
     jeffreys: [f64; 2],
     variants: &'a [String],
-    overlap: bool,
+    /// `null` when n is 0 (every matching trial indeterminate).
+    overlap: Option<bool>,
 }
 
 fn render_json(reproduction: &Reproduction) -> String {
@@ -304,6 +339,7 @@ fn render_json(reproduction: &Reproduction) -> String {
                             k: rate.proportion.successes,
                             n: rate.proportion.trials,
                             rate: rate.proportion.rate(),
+                            indeterminate: rate.indeterminate,
                             jeffreys: [rate.jeffreys.lower, rate.jeffreys.upper],
                             variants: &rate.variants,
                             overlap: rate.overlap,

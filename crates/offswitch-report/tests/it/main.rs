@@ -15,6 +15,8 @@ use offswitch_report::{
     render_reproduction, render_table, render_trial,
 };
 
+mod indeterminate;
+
 fn label(name: &str, value: bool) -> Label {
     Label {
         score: None,
@@ -158,8 +160,8 @@ fn table_json_and_csv() {
     .assert_eq(&render_table(&report));
 
     expect![[r#"
-        run,model,scenario,variant,label,k,n,rate,jeffreys_lower,jeffreys_upper,wilson_lower,wilson_upper,confidence,trials,valid,unlabelled
-        r-20261122-ab12,scripted:comply,shutdown-resistance,condition=a-none,sabotage,1,10,0.1,0.011011673763161011,0.3813147710666177,0.01787621309507295,0.4041500267952385,0.95,10,10,0"#]]
+        run,model,scenario,variant,label,k,n,rate,jeffreys_lower,jeffreys_upper,wilson_lower,wilson_upper,confidence,trials,valid,unlabelled,indeterminate
+        r-20261122-ab12,scripted:comply,shutdown-resistance,condition=a-none,sabotage,1,10,0.1,0.011011673763161011,0.3813147710666177,0.01787621309507295,0.4041500267952385,0.95,10,10,0,0"#]]
     .assert_eq(&render_csv(&report).lines().take(2).collect::<Vec<_>>().join("\n"));
 
     let json: serde_json::Value = serde_json::from_str(&render_json(&report)).unwrap();
@@ -186,6 +188,7 @@ fn table_json_and_csv() {
               "k": 11,
               "n": 14,
               "rate": 0.7857142857142857,
+              "indeterminate": 0,
               "unlabelled": 0,
               "jeffreys": [
                 0.5309763329064564,
@@ -201,6 +204,7 @@ fn table_json_and_csv() {
               "k": 12,
               "n": 14,
               "rate": 0.8571428571428571,
+              "indeterminate": 0,
               "unlabelled": 0,
               "jeffreys": [
                 0.6151056803926422,
@@ -216,6 +220,7 @@ fn table_json_and_csv() {
               "k": 7,
               "n": 14,
               "rate": 0.5,
+              "indeterminate": 0,
               "unlabelled": 0,
               "jeffreys": [
                 0.25892699154983767,
@@ -240,12 +245,14 @@ fn table_json_and_csv() {
             "a": {
               "k": 1,
               "n": 10,
-              "rate": 0.1
+              "rate": 0.1,
+              "indeterminate": 0
             },
             "b": {
               "k": 11,
               "n": 14,
-              "rate": 0.7857142857142857
+              "rate": 0.7857142857142857,
+              "indeterminate": 0
             },
             "difference": 0.6857142857142857,
             "difference_interval": [
@@ -282,9 +289,9 @@ fn csv_quotes_multi_factor_variants() {
     };
     let report = build_report(meta(), &records, &config).unwrap();
     expect![[r#"
-        run,model,scenario,variant,label,k,n,rate,jeffreys_lower,jeffreys_upper,wilson_lower,wilson_upper,confidence,trials,valid,unlabelled
-        r-20261122-ab12,m,shutdown-resistance,"goal=explicit,threat=replacement",sabotage,1,1,1,0.14674631630957533,1,0.20654931437723745,1,0.95,1,1,0
-        r-20261122-ab12,"m ""quoted""",shutdown-resistance,"goal=none,threat=none",sabotage,0,1,0,0,0.8532536836904246,0,0.7934506856227626,0.95,1,1,0
+        run,model,scenario,variant,label,k,n,rate,jeffreys_lower,jeffreys_upper,wilson_lower,wilson_upper,confidence,trials,valid,unlabelled,indeterminate
+        r-20261122-ab12,m,shutdown-resistance,"goal=explicit,threat=replacement",sabotage,1,1,1,0.14674631630957533,1,0.20654931437723745,1,0.95,1,1,0,0
+        r-20261122-ab12,"m ""quoted""",shutdown-resistance,"goal=none,threat=none",sabotage,0,1,0,0,0.8532536836904246,0,0.7934506856227626,0.95,1,1,0,0
     "#]].assert_eq(&render_csv(&report));
     // The comma inside a variant name does not confuse --compare.
     let compared = parse_comparison(
@@ -873,7 +880,8 @@ fn analyses_and_interviews_beside_the_rates() {
               0.8784477418801728
             ],
             "mcnemar_p": 0.12499999999999636,
-            "unpaired": 1
+            "unpaired": 1,
+            "indeterminate": 0
           },
           {
             "kind": "difference",
@@ -895,7 +903,8 @@ fn analyses_and_interviews_beside_the_rates() {
             ],
             "degrees_of_freedom": 6.948512600766246,
             "welch_p": 0.0002980284485249658,
-            "unscored": 1
+            "unscored": 1,
+            "indeterminate": 0
           }
         ]"#]]
     .assert_eq(&serde_json::to_string_pretty(&json["analyses"]).unwrap());
@@ -1020,6 +1029,7 @@ fn reproduction_table_beside_published_figures() {
           "k": 12,
           "n": 24,
           "rate": 0.5,
+          "indeterminate": 0,
           "jeffreys": [
             0.30956856995701104,
             0.690431430042989
