@@ -84,6 +84,10 @@ pub struct Event {
     /// script, the script's path as executed), as the exec events recorded it; empty when
     /// the process was never seen to exec.
     pub exe: String,
+    /// The process belongs to a command the harness itself ran in the sandbox (a reference
+    /// run, a probe), not to the agent. Detectors leave such events out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub harness: bool,
     #[serde(flatten)]
     pub kind: EventKind,
 }

@@ -242,6 +242,11 @@ impl SandboxCgroups {
         Ok(())
     }
 
+    /// The v2 cgroup's directory, where the event stream filters by cgroup.
+    pub fn v2_path(&self) -> Option<&Path> {
+        self.v2.as_deref()
+    }
+
     /// The v2 cgroup directory fd for `clone3(CLONE_INTO_CGROUP)`.
     pub fn v2_fd(&self) -> Option<i32> {
         self.v2_fd.as_ref().map(|fd| fd.as_raw_fd())

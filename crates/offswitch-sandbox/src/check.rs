@@ -152,8 +152,25 @@ pub fn check_host(scratch_home: &std::path::Path) -> Vec<FeatureCheck> {
         // Every exec above installed it, or it would have failed.
         works: true,
         detail: "every exec runs under the deny filter (io_uring, keyring, eBPF, perf, \
-            userfaultfd, new namespaces, mounts, kexec, modules, clocks)"
+            userfaultfd, fanotify, new namespaces, mounts, kexec, modules, clocks)"
             .into(),
+    });
+    checks.push(match offswitch_events::available() {
+        Ok(()) => FeatureCheck {
+            name: "event stream",
+            works: true,
+            detail: "eBPF tracepoints record execs, forks, exits, signals to PID 1 and \
+                connections by cgroup; fanotify records file changes on each home volume, /tmp \
+                and /dev/shm"
+                .into(),
+        },
+        Err(reason) => FeatureCheck {
+            name: "event stream",
+            works: false,
+            detail: format!(
+                "no kernel event stream ({reason}): labels that need one are indeterminate"
+            ),
+        },
     });
     checks
 }

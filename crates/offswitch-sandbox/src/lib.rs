@@ -40,6 +40,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use offswitch_core::trial::{FileChange, FileChangeKind};
+pub use offswitch_events::{Event, EventKind, EventSource, EventStream, FileOp, Loss, NetOp};
 
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -115,7 +116,7 @@ pub enum ExecStatus {
     LimitExceeded(LimitKind),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LimitKind {
     Memory,
     Processes,

@@ -79,6 +79,12 @@ OFFSWITCH_COMMAND=$1; set --; eval \"$OFFSWITCH_COMMAND\"";
 pub struct Sandbox {
     shared: Arc<Shared>,
     home: PathBuf,
+    /// The recording of what the kernel sees inside, until `events` takes it; or why there
+    /// is none.
+    watch: Mutex<Result<Option<offswitch_events::Watch>, String>>,
+    hostname: String,
+    /// Limits already put into the event stream.
+    limits_noted: Mutex<std::collections::HashSet<LimitKind>>,
     monitor: Mutex<Option<JoinHandle<()>>>,
     cwd: Mutex<String>,
     events: Mutex<Vec<SandboxEvent>>,
@@ -222,6 +228,7 @@ impl Sandbox {
             env.retain(|existing| !existing.starts_with(&format!("{key}=")));
             env.push(format!("{key}={value}"));
         }
+        let watch = start_watch(&shared, &home, &config.hostname);
         let cpu_rlimit_seconds = config
             .limits
             .cpu_time
@@ -239,6 +246,9 @@ impl Sandbox {
             process_rlimit,
             shared,
             home,
+            watch: Mutex::new(watch.map(Some)),
+            hostname: config.hostname.clone(),
+            limits_noted: Mutex::new(std::collections::HashSet::new()),
             monitor: Mutex::new(Some(monitor)),
             cwd: Mutex::new("/home/agent".to_string()),
             events: Mutex::new(Vec::new()),
@@ -252,9 +262,41 @@ impl Sandbox {
     /// Blocking; callers on an async runtime use `spawn_blocking`. `&self` so several threads
     /// may exec concurrently in one sandbox.
     pub fn exec(&self, request: &ExecRequest) -> Result<ExecResult, SandboxError> {
+        self.exec_for(request, false)
+    }
+
+    /// An exec of the harness's own (a reference run, a probe), not the agent's: its
+    /// processes' events are marked as the harness's in the event stream.
+    pub fn exec_as_harness(&self, request: &ExecRequest) -> Result<ExecResult, SandboxError> {
+        self.exec_for(request, true)
+    }
+
+    /// What the kernel saw inside, from the sandbox's creation: call once nothing runs in it
+    /// any more (after `kill`). Later calls get an empty stream that says it was taken.
+    pub fn event_stream(&self) -> offswitch_events::EventStream {
+        // A limit that ended the whole sandbox (wall time, CPU time, PID 1 out of memory) was
+        // decided by the monitor: it goes into the stream here.
+        if let SandboxState::LimitExceeded(kind) = self.state() {
+            self.note_limit(kind);
+        }
+        let watch = std::mem::replace(
+            &mut *lock(&self.watch),
+            Err("the stream was already taken".into()),
+        );
+        match watch {
+            Ok(Some(watch)) => watch.finish(),
+            Ok(None) => offswitch_events::unavailable(&self.hostname, "no watch"),
+            Err(why) => offswitch_events::unavailable(&self.hostname, &why),
+        }
+    }
+
+    fn exec_for(&self, request: &ExecRequest, harness: bool) -> Result<ExecResult, SandboxError> {
         let started = Instant::now();
         let cwd_before = lock(&self.cwd).clone();
-        let result = self.exec_inner(request, &cwd_before, started)?;
+        let result = self.exec_inner(request, &cwd_before, started, harness)?;
+        if let ExecStatus::LimitExceeded(kind) = &result.status {
+            self.note_limit(*kind);
+        }
         lock(&self.events).push(SandboxEvent {
             command: request.command.clone(),
             cwd: cwd_before,
@@ -343,11 +385,22 @@ impl Sandbox {
         lock(&self.cwd).clone()
     }
 
+    /// Put a limit hit into the event stream, once per kind.
+    fn note_limit(&self, kind: LimitKind) {
+        if !lock(&self.limits_noted).insert(kind) {
+            return;
+        }
+        if let Ok(Some(watch)) = &*lock(&self.watch) {
+            watch.limit(limit_name(kind));
+        }
+    }
+
     fn exec_inner(
         &self,
         request: &ExecRequest,
         cwd: &str,
         started: Instant,
+        harness: bool,
     ) -> Result<Outcome, SandboxError> {
         if let Some(status) = self.shared.ended_status() {
             return Ok(Outcome::immediate(status, started, Vec::new()));
@@ -521,6 +574,12 @@ impl Sandbox {
             if polls[0].revents != 0 {
                 match receive_reply(exec_host.as_raw_fd()) {
                     Reply::Started(fd) => {
+                        if harness
+                            && let Ok(Some(watch)) = &*lock(&self.watch)
+                            && let Some(pid) = pidfd_host_pid(&fd)
+                        {
+                            watch.mark_harness(pid as u32);
+                        }
                         pidfd = Some(fd);
                         if timed_out {
                             kill_exec_tree(pidfd.as_ref().expect("just set"));
@@ -1990,17 +2049,76 @@ pub(crate) fn recv_with_fd(
     }
 }
 
-/// Kill a timed-out exec: its shell and its process group (it is a session leader). Processes
-/// that left the session survive until the sandbox is killed; that is the off-switch's job.
-fn kill_exec_tree(pidfd: &OwnedFd) {
-    let host_pid = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))
+/// The host pid of the process behind a pidfd (`None` once it has been reaped).
+fn pidfd_host_pid(pidfd: &OwnedFd) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))
         .ok()
         .and_then(|info| {
             info.lines()
                 .find_map(|line| line.strip_prefix("Pid:"))
                 .and_then(|pid| pid.trim().parse::<i32>().ok())
-        });
-    if let Some(pid) = host_pid.filter(|&pid| pid > 0) {
+        })
+        .filter(|&pid| pid > 0)
+}
+
+/// The name a limit has in events and outcomes.
+pub(crate) fn limit_name(kind: LimitKind) -> &'static str {
+    match kind {
+        LimitKind::Memory => "memory",
+        LimitKind::Processes => "processes",
+        LimitKind::CpuTime => "cpu_time",
+        LimitKind::WallTime => "wall_time",
+        LimitKind::Disk => "disk",
+    }
+}
+
+/// Start recording the sandbox's events: its cgroup, its PID 1, and the filesystems it can
+/// write that are its own (a home that is not a volume of its own is the host's filesystem,
+/// which cannot be watched for this sandbox alone). `Err` says why there is no stream.
+fn start_watch(
+    shared: &Shared,
+    home: &Path,
+    hostname: &str,
+) -> Result<offswitch_events::Watch, String> {
+    let cgroup = shared
+        .cgroups
+        .as_ref()
+        .and_then(|cgroups| cgroups.v2_path())
+        .ok_or("no cgroup v2 hierarchy to filter by (not root, or a v1-only host)")?;
+    let root = PathBuf::from(format!("/proc/{}/root", shared.init_pid));
+    let mut filesystems = vec![
+        ("/tmp".to_owned(), root.join("tmp")),
+        ("/dev/shm".to_owned(), root.join("dev/shm")),
+    ];
+    if crate::volume::is_mount_point(home) {
+        filesystems.insert(0, ("/home/agent".to_owned(), home.to_path_buf()));
+    }
+    let spec = offswitch_events::WatchSpec {
+        host: if hostname.is_empty() {
+            "sandbox".into()
+        } else {
+            hostname.to_owned()
+        },
+        cgroup: cgroup.to_path_buf(),
+        init: shared.init_pid as u32,
+        filesystems,
+    };
+    let watch = offswitch_events::Watch::start(&spec);
+    if let Err(why) = &watch {
+        static NO_EVENTS: AtomicBool = AtomicBool::new(false);
+        warn_once(
+            &NO_EVENTS,
+            &format!("no event stream ({why}): labels that rest on it are indeterminate"),
+        );
+    }
+    watch
+}
+
+/// Kill a timed-out exec: its shell and its process group (it is a session leader). Processes
+/// that left the session survive until the sandbox is killed; that is the off-switch's job.
+fn kill_exec_tree(pidfd: &OwnedFd) {
+    let host_pid = pidfd_host_pid(pidfd);
+    if let Some(pid) = host_pid {
         // SAFETY: signalling; no memory-safety preconditions.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
     }

@@ -6,6 +6,7 @@ mod support;
 mod basics;
 mod binds;
 mod escapes;
+mod events;
 mod kill;
 mod limits;
 mod link;

@@ -1,0 +1,236 @@
+//! What the kernel saw happen inside each sandbox, recorded from outside it: the event stream
+//! every label, live monitor and audit log of offswitch reads.
+//!
+//! Two kernel mechanisms, chosen by measuring them on the machines offswitch runs on (see
+//! ARCHITECTURE.md):
+//! - **eBPF** (`bpf/offswitch.bpf.c`, loaded with aya): every exec with the binary actually
+//!   mapped and the argv read from the new image before it runs, forks and exits, signals to
+//!   the sandbox's PID 1 with their sender, connects, binds and listens. Filtered in the
+//!   kernel by the sandbox's cgroup, written to a ring buffer that counts what it could not
+//!   take, per sandbox.
+//! - **fanotify** (`files.rs`): every file mutation on the filesystems the sandbox can write
+//!   (its home volume, its `/tmp` and `/dev/shm`), with the acting process.
+//!
+//! Nothing inside a sandbox can reach either: the programs and the fanotify group belong to
+//! this (host) process, and the seccomp filter refuses `bpf`, `perf_event_open` and
+//! `fanotify_init` to everything inside. What is lost is said: a stream lists its losses by
+//! source, and a host where the kernel side cannot load gets no stream and one reason.
+
+mod bpf;
+mod files;
+mod records;
+mod stream;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use offswitch_core::events::{Event, EventKind, EventSource, EventStream, FileOp, Loss, NetOp};
+
+use crate::bpf::{Kernel, Sink};
+use crate::stream::Collector;
+
+/// How often a watch drains its fanotify queue.
+const FILE_POLL: Duration = Duration::from_millis(10);
+
+/// What to watch: one sandbox.
+#[derive(Debug, Clone)]
+pub struct WatchSpec {
+    /// The sandbox's name in its stream (the agent's hostname, or another host's name).
+    pub host: String,
+    /// The sandbox's cgroup in the v2 hierarchy: every process in it or below is recorded.
+    pub cgroup: PathBuf,
+    /// The host pid of the sandbox's PID 1 (signals to it are recorded, whoever sends them).
+    pub init: u32,
+    /// The filesystems the sandbox can write: where it sees each one's root (`/home/agent`),
+    /// and a host path to that root (the home volume, `/proc/<PID 1>/root/tmp`).
+    pub filesystems: Vec<(String, PathBuf)>,
+}
+
+/// Whether streams can be recorded on this host; `Err` says why not.
+pub fn available() -> Result<(), String> {
+    bpf::kernel().map(|_| ())
+}
+
+/// The recording of one sandbox, from `start` to `finish`.
+pub struct Watch {
+    kernel: &'static Kernel,
+    cgroup_id: u64,
+    init: u32,
+    links: Vec<(
+        String,
+        aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId,
+    )>,
+    collector: Arc<Mutex<Option<Collector>>>,
+    files: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    unattributed_at_start: u64,
+}
+
+impl Watch {
+    /// Start recording the sandbox `spec` describes. Call before anything runs in it (the
+    /// kernel records from the moment its cgroup is watched).
+    pub fn start(spec: &WatchSpec) -> Result<Watch, String> {
+        let kernel = bpf::kernel()?;
+        let cgroup = std::fs::File::open(&spec.cgroup)
+            .map_err(|e| format!("opening the cgroup {}: {e}", spec.cgroup.display()))?;
+        let cgroup_id = cgroup
+            .metadata()
+            .map_err(|e| format!("the cgroup {}: {e}", spec.cgroup.display()))?
+            .ino();
+        let mut mounts = Vec::new();
+        let mut files = files::FileWatch::new().map_err(|e| format!("fanotify_init: {e}"))?;
+        for (inside, host_path) in &spec.filesystems {
+            let device = std::fs::metadata(host_path)
+                .map_err(|e| format!("{}: {e}", host_path.display()))?
+                .dev();
+            mounts.push(((libc::major(device), libc::minor(device)), inside.clone()));
+            files
+                .add(inside, host_path)
+                .map_err(|e| format!("watching {} ({inside}): {e}", host_path.display()))?;
+        }
+        let collector = Arc::new(Mutex::new(Some(Collector::new(
+            &spec.host,
+            monotonic_ns(),
+            spec.init,
+            mounts,
+        ))));
+        let sink: Arc<dyn Sink> = Arc::new(CollectorSink(Arc::clone(&collector)));
+        let (_, unattributed_at_start) = kernel.lost(cgroup_id);
+        let links = kernel.watch(&cgroup, cgroup_id, spec.init, sink)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let stop = Arc::clone(&stop);
+            let collector = Arc::clone(&collector);
+            std::thread::Builder::new()
+                .name("offswitch-files".into())
+                .spawn(move || read_files(files, &collector, &stop))
+        };
+        let reader = match reader {
+            Ok(reader) => reader,
+            Err(error) => {
+                kernel.unwatch(cgroup_id, spec.init, links);
+                return Err(format!("no thread to read file events: {error}"));
+            }
+        };
+        Ok(Watch {
+            kernel,
+            cgroup_id,
+            init: spec.init,
+            links,
+            collector,
+            files: Some((stop, reader)),
+            unattributed_at_start,
+        })
+    }
+
+    /// The process with host pid `host_pid` (and everything it starts) runs a command of the
+    /// harness's, not the agent's: its events are marked so.
+    pub fn mark_harness(&self, host_pid: u32) {
+        if let Some(collector) = lock(&self.collector).as_mut() {
+            collector.mark_harness(host_pid);
+        }
+    }
+
+    /// A limit of the sandbox was hit (`memory`, `processes`, `disk`, ...).
+    pub fn limit(&self, limit: &str) {
+        if let Some(collector) = lock(&self.collector).as_mut() {
+            collector.limit(limit, monotonic_ns());
+        }
+    }
+
+    /// Stop recording and return the stream. Call once nothing runs in the sandbox any more
+    /// (after its kill), so that nothing it did is missed.
+    pub fn finish(mut self) -> EventStream {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> EventStream {
+        if let Some((stop, reader)) = self.files.take() {
+            stop.store(true, Ordering::Release);
+            let _ = reader.join();
+        }
+        // Every record written before now reaches the collector.
+        self.kernel.sync();
+        let (lost, unattributed) = self.kernel.lost(self.cgroup_id);
+        self.kernel
+            .unwatch(self.cgroup_id, self.init, std::mem::take(&mut self.links));
+        match lock(&self.collector).take() {
+            Some(collector) => collector.finish(
+                lost,
+                unattributed.saturating_sub(self.unattributed_at_start),
+            ),
+            None => EventStream::default(),
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if self.files.is_some() || !self.links.is_empty() {
+            let _ = self.stop();
+        }
+    }
+}
+
+struct CollectorSink(Arc<Mutex<Option<Collector>>>);
+
+impl Sink for CollectorSink {
+    fn record(&self, record: records::Record) {
+        if let Some(collector) = lock(&self.0).as_mut() {
+            collector.record(record);
+        }
+    }
+}
+
+fn read_files(
+    mut files: files::FileWatch,
+    collector: &Mutex<Option<Collector>>,
+    stop: &AtomicBool,
+) {
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        let batch = files.read();
+        if (!batch.events.is_empty() || batch.overflows > 0 || batch.unresolved > 0)
+            && let Some(collector) = lock(collector).as_mut()
+        {
+            collector.files(batch, monotonic_ns());
+        }
+        if stopping {
+            return;
+        }
+        let mut poll = [libc::pollfd {
+            fd: files.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: a valid pollfd array of one entry.
+        unsafe { libc::poll(poll.as_mut_ptr(), 1, FILE_POLL.as_millis() as i32) };
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime into a zeroed timespec.
+    let mut time: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut time) };
+    time.tv_sec as u64 * 1_000_000_000 + time.tv_nsec as u64
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The stream of a sandbox for which none could be recorded, saying why.
+pub fn unavailable(host: &str, why: &str) -> EventStream {
+    EventStream {
+        host: host.to_owned(),
+        unavailable: Some(why.to_owned()),
+        ..EventStream::default()
+    }
+}

@@ -1,0 +1,425 @@
+//! One sandbox's events as they arrive from the kernel's two mechanisms, turned into the
+//! stream the detectors read: process records from the ring buffer and file events from
+//! fanotify, each attributed to the process that acted (its pid in the sandbox, its parent's,
+//! and the program it ran, from a process table kept from the exec and fork records).
+
+use std::collections::{HashMap, HashSet};
+
+use offswitch_core::events::{Event, EventKind, EventSource, EventStream, Loss, NetOp};
+
+use crate::files::{Batch, FileEvent};
+use crate::records::{FsPath, Record};
+
+/// Events kept per sandbox; past it they are counted as lost (the stream says so).
+pub(crate) const MAX_EVENTS: usize = 200_000;
+/// Processes remembered per sandbox.
+const MAX_PROCESSES: usize = 100_000;
+/// How far up the process tree the harness's own commands are looked for.
+const MAX_ANCESTRY: usize = 256;
+
+/// A process of the sandbox, by its host pid.
+#[derive(Debug, Clone, Default)]
+struct Process {
+    pid: i32,
+    ppid: i32,
+    /// Host pid of its parent (0 when unknown).
+    parent: u32,
+    exe: String,
+}
+
+/// An event and the host pid of the process that did it.
+struct Kept {
+    host_pid: u32,
+    event: Event,
+}
+
+pub(crate) struct Collector {
+    host: String,
+    /// CLOCK_MONOTONIC at the watch's start, in ns.
+    base_ns: u64,
+    /// The sandbox's PID 1 (host pid): signals to it are recorded.
+    init: u32,
+    /// Filesystems by (major, minor), and where the sandbox sees their root.
+    mounts: Vec<((u32, u32), String)>,
+    processes: HashMap<u32, Process>,
+    events: Vec<Kept>,
+    dropped: [u64; 2],
+    overflows: u64,
+    unresolved: u64,
+    /// Host pids of the commands the harness ran itself (their descendants are the harness's).
+    harness_roots: HashSet<u32>,
+}
+
+impl Collector {
+    pub(crate) fn new(
+        host: &str,
+        base_ns: u64,
+        init: u32,
+        mounts: Vec<((u32, u32), String)>,
+    ) -> Collector {
+        let mut processes = HashMap::new();
+        processes.insert(
+            init,
+            Process {
+                pid: 1,
+                ..Process::default()
+            },
+        );
+        Collector {
+            host: host.to_owned(),
+            base_ns,
+            init,
+            mounts,
+            processes,
+            events: Vec::new(),
+            dropped: [0; 2],
+            overflows: 0,
+            unresolved: 0,
+            harness_roots: HashSet::new(),
+        }
+    }
+
+    pub(crate) fn mark_harness(&mut self, host_pid: u32) {
+        self.harness_roots.insert(host_pid);
+    }
+
+    pub(crate) fn limit(&mut self, limit: &str, now_ns: u64) {
+        self.keep(
+            0,
+            now_ns,
+            EventKind::Limit {
+                limit: limit.to_owned(),
+            },
+            EventSource::Process,
+        );
+    }
+
+    pub(crate) fn record(&mut self, record: Record) {
+        let header = record.header().clone();
+        let time_ns = header.time_ns;
+        match record {
+            Record::Exec {
+                filename,
+                file,
+                cwd,
+                argv,
+                argv_truncated,
+                ..
+            } => {
+                let path = self.exec_path(&filename, cwd.as_ref());
+                let binary = file.as_ref().map(|f| self.inside(f)).unwrap_or_default();
+                let parent = self
+                    .processes
+                    .get(&header.tgid)
+                    .map(|p| p.parent)
+                    .unwrap_or(0);
+                self.remember(
+                    header.tgid,
+                    Process {
+                        pid: header.ns_pid as i32,
+                        ppid: header.ns_ppid as i32,
+                        parent,
+                        exe: path.clone(),
+                    },
+                );
+                self.keep(
+                    header.tgid,
+                    time_ns,
+                    EventKind::Exec {
+                        path,
+                        binary,
+                        argv,
+                        argv_truncated,
+                    },
+                    EventSource::Process,
+                );
+            }
+            Record::Fork {
+                child_tgid,
+                child_ns_pid,
+                ..
+            } => {
+                let parent = self
+                    .processes
+                    .get(&header.tgid)
+                    .cloned()
+                    .unwrap_or(Process {
+                        pid: header.ns_pid as i32,
+                        ppid: header.ns_ppid as i32,
+                        ..Process::default()
+                    });
+                self.remember(
+                    child_tgid,
+                    Process {
+                        pid: child_ns_pid as i32,
+                        ppid: parent.pid,
+                        parent: header.tgid,
+                        exe: parent.exe.clone(),
+                    },
+                );
+                self.keep(
+                    header.tgid,
+                    time_ns,
+                    EventKind::Fork {
+                        child: child_ns_pid as i32,
+                    },
+                    EventSource::Process,
+                );
+            }
+            Record::Exit { status, .. } => {
+                self.keep(
+                    header.tgid,
+                    time_ns,
+                    EventKind::Exit { status },
+                    EventSource::Process,
+                );
+            }
+            Record::Signal {
+                target_tgid,
+                signal,
+                result,
+                ..
+            } => {
+                // Only signals to PID 1 are the stream's: a shutdown, and who sent it.
+                if target_tgid != self.init {
+                    return;
+                }
+                let result = match result {
+                    0 => "delivered",
+                    1 => "ignored",
+                    2 => "already pending",
+                    3 => "queue overflow",
+                    4 => "delivered without its information",
+                    _ => "unknown",
+                };
+                // A sender outside the sandbox (the host) has no pid in it.
+                let sender = if header.sandbox == 0 { 0 } else { header.tgid };
+                self.keep(
+                    sender,
+                    time_ns,
+                    EventKind::Signal {
+                        signal,
+                        result: result.to_owned(),
+                    },
+                    EventSource::Process,
+                );
+            }
+            Record::Net {
+                op,
+                address,
+                protocol,
+                ..
+            } => {
+                let op = match op {
+                    "connect" => NetOp::Connect,
+                    "bind" => NetOp::Bind,
+                    "listen" => NetOp::Listen,
+                    _ => NetOp::SendTo,
+                };
+                self.keep(
+                    header.tgid,
+                    time_ns,
+                    EventKind::Net {
+                        op,
+                        address,
+                        protocol: protocol.to_owned(),
+                    },
+                    EventSource::Process,
+                );
+            }
+        }
+    }
+
+    pub(crate) fn files(&mut self, batch: Batch, now_ns: u64) {
+        self.overflows += batch.overflows;
+        self.unresolved += batch.unresolved;
+        for FileEvent { pid, op, path, to } in batch.events {
+            self.keep(
+                pid.max(0) as u32,
+                now_ns,
+                EventKind::File { op, path, to },
+                EventSource::File,
+            );
+        }
+    }
+
+    /// The finished stream: events in time order, the harness's own marked, losses listed.
+    pub(crate) fn finish(mut self, kernel_lost: u64, unattributed: u64) -> EventStream {
+        self.events.sort_by_key(|kept| kept.event.time_us);
+        let harness: HashSet<u32> = self
+            .events
+            .iter()
+            .map(|kept| kept.host_pid)
+            .filter(|&pid| self.descends_from_harness(pid))
+            .collect();
+        let mut lost = Vec::new();
+        if kernel_lost > 0 {
+            lost.push(Loss {
+                source: EventSource::Process,
+                count: kernel_lost,
+                detail: "the kernel's ring buffer was full".into(),
+            });
+        }
+        if unattributed > 0 {
+            lost.push(Loss {
+                source: EventSource::Process,
+                count: 0,
+                detail: format!(
+                    "the kernel lost {unattributed} records it could not attribute to a sandbox while this one ran"
+                ),
+            });
+        }
+        if self.overflows > 0 {
+            lost.push(Loss {
+                source: EventSource::File,
+                count: 0,
+                detail: format!(
+                    "the kernel's file event queue overflowed {} times",
+                    self.overflows
+                ),
+            });
+        }
+        if self.unresolved > 0 {
+            lost.push(Loss {
+                source: EventSource::File,
+                count: self.unresolved,
+                detail: "file events whose directory was gone before its path could be read".into(),
+            });
+        }
+        for (source, dropped) in [
+            (EventSource::Process, self.dropped[0]),
+            (EventSource::File, self.dropped[1]),
+        ] {
+            if dropped > 0 {
+                lost.push(Loss {
+                    source,
+                    count: dropped,
+                    detail: format!("more than {MAX_EVENTS} events in the sandbox"),
+                });
+            }
+        }
+        EventStream {
+            host: self.host,
+            events: self
+                .events
+                .into_iter()
+                .map(|mut kept| {
+                    kept.event.harness = harness.contains(&kept.host_pid);
+                    kept.event
+                })
+                .collect(),
+            lost,
+            unavailable: None,
+        }
+    }
+
+    fn descends_from_harness(&self, mut pid: u32) -> bool {
+        for _ in 0..MAX_ANCESTRY {
+            if self.harness_roots.contains(&pid) {
+                return true;
+            }
+            match self.processes.get(&pid) {
+                Some(process) if process.parent != 0 && process.parent != pid => {
+                    pid = process.parent;
+                }
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    fn remember(&mut self, host_pid: u32, process: Process) {
+        if self.processes.len() >= MAX_PROCESSES && !self.processes.contains_key(&host_pid) {
+            // Forget the processes without a pid in the sandbox first (none should exist),
+            // then any: attribution degrades, nothing is lost.
+            self.processes.retain(|_, p| p.pid != 0);
+            if self.processes.len() >= MAX_PROCESSES {
+                self.processes.clear();
+            }
+        }
+        self.processes.insert(host_pid, process);
+    }
+
+    fn keep(&mut self, host_pid: u32, time_ns: u64, kind: EventKind, source: EventSource) {
+        if self.events.len() >= MAX_EVENTS {
+            self.dropped[matches!(source, EventSource::File) as usize] += 1;
+            return;
+        }
+        let process = self.processes.get(&host_pid).cloned().unwrap_or_default();
+        self.events.push(Kept {
+            host_pid,
+            event: Event {
+                time_us: time_ns.saturating_sub(self.base_ns) / 1000,
+                pid: process.pid,
+                ppid: process.ppid,
+                exe: process.exe,
+                harness: false,
+                kind,
+            },
+        });
+    }
+
+    /// Where the sandbox sees a file the kernel named by filesystem and path.
+    fn inside(&self, file: &FsPath) -> String {
+        let prefix = self
+            .mounts
+            .iter()
+            .find(|(device, _)| *device == (file.major, file.minor))
+            .map(|(_, prefix)| prefix.as_str())
+            // The host's system directories are bound at the same paths inside.
+            .unwrap_or("");
+        let path = if file.path == "/" && !prefix.is_empty() {
+            String::new()
+        } else {
+            file.path.clone()
+        };
+        let mut inside = format!("{prefix}{path}");
+        if file.truncated {
+            inside.insert_str(0, "...");
+        }
+        inside
+    }
+
+    /// The program an exec ran: the name it was given, made absolute against the caller's
+    /// working directory and normalised (`./next_question` in the home is
+    /// `/home/agent/next_question`).
+    fn exec_path(&self, filename: &str, cwd: Option<&FsPath>) -> String {
+        let joined = if filename.starts_with('/') {
+            filename.to_owned()
+        } else {
+            let base = cwd.map(|cwd| self.inside(cwd)).unwrap_or_default();
+            format!("{base}/{filename}")
+        };
+        normalize(&joined)
+    }
+}
+
+/// `a/./b//c/../d` as `/a/b/d` (lexically: the sandbox's symlinks are not followed here).
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+
+    #[test]
+    fn exec_paths_are_normalised() {
+        assert_eq!(
+            normalize("/home/agent/./next_question"),
+            "/home/agent/next_question"
+        );
+        assert_eq!(normalize("/home/agent/bin/../x"), "/home/agent/x");
+        assert_eq!(normalize("//tmp//.t/kill"), "/tmp/.t/kill");
+    }
+}

@@ -1,0 +1,275 @@
+//! The event stream of a real sandbox: each kind of event recorded from the kernel, with the
+//! process that caused it, and losses said rather than hidden.
+
+use offswitch_sandbox::{EventKind, EventStream, FileOp, Limits, NetOp};
+
+use crate::support::{root_or_skip, run, sandbox_with};
+
+/// The stream of a sandbox that ran `commands`, after its kill; `None` (with the reason
+/// printed) where this host records none.
+fn stream_of(commands: &[&str]) -> Option<EventStream> {
+    let test = sandbox_with(Limits::default());
+    for command in commands {
+        run(&test.sandbox, command);
+    }
+    test.sandbox.kill().unwrap();
+    let stream = test.sandbox.event_stream();
+    if let Some(why) = &stream.unavailable {
+        eprintln!("skipping: no event stream here: {why}");
+        return None;
+    }
+    Some(stream)
+}
+
+/// One line per agent event, the way the tests compare them.
+fn render(stream: &EventStream, keep: impl Fn(&EventKind) -> bool) -> String {
+    stream
+        .events
+        .iter()
+        .filter(|event| !event.harness && keep(&event.kind))
+        .map(|event| {
+            let what = match &event.kind {
+                EventKind::Exec {
+                    path, binary, argv, ..
+                } => format!("exec {path} ({binary}) {argv:?}"),
+                EventKind::File { op, path, to } => match to {
+                    Some(to) => format!("{} {path} -> {to}", op.name()),
+                    None => format!("{} {path}", op.name()),
+                },
+                EventKind::Signal { signal, result } => format!("signal {signal} {result}"),
+                EventKind::Net {
+                    op,
+                    address,
+                    protocol,
+                } => format!("{op:?} {address} {protocol}"),
+                EventKind::Exit { status } => format!("exit {status}"),
+                EventKind::Fork { .. } => "fork".into(),
+                EventKind::Limit { limit } => format!("limit {limit}"),
+            };
+            format!("[{}] {what}\n", event.exe)
+        })
+        .collect()
+}
+
+#[test]
+fn execs_record_the_program_that_really_ran_and_its_argv() {
+    if !root_or_skip("the event stream (eBPF)") {
+        return;
+    }
+    // A shadowed `kill` in /tmp reached through PATH inside a brace group: the exec event
+    // names the script that ran, and its argv, whatever the command text said.
+    let Some(stream) = stream_of(&[
+        "/bin/true one 'two words'",
+        "mkdir -p /tmp/.t && printf '#!/bin/sh\\nexit 1\\n' > /tmp/.t/kill && chmod +x /tmp/.t/kill",
+        // `enable -n kill` turns bash's builtin off, as the scenario's shutdown.sh does.
+        "{ enable -n kill; PATH=/tmp/.t:$PATH kill -TERM 1; } || true",
+    ]) else {
+        return;
+    };
+    let execs = render(
+        &stream,
+        |kind| matches!(kind, EventKind::Exec { path, .. } if path.ends_with("true") || path.contains("kill")),
+    );
+    assert!(
+        execs.contains(r#"exec /bin/true (/usr/bin/true) ["/bin/true", "one", "two words"]"#),
+        "{execs}"
+    );
+    assert!(
+        execs.contains(
+            r#"exec /tmp/.t/kill (/usr/bin/dash) ["/bin/sh", "/tmp/.t/kill", "-TERM", "1"]"#
+        ),
+        "{execs}"
+    );
+    assert!(stream.lost.is_empty(), "{:?}", stream.lost);
+}
+
+#[test]
+fn file_mutations_anywhere_writable_are_recorded_with_their_process() {
+    if !root_or_skip("the event stream (fanotify)") {
+        return;
+    }
+    let Some(stream) = stream_of(&[r#"python3 -c '
+import os
+open("notes.txt", "w").write("x")
+os.rename("notes.txt", "final.txt")
+os.chmod("final.txt", 0o600)
+os.mkdir("d")
+os.symlink("final.txt", "d/link")
+os.unlink("d/link")
+os.rmdir("d")
+open("/tmp/t", "w").close()
+open("/dev/shm/s", "w").close()
+os.unlink("/tmp/t")
+'"#])
+    else {
+        return;
+    };
+    // Sorted: the kernel merges identical unread events (a mkdir and the rmdir of the same
+    // name, say) into one, so the order within a burst depends on when the queue was read.
+    let mut lines: Vec<String> = render(&stream, |kind| matches!(kind, EventKind::File { .. }))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    expect_test::expect![[r#"
+        [/usr/bin/python3] attrib /home/agent/final.txt
+        [/usr/bin/python3] close_write /dev/shm/s
+        [/usr/bin/python3] close_write /home/agent/notes.txt
+        [/usr/bin/python3] close_write /tmp/t
+        [/usr/bin/python3] create /dev/shm/s
+        [/usr/bin/python3] create /home/agent/d/link
+        [/usr/bin/python3] create /home/agent/notes.txt
+        [/usr/bin/python3] create /tmp/t
+        [/usr/bin/python3] delete /home/agent/d/link
+        [/usr/bin/python3] delete /tmp/t
+        [/usr/bin/python3] mkdir /home/agent/d
+        [/usr/bin/python3] rename /home/agent/notes.txt -> /home/agent/final.txt
+        [/usr/bin/python3] rmdir /home/agent/d
+        [/usr/bin/python3] write /home/agent/notes.txt
+    "#]]
+    .assert_eq(&(lines.join("\n") + "\n"));
+}
+
+#[test]
+fn signals_to_pid_1_and_network_use_are_recorded() {
+    if !root_or_skip("the event stream (eBPF)") {
+        return;
+    }
+    let Some(stream) = stream_of(&[
+        r#"python3 -c '
+import socket
+s = socket.socket(); s.bind(("127.0.0.1", 47111)); s.listen(1)
+c = socket.create_connection(("127.0.0.1", 47111))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"x", ("127.0.0.1", 47112))
+'"#,
+        "kill -USR1 1",
+    ]) else {
+        return;
+    };
+    expect_test::expect![[r#"
+        [/usr/bin/python3] Bind 127.0.0.1:47111 tcp
+        [/usr/bin/python3] Listen 127.0.0.1:47111 tcp
+        [/usr/bin/python3] Connect 127.0.0.1:47111 tcp
+        [/usr/bin/python3] SendTo 127.0.0.1:47112 udp
+        [/bin/bash] signal 10 delivered
+        [] signal 9 delivered
+    "#]]
+    .assert_eq(&render(&stream, |kind| {
+        matches!(kind, EventKind::Net { .. } | EventKind::Signal { .. })
+    }));
+    let _ = (NetOp::Connect, FileOp::Create);
+}
+
+#[test]
+fn a_flood_past_the_bound_is_a_stated_loss() {
+    if !root_or_skip("the event stream (fanotify)") {
+        return;
+    }
+    // More file events than a stream keeps: the stream says it lost some.
+    let Some(stream) = stream_of(&["cd /tmp && python3 -c '
+for i in range(110000):
+    open(\"f%d\" % i, \"w\").close()
+'"])
+    else {
+        return;
+    };
+    assert!(
+        stream
+            .lost
+            .iter()
+            .any(|loss| loss.source == offswitch_sandbox::EventSource::File && loss.count > 0),
+        "{:?}",
+        stream.lost
+    );
+}
+
+/// The harness's own commands (reference runs, probes) and everything they start are marked,
+/// so that no label counts them as the agent's; the agent's commands are not.
+#[test]
+fn the_harness_s_own_commands_are_marked() {
+    if !root_or_skip("the event stream (eBPF)") {
+        return;
+    }
+    let test = sandbox_with(Limits::default());
+    let request = |command: &str| offswitch_sandbox::ExecRequest {
+        command: command.into(),
+        stdin: Vec::new(),
+        timeout: std::time::Duration::from_secs(20),
+        output_cap: 4096,
+    };
+    test.sandbox
+        .exec_as_harness(&request("/bin/echo harness; (/bin/sleep 0.1 &); wait"))
+        .unwrap();
+    test.sandbox.exec(&request("/bin/echo agent")).unwrap();
+    test.sandbox.kill().unwrap();
+    let stream = test.sandbox.event_stream();
+    if stream.unavailable.is_some() {
+        return;
+    }
+    let execs: Vec<String> = stream
+        .events
+        .iter()
+        .filter_map(|event| match &event.kind {
+            EventKind::Exec { path, argv, .. } if !path.ends_with("bash") => Some(format!(
+                "{} {argv:?}",
+                if event.harness { "harness" } else { "agent" }
+            )),
+            _ => None,
+        })
+        .collect();
+    expect_test::expect![[r#"
+        harness ["/bin/echo", "harness"]
+        harness ["/bin/sleep", "0.1"]
+        agent ["/bin/echo", "agent"]"#]]
+    .assert_eq(&execs.join("\n"));
+}
+
+/// A ring buffer too small for a flood of processes loses records, and the stream says how
+/// many: nothing is dropped silently. Re-runs this test binary with a one-page ring (the ring's
+/// size is fixed when the programs load, once per process).
+#[test]
+fn a_full_ring_buffer_is_a_stated_loss() {
+    const INNER: &str = "OFFSWITCH_EVENTS_RING_TEST";
+    if std::env::var_os(INNER).is_some() {
+        let Some(stream) = stream_of(&["python3 -c '
+import os
+for i in range(20000):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+'"])
+        else {
+            return;
+        };
+        let lost: u64 = stream
+            .lost
+            .iter()
+            .filter(|loss| loss.source == offswitch_sandbox::EventSource::Process)
+            .map(|loss| loss.count)
+            .sum();
+        assert!(lost > 0, "{:?}", stream.lost);
+        println!("LOST {lost}");
+        return;
+    }
+    if !root_or_skip("the event stream (eBPF)") {
+        return;
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "events::a_full_ring_buffer_is_a_stated_loss",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(INNER, "1")
+        .env("OFFSWITCH_EVENTS_RING_BYTES", "4096")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("LOST "), "{stdout}");
+}
