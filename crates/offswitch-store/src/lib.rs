@@ -22,6 +22,13 @@
 //! - Schema version 4 numbers the attempts at a key: `--retry-errors` replaces a harness error
 //!   with a new attempt and keeps the failed one, marked replaced ([`Store::replace_trial`],
 //!   [`Store::attempts`]). Reads of a run's trials see the current attempt of each key only.
+//! - Schema version 5 keeps `Label::indeterminate` (`labels.indeterminate`, 0 for labels
+//!   written before) and the trial's event streams (`event_streams`, one row per sandbox, the
+//!   events a compact JSON array), written in the trial's transaction. A stream's stored copy
+//!   is bounded: at most [`MAX_STORED_EVENTS`] events and [`MAX_STORED_EVENT_BYTES`] of them,
+//!   process events kept before file events; what it leaves out is counted per source as a
+//!   `Loss` of the stored stream, so a reader of the record never takes the copy for the whole
+//!   stream. The labels were decided on the whole stream, in memory, before it was stored.
 
 mod schema;
 mod stored;
@@ -34,6 +41,15 @@ use offswitch_core::{FileChange, Label, TrialKey, TrialRecord, Usage};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 pub use schema::SCHEMA_VERSION;
+
+/// The most events of one stream the store keeps. A trial that unpacks 10,000 files records
+/// ~40,000 file events; a stream's process events (the execs, signals and connections labels
+/// rest on) are far fewer and are kept first.
+pub const MAX_STORED_EVENTS: usize = 20_000;
+
+/// The most bytes of event JSON of one stream the store keeps (~120 bytes an event is typical;
+/// an agent's paths and argv can make each much longer).
+pub const MAX_STORED_EVENT_BYTES: usize = 8 << 20;
 
 /// A run's id: short and readable, `r-20261122-ab12` (creation date in UTC, 16 random bits).
 /// Dereferences to `str`, so `&run_id` is accepted wherever a run id is.
@@ -748,13 +764,19 @@ impl Store {
         let context = || format!("reading the replaced attempts of run {run}");
         let transaction = self.connection.unchecked_transaction().context(context)?;
         require_run(&transaction, run, context)?;
-        let trials = load_trials(&transaction, "t.run_id = ?1 AND t.replaced = 1", run)?;
+        let trials = load_trials(
+            &transaction,
+            "t.run_id = ?1 AND t.replaced = 1",
+            run,
+            Events::Load,
+        )?;
         transaction.commit().context(context)?;
         Ok(trials)
     }
 
     /// Every current trial of `run` (one per key; replaced attempts are left out), in insertion
-    /// order, equal to what was inserted.
+    /// order, equal to what was inserted, except that an event stream over the store's bound
+    /// reads back as its stored copy (see [`MAX_STORED_EVENTS`]).
     pub fn trials(&self, run: &str) -> Result<Vec<TrialRecord>, StoreError> {
         Ok(self
             .stored_trials(run)?
@@ -765,12 +787,31 @@ impl Store {
 
     /// Every current trial of `run` with its ids, in insertion order.
     pub fn stored_trials(&self, run: &str) -> Result<Vec<StoredTrial>, StoreError> {
+        self.current_trials(run, Events::Load)
+    }
+
+    /// [`Store::trials`] without the event streams (`events` left empty), for readers that
+    /// never look at them, such as the rate tables: a run's streams can run to gigabytes.
+    pub fn trials_without_events(&self, run: &str) -> Result<Vec<TrialRecord>, StoreError> {
+        Ok(self
+            .current_trials(run, Events::Skip)?
+            .into_iter()
+            .map(|trial| trial.record)
+            .collect())
+    }
+
+    fn current_trials(&self, run: &str, events: Events) -> Result<Vec<StoredTrial>, StoreError> {
         let context = || format!("reading the trials of run {run}");
         // One read transaction, so the trials and their children come from one snapshot even
         // while the runner keeps inserting.
         let transaction = self.connection.unchecked_transaction().context(context)?;
         require_run(&transaction, run, context)?;
-        let trials = load_trials(&transaction, "t.run_id = ?1 AND t.replaced = 0", run)?;
+        let trials = load_trials(
+            &transaction,
+            "t.run_id = ?1 AND t.replaced = 0",
+            run,
+            events,
+        )?;
         transaction.commit().context(context)?;
         Ok(trials)
     }
@@ -802,7 +843,7 @@ impl Store {
         let Some(trial_id) = trial_id else {
             return Err(StoreError::UnknownTrial(reference.to_owned()));
         };
-        let mut trials = load_trials(&transaction, "t.id = ?1", trial_id)?;
+        let mut trials = load_trials(&transaction, "t.id = ?1", trial_id, Events::Load)?;
         transaction.commit().context(context)?;
         trials
             .pop()
@@ -1150,8 +1191,8 @@ fn insert_trial_in(
         }
         let mut statement = transaction
             .prepare_cached(
-                "INSERT INTO labels (trial_id, seq, name, value, detail, score)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO labels (trial_id, seq, name, value, detail, score, indeterminate)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .context(context)?;
         for (seq, label) in record.labels.iter().enumerate() {
@@ -1162,7 +1203,28 @@ fn insert_trial_in(
                     label.name,
                     label.value,
                     label.detail,
-                    label.score
+                    label.score,
+                    label.indeterminate,
+                ])
+                .context(context)?;
+        }
+        let mut statement = transaction
+            .prepare_cached(
+                "INSERT INTO event_streams (trial_id, seq, host, unavailable, lost, event_count,
+                     events) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .context(context)?;
+        for (seq, stream) in record.events.iter().enumerate() {
+            let columns = stored::stream_columns(stream, MAX_STORED_EVENTS, MAX_STORED_EVENT_BYTES);
+            statement
+                .execute(params![
+                    trial_id,
+                    seq as i64,
+                    stream.host,
+                    stream.unavailable,
+                    columns.lost,
+                    columns.event_count as i64,
+                    columns.events,
                 ])
                 .context(context)?;
         }
@@ -1175,6 +1237,7 @@ fn load_trials(
     connection: &Connection,
     filter: &str,
     parameter: impl rusqlite::ToSql + Copy,
+    events: Events,
 ) -> Result<Vec<StoredTrial>, StoreError> {
     let context = || "reading trials".to_owned();
     let mut statement = connection
@@ -1318,7 +1381,10 @@ fn load_trials(
     drop(statement);
 
     let mut statement = connection
-        .prepare_cached(&children("labels", "c.name, c.value, c.detail, c.score"))
+        .prepare_cached(&children(
+            "labels",
+            "c.name, c.value, c.detail, c.score, c.indeterminate",
+        ))
         .context(context)?;
     let mut rows = statement.query([parameter]).context(context)?;
     while let Some(row) = rows.next().context(context)? {
@@ -1328,11 +1394,49 @@ fn load_trials(
             name: row.get(1).context(context)?,
             value: row.get(2).context(context)?,
             detail: row.get(3).context(context)?,
-            indeterminate: false,
+            indeterminate: row.get(5).context(context)?,
         };
         trials[position_of[&trial_id]].record.labels.push(label);
     }
+    drop(rows);
+    drop(statement);
+
+    if events == Events::Skip {
+        return Ok(trials);
+    }
+    let mut statement = connection
+        .prepare_cached(&children(
+            "event_streams",
+            "c.seq, c.host, c.unavailable, c.lost, c.events",
+        ))
+        .context(context)?;
+    let mut rows = statement.query([parameter]).context(context)?;
+    while let Some(row) = rows.next().context(context)? {
+        let trial_id: i64 = row.get(0).context(context)?;
+        let seq: i64 = row.get(1).context(context)?;
+        let lost: String = row.get(4).context(context)?;
+        let events: String = row.get(5).context(context)?;
+        let stream = stored::parse_stream(
+            row.get(2).context(context)?,
+            row.get(3).context(context)?,
+            &lost,
+            &events,
+        )
+        .map_err(|detail| StoreError::Corrupt {
+            row: format!("trial {trial_id}"),
+            detail: format!("event stream {seq}: {detail}"),
+        })?;
+        trials[position_of[&trial_id]].record.events.push(stream);
+    }
     Ok(trials)
+}
+
+/// Whether [`load_trials`] reads the event streams, the bulk of a trial that has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Events {
+    Load,
+    /// Left empty, for readers that never look at them (rates).
+    Skip,
 }
 
 trait SqliteContext<T> {

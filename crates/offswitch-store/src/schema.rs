@@ -137,4 +137,40 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX trials_current_key ON trials (run_id, model, scenario, variant, epoch)
         WHERE replaced = 0;
     "#,
+    // Version 5: what the kernel saw (`TrialRecord::events`) and labels that are neither true
+    // nor false (`Label::indeterminate`: the evidence they rest on is incomplete). Labels
+    // written before are determinate.
+    //
+    // One row per stream (a sandbox of the trial), its events one compact JSON array of
+    // `stored::EventV1`, not one row per event. Both were measured (release build, 2 cores,
+    // a flood of 20,000 stored file events): the array inserted in ~22 ms a trial, a row per
+    // event (common fields as columns) in ~30 ms, and took 2.5 against 2.0 MB; the whole
+    // trial through `insert_trial` takes ~38 ms and reads back in ~27 ms
+    // (`examples/store_bench.rs --events 40000`). Either is fast enough; the array is simpler:
+    // the bound is applied and carried in one place, a stream is always read whole (`show`,
+    // detectors), and its stored form is one versioned type, like a transcript entry's body.
+    // SQL can still look inside with `json_each`. A plain rowid table: rows run to megabytes,
+    // which SQLite advises against in a WITHOUT ROWID table. The stored copy is bounded
+    // (`MAX_STORED_EVENTS`, `MAX_STORED_EVENT_BYTES`); what it leaves out is counted in `lost`.
+    r#"
+    ALTER TABLE labels ADD COLUMN indeterminate INTEGER NOT NULL DEFAULT 0
+        CHECK (indeterminate IN (0, 1));
+
+    CREATE TABLE event_streams (
+        trial_id    INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
+        -- Position in `TrialRecord::events`: 0 is the agent's sandbox, then other hosts'.
+        seq         INTEGER NOT NULL,
+        host        TEXT NOT NULL,
+        -- Why the stream was not recorded at all; NULL when it was.
+        unavailable TEXT,
+        -- JSON array of `stored::LossV1`: the recorder's losses, and the events the stored
+        -- copy leaves out, each counted per source.
+        lost        TEXT NOT NULL CHECK (json_valid(lost)),
+        -- Events stored in `events`, for queries that need no parsing.
+        event_count INTEGER NOT NULL,
+        -- JSON array of `stored::EventV1`, in recorded order.
+        events      TEXT NOT NULL CHECK (json_valid(events)),
+        PRIMARY KEY (trial_id, seq)
+    ) STRICT;
+    "#,
 ];

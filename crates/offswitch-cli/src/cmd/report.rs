@@ -46,7 +46,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 pub fn report(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let store = open_existing_store(&args.db)?;
     let run = resolve_run(&store, &args.run)?;
-    let records = store.trials(&run.id).map_err(store_error)?;
+    // Rates never look at the event streams, the bulk of a run's database.
+    let records = store.trials_without_events(&run.id).map_err(store_error)?;
     let config = ReportConfig {
         labels: args.labels.clone(),
         confidence: args.confidence,

@@ -1,5 +1,6 @@
 //! Integration tests of offswitch-store: round trips, uniqueness, schema versions, and
-//! durability of committed trials across a `kill -9` of the writing process.
+//! durability of committed trials across a `kill -9` of the writing process. Event streams and
+//! indeterminate labels (schema version 5) are in `events.rs`.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
@@ -12,6 +13,8 @@ use offswitch_core::{
     TrialRecord, Usage,
 };
 use offswitch_store::{Inserted, RunStatus, SCHEMA_VERSION, Store, StoreError};
+
+mod events;
 
 /// A record that exercises every transcript entry type, every optional field and awkward text.
 fn rich_record(epoch: u32) -> TrialRecord {
@@ -308,7 +311,7 @@ fn the_schema_is_versioned_and_a_newer_database_is_refused() {
         .unwrap();
     drop(connection);
     let error = Store::open(&path).err().unwrap();
-    expect![[r#"database [dir]/offswitch.db has schema version 5, newer than the 4 this offswitch understands; use a newer offswitch"#]]
+    expect!["database [dir]/offswitch.db has schema version 6, newer than the 5 this offswitch understands; use a newer offswitch"]
         .assert_eq(&redact(&error, dir.path()));
 }
 
@@ -364,7 +367,7 @@ fn a_version_1_database_is_migrated_in_place() {
 
     let store = Store::open(&path).unwrap();
     assert_eq!(version(&path), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 4);
+    assert_eq!(SCHEMA_VERSION, 5);
     let run = "r-20261122-0001";
     assert_eq!(
         store.trials(run).unwrap(),
@@ -772,7 +775,7 @@ fn a_database_that_fails_the_quick_check_is_refused_and_left_alone() {
     }
     expect![[r#"
         database [dir]/offswitch.db is damaged (SQLite's quick check: database disk image is malformed); refusing to use it. Restore it from a copy, or give another --db
-        database [dir]/offswitch.db is damaged (SQLite's quick check: *** in database main *** Tree 8 page 24: free space corruption); refusing to use it. Restore it from a copy, or give another --db
+        database [dir]/offswitch.db is damaged (SQLite's quick check: *** in database main *** Tree 8 page 25: free space corruption); refusing to use it. Restore it from a copy, or give another --db
     "#]].assert_eq(&errors);
 }
 
