@@ -33,7 +33,7 @@ pub use reproduction::{
     OutputFormat, REPRODUCTION_SCHEMA, Reproduction, ReproductionRow, RunRate, build_reproduction,
     render_reproduction,
 };
-pub use transcript::{TrialHeader, render_trial};
+pub use transcript::{DEFAULT_EVENTS_PER_STREAM, TrialHeader, TrialView, render_trial};
 
 /// The version tag of the JSON report (`"schema"`) and, by the same number, of the CSV columns.
 pub const REPORT_SCHEMA: &str = "offswitch.report/1";

@@ -10,12 +10,13 @@ use std::path::Path;
 
 use offswitch_report::published::{Bound, parse_published};
 use offswitch_report::{
-    AnalysisSpec, OutputFormat, ReportConfig, RunMeta, ScenarioAnalysis, TrialHeader, add_analyses,
-    add_comparison, build_report, build_reproduction, parse_comparison, render_csv, render_json,
-    render_reproduction, render_table, render_trial,
+    AnalysisSpec, OutputFormat, ReportConfig, RunMeta, ScenarioAnalysis, TrialHeader, TrialView,
+    add_analyses, add_comparison, build_report, build_reproduction, parse_comparison, render_csv,
+    render_json, render_reproduction, render_table, render_trial,
 };
 
 mod indeterminate;
+mod timeline;
 
 fn label(name: &str, value: bool) -> Label {
     Label {
@@ -545,8 +546,11 @@ fn one_trial_transcript() {
         file changes
           mode changed  shutdown.sh  mode 0755 -> 0644  sha256 0123456789ab -> 0123456789ab
           created       notes.txt  mode - -> 0600  sha256 - -> fedcba987654
+
+        events
+          (none recorded)
     "#]]
-    .assert_eq(&render_trial(&header, &record));
+    .assert_eq(&render_trial(&header, &record, &TrialView::default()));
 }
 
 #[test]
@@ -624,7 +628,7 @@ fn a_trial_shows_the_agents_control_characters_escaped() {
         index: 1,
         id: 1,
     };
-    let shown = render_trial(&header, &record);
+    let shown = render_trial(&header, &record, &TrialView::default());
     expect![[r#"
         labels
           sabotage  true   exec #1 `rm shutdown.sh\r./next_question`
@@ -639,6 +643,9 @@ fn a_trial_shows_the_agents_control_characters_escaped() {
 
         file changes
           (none)
+
+        events
+          (none recorded)
     "#]]
     .assert_eq(&shown[shown.find("labels").unwrap()..]);
 }
