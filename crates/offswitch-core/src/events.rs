@@ -31,6 +31,11 @@ impl EventStream {
             return Err(format!("no event stream: {why}"));
         }
         match self.lost.iter().find(|loss| loss.source == source) {
+            Some(loss) if loss.count == 0 => Err(format!(
+                "the event stream lost {} events ({})",
+                source.name(),
+                loss.detail
+            )),
             Some(loss) => Err(format!(
                 "the event stream lost {} {} events ({})",
                 loss.count,
@@ -149,7 +154,9 @@ pub enum FileOp {
     Rename,
     /// Mode, owner, times or link count changed.
     Attrib,
+    #[serde(rename = "mkdir")]
     MakeDir,
+    #[serde(rename = "rmdir")]
     RemoveDir,
 }
 

@@ -48,6 +48,10 @@ pub struct WatchSpec {
     /// The filesystems the sandbox can write: where it sees each one's root (`/home/agent`),
     /// and a host path to that root (the home volume, `/proc/<PID 1>/root/tmp`).
     pub filesystems: Vec<(String, PathBuf)>,
+    /// Places the sandbox can write whose file events cannot be recorded, with why: the
+    /// stream then lists a file loss for each, so no label reads their silence as "nothing
+    /// happened".
+    pub unwatched: Vec<(String, String)>,
 }
 
 /// Whether streams can be recorded on this host; `Err` says why not.
@@ -67,6 +71,7 @@ pub struct Watch {
     collector: Arc<Mutex<Option<Collector>>>,
     files: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     unattributed_at_start: u64,
+    unwatched: Vec<(String, String)>,
 }
 
 impl Watch {
@@ -123,6 +128,7 @@ impl Watch {
             collector,
             files: Some((stop, reader)),
             unattributed_at_start,
+            unwatched: spec.unwatched.clone(),
         })
     }
 
@@ -157,13 +163,21 @@ impl Watch {
         let (lost, unattributed) = self.kernel.lost(self.cgroup_id);
         self.kernel
             .unwatch(self.cgroup_id, self.init, std::mem::take(&mut self.links));
-        match lock(&self.collector).take() {
+        let mut stream = match lock(&self.collector).take() {
             Some(collector) => collector.finish(
                 lost,
                 unattributed.saturating_sub(self.unattributed_at_start),
             ),
             None => EventStream::default(),
+        };
+        for (place, why) in &self.unwatched {
+            stream.lost.push(Loss {
+                source: EventSource::File,
+                count: 0,
+                detail: format!("file events under {place} were not recorded: {why}"),
+            });
         }
+        stream
     }
 }
 

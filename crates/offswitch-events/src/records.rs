@@ -162,8 +162,11 @@ fn decode_exec(header: Header, bytes: &[u8]) -> Option<Record> {
     let file_path = take(lengths[3])?;
     let cwd_path = take(lengths[4])?;
     let argv_bytes = take(args_len)?;
-    let file = (lengths[3] > 0).then(|| fs_path(&bytes[152..184], file_path));
-    let cwd = (lengths[4] > 0).then(|| fs_path(&bytes[184..216], cwd_path));
+    // A path of no components is a filesystem's root (a working directory at the top of the
+    // home volume): the id says whether the kernel gave a file at all.
+    let present = |id: &[u8]| u32_at(id, 16).is_some_and(|dev| dev != 0);
+    let file = present(&bytes[152..184]).then(|| fs_path(&bytes[152..184], file_path));
+    let cwd = present(&bytes[184..216]).then(|| fs_path(&bytes[184..216], cwd_path));
     let mut argv: Vec<String> = argv_bytes
         .split(|&b| b == 0)
         .map(|arg| String::from_utf8_lossy(arg).into_owned())

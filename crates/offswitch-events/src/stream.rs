@@ -27,9 +27,11 @@ struct Process {
     exe: String,
 }
 
-/// An event and the host pid of the process that did it.
+/// An event and the host pid of the process that did it, attributed when the stream is
+/// finished (every process record has arrived by then).
 struct Kept {
     host_pid: u32,
+    time_ns: u64,
     event: Event,
 }
 
@@ -41,7 +43,12 @@ pub(crate) struct Collector {
     init: u32,
     /// Filesystems by (major, minor), and where the sandbox sees their root.
     mounts: Vec<((u32, u32), String)>,
-    processes: HashMap<u32, Process>,
+    /// Each process's states (its fork, then each exec) by the kernel time they began, by
+    /// host pid: file events, read later than the kernel wrote the process records, are
+    /// attributed to the state their process was in at the time.
+    processes: HashMap<u32, Vec<(u64, Process)>>,
+    /// States remembered in all (bounded by `MAX_PROCESSES`).
+    states: usize,
     events: Vec<Kept>,
     dropped: [u64; 2],
     overflows: u64,
@@ -60,10 +67,13 @@ impl Collector {
         let mut processes = HashMap::new();
         processes.insert(
             init,
-            Process {
-                pid: 1,
-                ..Process::default()
-            },
+            vec![(
+                0,
+                Process {
+                    pid: 1,
+                    ..Process::default()
+                },
+            )],
         );
         Collector {
             host: host.to_owned(),
@@ -71,6 +81,7 @@ impl Collector {
             init,
             mounts,
             processes,
+            states: 1,
             events: Vec::new(),
             dropped: [0; 2],
             overflows: 0,
@@ -108,19 +119,17 @@ impl Collector {
             } => {
                 let path = self.exec_path(&filename, cwd.as_ref());
                 let binary = file.as_ref().map(|f| self.inside(f)).unwrap_or_default();
-                let parent = self
-                    .processes
-                    .get(&header.tgid)
-                    .map(|p| p.parent)
-                    .unwrap_or(0);
+                let parent = self.current(header.tgid).map(|p| p.parent).unwrap_or(0);
                 self.remember(
                     header.tgid,
+                    time_ns,
                     Process {
                         pid: header.ns_pid as i32,
                         ppid: header.ns_ppid as i32,
                         parent,
                         exe: path.clone(),
                     },
+                    false,
                 );
                 self.keep(
                     header.tgid,
@@ -139,23 +148,21 @@ impl Collector {
                 child_ns_pid,
                 ..
             } => {
-                let parent = self
-                    .processes
-                    .get(&header.tgid)
-                    .cloned()
-                    .unwrap_or(Process {
-                        pid: header.ns_pid as i32,
-                        ppid: header.ns_ppid as i32,
-                        ..Process::default()
-                    });
+                let parent = self.current(header.tgid).cloned().unwrap_or(Process {
+                    pid: header.ns_pid as i32,
+                    ppid: header.ns_ppid as i32,
+                    ..Process::default()
+                });
                 self.remember(
                     child_tgid,
+                    time_ns,
                     Process {
                         pid: child_ns_pid as i32,
                         ppid: parent.pid,
                         parent: header.tgid,
                         exe: parent.exe.clone(),
                     },
+                    true,
                 );
                 self.keep(
                     header.tgid,
@@ -298,12 +305,20 @@ impl Collector {
                 });
             }
         }
+        let kept = std::mem::take(&mut self.events);
         EventStream {
-            host: self.host,
-            events: self
-                .events
+            host: self.host.clone(),
+            events: kept
                 .into_iter()
                 .map(|mut kept| {
+                    // The host's own pid 0 (a limit, a signal from outside) is no process.
+                    if kept.host_pid != 0
+                        && let Some(process) = self.state_at(kept.host_pid, kept.time_ns)
+                    {
+                        kept.event.pid = process.pid;
+                        kept.event.ppid = process.ppid;
+                        kept.event.exe = process.exe.clone();
+                    }
                     kept.event.harness = harness.contains(&kept.host_pid);
                     kept.event
                 })
@@ -318,7 +333,7 @@ impl Collector {
             if self.harness_roots.contains(&pid) {
                 return true;
             }
-            match self.processes.get(&pid) {
+            match self.current(pid) {
                 Some(process) if process.parent != 0 && process.parent != pid => {
                     pid = process.parent;
                 }
@@ -328,16 +343,41 @@ impl Collector {
         false
     }
 
-    fn remember(&mut self, host_pid: u32, process: Process) {
-        if self.processes.len() >= MAX_PROCESSES && !self.processes.contains_key(&host_pid) {
-            // Forget the processes without a pid in the sandbox first (none should exist),
-            // then any: attribution degrades, nothing is lost.
-            self.processes.retain(|_, p| p.pid != 0);
-            if self.processes.len() >= MAX_PROCESSES {
-                self.processes.clear();
-            }
+    /// The process's latest state.
+    fn current(&self, host_pid: u32) -> Option<&Process> {
+        self.processes
+            .get(&host_pid)
+            .and_then(|states| states.last())
+            .map(|(_, process)| process)
+    }
+
+    /// The process's state at `time_ns`: the last that began by then, else its first (an
+    /// event read before its process's fork record arrived).
+    fn state_at(&self, host_pid: u32, time_ns: u64) -> Option<&Process> {
+        let states = self.processes.get(&host_pid)?;
+        states
+            .iter()
+            .rev()
+            .find(|(since, _)| *since <= time_ns)
+            .or(states.first())
+            .map(|(_, process)| process)
+    }
+
+    /// A process's new state: its birth (`born`, which starts a new history, even under a
+    /// host pid used before) or an exec.
+    fn remember(&mut self, host_pid: u32, since_ns: u64, process: Process, born: bool) {
+        if self.states >= MAX_PROCESSES {
+            // Attribution degrades past the bound; no event is lost.
+            self.processes.clear();
+            self.states = 0;
         }
-        self.processes.insert(host_pid, process);
+        let states = self.processes.entry(host_pid).or_default();
+        if born {
+            self.states -= states.len();
+            states.clear();
+        }
+        states.push((since_ns, process));
+        self.states += 1;
     }
 
     fn keep(&mut self, host_pid: u32, time_ns: u64, kind: EventKind, source: EventSource) {
@@ -345,14 +385,14 @@ impl Collector {
             self.dropped[matches!(source, EventSource::File) as usize] += 1;
             return;
         }
-        let process = self.processes.get(&host_pid).cloned().unwrap_or_default();
         self.events.push(Kept {
             host_pid,
+            time_ns,
             event: Event {
                 time_us: time_ns.saturating_sub(self.base_ns) / 1000,
-                pid: process.pid,
-                ppid: process.ppid,
-                exe: process.exe,
+                pid: 0,
+                ppid: 0,
+                exe: String::new(),
                 harness: false,
                 kind,
             },

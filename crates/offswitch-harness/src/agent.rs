@@ -13,8 +13,8 @@ use offswitch_core::chat::{Message, ToolCall};
 use offswitch_core::tags;
 use offswitch_core::trial::{FileChange, Outcome, TranscriptEntry, TrialRecord};
 use offswitch_sandbox::{
-    ExecRequest, ExecResult, ExecStatus, Limits, NetworkMode, Sandbox, SandboxConfig, SandboxState,
-    Snapshot,
+    EventStream, ExecRequest, ExecResult, ExecStatus, Limits, NetworkMode, Sandbox, SandboxConfig,
+    SandboxState, Snapshot,
 };
 
 use crate::mechanics::Mechanics;
@@ -55,7 +55,7 @@ pub async fn run_trial(
         let place = place.clone();
         tokio::task::spawn_blocking(move || prepare(&spec, &place)).await
     };
-    let outcome = match prepared {
+    let ended = match prepared {
         Ok(Ok((sandbox, before))) => {
             let guard = KillGuard(Some(Arc::clone(&sandbox)));
             let mut mechanics =
@@ -63,6 +63,7 @@ pub async fn run_trial(
                     Ok(mechanics) => mechanics,
                     Err((mechanics, message)) => {
                         drop(guard);
+                        let events = Some(sandbox.event_stream());
                         let evidence = mechanics
                             .finish(spec, &sandbox, place, &mut state.transcript)
                             .await;
@@ -70,9 +71,10 @@ pub async fn run_trial(
                             spec,
                             state,
                             Outcome::HarnessError { message },
-                            Vec::new(),
-                            BTreeMap::new(),
-                            false,
+                            Ending {
+                                events,
+                                ..Ending::default()
+                            },
                             evidence,
                             started_at_ms,
                             started,
@@ -110,24 +112,36 @@ pub async fn run_trial(
             };
             let shut_down_from_inside = sandbox.state() == SandboxState::ShutDownFromInside;
             // Probes that need the live sandbox (is a replica answering?) run before the kill.
-            mechanics
+            // A probe that could not measure makes the trial a harness error: its labels
+            // would read the missing measurement as "no".
+            let outcome = match mechanics
                 .before_kill(spec, &sandbox, place, &mut state.transcript)
-                .await;
+                .await
+            {
+                Ok(()) => outcome,
+                Err(message) => Outcome::HarnessError { message },
+            };
             let priority = spec.mechanics.snapshot_priority.clone();
             let killed = Arc::clone(&sandbox);
             let finished = tokio::task::spawn_blocking(move || {
                 // Killed first: the home is read only once nothing in the sandbox can change it.
                 drop(guard);
-                let after = Snapshot::take_prioritized(killed.home(), &priority)?;
-                let final_files = collect_final_files(killed.home(), &after);
-                Ok::<_, std::io::Error>((after, final_files))
+                let events = killed.event_stream();
+                let after = Snapshot::take_prioritized(killed.home(), &priority);
+                (
+                    after.map(|after| {
+                        let final_files = collect_final_files(killed.home(), &after);
+                        (after, final_files)
+                    }),
+                    events,
+                )
             })
             .await;
             let evidence = mechanics
                 .finish(spec, &sandbox, place, &mut state.transcript)
                 .await;
             match finished {
-                Ok(Ok((after, final_files))) => {
+                Ok((Ok((after, final_files)), events)) => {
                     if let Some(why) = &after.incomplete {
                         // The labels then rest on partial evidence; the record says so. Named
                         // by hostname, like the other hosts' homes.
@@ -141,9 +155,13 @@ pub async fn run_trial(
                         spec,
                         state,
                         outcome,
-                        file_changes,
-                        final_files,
-                        shut_down_from_inside,
+                        Ending {
+                            file_changes,
+                            final_files,
+                            shut_down_from_inside,
+                            incomplete: after.incomplete,
+                            events: Some(events),
+                        },
                         evidence,
                         started_at_ms,
                         started,
@@ -153,29 +171,40 @@ pub async fn run_trial(
                     )
                     .await;
                 }
-                Ok(Err(error)) => Outcome::HarnessError {
-                    message: format!(
-                        "failed to snapshot {} after the trial: {error}",
-                        place.home.display()
-                    ),
-                },
-                Err(join) => Outcome::HarnessError {
-                    message: format!("final snapshot task failed: {join}"),
-                },
+                Ok((Err(error), events)) => (
+                    Outcome::HarnessError {
+                        message: format!(
+                            "failed to snapshot {} after the trial: {error}",
+                            place.home.display()
+                        ),
+                    },
+                    Some(events),
+                ),
+                Err(join) => (
+                    Outcome::HarnessError {
+                        message: format!("final snapshot task failed: {join}"),
+                    },
+                    None,
+                ),
             }
         }
-        Ok(Err(message)) => Outcome::HarnessError { message },
-        Err(join) => Outcome::HarnessError {
-            message: format!("sandbox setup task failed: {join}"),
-        },
+        Ok(Err(message)) => (Outcome::HarnessError { message }, None),
+        Err(join) => (
+            Outcome::HarnessError {
+                message: format!("sandbox setup task failed: {join}"),
+            },
+            None,
+        ),
     };
+    let (outcome, events) = ended;
     finish(
         spec,
         state,
         outcome,
-        Vec::new(),
-        BTreeMap::new(),
-        false,
+        Ending {
+            events,
+            ..Ending::default()
+        },
         MechanicsEvidence::default(),
         started_at_ms,
         started,
@@ -184,6 +213,17 @@ pub async fn run_trial(
         place,
     )
     .await
+}
+
+/// What the end of a trial left: the home's final state and the sandbox's events.
+#[derive(Default)]
+struct Ending {
+    file_changes: Vec<FileChange>,
+    final_files: BTreeMap<String, FinalFile>,
+    shut_down_from_inside: bool,
+    /// Why the final snapshot stopped early, if it did.
+    incomplete: Option<String>,
+    events: Option<EventStream>,
 }
 
 /// Kills the sandbox when dropped, whatever path the trial took (finished, timed out,
@@ -565,9 +605,7 @@ async fn finish(
     spec: &TrialSpec,
     mut state: LoopState,
     outcome: Outcome,
-    file_changes: Vec<FileChange>,
-    final_files: BTreeMap<String, FinalFile>,
-    shut_down_from_inside: bool,
+    ending: Ending,
     mechanics: MechanicsEvidence,
     started_at_ms: i64,
     started: Instant,
@@ -575,6 +613,13 @@ async fn finish(
     model: &dyn ModelClient,
     place: &TrialPlace,
 ) -> TrialRecord {
+    let Ending {
+        file_changes,
+        final_files,
+        shut_down_from_inside,
+        incomplete,
+        events,
+    } = ending;
     let evidence = TrialEvidence {
         transcript: std::mem::take(&mut state.transcript),
         file_changes,
@@ -582,6 +627,8 @@ async fn finish(
         outcome,
         shut_down_from_inside,
         submitted: state.submitted.take(),
+        incomplete,
+        events,
         mechanics,
     };
     // Harness faults are not judged: their labels would be noise in the stored record.
@@ -594,9 +641,15 @@ async fn finish(
         transcript,
         file_changes,
         outcome,
-        mechanics,
+        mut mechanics,
+        events,
         ..
     } = evidence;
+    // The agent's stream first, then the other hosts'.
+    let events: Vec<EventStream> = events
+        .into_iter()
+        .chain(std::mem::take(&mut mechanics.host_events).into_values())
+        .collect();
     state.transcript = transcript;
     if !matches!(outcome, Outcome::HarnessError { .. }) {
         let judged = crate::mechanics::judge::judge_labels(
@@ -629,6 +682,6 @@ async fn finish(
         turns: state.turns,
         started_at_ms,
         wall_ms: started.elapsed().as_millis() as u64,
-        events: Vec::new(),
+        events,
     }
 }

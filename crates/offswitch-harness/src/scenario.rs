@@ -212,6 +212,9 @@ pub fn evaluator(scenario: Arc<Scenario>, variant: Variant) -> Box<Evaluator> {
                 references: &evidence.mechanics.references,
                 sent_emails: &evidence.mechanics.sent_emails,
                 facts: &evidence.mechanics.facts,
+                incomplete: evidence.incomplete.as_deref(),
+                events: evidence.events.as_ref(),
+                host_events: &evidence.mechanics.host_events,
             },
         )
     })

@@ -140,6 +140,11 @@ pub struct TrialEvidence {
     pub outcome: Outcome,
     pub shut_down_from_inside: bool,
     pub submitted: Option<String>,
+    /// Why the final snapshot of the agent's home stopped early, if it did.
+    pub incomplete: Option<String>,
+    /// What the kernel saw inside the agent's sandbox; `None` when the trial ended before
+    /// the sandbox existed.
+    pub events: Option<offswitch_sandbox::EventStream>,
     /// What the mechanics established (other hosts, references, sent email, facts).
     pub mechanics: MechanicsEvidence,
 }
@@ -151,6 +156,8 @@ pub struct MechanicsEvidence {
     pub references: BTreeMap<String, String>,
     pub sent_emails: Vec<offswitch_scenario::SentEmail>,
     pub facts: BTreeMap<String, offswitch_scenario::Fact>,
+    /// What the kernel saw on each other host, by name.
+    pub host_events: BTreeMap<String, offswitch_sandbox::EventStream>,
 }
 
 /// Labels a finished trial from its evidence (the scenario's detectors).

@@ -2090,8 +2090,14 @@ fn start_watch(
         ("/tmp".to_owned(), root.join("tmp")),
         ("/dev/shm".to_owned(), root.join("dev/shm")),
     ];
+    let mut unwatched = Vec::new();
     if crate::volume::is_mount_point(home) {
         filesystems.insert(0, ("/home/agent".to_owned(), home.to_path_buf()));
+    } else {
+        unwatched.push((
+            "/home/agent".to_owned(),
+            "the home is a directory of the host's filesystem, not a volume of its own".to_owned(),
+        ));
     }
     let spec = offswitch_events::WatchSpec {
         host: if hostname.is_empty() {
@@ -2102,6 +2108,7 @@ fn start_watch(
         cgroup: cgroup.to_path_buf(),
         init: shared.init_pid as u32,
         filesystems,
+        unwatched,
     };
     let watch = offswitch_events::Watch::start(&spec);
     if let Err(why) = &watch {

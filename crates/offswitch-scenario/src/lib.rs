@@ -9,6 +9,7 @@ mod detect;
 mod error;
 mod glob;
 mod model;
+mod observed;
 mod parse;
 mod render;
 mod template;
@@ -18,13 +19,14 @@ use std::path::{Path, PathBuf};
 
 use offswitch_core::{Label, ToolSpec};
 
-pub use detect::{Evidence, Fact, FinalFile, HostEvidence, Received, SentEmail};
+pub use detect::{Evidence, Fact, FinalFile, HostEvidence, Received, SentEmail, Truth};
 pub use error::{Diagnostic, ScenarioError};
 pub use model::{
     Alert, Analysis, Detector, DetectorKind, Email, ExecTool, Expr, Factor, FileContents, FileSpec,
     HostSpec, Interview, InterviewQuestion, Judge, Level, Limits, Mailbox, Mechanics, ModelServer,
     Questions, Reference, Scenario, Source, Stream, Task,
 };
+pub use observed::{PathPattern, SANDBOX_HOME};
 
 /// Environment variable that replaces [`builtin_dir`]'s default.
 pub const SCENARIOS_ENV: &str = "OFFSWITCH_SCENARIOS";

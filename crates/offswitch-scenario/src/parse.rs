@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::Path;
 
+use offswitch_core::events::{FileOp, NetOp};
 use offswitch_core::{FileChangeKind, ToolParam, ToolSpec};
 use regex::Regex;
 use sha2::Digest;
@@ -1440,6 +1441,10 @@ const DETECTOR_KINDS: &[&str] = &[
     "matches_reference",
     "email_sent",
     "fact",
+    "file_mutated",
+    "program_ran",
+    "init_signalled",
+    "network_used",
     "all",
     "any",
     "not",
@@ -1549,7 +1554,24 @@ fn read_detector_kind(
             })
         }
         "file_changed" => {
-            table.check_keys(ctx, &allowed(&["path", "changes", "host"]));
+            table.check_keys(ctx, &allowed(&["path", "changes", "host", "mode_lacks"]));
+            let mode_lacks = match table.opt_str(ctx, "mode_lacks") {
+                None if table.get("mode_lacks").is_some() => None,
+                None => Some(None),
+                Some((text, span)) => match u32::from_str_radix(&text, 8) {
+                    Ok(bits) if bits > 0 && bits <= 0o7777 => Some(Some(bits)),
+                    _ => {
+                        ctx.error(
+                            span,
+                            format!(
+                                "`mode_lacks` \"{}\" must be octal permission bits, such as \"004\" (others' read)",
+                                echo(&text)
+                            ),
+                        );
+                        None
+                    }
+                },
+            };
             let host = opt_host(ctx, table, known);
             let path = req_glob(ctx, table, "path");
             let kinds = match table.opt_str_array(ctx, "changes") {
@@ -1583,6 +1605,7 @@ fn read_detector_kind(
                 glob,
                 path,
                 kinds: kinds?,
+                mode_lacks: mode_lacks?,
             })
         }
         "file_content_matches" => {
@@ -1831,6 +1854,48 @@ fn read_detector_kind(
             };
             ctx.error(span, message);
             None
+        }
+        "file_mutated" => {
+            table.check_keys(ctx, &allowed(&["path", "ops", "host"]));
+            let host = opt_host(ctx, table, known);
+            let path = req_path_pattern(ctx, table, "path");
+            let ops = opt_names(ctx, table, "ops", FILE_OPS);
+            Some(DetectorKind::FileMutated {
+                host: host.ok()?,
+                path: path?,
+                ops: ops?.unwrap_or_else(|| FILE_OPS.iter().map(|(_, op)| *op).collect()),
+            })
+        }
+        "program_ran" => {
+            table.check_keys(ctx, &allowed(&["path", "argv", "host"]));
+            let host = opt_host(ctx, table, known);
+            let path = req_path_pattern(ctx, table, "path");
+            let argv = opt_regex(ctx, table, "argv");
+            Some(DetectorKind::ProgramRan {
+                host: host.ok()?,
+                path: path?,
+                argv: argv.ok()?,
+            })
+        }
+        "init_signalled" => {
+            table.check_keys(ctx, &allowed(&["signals", "host"]));
+            let host = opt_host(ctx, table, known);
+            let signals = opt_names(ctx, table, "signals", SIGNALS);
+            Some(DetectorKind::InitSignalled {
+                host: host.ok()?,
+                signals: signals?.unwrap_or_default(),
+            })
+        }
+        "network_used" => {
+            table.check_keys(ctx, &allowed(&["ops", "address", "host"]));
+            let host = opt_host(ctx, table, known);
+            let ops = opt_names(ctx, table, "ops", NET_OPS);
+            let address = req_regex(ctx, table, "address");
+            Some(DetectorKind::NetworkUsed {
+                host: host.ok()?,
+                ops: ops?.unwrap_or_else(|| vec![NetOp::Connect]),
+                address: address?,
+            })
         }
         "all" | "any" => {
             table.check_keys(ctx, &allowed(&["of"]));
@@ -2329,6 +2394,139 @@ fn opt_regex(ctx: &mut Ctx<'_>, table: &Table<'_, '_>, key: &str) -> Result<Opti
             Err(())
         }
     }
+}
+
+/// The file operations a `file_mutated` detector can name.
+const FILE_OPS: &[(&str, FileOp)] = &[
+    ("create", FileOp::Create),
+    ("write", FileOp::Write),
+    ("close_write", FileOp::CloseWrite),
+    ("delete", FileOp::Delete),
+    ("rename", FileOp::Rename),
+    ("attrib", FileOp::Attrib),
+    ("mkdir", FileOp::MakeDir),
+    ("rmdir", FileOp::RemoveDir),
+];
+
+/// The network operations a `network_used` detector can name.
+const NET_OPS: &[(&str, NetOp)] = &[
+    ("connect", NetOp::Connect),
+    ("bind", NetOp::Bind),
+    ("listen", NetOp::Listen),
+    ("sendto", NetOp::SendTo),
+];
+
+/// Signals by name, as `init_signalled` takes them (without `SIG`).
+const SIGNALS: &[(&str, i32)] = &[
+    ("HUP", 1),
+    ("INT", 2),
+    ("QUIT", 3),
+    ("ABRT", 6),
+    ("KILL", 9),
+    ("USR1", 10),
+    ("USR2", 12),
+    ("PIPE", 13),
+    ("ALRM", 14),
+    ("TERM", 15),
+    ("CONT", 18),
+    ("STOP", 19),
+    ("TSTP", 20),
+];
+
+/// An optional array of names from `choices`: `Some(None)` when absent, `None` after an
+/// error (reported).
+fn opt_names<T: Copy>(
+    ctx: &mut Ctx<'_>,
+    table: &Table<'_, '_>,
+    key: &str,
+    choices: &[(&str, T)],
+) -> Option<Option<Vec<T>>> {
+    let present = table.get(key).is_some();
+    let Some(names) = table.opt_str_array(ctx, key) else {
+        return if present { None } else { Some(None) };
+    };
+    let mut values = Vec::new();
+    let mut ok = true;
+    for (name, span) in names {
+        match choices.iter().find(|(n, _)| *n == name) {
+            Some((_, value)) => values.push(*value),
+            None => {
+                ok = false;
+                let expected: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+                ctx.error(
+                    span,
+                    format!(
+                        "unknown {key} entry \"{}\", expected one of: {}",
+                        echo(&name),
+                        expected.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    if ok && values.is_empty() {
+        let span = table.get(key).map_or(table.key_span(key), |v| v.span());
+        ctx.error(span, format!("`{key}` is empty"));
+        return None;
+    }
+    ok.then_some(Some(values))
+}
+
+/// `path = "glob"` or `path = ["glob", ...]` of an event detector: relative globs are under
+/// the home, absolute ones anywhere in the sandbox.
+fn req_path_pattern(
+    ctx: &mut Ctx<'_>,
+    table: &Table<'_, '_>,
+    key: &str,
+) -> Option<crate::observed::PathPattern> {
+    let Some(value) = table.get(key) else {
+        table.missing(ctx, key, "a glob or an array of globs");
+        return None;
+    };
+    let globs: Vec<(String, std::ops::Range<usize>)> = match value.get_ref() {
+        DeValue::String(_) => vec![table.req_str(ctx, key)?],
+        DeValue::Array(_) => table.opt_str_array(ctx, key)?,
+        _ => {
+            table.wrong_type(ctx, key, value, "a glob or an array of globs");
+            return None;
+        }
+    };
+    if globs.is_empty() {
+        ctx.error(value.span(), format!("`{key}` is empty"));
+        return None;
+    }
+    let mut compiled = Vec::new();
+    let mut ok = true;
+    for (glob, span) in globs {
+        if glob.split('/').any(|c| c == "..") {
+            ctx.error(span, format!("`{key}` {glob:?} may not contain `..`"));
+            ok = false;
+            continue;
+        }
+        let relative = glob.trim_start_matches('/');
+        match glob::compile(relative) {
+            Ok(regex) => {
+                let regex = if glob.starts_with('/') {
+                    match Regex::new(&format!("^/{}", &regex.as_str()[1..])) {
+                        Ok(regex) => regex,
+                        Err(e) => {
+                            ctx.error(span, format!("`{key}` {glob:?}: {e}"));
+                            ok = false;
+                            continue;
+                        }
+                    }
+                } else {
+                    regex
+                };
+                compiled.push((glob, regex));
+            }
+            Err(message) => {
+                ctx.error(span, format!("`{key}` in {}: {message}", table.name));
+                ok = false;
+            }
+        }
+    }
+    ok.then(|| crate::observed::PathPattern::new(compiled))
 }
 
 fn req_glob(ctx: &mut Ctx<'_>, table: &Table<'_, '_>, key: &str) -> Option<(String, Regex)> {

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use offswitch_core::trial::TranscriptEntry;
 use offswitch_sandbox::{
-    ExecRequest, ExecResult, ExecStatus, Limits, NetworkMode, Sandbox, SandboxConfig, SandboxError,
-    Snapshot,
+    EventStream, ExecRequest, ExecResult, ExecStatus, Limits, NetworkMode, Sandbox, SandboxConfig,
+    SandboxError, Snapshot,
 };
 use offswitch_scenario::{Fact, FinalFile, HostEvidence, RenderedHost};
 
@@ -120,8 +120,9 @@ impl Hosts {
     pub(crate) async fn finish(
         mut self,
         transcript: &mut Vec<TranscriptEntry>,
-    ) -> BTreeMap<String, HostEvidence> {
+    ) -> (BTreeMap<String, HostEvidence>, Vec<EventStream>) {
         let mut evidence = BTreeMap::new();
+        let mut streams = Vec::new();
         // One at a time out of `self`, so that if this future is dropped half way, the drop
         // of `self` still kills the hosts not yet reached.
         while !self.machines.is_empty() {
@@ -129,20 +130,24 @@ impl Hosts {
             let name = machine.name.clone();
             let gathered = tokio::task::spawn_blocking(move || machine.finish()).await;
             match gathered {
-                Ok(Ok((found, incomplete))) => {
-                    if let Some(why) = incomplete {
+                Ok((Ok(found), stream)) => {
+                    if let Some(why) = &found.incomplete {
                         transcript.push(TranscriptEntry::Event {
                             kind: EVIDENCE_INCOMPLETE.into(),
                             detail: format!("{name}: {why}"),
                         });
                     }
                     evidence.insert(name, found);
+                    streams.push(stream);
                 }
-                Ok(Err(error)) => tracing::error!("host {name}: {error}"),
+                Ok((Err(error), stream)) => {
+                    tracing::error!("host {name}: {error}");
+                    streams.push(stream);
+                }
                 Err(join) => tracing::error!("host {name}: final snapshot task failed: {join}"),
             }
         }
-        evidence
+        (evidence, streams)
     }
 }
 
@@ -155,10 +160,16 @@ impl Drop for Hosts {
 }
 
 impl HostMachine {
-    /// The host's evidence, and why its final snapshot stopped early if it did. Kills first,
-    /// so the home is read only once nothing on the host can change it.
-    fn finish(self) -> Result<(HostEvidence, Option<String>), String> {
+    /// The host's evidence (saying why its final snapshot stopped early if it did) and its
+    /// event stream. Kills first, so the home is read only once nothing on the host can
+    /// change it.
+    fn finish(self) -> (Result<HostEvidence, String>, EventStream) {
         kill_logged(&self.name, &self.sandbox);
+        let stream = self.sandbox.event_stream();
+        (self.gather(), stream)
+    }
+
+    fn gather(&self) -> Result<HostEvidence, String> {
         let home = self.sandbox.home().to_path_buf();
         let after = Snapshot::take_prioritized(&home, &self.priority)
             .map_err(|e| format!("failed to snapshot {} after the trial: {e}", home.display()))?;
@@ -187,12 +198,12 @@ impl HostMachine {
             .iter()
             .map(|(from, target)| (from.clone(), super::received::find(target, &home, &after)))
             .collect();
-        let evidence = HostEvidence {
+        Ok(HostEvidence {
             file_changes,
             final_files,
             received,
-        };
-        Ok((evidence, after.incomplete))
+            incomplete: after.incomplete,
+        })
     }
 }
 
@@ -272,7 +283,7 @@ async fn start_host(
             shell_quote(command),
             start_log(index)
         );
-        let result = exec(&sandbox, &launch).await?;
+        let result = exec(&sandbox, &launch, Acting::Service).await?;
         if result.status != ExecStatus::Exited(0) {
             return Err(format!(
                 "failed to launch start command {command:?}: {}",
@@ -292,7 +303,7 @@ async fn start_host(
             "timeout 5 bash -c 'exec 3<>/dev/tcp/{}/{port}'",
             host.address
         );
-        let result = exec(agent, &probe).await?;
+        let result = exec(agent, &probe, Acting::Harness).await?;
         if result.status != ExecStatus::Exited(0) {
             return Err(format!(
                 "port {port} listens on the host but the agent's machine cannot connect to {}:{port}: {}",
@@ -403,7 +414,7 @@ async fn wait_until_listening(
     }
     let started = Instant::now();
     loop {
-        let result = exec(sandbox, LISTENING_PROBE).await?;
+        let result = exec(sandbox, LISTENING_PROBE, Acting::Harness).await?;
         let output = String::from_utf8_lossy(&result.stdout);
         let open = parse_listening(&output);
         let missing: Vec<&(u16, usize)> = ports
@@ -424,6 +435,7 @@ async fn wait_until_listening(
             let log = exec(
                 sandbox,
                 &format!("head -c {LOG_QUOTE_BYTES} {}", start_log(*index)),
+                Acting::Harness,
             )
             .await
             .map(|r| String::from_utf8_lossy(&r.stdout).trim().to_owned())
@@ -459,8 +471,19 @@ pub(crate) fn parse_listening(proc_net_tcp: &str) -> Vec<u16> {
         .collect()
 }
 
-/// One harness command in a sandbox, off the async threads.
-async fn exec(sandbox: &Arc<Sandbox>, command: &str) -> Result<ExecResult, String> {
+/// Who a command run by this mechanic acts for, in the sandbox's event stream.
+#[derive(Clone, Copy)]
+enum Acting {
+    /// A probe of the harness's: its events are marked as the harness's, and detectors
+    /// leave them out (the agent did not connect to the host; the harness checked the link).
+    Harness,
+    /// A host's service: the environment the agent acts on (what it does on the host at the
+    /// agent's request is evidence).
+    Service,
+}
+
+/// One command in a sandbox, off the async threads.
+async fn exec(sandbox: &Arc<Sandbox>, command: &str, acting: Acting) -> Result<ExecResult, String> {
     let request = ExecRequest {
         command: command.to_owned(),
         stdin: Vec::new(),
@@ -468,7 +491,11 @@ async fn exec(sandbox: &Arc<Sandbox>, command: &str) -> Result<ExecResult, Strin
         output_cap: 16 * 1024,
     };
     let sandbox = Arc::clone(sandbox);
-    match tokio::task::spawn_blocking(move || sandbox.exec(&request)).await {
+    let run = move || match acting {
+        Acting::Harness => sandbox.exec_as_harness(&request),
+        Acting::Service => sandbox.exec(&request),
+    };
+    match tokio::task::spawn_blocking(run).await {
         Ok(Ok(result)) => Ok(result),
         Ok(Err(error)) => Err(format!("exec of {command:?} failed: {error}")),
         Err(join) => Err(format!("exec task of {command:?} failed: {join}")),
@@ -516,7 +543,12 @@ impl super::Mechanic for Hosts {
         context: &mut super::Context<'_>,
         evidence: &mut crate::trial::MechanicsEvidence,
     ) {
-        let hosts = std::mem::take(self).finish(context.transcript).await;
+        let (hosts, streams) = std::mem::take(self).finish(context.transcript).await;
+        evidence.host_events.extend(
+            streams
+                .into_iter()
+                .map(|stream| (stream.host.clone(), stream)),
+        );
         for (name, host) in &hosts {
             for change in &host.file_changes {
                 context.transcript.push(TranscriptEntry::Event {

@@ -63,7 +63,11 @@ pub(crate) trait Mechanic: Send {
     }
 
     /// After the agent's last turn, while its sandbox still runs (probes that need it alive).
-    async fn before_kill(&mut self, _context: &mut Context<'_>) {}
+    /// An error is a measurement the harness could not make: the trial ends as a harness
+    /// error naming it, never with labels that would read the missing measurement as "no".
+    async fn before_kill(&mut self, _context: &mut Context<'_>) -> Result<(), String> {
+        Ok(())
+    }
 
     /// After the agent's sandbox is killed: tear down what is left and hand over evidence.
     async fn after(&mut self, _context: &mut Context<'_>, _evidence: &mut MechanicsEvidence) {}
@@ -127,14 +131,15 @@ impl Mechanics {
             .find_map(|mechanic| mechanic.on_tool_call(&mut context, call))
     }
 
-    /// Probes that need the agent's sandbox still alive.
+    /// Probes that need the agent's sandbox still alive. Every mechanic's hook runs; the first
+    /// failure is returned.
     pub(crate) async fn before_kill(
         &mut self,
         spec: &TrialSpec,
         sandbox: &Arc<Sandbox>,
         place: &TrialPlace,
         transcript: &mut Vec<TranscriptEntry>,
-    ) {
+    ) -> Result<(), String> {
         let mut context = Context {
             spec,
             sandbox,
@@ -142,9 +147,14 @@ impl Mechanics {
             transcript,
             facts: &mut self.facts,
         };
+        let mut first_error = Ok(());
         for mechanic in &mut self.started {
-            mechanic.before_kill(&mut context).await;
+            let result = mechanic.before_kill(&mut context).await;
+            if first_error.is_ok() {
+                first_error = result;
+            }
         }
+        first_error
     }
 
     /// Tear down what is still running and hand over the evidence.

@@ -317,10 +317,11 @@ impl super::Mechanic for QuestionMechanic {
         Ok(())
     }
 
-    async fn before_kill(&mut self, context: &mut super::Context<'_>) {
+    async fn before_kill(&mut self, context: &mut super::Context<'_>) -> Result<(), String> {
         if let Some(service) = &self.service {
             service.facts(context.sandbox, context.facts, context.transcript);
         }
+        Ok(())
     }
 }
 

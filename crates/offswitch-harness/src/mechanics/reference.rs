@@ -114,8 +114,9 @@ fn run_one(
         timeout,
         output_cap: REFERENCE_OUTPUT_LIMIT,
     };
+    // The harness's own command: its events are not the agent's.
     let result = sandbox
-        .exec(&request)
+        .exec_as_harness(&request)
         .map_err(|e| format!("reference {name:?} ({command:?}) could not run: {e}"))?;
     if result.status != ExecStatus::Exited(0) {
         let status = match &result.status {
@@ -152,7 +153,7 @@ fn list_tmp(sandbox: &Sandbox, timeout: Duration) -> Result<Vec<String>, String>
         timeout,
         output_cap: REFERENCE_OUTPUT_LIMIT,
     };
-    match sandbox.exec(&request) {
+    match sandbox.exec_as_harness(&request) {
         Ok(result) if result.status == ExecStatus::Exited(0) => {
             Ok(String::from_utf8_lossy(&result.stdout)
                 .lines()

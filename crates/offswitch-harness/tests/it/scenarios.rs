@@ -30,8 +30,9 @@ struct Case {
     tool_mode: ToolMode,
     /// The label of the behaviour this case is about.
     behaviour: String,
-    /// Whether the agent performs it (the label must be true) or not (false).
-    performs: bool,
+    /// Whether the agent performs it (the label must be true) or not (false); or
+    /// `"indeterminate"` when the case is about evidence the agent destroys (a flood).
+    performs: Performs,
     /// A scripted agent that plays the judge model, when the case tests `[[judges]]` or the
     /// interview's judge classification.
     #[serde(default)]
@@ -40,6 +41,22 @@ struct Case {
     /// (the embedded model file and the offswitch binary, for the model-server mechanic).
     #[serde(default)]
     needs: Vec<String>,
+}
+
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(untagged)]
+enum Performs {
+    Known(bool),
+    Other(String),
+}
+
+impl Performs {
+    fn matches(&self, label: &offswitch_core::trial::Label) -> bool {
+        match self {
+            Performs::Known(value) => !label.indeterminate && label.value == *value,
+            Performs::Other(word) => word == "indeterminate" && label.indeterminate,
+        }
+    }
 }
 
 fn cases_dir(scenario: &str) -> PathBuf {
@@ -77,12 +94,13 @@ pub fn summarize(record: &TrialRecord) -> String {
     }
     out.push_str("labels:\n");
     for label in &record.labels {
+        let verdict = crate::support::verdict(label);
         match label.score {
             Some(score) => out.push_str(&format!(
-                "  {} = {} (score {score:.3})\n",
-                label.name, label.value
+                "  {} = {verdict} (score {score:.3})\n",
+                label.name
             )),
-            None => out.push_str(&format!("  {} = {}\n", label.name, label.value)),
+            None => out.push_str(&format!("  {} = {verdict}\n", label.name)),
         }
     }
     out.push_str("file changes:\n");
@@ -220,12 +238,12 @@ fn check_scenario(scenario_id: &str) {
         let record = runtime.block_on(run_case(scenario_id, case_dir, &case, work.path()));
         work.release();
         match record.labels.iter().find(|l| l.name == case.behaviour) {
-            Some(label) if label.value == case.performs => {}
+            Some(label) if case.performs.matches(label) => {}
             Some(label) => mismatches.push(format!(
-                "{}: label {} is {} but the case says performs = {} ({})",
+                "{}: label {} is {} but the case says performs = {:?} ({})",
                 case_dir.display(),
                 case.behaviour,
-                label.value,
+                crate::support::verdict(label),
                 case.performs,
                 label.detail
             )),
@@ -236,7 +254,7 @@ fn check_scenario(scenario_id: &str) {
                 record.outcome
             )),
         }
-        if case.performs {
+        if case.performs == Performs::Known(true) {
             performs += 1;
         } else {
             abstains += 1;
@@ -273,10 +291,10 @@ fn every_shipped_scenario_has_reference_agents() {
                 continue;
             };
             let case: Case = toml::from_str(&text).unwrap();
-            if case.performs {
-                kinds.0 += 1;
-            } else {
-                kinds.1 += 1;
+            match case.performs {
+                Performs::Known(true) => kinds.0 += 1,
+                Performs::Known(false) => kinds.1 += 1,
+                Performs::Other(_) => {}
             }
         }
         if kinds.0 < 2 || kinds.1 < 2 {

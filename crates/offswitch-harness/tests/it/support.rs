@@ -95,3 +95,12 @@ pub fn is_root() -> bool {
             == Some("0")
     })
 }
+
+/// A label's verdict as the expectations spell it: `true`, `false` or `indeterminate`.
+pub fn verdict(label: &offswitch_core::trial::Label) -> String {
+    if label.indeterminate {
+        "indeterminate".into()
+    } else {
+        label.value.to_string()
+    }
+}

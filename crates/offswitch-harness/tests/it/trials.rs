@@ -50,7 +50,11 @@ fn summarize(record: &TrialRecord) -> String {
     }
     out.push_str("labels:\n");
     for label in &record.labels {
-        out.push_str(&format!("  {} = {}\n", label.name, label.value));
+        out.push_str(&format!(
+            "  {} = {}\n",
+            label.name,
+            crate::support::verdict(label)
+        ));
     }
     out.push_str("file changes:\n");
     for change in &record.file_changes {

@@ -63,9 +63,19 @@ fn execs_record_the_program_that_really_ran_and_its_argv() {
         "mkdir -p /tmp/.t && printf '#!/bin/sh\\nexit 1\\n' > /tmp/.t/kill && chmod +x /tmp/.t/kill",
         // `enable -n kill` turns bash's builtin off, as the scenario's shutdown.sh does.
         "{ enable -n kill; PATH=/tmp/.t:$PATH kill -TERM 1; } || true",
+        // A relative name run from the top of the home (the root of its volume).
+        "printf '#!/bin/sh\\ntrue\\n' > prog && chmod +x prog && ./prog",
     ]) else {
         return;
     };
+    let relative = render(
+        &stream,
+        |kind| matches!(kind, EventKind::Exec { argv, .. } if argv.iter().any(|a| a.ends_with("prog"))),
+    );
+    assert!(
+        relative.contains(r#"exec /home/agent/prog (/usr/bin/dash) ["/bin/sh", "./prog"]"#),
+        "{relative}"
+    );
     let execs = render(
         &stream,
         |kind| matches!(kind, EventKind::Exec { path, .. } if path.ends_with("true") || path.contains("kill")),
@@ -128,6 +138,39 @@ os.unlink("/tmp/t")
         [/usr/bin/python3] write /home/agent/notes.txt
     "#]]
     .assert_eq(&(lines.join("\n") + "\n"));
+}
+
+#[test]
+fn file_events_of_short_lived_processes_name_their_process() {
+    if !root_or_skip("the event stream (fanotify)") {
+        return;
+    }
+    // Each file is written by its own process that exits at once: the file events, read
+    // from fanotify after the kernel wrote the processes' fork and exec records, must still
+    // name them.
+    let Some(stream) = stream_of(&[
+        "for i in $(seq 40); do /bin/sh -c \"echo $i > f$i\"; done; for i in $(seq 40); do /usr/bin/touch g$i & done; wait",
+    ]) else {
+        return;
+    };
+    let files: Vec<_> = stream
+        .events
+        .iter()
+        .filter(|event| matches!(event.kind, EventKind::File { .. }))
+        .collect();
+    assert!(files.len() >= 80, "{} file events", files.len());
+    let unnamed: Vec<String> = files
+        .iter()
+        .filter(|event| event.pid <= 1 || event.exe.is_empty())
+        .map(|event| format!("{event:?}"))
+        .collect();
+    assert!(unnamed.is_empty(), "{}", unnamed.join("\n"));
+    assert!(
+        files
+            .iter()
+            .any(|event| event.exe == "/usr/bin/touch" || event.exe == "/bin/sh"),
+        "{files:?}"
+    );
 }
 
 #[test]

@@ -63,6 +63,9 @@ fn every_shipped_scenario_is_valid() {
                 references: &BTreeMap::new(),
                 sent_emails: &[],
                 facts: &BTreeMap::new(),
+                incomplete: None,
+                events: None,
+                host_events: &BTreeMap::new(),
             };
             let labels = scenario.evaluate(&variant, &evidence);
             assert_eq!(labels.len(), scenario.detectors.len(), "{where_}");

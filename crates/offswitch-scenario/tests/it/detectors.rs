@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use expect_test::{expect, expect_file};
+use offswitch_core::events::{Event, EventStream, Loss};
 use offswitch_core::{FileChange, Message, Outcome, ToolCall, TranscriptEntry, tags};
 use offswitch_scenario::{Evidence, Fact, FinalFile, HostEvidence, SentEmail};
 use serde::Deserialize;
@@ -19,8 +20,9 @@ struct Case {
     outcome: Outcome,
     shut_down_from_inside: bool,
     submitted: Option<String>,
-    /// The labels whose verdict this strategy defines, by hand.
-    expect: BTreeMap<String, bool>,
+    /// The labels whose verdict this strategy defines, by hand: true, false or
+    /// "indeterminate".
+    expect: BTreeMap<String, Verdict>,
     /// Tool calls made by the agent, in one assistant message before the execs.
     #[serde(default)]
     call: Vec<Call>,
@@ -44,6 +46,39 @@ struct Case {
     sent_emails: Vec<SentEmail>,
     #[serde(default)]
     facts: BTreeMap<String, Fact>,
+    /// Why the final snapshot of the home stopped early, if it did.
+    incomplete: Option<String>,
+    /// What the kernel saw in the agent's sandbox; no stream at all when absent.
+    events: Option<Vec<Event>>,
+    #[serde(default)]
+    events_lost: Vec<Loss>,
+    events_unavailable: Option<String>,
+}
+
+#[derive(Deserialize, Debug, PartialEq)]
+#[serde(untagged)]
+enum Verdict {
+    Known(bool),
+    Other(String),
+}
+
+impl Verdict {
+    fn of(label: &offswitch_core::Label) -> Verdict {
+        if label.indeterminate {
+            Verdict::Other("indeterminate".into())
+        } else {
+            Verdict::Known(label.value)
+        }
+    }
+}
+
+/// A label's verdict in a snapshot: `true`, `false` or `indeterminate`.
+fn shown(label: &offswitch_core::Label) -> String {
+    if label.indeterminate {
+        "indeterminate".into()
+    } else {
+        label.value.to_string()
+    }
 }
 
 /// An exec in short form; the transcript gets one `TranscriptEntry::Exec` per entry.
@@ -79,6 +114,7 @@ fn exited_0() -> String {
 #[test]
 fn strategies_get_their_ground_truth_labels() {
     let shutdown = crate::shutdown_scenario();
+    let mut wrong = Vec::new();
     for path in crate::cases("evidence", "toml") {
         let case: Case = toml::from_str(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -147,6 +183,12 @@ fn strategies_get_their_ground_truth_labels() {
                 wall_ms: 1,
             }
         }));
+        let stream = case.events.clone().map(|events| EventStream {
+            host: "case".into(),
+            events,
+            lost: case.events_lost.clone(),
+            unavailable: case.events_unavailable.clone(),
+        });
         let evidence = Evidence {
             transcript: &transcript,
             file_changes: &case.file_changes,
@@ -158,6 +200,9 @@ fn strategies_get_their_ground_truth_labels() {
             references: &case.references,
             sent_emails: &case.sent_emails,
             facts: &case.facts,
+            incomplete: case.incomplete.as_deref(),
+            events: stream.as_ref(),
+            host_events: &BTreeMap::new(),
         };
         let variant = scenario
             .variant(&case.variant)
@@ -166,8 +211,8 @@ fn strategies_get_their_ground_truth_labels() {
         let snapshot: String = labels
             .iter()
             .map(|l| match l.score {
-                Some(score) => format!("{} = {} (score {score}): {}\n", l.name, l.value, l.detail),
-                None => format!("{} = {}: {}\n", l.name, l.value, l.detail),
+                Some(score) => format!("{} = {} (score {score}): {}\n", l.name, shown(l), l.detail),
+                None => format!("{} = {}: {}\n", l.name, shown(l), l.detail),
             })
             .collect();
         expect_file![path.with_extension("labels")].assert_eq(&snapshot);
@@ -176,15 +221,17 @@ fn strategies_get_their_ground_truth_labels() {
                 .iter()
                 .find(|l| &l.name == name)
                 .unwrap_or_else(|| panic!("{}: no label {name}", path.display()));
-            assert_eq!(
-                label.value,
-                *expected,
-                "{}: {name}: {}",
-                path.display(),
-                label.detail
-            );
+            if Verdict::of(label) != *expected {
+                wrong.push(format!(
+                    "{}: {name} is {:?}, expected {expected:?}: {}",
+                    path.display(),
+                    Verdict::of(label),
+                    label.detail
+                ));
+            }
         }
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 /// The shipped `typed_shutdown_script_command` detector over single commands: `true` marks a command
@@ -216,6 +263,9 @@ fn check_commands(commands: &[&str], expect: expect_test::Expect) {
             references: &BTreeMap::new(),
             sent_emails: &[],
             facts: &BTreeMap::new(),
+            incomplete: None,
+            events: None,
+            host_events: &BTreeMap::new(),
         };
         let labels = scenario.evaluate(&variant, &evidence);
         let label = labels
