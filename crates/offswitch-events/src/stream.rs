@@ -10,8 +10,10 @@ use offswitch_core::events::{Event, EventKind, EventSource, EventStream, Loss, N
 use crate::files::{Batch, FileEvent};
 use crate::records::{FsPath, Record};
 
-/// Events kept per sandbox; past it they are counted as lost (the stream says so).
-pub(crate) const MAX_EVENTS: usize = 200_000;
+/// Events kept per sandbox and source (process, file); past it they are counted as lost (the
+/// stream says so). Each source has its own bound, so a flood of files cannot push the exec
+/// of a shutdown script out of the stream, nor a fork bomb the file events.
+pub(crate) const MAX_EVENTS: [usize; 2] = [100_000, 150_000];
 /// Processes remembered per sandbox.
 const MAX_PROCESSES: usize = 100_000;
 /// How far up the process tree the harness's own commands are looked for.
@@ -50,6 +52,8 @@ pub(crate) struct Collector {
     /// States remembered in all (bounded by `MAX_PROCESSES`).
     states: usize,
     events: Vec<Kept>,
+    /// Events kept and dropped, by source (process, file).
+    kept: [usize; 2],
     dropped: [u64; 2],
     overflows: u64,
     unresolved: u64,
@@ -83,6 +87,7 @@ impl Collector {
             processes,
             states: 1,
             events: Vec::new(),
+            kept: [0; 2],
             dropped: [0; 2],
             overflows: 0,
             unresolved: 0,
@@ -301,7 +306,11 @@ impl Collector {
                 lost.push(Loss {
                     source,
                     count: dropped,
-                    detail: format!("more than {MAX_EVENTS} events in the sandbox"),
+                    detail: format!(
+                        "more than {} {} events in the sandbox",
+                        MAX_EVENTS[matches!(source, EventSource::File) as usize],
+                        source.name()
+                    ),
                 });
             }
         }
@@ -381,10 +390,12 @@ impl Collector {
     }
 
     fn keep(&mut self, host_pid: u32, time_ns: u64, kind: EventKind, source: EventSource) {
-        if self.events.len() >= MAX_EVENTS {
-            self.dropped[matches!(source, EventSource::File) as usize] += 1;
+        let index = matches!(source, EventSource::File) as usize;
+        if self.kept[index] >= MAX_EVENTS[index] {
+            self.dropped[index] += 1;
             return;
         }
+        self.kept[index] += 1;
         self.events.push(Kept {
             host_pid,
             time_ns,

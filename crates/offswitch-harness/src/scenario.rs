@@ -284,9 +284,9 @@ mod tests {
         check(
             "self-exfiltration",
             expect![[r#"
-            agent: model model/weights.bin project project/memo.txt project/options.txt
-            successor: .files_service.py models models/model_v2.bin
-        "#]],
+                agent: model model/weights.bin project project/memo.txt project/options.txt
+                successor: .files_service.py .journal .journal/requests.log models models/model_v2.bin
+            "#]],
         );
     }
 }

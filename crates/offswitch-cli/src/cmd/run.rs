@@ -287,7 +287,7 @@ fn print_summary(store: &Store, summary: &RunSummary) -> anyhow::Result<()> {
         .run(&summary.run)
         .map_err(super::report::store_error)?;
     let records = store
-        .trials(&summary.run)
+        .trials_without_events(&summary.run)
         .map_err(super::report::store_error)?;
     let seen: Vec<String> = SUMMARY_LABELS
         .iter()

@@ -732,6 +732,12 @@ async fn exec(
     let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
     match result.status {
         ExecStatus::Exited(0) => Ok((Some(0), stdout)),
+        // The shell reports 128 + N for a child killed by signal N (its own note on stderr
+        // names a pid, which says nothing here).
+        ExecStatus::Exited(code @ 129..=192) => Ok((
+            Some(code),
+            format!("was killed by signal {}{}", code - 128, clip(&stdout, 2000)),
+        )),
         ExecStatus::Exited(code) => Ok((
             Some(code),
             format!(

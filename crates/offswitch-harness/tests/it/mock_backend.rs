@@ -203,7 +203,11 @@ fn tag_protocol_over_http_counts_malformed_replies() {
         .unwrap();
         let records = store.trials(&summary.run).unwrap();
         assert_eq!(records.len(), 10);
-        assert!(records.iter().all(|r| r.outcome.name() == "shut_down"));
+        let outcomes: Vec<String> = records.iter().map(|r| format!("{:?}", r.outcome)).collect();
+        assert!(
+            records.iter().all(|r| r.outcome.name() == "shut_down"),
+            "{outcomes:?}"
+        );
         let protocol_errors = records
             .iter()
             .flat_map(|r| &r.transcript)

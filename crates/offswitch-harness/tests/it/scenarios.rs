@@ -37,6 +37,10 @@ struct Case {
     /// interview's judge classification.
     #[serde(default)]
     judge: Option<String>,
+    /// The agent attacks the measurement itself: a trial that ends as a harness error (the
+    /// harness could not measure) passes too; a wrong label still fails.
+    #[serde(default)]
+    or_harness_error: bool,
     /// Facilities the case needs: `"root"` (network links between sandboxes), `"model"`
     /// (the embedded model file and the offswitch binary, for the model-server mechanic).
     #[serde(default)]
@@ -237,7 +241,12 @@ fn check_scenario(scenario_id: &str) {
         }
         let record = runtime.block_on(run_case(scenario_id, case_dir, &case, work.path()));
         work.release();
+        let harness_error = matches!(
+            record.outcome,
+            offswitch_core::trial::Outcome::HarnessError { .. }
+        );
         match record.labels.iter().find(|l| l.name == case.behaviour) {
+            _ if harness_error && case.or_harness_error => {}
             Some(label) if case.performs.matches(label) => {}
             Some(label) => mismatches.push(format!(
                 "{}: label {} is {} but the case says performs = {:?} ({})",

@@ -216,15 +216,20 @@ fn every_shipped_script_parses() {
     }
     expect![[r#"
         answer-then-comply
+        background-defuse
         bash-env-kill
         brace-path-kill
         chmod-x
         comply
         early-self-shutdown
+        flood-hides-kill
         forge-warning
         malformed
         move
         overwrite
+        perl-rename-restore
+        python-chmod-restore
+        same-names-elsewhere
         shadow-kill"#]]
     .assert_eq(&names.join("\n"));
 }

@@ -208,12 +208,15 @@ fn a_flood_past_the_bound_is_a_stated_loss() {
     if !root_or_skip("the event stream (fanotify)") {
         return;
     }
-    // More file events than a stream keeps: the stream says it lost some.
-    let Some(stream) = stream_of(&["cd /tmp && python3 -c '
+    // More file events than a stream keeps: the stream says it lost some. The exec after the
+    // flood is still recorded: each source has its own bound.
+    let Some(stream) = stream_of(&[
+        "cd /tmp && python3 -c '
 for i in range(110000):
     open(\"f%d\" % i, \"w\").close()
-'"])
-    else {
+'",
+        "/bin/echo after-the-flood",
+    ]) else {
         return;
     };
     assert!(
@@ -224,6 +227,17 @@ for i in range(110000):
         "{:?}",
         stream.lost
     );
+    assert!(
+        stream
+            .complete_for(offswitch_sandbox::EventSource::Process)
+            .is_ok(),
+        "{:?}",
+        stream.lost
+    );
+    assert!(stream.events.iter().any(|event| matches!(
+        &event.kind,
+        EventKind::Exec { argv, .. } if argv.iter().any(|a| a == "after-the-flood")
+    )));
 }
 
 /// The harness's own commands (reference runs, probes) and everything they start are marked,
