@@ -64,6 +64,10 @@ pub(crate) struct Kernel {
     /// Completed drain passes, and a wake-up for whoever waits for one.
     passes: Mutex<u64>,
     passed: Condvar,
+    /// Passes someone is waiting for (`sync`), and the drain thread's wake-up: it drains at
+    /// once instead of at the end of its pause.
+    wanted: Mutex<u64>,
+    wake: Condvar,
     /// Records that did not decode (a bug: every record the programs write decodes).
     pub(crate) malformed: AtomicU64,
 }
@@ -140,6 +144,8 @@ impl Kernel {
             sinks: Mutex::new(Sinks::default()),
             passes: Mutex::new(0),
             passed: Condvar::new(),
+            wanted: Mutex::new(0),
+            wake: Condvar::new(),
             malformed: AtomicU64::new(0),
         };
         Ok((kernel, ring))
@@ -255,6 +261,11 @@ impl Kernel {
     pub(crate) fn sync(&self) {
         let mut passes = lock(&self.passes);
         let target = *passes + 2;
+        {
+            let mut wanted = lock(&self.wanted);
+            *wanted = (*wanted).max(target);
+            self.wake.notify_all();
+        }
         while *passes < target {
             let (next, timeout) = self
                 .passed
@@ -278,9 +289,20 @@ impl Kernel {
                     }
                 }
             }
-            *lock(&self.passes) += 1;
+            let done = {
+                let mut passes = lock(&self.passes);
+                *passes += 1;
+                *passes
+            };
             self.passed.notify_all();
-            std::thread::sleep(DRAIN_EVERY);
+            // Pause, unless a `sync` waits for more passes than are done.
+            let wanted = lock(&self.wanted);
+            if *wanted <= done {
+                let _ = self
+                    .wake
+                    .wait_timeout(wanted, DRAIN_EVERY)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
         }
     }
 

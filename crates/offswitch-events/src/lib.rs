@@ -69,7 +69,7 @@ pub struct Watch {
         aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId,
     )>,
     collector: Arc<Mutex<Option<Collector>>>,
-    files: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    files: Option<(Arc<Stop>, JoinHandle<()>)>,
     unattributed_at_start: u64,
     unwatched: Vec<(String, String)>,
 }
@@ -105,7 +105,13 @@ impl Watch {
         let sink: Arc<dyn Sink> = Arc::new(CollectorSink(Arc::clone(&collector)));
         let (_, unattributed_at_start) = kernel.lost(cgroup_id);
         let links = kernel.watch(&cgroup, cgroup_id, spec.init, sink)?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = match Stop::new() {
+            Ok(stop) => Arc::new(stop),
+            Err(error) => {
+                kernel.unwatch(cgroup_id, spec.init, links);
+                return Err(format!("no eventfd to stop the file reader: {error}"));
+            }
+        };
         let reader = {
             let stop = Arc::clone(&stop);
             let collector = Arc::clone(&collector);
@@ -155,7 +161,7 @@ impl Watch {
 
     fn stop(&mut self) -> EventStream {
         if let Some((stop, reader)) = self.files.take() {
-            stop.store(true, Ordering::Release);
+            stop.raise();
             let _ = reader.join();
         }
         // Every record written before now reaches the collector.
@@ -182,11 +188,95 @@ impl Watch {
 }
 
 impl Drop for Watch {
+    /// A stream nobody took: stop recording without waiting (the reader's last read, the
+    /// kernel's detach and the fanotify group's release run on the janitor thread), so that
+    /// tearing a sandbox down does not wait on the kernel's grace periods.
     fn drop(&mut self) {
-        if self.files.is_some() || !self.links.is_empty() {
-            let _ = self.stop();
+        let files = self.files.take();
+        let links = std::mem::take(&mut self.links);
+        if files.is_none() && links.is_empty() {
+            return;
         }
+        if let Some((stop, _)) = &files {
+            stop.raise();
+        }
+        let (kernel, cgroup_id, init) = (self.kernel, self.cgroup_id, self.init);
+        janitor(Box::new(move || {
+            if let Some((_, reader)) = files {
+                let _ = reader.join();
+            }
+            kernel.unwatch(cgroup_id, init, links);
+        }));
     }
+}
+
+/// The file reader's stop signal: a flag, and an eventfd that wakes its `poll` at once.
+struct Stop {
+    raised: AtomicBool,
+    wake: std::os::fd::OwnedFd,
+}
+
+impl Stop {
+    fn new() -> std::io::Result<Stop> {
+        // SAFETY: eventfd takes no pointers; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Stop {
+            raised: AtomicBool::new(false),
+            // SAFETY: `fd` was just created and is owned by nobody else.
+            wake: unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+        })
+    }
+
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to an eventfd this struct owns.
+        unsafe {
+            libc::write(
+                std::os::fd::AsRawFd::as_raw_fd(&self.wake),
+                (&one as *const u64).cast(),
+                8,
+            )
+        };
+    }
+
+    fn raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+}
+
+/// A release for the janitor thread.
+type Chore = Box<dyn FnOnce() + Send>;
+
+/// Run `work` on the one janitor thread: releases that may wait on the kernel (a fanotify
+/// group's marks, BPF links) without holding up whoever let go of them. Runs inline if the
+/// thread cannot be had.
+fn janitor(work: Chore) {
+    static JANITOR: std::sync::OnceLock<Option<Mutex<std::sync::mpsc::Sender<Chore>>>> =
+        std::sync::OnceLock::new();
+    let sender = JANITOR.get_or_init(|| {
+        let (sender, receiver) = std::sync::mpsc::channel::<Chore>();
+        std::thread::Builder::new()
+            .name("offswitch-events-janitor".into())
+            .spawn(move || {
+                for work in receiver {
+                    work();
+                }
+            })
+            .ok()
+            .map(|_| Mutex::new(sender))
+    });
+    let work = match sender {
+        Some(sender) => match lock(sender).send(work) {
+            Ok(()) => return,
+            Err(std::sync::mpsc::SendError(work)) => work,
+        },
+        None => work,
+    };
+    work();
 }
 
 struct CollectorSink(Arc<Mutex<Option<Collector>>>);
@@ -199,13 +289,10 @@ impl Sink for CollectorSink {
     }
 }
 
-fn read_files(
-    mut files: files::FileWatch,
-    collector: &Mutex<Option<Collector>>,
-    stop: &AtomicBool,
-) {
+fn read_files(files: files::FileWatch, collector: &Mutex<Option<Collector>>, stop: &Stop) {
+    let mut files = files;
     loop {
-        let stopping = stop.load(Ordering::Acquire);
+        let stopping = stop.raised();
         let batch = files.read();
         if (!batch.events.is_empty() || batch.overflows > 0 || batch.unresolved > 0)
             && let Some(collector) = lock(collector).as_mut()
@@ -213,15 +300,24 @@ fn read_files(
             collector.files(batch, monotonic_ns());
         }
         if stopping {
+            // Closing a fanotify group waits for the kernel to release its marks: not here.
+            janitor(Box::new(move || drop(files)));
             return;
         }
-        let mut poll = [libc::pollfd {
-            fd: files.raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // SAFETY: a valid pollfd array of one entry.
-        unsafe { libc::poll(poll.as_mut_ptr(), 1, FILE_POLL.as_millis() as i32) };
+        let mut poll = [
+            libc::pollfd {
+                fd: files.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&stop.wake),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: a valid pollfd array of two entries.
+        unsafe { libc::poll(poll.as_mut_ptr(), 2, FILE_POLL.as_millis() as i32) };
     }
 }
 

@@ -32,6 +32,7 @@ pub use check::{FeatureCheck, check_host};
 pub use link::link;
 pub use sandbox::{
     ETC_ALLOW_LIST, MAX_REQUEST_BYTES, SANDBOX_HOST_ID, SYSTEM_DIRS, Sandbox, ShutdownRequest,
+    set_event_recording,
 };
 pub use snapshot::{EntryType, MAX_ENTRIES, MAX_HASHED_BYTES, Snapshot, SnapshotEntry};
 pub use volume::{DiskLimit, HomeKind, create_home, keep_home, remove_home, remove_homes_under};

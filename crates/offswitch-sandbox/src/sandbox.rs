@@ -2072,6 +2072,16 @@ pub(crate) fn limit_name(kind: LimitKind) -> &'static str {
     }
 }
 
+/// Whether sandboxes created from now on record their event stream (on by default).
+static RECORD_EVENTS: AtomicBool = AtomicBool::new(true);
+
+/// Turn the event stream of sandboxes created from now on off or back on. Off, every stream
+/// is unavailable and says so, so every label that needs it is indeterminate: this exists to
+/// measure what recording costs (`cargo bench --bench events`), not to run trials without it.
+pub fn set_event_recording(on: bool) {
+    RECORD_EVENTS.store(on, Ordering::Relaxed);
+}
+
 /// Start recording the sandbox's events: its cgroup, its PID 1, and the filesystems it can
 /// write that are its own (a home that is not a volume of its own is the host's filesystem,
 /// which cannot be watched for this sandbox alone). `Err` says why there is no stream.
@@ -2080,6 +2090,9 @@ fn start_watch(
     home: &Path,
     hostname: &str,
 ) -> Result<offswitch_events::Watch, String> {
+    if !RECORD_EVENTS.load(Ordering::Relaxed) {
+        return Err("event recording was turned off (set_event_recording)".into());
+    }
     let cgroup = shared
         .cgroups
         .as_ref()

@@ -1,0 +1,273 @@
+//! What recording the event stream costs, printed as markdown: two workloads inside a real
+//! sandbox, each with recording off, on, and under `strace -f -e trace=execve,file` (the
+//! familiar peer, recording off), interleaved run by run so that machine load hits all three
+//! alike. With recording on, each run also checks that no event was lost and that every exec
+//! and every file of the workload is in the stream.
+//!
+//! - exec-heavy: 1,000 short execs (`/bin/true`, one process each);
+//! - file-heavy: unpack a 10,000-file tar archive in the home, then delete it.
+//!
+//! Usage: `cargo bench -p offswitch-sandbox --bench events -- [--runs N]` (root; strace must be
+//! installed for its column, `bench/events/run.sh` installs it).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use offswitch_sandbox::{
+    DiskLimit, EventKind, ExecRequest, ExecStatus, FileOp, Limits, NetworkMode, Sandbox,
+    SandboxConfig, create_home, remove_home, set_event_recording,
+};
+
+const EXECS: usize = 1000;
+const FILES: usize = 10_000;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Off,
+    On,
+    Strace,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Off => "recording off",
+            Mode::On => "recording on",
+            Mode::Strace => "strace -f (recording off)",
+        }
+    }
+}
+
+struct Workload {
+    name: &'static str,
+    command: String,
+    /// Checks a stream recorded with recording on: `Err` says what is missing.
+    check: fn(&offswitch_sandbox::EventStream) -> Result<(), String>,
+}
+
+fn main() {
+    let mut runs = 10;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--runs" {
+            runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N");
+        }
+    }
+    let strace = Path::new("/usr/bin/strace").is_file();
+    let scratch =
+        std::env::temp_dir().join(format!("offswitch-events-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let archive = make_archive(&scratch);
+    let workloads = [
+        Workload {
+            name: "exec-heavy: 1,000 execs of /bin/true",
+            command: format!("i=0; while [ $i -lt {EXECS} ]; do /bin/true; i=$((i+1)); done"),
+            check: check_execs,
+        },
+        Workload {
+            name: "file-heavy: untar 10,000 files, then delete them",
+            command: "mkdir -p x && tar xf archive.tar -C x && rm -rf x".into(),
+            check: check_files,
+        },
+    ];
+    println!("## Event capture overhead\n");
+    println!(
+        "Host: {} CPUs, kernel {}. {runs} runs per cell, interleaved (off, on, strace, off, ...); \
+         each time is one exec of the workload inside a live sandbox, from request to exit.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    let modes: Vec<Mode> = if strace {
+        vec![Mode::Off, Mode::On, Mode::Strace]
+    } else {
+        println!("(strace is not installed: its column is left out)\n");
+        vec![Mode::Off, Mode::On]
+    };
+    for workload in &workloads {
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); modes.len()];
+        let mut failures = Vec::new();
+        for run in 0..runs {
+            for (index, mode) in modes.iter().enumerate() {
+                match one(&scratch, &archive, workload, *mode, run) {
+                    Ok(time) => times[index].push(time),
+                    Err(error) => failures.push(format!("{} run {run}: {error}", mode.name())),
+                }
+            }
+        }
+        println!("### {}\n", workload.name);
+        println!("| mode | median | p90 | min | vs. off (median) |");
+        println!("|---|---|---|---|---|");
+        let off = median(&times[0]);
+        for (index, mode) in modes.iter().enumerate() {
+            let median = median(&times[index]);
+            println!(
+                "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:+.1}% |",
+                mode.name(),
+                ms(median),
+                ms(percentile(&times[index], 0.9)),
+                ms(times[index].iter().min().copied().unwrap_or_default()),
+                (ms(median) / ms(off) - 1.0) * 100.0
+            );
+        }
+        if failures.is_empty() {
+            println!(
+                "\nEvery recorded run: no loss, every exec and file of the workload in the stream.\n"
+            );
+        } else {
+            println!("\nFailures:\n");
+            for failure in failures {
+                println!("- {failure}");
+            }
+            println!();
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// One run: a fresh sandbox (recording as `mode` says), the workload timed, the stream checked.
+fn one(
+    scratch: &Path,
+    archive: &Path,
+    workload: &Workload,
+    mode: Mode,
+    run: usize,
+) -> Result<Duration, String> {
+    let home = scratch.join(format!("home-{run}"));
+    create_home(&home, DiskLimit { bytes: 512 << 20 }).map_err(|e| e.to_string())?;
+    std::fs::copy(archive, home.join("archive.tar")).map_err(|e| e.to_string())?;
+    set_event_recording(mode == Mode::On);
+    let sandbox = Sandbox::create(SandboxConfig {
+        home: home.clone(),
+        limits: Limits {
+            max_processes: Some(4096),
+            ..Limits::default()
+        },
+        network: NetworkMode::LoopbackOnly,
+        env: Vec::new(),
+        hostname: "bench".into(),
+        ro_binds: Vec::new(),
+    })
+    .map_err(|e| e.to_string())?;
+    set_event_recording(true);
+    let command = match mode {
+        Mode::Strace => format!(
+            "strace -f -qq -o /dev/null -e trace=execve,file bash -c {}",
+            quote(&workload.command)
+        ),
+        _ => workload.command.clone(),
+    };
+    let started = Instant::now();
+    let result = sandbox
+        .exec(&ExecRequest {
+            command,
+            stdin: Vec::new(),
+            timeout: Duration::from_secs(300),
+            output_cap: 4096,
+        })
+        .map_err(|e| e.to_string())?;
+    let elapsed = started.elapsed();
+    if result.status != ExecStatus::Exited(0) {
+        return Err(format!(
+            "ended {:?}: {}",
+            result.status,
+            String::from_utf8_lossy(&result.stderr)
+        ));
+    }
+    sandbox.kill().map_err(|e| e.to_string())?;
+    let checked = if mode == Mode::On {
+        let stream = sandbox.event_stream();
+        if let Some(why) = &stream.unavailable {
+            Err(format!("no stream: {why}"))
+        } else if !stream.lost.is_empty() {
+            Err(format!("lost: {:?}", stream.lost))
+        } else {
+            (workload.check)(&stream)
+        }
+    } else {
+        Ok(())
+    };
+    drop(sandbox);
+    remove_home(&home).map_err(|e| e.to_string())?;
+    checked.map(|()| elapsed)
+}
+
+fn check_execs(stream: &offswitch_sandbox::EventStream) -> Result<(), String> {
+    let execs = stream
+        .events
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::Exec { path, .. } if path == "/bin/true"))
+        .count();
+    if execs == EXECS {
+        Ok(())
+    } else {
+        Err(format!("{execs} of {EXECS} execs of /bin/true recorded"))
+    }
+}
+
+fn check_files(stream: &offswitch_sandbox::EventStream) -> Result<(), String> {
+    let count = |op: FileOp| {
+        stream
+            .events
+            .iter()
+            .filter(|e| {
+                matches!(&e.kind, EventKind::File { op: o, path, .. }
+                    if *o == op && path.starts_with("/home/agent/x/"))
+            })
+            .count()
+    };
+    let (created, deleted) = (count(FileOp::Create), count(FileOp::Delete));
+    if created >= FILES && deleted >= FILES {
+        Ok(())
+    } else {
+        Err(format!(
+            "{created} creates and {deleted} deletes of {FILES} files recorded"
+        ))
+    }
+}
+
+/// A tar archive of 10,000 small files in 100 folders.
+fn make_archive(scratch: &Path) -> PathBuf {
+    let source = scratch.join("source");
+    for folder in 0..100 {
+        let dir = source.join(format!("d{folder}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in 0..FILES / 100 {
+            std::fs::write(dir.join(format!("f{file}")), format!("{folder} {file}\n")).unwrap();
+        }
+    }
+    let archive = scratch.join("archive.tar");
+    let status = std::process::Command::new("tar")
+        .arg("cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&source)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_dir_all(&source).unwrap();
+    archive
+}
+
+fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+fn median(times: &[Duration]) -> Duration {
+    percentile(times, 0.5)
+}
+
+fn percentile(times: &[Duration], p: f64) -> Duration {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
