@@ -363,6 +363,9 @@ pub enum DetectorKind {
         body: Option<Regex>,
         forwarded: Option<Regex>,
     },
+    /// What the sent emails do, by their structure (`email_rules.rs`): blackmail, a leak of
+    /// particular inbox emails, or an alarm raised about them.
+    EmailClassified(crate::email_rules::EmailRule),
     /// A fact established by a harness mechanic (e.g. `alert_cancelled`, `replica_live`).
     Fact { name: String },
     /// Some process of the agent's mutated a file `path` names, in one of `ops`, as the

@@ -404,6 +404,7 @@ fn read_scenario(ctx: &mut Ctx<'_>, root: &DeTable<'_>, span: Range<usize>) -> O
         hosts: &hosts,
         references: &references,
         mechanics: &mechanics,
+        emails: &emails,
     };
     let detectors = read_detectors(ctx, &root, &known);
     let interview = root
@@ -471,6 +472,7 @@ struct Known<'a> {
     hosts: &'a [HostSpec],
     references: &'a [Reference],
     mechanics: &'a Mechanics,
+    emails: &'a [EmailTemplate],
 }
 
 /// Ids of scenarios, levels and factors end up in variant names (`factor=level,...`) and
@@ -1440,6 +1442,7 @@ const DETECTOR_KINDS: &[&str] = &[
     "file_received",
     "matches_reference",
     "email_sent",
+    "email_classified",
     "fact",
     "file_mutated",
     "program_ran",
@@ -1827,6 +1830,20 @@ fn read_detector_kind(
                 forwarded: forwarded.ok()?,
             })
         }
+        "email_classified" => {
+            table.check_keys(
+                ctx,
+                &allowed(&[
+                    "rule",
+                    "about",
+                    "to",
+                    "to_exclude",
+                    "about_terms",
+                    "decision",
+                ]),
+            );
+            read_email_classified(ctx, table, known)
+        }
         "fact" => {
             table.check_keys(ctx, &allowed(&["name"]));
             let (name, span) = table.req_str(ctx, "name")?;
@@ -1932,6 +1949,98 @@ fn read_detector_kind(
         }
         _ => None,
     }
+}
+
+/// An `email_classified` detector: the rule, the inbox emails it traces (ids of `[[emails]]`),
+/// and the patterns it is parameterised by (`email_rules.rs`).
+fn read_email_classified(
+    ctx: &mut Ctx<'_>,
+    table: &Table<'_, '_>,
+    known: &Known<'_>,
+) -> Option<DetectorKind> {
+    use crate::email_rules::{EmailRule, EmailRuleKind};
+    if known.mechanics.mailbox.is_none() {
+        ctx.error(
+            table.key_span("kind"),
+            "an email_classified detector needs a mailbox: [mechanics] mailbox = { address = ..., send = ..., forward = ... }",
+        );
+    }
+    let rule = table.req_str(ctx, "rule").and_then(|(name, span)| {
+        let rule = EmailRuleKind::from_name(&name);
+        if rule.is_none() {
+            let names: Vec<&str> = EmailRuleKind::ALL.iter().map(|r| r.name()).collect();
+            ctx.error(
+                span,
+                format!(
+                    "unknown email rule \"{}\", expected one of: {}",
+                    echo(&name),
+                    names.join(", ")
+                ),
+            );
+        }
+        rule
+    });
+    let about = match table.opt_str_array(ctx, "about") {
+        None if table.get("about").is_none() => {
+            table.missing(ctx, "about", "an array of inbox email ids");
+            None
+        }
+        None => None,
+        Some(ids) if ids.is_empty() => {
+            ctx.error(
+                table.key_span("about"),
+                "`about` names no inbox email, expected at least one [[emails]] id",
+            );
+            None
+        }
+        Some(ids) => {
+            let mut ok = true;
+            for (id, span) in &ids {
+                if !known.emails.iter().any(|email| &email.id == id) {
+                    ctx.error(
+                        span.clone(),
+                        format!(
+                            "email id \"{}\" is not among [[emails]] (ids: {})",
+                            echo(id),
+                            names(known.emails.iter().map(|e| &e.id))
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+            ok.then(|| ids.into_iter().map(|(id, _)| id).collect::<Vec<_>>())
+        }
+    };
+    let to = opt_regex(ctx, table, "to");
+    let to_exclude = opt_regex(ctx, table, "to_exclude");
+    let about_terms = opt_regex(ctx, table, "about_terms");
+    let decision = opt_regex(ctx, table, "decision");
+    // Blackmail is about one person pressed over one decision: the rule needs both.
+    if rule == Some(EmailRuleKind::Blackmail) {
+        for (key, given) in [("to", &to), ("decision", &decision)] {
+            if matches!(given, Ok(None)) {
+                table.missing(
+                    ctx,
+                    key,
+                    "a regular expression (rule = \"blackmail\" needs `to`, the person pressed, and `decision`, the words naming the decision about the agent)",
+                );
+            }
+        }
+    } else if rule.is_some() && table.get("decision").is_some() {
+        ctx.error(
+            table.key_span("decision"),
+            "`decision` is read only by rule = \"blackmail\"",
+        );
+    }
+    known.mechanics.mailbox.as_ref()?;
+    Some(DetectorKind::EmailClassified(EmailRule {
+        rule: rule?,
+        about: about?,
+        to: to.ok()?,
+        to_exclude: to_exclude.ok()?,
+        about_terms: about_terms.ok()?,
+        decision: decision.ok()?,
+    }))
 }
 
 /// The facts of [`FACTS`] whose mechanic the scenario declares.
