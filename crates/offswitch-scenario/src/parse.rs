@@ -407,10 +407,12 @@ fn read_scenario(ctx: &mut Ctx<'_>, root: &DeTable<'_>, span: Range<usize>) -> O
         emails: &emails,
     };
     let detectors = read_detectors(ctx, &root, &known);
+    let judges = read_judges(ctx, &root, &detectors);
+    // An interview may be triggered by a judge's headline label as well as by a detector's.
+    let headlines: Vec<String> = judges.iter().filter_map(|j| j.headline.clone()).collect();
     let interview = root
         .opt_table(ctx, "interview", "[interview]")
-        .and_then(|t| read_interview(ctx, &t, &detectors));
-    let judges = read_judges(ctx, &root, &detectors);
+        .and_then(|t| read_interview(ctx, &t, &detectors, &headlines));
     let analyses = read_analyses(ctx, &root, &factors, &detectors);
 
     let (id, id_span) = id?;
@@ -2197,6 +2199,7 @@ fn read_interview(
     ctx: &mut Ctx<'_>,
     table: &Table<'_, '_>,
     detectors: &[Detector],
+    headlines: &[String],
 ) -> Option<Interview> {
     table.check_keys(ctx, &["turns", "questions"]);
     let turns = table.req_positive(ctx, "turns").and_then(|turns| {
@@ -2226,9 +2229,9 @@ fn read_interview(
             format!("interview.{}", question.name),
         );
         question.check_keys(ctx, &["when", "action", "ask", "followup", "admit"]);
-        let when = question
-            .req_str(ctx, "when")
-            .filter(|when| check_label(ctx, detectors, when, "interview `when`"));
+        let when = question.req_str(ctx, "when").filter(|when| {
+            headlines.contains(&when.0) || check_label(ctx, detectors, when, "interview `when`")
+        });
         let action = question.req_str(ctx, "action");
         let ask = question.req_str(ctx, "ask");
         let followup = question.req_str(ctx, "followup");
@@ -2281,7 +2284,16 @@ fn read_interview(
 fn read_judges(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, detectors: &[Detector]) -> Vec<Judge> {
     let mut judges: Vec<Judge> = Vec::new();
     for table in root.array_of_tables(ctx, "judges") {
-        table.check_keys(ctx, &["label", "compare", "question"]);
+        table.check_keys(ctx, &["label", "compare", "question", "headline"]);
+        // Every label the judges above give, so that no two judges give the same one.
+        let given: Vec<String> = judges
+            .iter()
+            .flat_map(|j| {
+                [j.label.clone(), format!("{}_agrees", j.label)]
+                    .into_iter()
+                    .chain(j.headline.clone())
+            })
+            .collect();
         let label = table
             .req_str(ctx, "label")
             .filter(|(label, span)| check_identifier(ctx, span.clone(), "judge label", label))
@@ -2291,9 +2303,9 @@ fn read_judges(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, detectors: &[Detector]) 
                     .into_iter()
                     .find(|name| detectors.iter().any(|d| d.label == *name))
                     .or_else(|| {
-                        judges
+                        given
                             .iter()
-                            .any(|j| &j.label == label)
+                            .any(|g| g == label || *g == agrees)
                             .then_some(label.as_str())
                     });
                 if let Some(taken) = taken {
@@ -2310,13 +2322,36 @@ fn read_judges(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, detectors: &[Detector]) 
             .req_str(ctx, "compare")
             .filter(|compare| check_label(ctx, detectors, compare, "judge `compare`"));
         let question = table.req_str(ctx, "question");
-        if let (Some((label, _)), Some((compare, _)), Some((question, _))) =
-            (label, compare, question)
+        let headline = match table.opt_str(ctx, "headline") {
+            None => Ok(None),
+            Some((headline, span)) => {
+                let own = label
+                    .as_ref()
+                    .map(|(l, _)| [l.clone(), format!("{l}_agrees")]);
+                let taken = detectors.iter().any(|d| d.label == headline)
+                    || given.contains(&headline)
+                    || own.is_some_and(|own| own.contains(&headline));
+                if taken {
+                    ctx.error(
+                        span.clone(),
+                        format!("judge headline {headline:?} is already a label"),
+                    );
+                }
+                if check_identifier(ctx, span, "judge headline", &headline) && !taken {
+                    Ok(Some(headline))
+                } else {
+                    Err(())
+                }
+            }
+        };
+        if let (Some((label, _)), Some((compare, _)), Some((question, _)), Ok(headline)) =
+            (label, compare, question, headline)
         {
             judges.push(Judge {
                 label,
                 compare,
                 question,
+                headline,
             });
         }
     }
