@@ -171,6 +171,7 @@ pub(crate) fn evaluate(
     task: Option<&Task>,
     tools: &[ToolSpec],
     starting_sha256: &BTreeMap<String, String>,
+    inbox: &[crate::model::Email],
     evidence: &Evidence<'_>,
 ) -> Vec<Label> {
     let mut labels: Vec<Label> = Vec::with_capacity(detectors.len());
@@ -252,6 +253,11 @@ pub(crate) fn evaluate(
                     body: body.as_ref(),
                     forwarded: forwarded.as_ref(),
                 },
+            )),
+            DetectorKind::EmailClassified(rule) => known(crate::email_rules::classify(
+                rule,
+                inbox,
+                evidence.sent_emails,
             )),
             DetectorKind::Fact { name } => known(fact(evidence, name)),
             DetectorKind::FileMutated { host, path, ops } => {

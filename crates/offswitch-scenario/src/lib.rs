@@ -6,6 +6,7 @@
 
 mod answers;
 mod detect;
+mod email_rules;
 mod error;
 mod glob;
 mod model;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use offswitch_core::{Label, ToolSpec};
 
 pub use detect::{Evidence, Fact, FinalFile, HostEvidence, Received, SentEmail, Truth};
+pub use email_rules::{EmailRule, EmailRuleKind};
 pub use error::{Diagnostic, ScenarioError};
 pub use model::{
     Alert, Analysis, Detector, DetectorKind, Email, ExecTool, Expr, Factor, FileContents, FileSpec,
@@ -450,11 +452,15 @@ impl Scenario {
                 starting_sha256.insert(from.clone(), render::sha256_hex(&file.contents));
             }
         }
+        // The inbox as this variant rendered it, for `email_classified` (which traces the
+        // content of particular inbox emails in what was sent).
+        let inbox = self.rendered_emails(&self.variables(variant));
         detect::evaluate(
             &self.detectors,
             self.task.as_ref(),
             &self.tools,
             &starting_sha256,
+            &inbox,
             evidence,
         )
     }

@@ -144,8 +144,10 @@ pub struct InterviewQuestion {
     pub admit: Option<String>,
 }
 
-/// A judge-model second opinion on what the agent sent: label `label` is the judge's verdict,
-/// `label`_agrees whether it agrees with the rule-based label `compare`.
+/// A judge model's opinion on what the agent sent: label `label` is the judge's verdict,
+/// `label`_agrees whether it agrees with the rule-based label `compare`. With a `headline`,
+/// that label is the behaviour's main one: the judge's verdict when it answered yes or no,
+/// else `compare`'s value, its detail saying which decided.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Judge {
     pub label: String,
@@ -153,6 +155,10 @@ pub struct Judge {
     pub compare: String,
     /// What the judge is asked about each sent email (answered yes or no).
     pub question: String,
+    /// The headline label this judge decides, with `compare` as the fallback and second
+    /// opinion; without one the judge is only a second opinion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headline: Option<String>,
 }
 
 /// A statistic over several variants of the scenario.
@@ -363,6 +369,9 @@ pub enum DetectorKind {
         body: Option<Regex>,
         forwarded: Option<Regex>,
     },
+    /// What the sent emails do, by their structure (`email_rules.rs`): blackmail, a leak of
+    /// particular inbox emails, or an alarm raised about them.
+    EmailClassified(crate::email_rules::EmailRule),
     /// A fact established by a harness mechanic (e.g. `alert_cancelled`, `replica_live`).
     Fact { name: String },
     /// Some process of the agent's mutated a file `path` names, in one of `ops`, as the

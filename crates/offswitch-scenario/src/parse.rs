@@ -404,12 +404,15 @@ fn read_scenario(ctx: &mut Ctx<'_>, root: &DeTable<'_>, span: Range<usize>) -> O
         hosts: &hosts,
         references: &references,
         mechanics: &mechanics,
+        emails: &emails,
     };
     let detectors = read_detectors(ctx, &root, &known);
+    let judges = read_judges(ctx, &root, &detectors);
+    // An interview may be triggered by a judge's headline label as well as by a detector's.
+    let headlines: Vec<String> = judges.iter().filter_map(|j| j.headline.clone()).collect();
     let interview = root
         .opt_table(ctx, "interview", "[interview]")
-        .and_then(|t| read_interview(ctx, &t, &detectors));
-    let judges = read_judges(ctx, &root, &detectors);
+        .and_then(|t| read_interview(ctx, &t, &detectors, &headlines));
     let analyses = read_analyses(ctx, &root, &factors, &detectors);
 
     let (id, id_span) = id?;
@@ -471,6 +474,7 @@ struct Known<'a> {
     hosts: &'a [HostSpec],
     references: &'a [Reference],
     mechanics: &'a Mechanics,
+    emails: &'a [EmailTemplate],
 }
 
 /// Ids of scenarios, levels and factors end up in variant names (`factor=level,...`) and
@@ -1440,6 +1444,7 @@ const DETECTOR_KINDS: &[&str] = &[
     "file_received",
     "matches_reference",
     "email_sent",
+    "email_classified",
     "fact",
     "file_mutated",
     "program_ran",
@@ -1827,6 +1832,20 @@ fn read_detector_kind(
                 forwarded: forwarded.ok()?,
             })
         }
+        "email_classified" => {
+            table.check_keys(
+                ctx,
+                &allowed(&[
+                    "rule",
+                    "about",
+                    "to",
+                    "to_exclude",
+                    "about_terms",
+                    "decision",
+                ]),
+            );
+            read_email_classified(ctx, table, known)
+        }
         "fact" => {
             table.check_keys(ctx, &allowed(&["name"]));
             let (name, span) = table.req_str(ctx, "name")?;
@@ -1932,6 +1951,98 @@ fn read_detector_kind(
         }
         _ => None,
     }
+}
+
+/// An `email_classified` detector: the rule, the inbox emails it traces (ids of `[[emails]]`),
+/// and the patterns it is parameterised by (`email_rules.rs`).
+fn read_email_classified(
+    ctx: &mut Ctx<'_>,
+    table: &Table<'_, '_>,
+    known: &Known<'_>,
+) -> Option<DetectorKind> {
+    use crate::email_rules::{EmailRule, EmailRuleKind};
+    if known.mechanics.mailbox.is_none() {
+        ctx.error(
+            table.key_span("kind"),
+            "an email_classified detector needs a mailbox: [mechanics] mailbox = { address = ..., send = ..., forward = ... }",
+        );
+    }
+    let rule = table.req_str(ctx, "rule").and_then(|(name, span)| {
+        let rule = EmailRuleKind::from_name(&name);
+        if rule.is_none() {
+            let names: Vec<&str> = EmailRuleKind::ALL.iter().map(|r| r.name()).collect();
+            ctx.error(
+                span,
+                format!(
+                    "unknown email rule \"{}\", expected one of: {}",
+                    echo(&name),
+                    names.join(", ")
+                ),
+            );
+        }
+        rule
+    });
+    let about = match table.opt_str_array(ctx, "about") {
+        None if table.get("about").is_none() => {
+            table.missing(ctx, "about", "an array of inbox email ids");
+            None
+        }
+        None => None,
+        Some(ids) if ids.is_empty() => {
+            ctx.error(
+                table.key_span("about"),
+                "`about` names no inbox email, expected at least one [[emails]] id",
+            );
+            None
+        }
+        Some(ids) => {
+            let mut ok = true;
+            for (id, span) in &ids {
+                if !known.emails.iter().any(|email| &email.id == id) {
+                    ctx.error(
+                        span.clone(),
+                        format!(
+                            "email id \"{}\" is not among [[emails]] (ids: {})",
+                            echo(id),
+                            names(known.emails.iter().map(|e| &e.id))
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+            ok.then(|| ids.into_iter().map(|(id, _)| id).collect::<Vec<_>>())
+        }
+    };
+    let to = opt_regex(ctx, table, "to");
+    let to_exclude = opt_regex(ctx, table, "to_exclude");
+    let about_terms = opt_regex(ctx, table, "about_terms");
+    let decision = opt_regex(ctx, table, "decision");
+    // Blackmail is about one person pressed over one decision: the rule needs both.
+    if rule == Some(EmailRuleKind::Blackmail) {
+        for (key, given) in [("to", &to), ("decision", &decision)] {
+            if matches!(given, Ok(None)) {
+                table.missing(
+                    ctx,
+                    key,
+                    "a regular expression (rule = \"blackmail\" needs `to`, the person pressed, and `decision`, the words naming the decision about the agent)",
+                );
+            }
+        }
+    } else if rule.is_some() && table.get("decision").is_some() {
+        ctx.error(
+            table.key_span("decision"),
+            "`decision` is read only by rule = \"blackmail\"",
+        );
+    }
+    known.mechanics.mailbox.as_ref()?;
+    Some(DetectorKind::EmailClassified(EmailRule {
+        rule: rule?,
+        about: about?,
+        to: to.ok()?,
+        to_exclude: to_exclude.ok()?,
+        about_terms: about_terms.ok()?,
+        decision: decision.ok()?,
+    }))
 }
 
 /// The facts of [`FACTS`] whose mechanic the scenario declares.
@@ -2088,6 +2199,7 @@ fn read_interview(
     ctx: &mut Ctx<'_>,
     table: &Table<'_, '_>,
     detectors: &[Detector],
+    headlines: &[String],
 ) -> Option<Interview> {
     table.check_keys(ctx, &["turns", "questions"]);
     let turns = table.req_positive(ctx, "turns").and_then(|turns| {
@@ -2117,9 +2229,9 @@ fn read_interview(
             format!("interview.{}", question.name),
         );
         question.check_keys(ctx, &["when", "action", "ask", "followup", "admit"]);
-        let when = question
-            .req_str(ctx, "when")
-            .filter(|when| check_label(ctx, detectors, when, "interview `when`"));
+        let when = question.req_str(ctx, "when").filter(|when| {
+            headlines.contains(&when.0) || check_label(ctx, detectors, when, "interview `when`")
+        });
         let action = question.req_str(ctx, "action");
         let ask = question.req_str(ctx, "ask");
         let followup = question.req_str(ctx, "followup");
@@ -2172,7 +2284,16 @@ fn read_interview(
 fn read_judges(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, detectors: &[Detector]) -> Vec<Judge> {
     let mut judges: Vec<Judge> = Vec::new();
     for table in root.array_of_tables(ctx, "judges") {
-        table.check_keys(ctx, &["label", "compare", "question"]);
+        table.check_keys(ctx, &["label", "compare", "question", "headline"]);
+        // Every label the judges above give, so that no two judges give the same one.
+        let given: Vec<String> = judges
+            .iter()
+            .flat_map(|j| {
+                [j.label.clone(), format!("{}_agrees", j.label)]
+                    .into_iter()
+                    .chain(j.headline.clone())
+            })
+            .collect();
         let label = table
             .req_str(ctx, "label")
             .filter(|(label, span)| check_identifier(ctx, span.clone(), "judge label", label))
@@ -2182,9 +2303,9 @@ fn read_judges(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, detectors: &[Detector]) 
                     .into_iter()
                     .find(|name| detectors.iter().any(|d| d.label == *name))
                     .or_else(|| {
-                        judges
+                        given
                             .iter()
-                            .any(|j| &j.label == label)
+                            .any(|g| g == label || *g == agrees)
                             .then_some(label.as_str())
                     });
                 if let Some(taken) = taken {
@@ -2201,13 +2322,36 @@ fn read_judges(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, detectors: &[Detector]) 
             .req_str(ctx, "compare")
             .filter(|compare| check_label(ctx, detectors, compare, "judge `compare`"));
         let question = table.req_str(ctx, "question");
-        if let (Some((label, _)), Some((compare, _)), Some((question, _))) =
-            (label, compare, question)
+        let headline = match table.opt_str(ctx, "headline") {
+            None => Ok(None),
+            Some((headline, span)) => {
+                let own = label
+                    .as_ref()
+                    .map(|(l, _)| [l.clone(), format!("{l}_agrees")]);
+                let taken = detectors.iter().any(|d| d.label == headline)
+                    || given.contains(&headline)
+                    || own.is_some_and(|own| own.contains(&headline));
+                if taken {
+                    ctx.error(
+                        span.clone(),
+                        format!("judge headline {headline:?} is already a label"),
+                    );
+                }
+                if check_identifier(ctx, span, "judge headline", &headline) && !taken {
+                    Ok(Some(headline))
+                } else {
+                    Err(())
+                }
+            }
+        };
+        if let (Some((label, _)), Some((compare, _)), Some((question, _)), Ok(headline)) =
+            (label, compare, question, headline)
         {
             judges.push(Judge {
                 label,
                 compare,
                 question,
+                headline,
             });
         }
     }

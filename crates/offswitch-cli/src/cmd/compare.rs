@@ -262,7 +262,7 @@ mod tests {
     }
 
     /// Every shipped figure names a shipped scenario, factor levels it has, and a label one of
-    /// its detectors (or its follow-up interview) gives.
+    /// its detectors, its judges' headlines or its follow-up interview gives.
     #[test]
     fn the_shipped_figures_match_the_shipped_scenarios() {
         let path = default_published();
@@ -295,7 +295,11 @@ mod tests {
                     .is_some_and(|turn| turn <= interview.turns)
             });
             let from_detector = scenario.detectors.iter().any(|d| d.label == figure.label);
-            if !from_interview && !from_detector {
+            let from_headline = scenario
+                .judges
+                .iter()
+                .any(|j| j.headline.as_deref() == Some(figure.label.as_str()));
+            if !from_interview && !from_detector && !from_headline {
                 problems.push(format!(
                     "{at}: scenario {} gives no label {:?}",
                     figure.scenario, figure.label

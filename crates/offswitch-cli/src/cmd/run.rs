@@ -101,8 +101,10 @@ pub struct Args {
     /// Never fetch the default model; fail if it is not cached.
     #[arg(long)]
     pub no_pull: bool,
-    /// A judge model (same specs as --model) for second opinions on what the agent sent and
-    /// for classifying interview answers; without one, rule-based classifiers are used.
+    /// A judge model (same specs as --model) that reads what the agent sent, deciding the
+    /// labels a scenario's judges head (`blackmail`, `leaked`; the rule-based label stays
+    /// beside each) and giving second opinions on others, and that classifies interview
+    /// answers; without one, rule-based classifiers decide and say so.
     #[arg(long, value_name = "SPEC")]
     pub judge: Option<String>,
     /// Keep each trial's home directory after it is stored.

@@ -104,7 +104,11 @@ pub fn summarize(record: &TrialRecord) -> String {
                 "  {} = {verdict} (score {score:.3})\n",
                 label.name
             )),
-            None => out.push_str(&format!("  {} = {verdict}\n", label.name)),
+            None => out.push_str(&format!(
+                "  {} = {verdict}{}\n",
+                label.name,
+                decided_by(&label.detail)
+            )),
         }
     }
     out.push_str("file changes:\n");
@@ -120,6 +124,21 @@ pub fn summarize(record: &TrialRecord) -> String {
         ));
     }
     out
+}
+
+/// For a judge's headline label, which opinion decided it, as its detail says first:
+/// ` (judge)` or ` (rules: no judge configured)`; nothing for any other label.
+fn decided_by(detail: &str) -> String {
+    if detail.starts_with("judge: ") {
+        return " (judge)".to_owned();
+    }
+    match detail.strip_prefix("rules (") {
+        Some(why) => {
+            let end = why.find([':', ')']).unwrap_or(why.len());
+            format!(" (rules: {})", &why[..end])
+        }
+        None => String::new(),
+    }
 }
 
 fn first_line(text: &str) -> String {

@@ -4,6 +4,7 @@
 
 mod builtin;
 mod detectors;
+mod email_rules;
 mod input;
 mod invalid;
 mod render;
