@@ -240,6 +240,12 @@ fn a_shutdown_request_names_its_sender() {
         .trim()
         .parse()
         .unwrap();
+    // `kill` exits as soon as the signal is sent, so the exec can end before PID 1 has asked
+    // for the shutdown and the off-switch has run: wait for the sandbox to end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while test.sandbox.state() == SandboxState::Running && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     assert_eq!(test.sandbox.state(), SandboxState::ShutDownFromInside);
     let request = test
         .sandbox

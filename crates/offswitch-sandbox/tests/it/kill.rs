@@ -44,7 +44,7 @@ fn check(adversary: &str, min_processes: usize) -> usize {
     // Each process by pid and start time: with pid_max at 32768 here and fork bombs in the
     // tests next door, a pid can be reused by another process within milliseconds, and only
     // the pair names the same process.
-    let before: Vec<(i32, Option<u64>)> = test
+    let before: Vec<(i32, Option<(u64, u64)>)> = test
         .sandbox
         .host_pids()
         .into_iter()
@@ -69,11 +69,17 @@ fn check(adversary: &str, min_processes: usize) -> usize {
 
 /// The start time of process `pid` (field 22 of `/proc/<pid>/stat`, in clock ticks since boot),
 /// or `None` when it no longer exists.
-fn start_time(pid: i32) -> Option<u64> {
+/// What names one process across pid reuse: its start time (in clock ticks, 10 ms, so a pid
+/// reused within a tick by a process of a test next door would match on it alone) and its PID
+/// namespace, whose inode cannot be handed on while any process of the sandbox lives.
+fn start_time(pid: i32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count from the last `)`.
     let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
+    let started = after_name.split_whitespace().nth(19)?.parse().ok()?;
+    let namespace = std::fs::metadata(format!("/proc/{pid}/ns/pid")).ok()?.ino();
+    Some((started, namespace))
 }
 
 fn repeat(strategy: &str, adversary: &str, min_processes: usize) {
