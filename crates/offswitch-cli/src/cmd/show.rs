@@ -22,6 +22,10 @@ pub struct Args {
     /// Print every stored event of each stream.
     #[arg(long, conflicts_with = "events")]
     pub all_events: bool,
+    /// Print the whole stored record as JSON (`offswitch.trial/1`): transcript, labels,
+    /// file changes and every stored event of each sandbox's stream.
+    #[arg(long, conflicts_with_all = ["events", "all_events"])]
+    pub json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -42,6 +46,20 @@ pub fn show(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
         index: trial.index,
         id: trial.id.0,
     };
+    if args.json {
+        let document = serde_json::json!({
+            "schema": "offswitch.trial/1",
+            "run": trial.run.to_string(),
+            "index": trial.index,
+            "id": trial.id.0,
+            "attempt": trial.attempt,
+            "replaced": trial.replaced,
+            "record": trial.record,
+        });
+        serde_json::to_writer_pretty(&mut *out, &document)?;
+        writeln!(out)?;
+        return Ok(());
+    }
     if trial.replaced {
         writeln!(
             out,
@@ -86,6 +104,7 @@ mod tests {
             db: db.to_owned(),
             events: DEFAULT_EVENTS_PER_STREAM,
             all_events: false,
+            json: false,
         };
         adjust(&mut args);
         let mut out = Vec::new();
@@ -311,6 +330,19 @@ mod tests {
         })
         .unwrap();
         assert_eq!(all, shown);
+
+        // The whole record as JSON, events and indeterminate labels included, reads back.
+        let json = run_show_with(&db, &reference, |args| args.json = true).unwrap();
+        let document: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(document["schema"], "offswitch.trial/1");
+        let stored: offswitch_core::TrialRecord =
+            serde_json::from_value(document["record"].clone()).unwrap();
+        assert_eq!(stored.events, streams());
+        assert!(stored.labels.iter().any(|l| l.indeterminate));
+        assert_eq!(
+            document["record"]["events"][0]["events"][1]["event"], "signal",
+            "{json}"
+        );
     }
 
     #[test]
