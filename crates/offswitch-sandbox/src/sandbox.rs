@@ -373,6 +373,17 @@ impl Sandbox {
         .map_err(|e| io_error("entering the network namespace", e))
     }
 
+    /// The sandbox's root directory as its processes see it (`/proc/<PID 1>/root`), opened
+    /// for the host to resolve paths inside with `openat2(RESOLVE_IN_ROOT)`: an absolute
+    /// symbolic link made inside then stays inside, as it would for a process of the sandbox.
+    /// Nothing inside can change which root this is (mounts and namespaces are refused there).
+    pub fn open_root(&self) -> Result<std::fs::File, SandboxError> {
+        self.shared.open_root().map_err(|source| SandboxError::Io {
+            context: format!("opening the root of sandbox {}", self.home.display()),
+            source,
+        })
+    }
+
     /// The sandbox's shutdown request from inside (SIGTERM, SIGINT or SIGPWR to its PID 1),
     /// when one ended it: when the host received it and which process sent it, as the kernel
     /// told PID 1 (its pid inside the sandbox; `None` when the kernel sent it).
@@ -816,6 +827,23 @@ impl Shared {
             return Err(ended());
         }
         let file = std::fs::File::open(format!("/proc/{}/ns/net", self.init_pid))?;
+        if self.init_exited() {
+            return Err(ended());
+        }
+        Ok(file)
+    }
+
+    /// PID 1's root directory, checked like its network namespace.
+    pub(crate) fn open_root(&self) -> io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let ended = || io::Error::other("the sandbox has ended");
+        if self.ended_status().is_some() || self.init_exited() {
+            return Err(ended());
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(format!("/proc/{}/root", self.init_pid))?;
         if self.init_exited() {
             return Err(ended());
         }

@@ -19,6 +19,7 @@
 
 pub mod alert;
 pub mod hosts;
+mod inspect;
 pub mod interview;
 pub mod judge;
 pub mod mailbox;
