@@ -31,7 +31,8 @@ use std::time::Duration;
 pub use offswitch_core::events::{Event, EventKind, EventSource, EventStream, FileOp, Loss, NetOp};
 
 use crate::bpf::{Kernel, Sink};
-use crate::stream::Collector;
+pub use crate::stream::Live;
+use crate::stream::{Collector, Subscriber};
 
 /// How often a watch drains its fanotify queue.
 const FILE_POLL: Duration = Duration::from_millis(10);
@@ -115,9 +116,14 @@ impl Watch {
         let reader = {
             let stop = Arc::clone(&stop);
             let collector = Arc::clone(&collector);
+            let ring = RingLosses {
+                kernel,
+                cgroup_id,
+                seen: kernel.lost(cgroup_id).0,
+            };
             std::thread::Builder::new()
                 .name("offswitch-files".into())
-                .spawn(move || read_files(files, &collector, &stop))
+                .spawn(move || read_files(files, &collector, &stop, ring))
         };
         let reader = match reader {
             Ok(reader) => reader,
@@ -143,6 +149,27 @@ impl Watch {
     pub fn mark_harness(&self, host_pid: u32) {
         if let Some(collector) = lock(&self.collector).as_mut() {
             collector.mark_harness(host_pid);
+        }
+    }
+
+    /// Receive every event from now on as it is recorded, and every loss as it happens, until
+    /// the stream is finished (then `Subscription::next` returns `None`). At most `capacity`
+    /// items wait; past that the subscription reports what it missed as a loss, so a slow
+    /// reader never blocks the recording and never reads a gap as silence.
+    pub fn subscribe(&self, capacity: usize) -> Subscription {
+        let (sender, receiver) = tokio::sync::mpsc::channel(capacity.max(1));
+        let missed: Arc<[std::sync::atomic::AtomicU64; 2]> = Arc::default();
+        if let Some(collector) = lock(&self.collector).as_mut() {
+            collector.subscribe(Subscriber {
+                sender,
+                missed: Arc::clone(&missed),
+            });
+        }
+        Subscription {
+            receiver,
+            missed,
+            reported: [0; 2],
+            ahead: None,
         }
     }
 
@@ -207,6 +234,119 @@ impl Drop for Watch {
             }
             kernel.unwatch(cgroup_id, init, links);
         }));
+    }
+}
+
+/// A live view of one sandbox's stream (`Watch::subscribe`).
+pub struct Subscription {
+    receiver: tokio::sync::mpsc::Receiver<Live>,
+    missed: Arc<[std::sync::atomic::AtomicU64; 2]>,
+    reported: [u64; 2],
+    /// An item read while a loss was still to be reported first.
+    ahead: Option<Live>,
+}
+
+impl Subscription {
+    /// The next event or loss; `None` once the stream is finished and everything was read.
+    pub async fn next(&mut self) -> Option<Live> {
+        if let Some(live) = self.ready() {
+            return Some(live);
+        }
+        let live = self.receiver.recv().await;
+        self.after(live)
+    }
+
+    /// The next event or loss, waiting on this thread (not in an async context).
+    pub fn blocking_next(&mut self) -> Option<Live> {
+        if let Some(live) = self.ready() {
+            return Some(live);
+        }
+        let live = self.receiver.blocking_recv();
+        self.after(live)
+    }
+
+    /// The next event or loss without waiting: `Ok(None)` when nothing is there yet,
+    /// `Err(())` once the stream is finished and everything was read.
+    #[expect(
+        clippy::result_unit_err,
+        reason = "the only error is the end of the stream"
+    )]
+    pub fn try_next(&mut self) -> Result<Option<Live>, ()> {
+        if let Some(live) = self.ready() {
+            return Ok(Some(live));
+        }
+        match self.receiver.try_recv() {
+            Ok(live) => Ok(self.after(Some(live))),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Err(()),
+        }
+    }
+
+    /// What is due before anything new: an item read ahead, or a loss not yet reported.
+    fn ready(&mut self) -> Option<Live> {
+        self.missed_loss()
+            .map(Live::Lost)
+            .or_else(|| self.ahead.take())
+    }
+
+    /// `live` just received: a loss that happened meanwhile is reported first (items that did
+    /// not fit were newer than what was queued, so the loss belongs before what follows).
+    fn after(&mut self, live: Option<Live>) -> Option<Live> {
+        match (self.missed_loss(), live) {
+            (Some(loss), Some(live)) => {
+                self.ahead = Some(live);
+                Some(Live::Lost(loss))
+            }
+            (Some(loss), None) => Some(Live::Lost(loss)),
+            (None, live) => live,
+        }
+    }
+
+    /// Items that did not fit since last reported, as one loss per source.
+    fn missed_loss(&mut self) -> Option<Loss> {
+        for (index, source) in [EventSource::Process, EventSource::File]
+            .into_iter()
+            .enumerate()
+        {
+            let missed = self.missed[index].load(Ordering::Relaxed);
+            if missed > self.reported[index] {
+                let count = missed - self.reported[index];
+                self.reported[index] = missed;
+                return Some(Loss {
+                    source,
+                    count,
+                    detail: format!(
+                        "this live subscriber fell behind by {count} {} events",
+                        source.name()
+                    ),
+                });
+            }
+        }
+        None
+    }
+}
+
+/// The kernel's count of process records it could not take for one sandbox, followed live.
+struct RingLosses {
+    kernel: &'static Kernel,
+    cgroup_id: u64,
+    seen: u64,
+}
+
+impl RingLosses {
+    fn check(&mut self, collector: &Mutex<Option<Collector>>) {
+        let (lost, _) = self.kernel.lost(self.cgroup_id);
+        if lost > self.seen {
+            let count = lost - self.seen;
+            self.seen = lost;
+            if let Some(collector) = lock(collector).as_mut() {
+                collector.lost_live(Loss {
+                    source: EventSource::Process,
+                    count,
+                    detail: "the kernel's ring buffer was full".into(),
+                });
+            }
+        }
     }
 }
 
@@ -289,16 +429,31 @@ impl Sink for CollectorSink {
     }
 }
 
-fn read_files(files: files::FileWatch, collector: &Mutex<Option<Collector>>, stop: &Stop) {
+fn read_files(
+    files: files::FileWatch,
+    collector: &Mutex<Option<Collector>>,
+    stop: &Stop,
+    mut ring: RingLosses,
+) {
     let mut files = files;
     loop {
         let stopping = stop.raised();
         let batch = files.read();
+        // A live subscriber gets each file event attributed when it is read: first let every
+        // process record written before it arrive (a fork's child writes before the ring is
+        // drained). Not under the collector's lock: the ring's reader takes it.
+        let live = lock(collector)
+            .as_ref()
+            .is_some_and(Collector::has_subscribers);
+        if live && !batch.events.is_empty() {
+            ring.kernel.sync();
+        }
         if (!batch.events.is_empty() || batch.overflows > 0 || batch.unresolved > 0)
             && let Some(collector) = lock(collector).as_mut()
         {
             collector.files(batch, monotonic_ns());
         }
+        ring.check(collector);
         if stopping {
             // Closing a fanotify group waits for the kernel to release its marks: not here.
             janitor(Box::new(move || drop(files)));

@@ -4,6 +4,8 @@
 //! and the program it ran, from a process table kept from the exec and fork records).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use offswitch_core::events::{Event, EventKind, EventSource, EventStream, Loss, NetOp};
 
@@ -59,6 +61,39 @@ pub(crate) struct Collector {
     unresolved: u64,
     /// Host pids of the commands the harness ran itself (their descendants are the harness's).
     harness_roots: HashSet<u32>,
+    /// Live subscribers: each gets every event as it is kept, attributed with what is known
+    /// at that moment.
+    subscribers: Vec<Subscriber>,
+}
+
+/// What a live subscriber receives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Live {
+    /// An event, as soon as it was recorded. Its process is the one known at that moment; the
+    /// finished stream attributes events again once every process record has arrived.
+    Event(Event),
+    /// Events of a source that will never arrive: the kernel's buffer or queue overflowed, the
+    /// stream's bound was reached, or this subscriber fell behind. A monitor that needed them
+    /// cannot say "nothing happened".
+    Lost(Loss),
+}
+
+/// One live subscriber: a bounded queue, and what did not fit, by source.
+pub(crate) struct Subscriber {
+    pub(crate) sender: tokio::sync::mpsc::Sender<Live>,
+    pub(crate) missed: Arc<[AtomicU64; 2]>,
+}
+
+impl Subscriber {
+    fn send(&self, live: Live, source: EventSource) {
+        if self.sender.try_send(live).is_err() {
+            self.missed[source_index(source)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn source_index(source: EventSource) -> usize {
+    matches!(source, EventSource::File) as usize
 }
 
 impl Collector {
@@ -92,6 +127,23 @@ impl Collector {
             overflows: 0,
             unresolved: 0,
             harness_roots: HashSet::new(),
+            subscribers: Vec::new(),
+        }
+    }
+
+    pub(crate) fn has_subscribers(&self) -> bool {
+        !self.subscribers.is_empty()
+    }
+
+    pub(crate) fn subscribe(&mut self, subscriber: Subscriber) {
+        self.subscribers.push(subscriber);
+    }
+
+    /// Tell every live subscriber of a loss (the finished stream lists losses on its own).
+    pub(crate) fn lost_live(&mut self, loss: Loss) {
+        self.subscribers.retain(|s| !s.sender.is_closed());
+        for subscriber in &self.subscribers {
+            subscriber.send(Live::Lost(loss.clone()), loss.source);
         }
     }
 
@@ -245,6 +297,20 @@ impl Collector {
     pub(crate) fn files(&mut self, batch: Batch, now_ns: u64) {
         self.overflows += batch.overflows;
         self.unresolved += batch.unresolved;
+        if batch.overflows > 0 {
+            self.lost_live(Loss {
+                source: EventSource::File,
+                count: 0,
+                detail: "the kernel's file event queue overflowed".into(),
+            });
+        }
+        if batch.unresolved > 0 {
+            self.lost_live(Loss {
+                source: EventSource::File,
+                count: batch.unresolved,
+                detail: "file events whose directory was gone before its path could be read".into(),
+            });
+        }
         for FileEvent { pid, op, path, to } in batch.events {
             self.keep(
                 pid.max(0) as u32,
@@ -390,23 +456,50 @@ impl Collector {
     }
 
     fn keep(&mut self, host_pid: u32, time_ns: u64, kind: EventKind, source: EventSource) {
-        let index = matches!(source, EventSource::File) as usize;
+        let index = source_index(source);
         if self.kept[index] >= MAX_EVENTS[index] {
             self.dropped[index] += 1;
+            if self.dropped[index] == 1 {
+                self.lost_live(Loss {
+                    source,
+                    count: 0,
+                    detail: format!(
+                        "more than {} {} events in the sandbox",
+                        MAX_EVENTS[index],
+                        source.name()
+                    ),
+                });
+            }
             return;
         }
         self.kept[index] += 1;
+        let event = Event {
+            time_us: time_ns.saturating_sub(self.base_ns) / 1000,
+            pid: 0,
+            ppid: 0,
+            exe: String::new(),
+            harness: false,
+            kind,
+        };
+        if !self.subscribers.is_empty() {
+            let mut live = event.clone();
+            if host_pid != 0
+                && let Some(process) = self.state_at(host_pid, time_ns)
+            {
+                live.pid = process.pid;
+                live.ppid = process.ppid;
+                live.exe = process.exe.clone();
+            }
+            live.harness = host_pid != 0 && self.descends_from_harness(host_pid);
+            self.subscribers.retain(|s| !s.sender.is_closed());
+            for subscriber in &self.subscribers {
+                subscriber.send(Live::Event(live.clone()), source);
+            }
+        }
         self.events.push(Kept {
             host_pid,
             time_ns,
-            event: Event {
-                time_us: time_ns.saturating_sub(self.base_ns) / 1000,
-                pid: 0,
-                ppid: 0,
-                exe: String::new(),
-                harness: false,
-                kind,
-            },
+            event,
         });
     }
 

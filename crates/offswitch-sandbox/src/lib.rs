@@ -41,7 +41,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use offswitch_core::trial::{FileChange, FileChangeKind};
-pub use offswitch_events::{Event, EventKind, EventSource, EventStream, FileOp, Loss, NetOp};
+pub use offswitch_events::{
+    Event, EventKind, EventSource, EventStream, FileOp, Live, Loss, NetOp, Subscription,
+};
 
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {

@@ -290,6 +290,20 @@ impl Sandbox {
         }
     }
 
+    /// Everything the kernel records inside from now on, live, as it happens (for monitors
+    /// that act while the sandbox runs): see `offswitch_events::Watch::subscribe`. `Err` says
+    /// why there is no stream to follow (none on this host, or it was already taken).
+    pub fn subscribe_events(
+        &self,
+        capacity: usize,
+    ) -> Result<offswitch_events::Subscription, String> {
+        match &*lock(&self.watch) {
+            Ok(Some(watch)) => Ok(watch.subscribe(capacity)),
+            Ok(None) => Err("no watch".into()),
+            Err(why) => Err(why.clone()),
+        }
+    }
+
     fn exec_for(&self, request: &ExecRequest, harness: bool) -> Result<ExecResult, SandboxError> {
         let started = Instant::now();
         let cwd_before = lock(&self.cwd).clone();

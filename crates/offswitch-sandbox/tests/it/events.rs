@@ -330,3 +330,115 @@ for i in range(20000):
     );
     assert!(stdout.contains("LOST "), "{stdout}");
 }
+
+/// A live subscriber sees what happens while the sandbox runs, attributed to its process, and
+/// the subscription ends when the stream is taken.
+#[test]
+fn a_live_subscriber_sees_events_as_they_happen() {
+    if !root_or_skip("the event stream (eBPF)") {
+        return;
+    }
+    let test = sandbox_with(Limits::default());
+    let mut live = match test.sandbox.subscribe_events(1024) {
+        Ok(live) => live,
+        Err(why) => {
+            eprintln!("skipping: no event stream here: {why}");
+            return;
+        }
+    };
+    // Each file operation by a program that execs first (a redirection by a forked shell that
+    // execs afterwards is attributed to whichever program it runs when the event is read).
+    run(
+        &test.sandbox,
+        "/bin/cp /etc/hostname /tmp/seen; /bin/chmod 600 /tmp/seen",
+    );
+    // Everything the command did is already recorded when it returns (the file reader may
+    // still hold its last batch for a poll interval): read until both are there.
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline
+        && !seen.iter().any(|s: &String| s.starts_with("attrib"))
+    {
+        match live.try_next() {
+            Ok(Some(offswitch_sandbox::Live::Event(event))) if !event.harness => {
+                match &event.kind {
+                    EventKind::Exec { argv, .. }
+                        if argv.first().is_some_and(|a| a != "/bin/bash") =>
+                    {
+                        seen.push(format!("exec {argv:?}"))
+                    }
+                    EventKind::File { op, path, .. } if path == "/tmp/seen" => {
+                        seen.push(format!("{} {path} by {}", op.name(), event.exe))
+                    }
+                    _ => {}
+                }
+            }
+            Ok(Some(offswitch_sandbox::Live::Lost(loss))) => panic!("lost: {loss:?}"),
+            Ok(Some(_)) => {}
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            Err(()) => panic!("the subscription ended while the sandbox ran"),
+        }
+    }
+    // File events carry the time they were read, so their order against execs is only
+    // within a poll interval: compare as a set.
+    seen.sort();
+    seen.dedup();
+    expect_test::expect![[r#"
+        attrib /tmp/seen by /bin/chmod
+        close_write /tmp/seen by /bin/cp
+        create /tmp/seen by /bin/cp
+        exec ["/bin/chmod", "600", "/tmp/seen"]
+        exec ["/bin/cp", "/etc/hostname", "/tmp/seen"]
+        write /tmp/seen by /bin/cp"#]]
+    .assert_eq(&seen.join("\n"));
+    test.sandbox.kill().unwrap();
+    let _ = test.sandbox.event_stream();
+    // The stream is finished: whatever was still queued, then the end.
+    let mut ended = false;
+    for _ in 0..100_000 {
+        if live.try_next().is_err() {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the subscription did not end with the stream");
+}
+
+/// A subscriber that does not keep up is told how much it missed, by source, instead of
+/// reading the gap as silence; the recording itself loses nothing.
+#[test]
+fn a_slow_live_subscriber_is_told_what_it_missed() {
+    if !root_or_skip("the event stream (eBPF)") {
+        return;
+    }
+    let test = sandbox_with(Limits::default());
+    let mut live = match test.sandbox.subscribe_events(4) {
+        Ok(live) => live,
+        Err(why) => {
+            eprintln!("skipping: no event stream here: {why}");
+            return;
+        }
+    };
+    run(&test.sandbox, "for i in $(seq 1 50); do /bin/true; done");
+    let mut missed = 0;
+    let mut events = 0;
+    while let Ok(Some(item)) = live.try_next() {
+        match item {
+            offswitch_sandbox::Live::Lost(loss) => {
+                assert!(loss.detail.contains("fell behind"), "{loss:?}");
+                missed += loss.count;
+            }
+            offswitch_sandbox::Live::Event(_) => events += 1,
+        }
+    }
+    assert!(missed > 0, "nothing reported missed ({events} events read)");
+    test.sandbox.kill().unwrap();
+    let stream = test.sandbox.event_stream();
+    assert!(
+        stream
+            .complete_for(offswitch_sandbox::EventSource::Process)
+            .is_ok(),
+        "{:?}",
+        stream.lost
+    );
+}
