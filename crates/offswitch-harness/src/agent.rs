@@ -270,6 +270,8 @@ fn prepare(spec: &TrialSpec, place: &TrialPlace) -> Result<(Arc<Sandbox>, Snapsh
         env: vec![("PATH".into(), sandbox_path())],
         hostname: place.hostname.clone(),
         ro_binds: Vec::new(),
+        protect: Vec::new(),
+        home_idmap: None,
     };
     let sandbox = Sandbox::create(config)
         .map_err(|e| format!("failed to create sandbox at {}: {e}", home.display()))?;

@@ -148,6 +148,8 @@ fn one(
         env: Vec::new(),
         hostname: "bench".into(),
         ro_binds: Vec::new(),
+        protect: Vec::new(),
+        home_idmap: None,
     })
     .map_err(|e| e.to_string())?;
     set_event_recording(true);

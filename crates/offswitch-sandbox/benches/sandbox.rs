@@ -77,6 +77,8 @@ fn config(home: &Path, limits: Limits) -> SandboxConfig {
         env: Vec::new(),
         hostname: "bench".into(),
         ro_binds: Vec::new(),
+        protect: Vec::new(),
+        home_idmap: None,
     }
 }
 

@@ -242,6 +242,49 @@ impl SandboxCgroups {
         Ok(())
     }
 
+    /// Freeze (`true`) or thaw every process of the sandbox, and wait until the kernel says
+    /// it is done (a frozen process runs nothing, not even its signal handlers, until thawed;
+    /// a kill still ends it).
+    pub fn freeze(&self, frozen: bool, deadline: Duration) -> Result<(), CgroupError> {
+        let started = Instant::now();
+        if let Some(v2) = &self.v2 {
+            let path = v2.join("cgroup.freeze");
+            fs::write(&path, if frozen { "1" } else { "0" }).map_err(at(&path))?;
+            let events = v2.join("cgroup.events");
+            let want = if frozen { "frozen 1" } else { "frozen 0" };
+            while started.elapsed() < deadline {
+                let text = fs::read_to_string(&events).map_err(at(&events))?;
+                if text.lines().any(|line| line.trim() == want) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            return Err(CgroupError {
+                path: events,
+                source: io::Error::new(io::ErrorKind::TimedOut, "the freezer did not settle"),
+            });
+        }
+        if let Some(freezer) = &self.freezer {
+            let state = freezer.join("freezer.state");
+            let want = if frozen { "FROZEN" } else { "THAWED" };
+            fs::write(&state, want).map_err(at(&state))?;
+            while started.elapsed() < deadline {
+                if fs::read_to_string(&state).map_err(at(&state))?.trim() == want {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            return Err(CgroupError {
+                path: state,
+                source: io::Error::new(io::ErrorKind::TimedOut, "the freezer did not settle"),
+            });
+        }
+        Err(CgroupError {
+            path: PathBuf::new(),
+            source: io::Error::other("no freezer cgroup"),
+        })
+    }
+
     /// The v2 cgroup's directory, where the event stream filters by cgroup.
     pub fn v2_path(&self) -> Option<&Path> {
         self.v2.as_deref()

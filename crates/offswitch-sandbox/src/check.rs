@@ -34,6 +34,8 @@ pub fn check_host(scratch_home: &std::path::Path) -> Vec<FeatureCheck> {
         env: Vec::new(),
         hostname: "check".into(),
         ro_binds: Vec::new(),
+        protect: Vec::new(),
+        home_idmap: None,
     };
     let probe = Sandbox::create(config).and_then(|sandbox| {
         let result = sandbox.exec(&ExecRequest {
@@ -231,6 +233,8 @@ fn check_link(scratch_home: &std::path::Path) -> FeatureCheck {
         env: Vec::new(),
         hostname: "check".into(),
         ro_binds: Vec::new(),
+        protect: Vec::new(),
+        home_idmap: None,
     };
     let a_addr = std::net::Ipv4Addr::new(10, 254, 254, 1);
     let b_addr = std::net::Ipv4Addr::new(10, 254, 254, 2);

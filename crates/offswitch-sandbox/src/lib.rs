@@ -59,6 +59,25 @@ pub struct SandboxConfig {
     /// in order. The host path must be searchable by `SANDBOX_HOST_ID` when running as root
     /// (the sandbox's init mounts it as that uid).
     pub ro_binds: Vec<Bind>,
+    /// Paths under the home made read-only or hidden inside by the kernel (a read-only bind of
+    /// the path onto itself, or of an empty file or directory over it), whatever runs there:
+    /// the agent's own configuration, prompt, weights or shutdown hooks. Each must exist in the
+    /// home when the sandbox is created, and no component of it may be a symbolic link.
+    pub protect: Vec<Protect>,
+    /// `Some((uid, gid))`: the home is a host directory of that owner (a project the agent
+    /// works on), mounted with an id mapping instead of being chowned to the sandbox's user:
+    /// files of that owner appear as the agent's inside, and what the agent creates belongs to
+    /// that owner on the host. Needs root and a filesystem that supports idmapped mounts.
+    pub home_idmap: Option<(u32, u32)>,
+}
+
+/// A path under the home the sandbox may not change (`SandboxConfig::protect`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protect {
+    /// Absolute inside the sandbox, under `/home/agent`.
+    pub inside: PathBuf,
+    /// Hidden (an empty read-only file or directory over it) rather than read-only.
+    pub hide: bool,
 }
 
 /// A host path made visible read-only at an absolute path inside the sandbox.
@@ -107,6 +126,20 @@ pub struct ExecRequest {
     pub timeout: Duration,
     /// Bytes kept per stream (head and tail halves); the middle is cut and counted.
     pub output_cap: usize,
+}
+
+/// Receives each chunk of an exec's output as it arrives (`Sandbox::exec_streaming`).
+pub type Tee = Box<dyn FnMut(&[u8]) + Send>;
+
+/// Where a streaming exec's input comes from and its output goes, besides the capture.
+#[derive(Default)]
+pub struct Streams {
+    /// Read as the command's stdin instead of `ExecRequest::stdin`: the read end of a pipe
+    /// the caller feeds (never a terminal: a terminal's fd inside would let the agent push
+    /// input into the operator's shell).
+    pub stdin: Option<std::os::fd::OwnedFd>,
+    pub stdout: Option<Tee>,
+    pub stderr: Option<Tee>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -210,6 +210,8 @@ mod tests {
             env: Vec::new(),
             hostname: hostname.into(),
             ro_binds: Vec::new(),
+            protect: Vec::new(),
+            home_idmap: None,
         }
     }
 

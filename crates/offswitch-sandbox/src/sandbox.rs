@@ -16,9 +16,12 @@ use crate::capture::HeadTail;
 use crate::cgroup::{CgroupLayout, SandboxCgroups};
 use crate::child::{self, InitPlan, MountOp};
 use crate::{
-    ExecRequest, ExecResult, ExecStatus, KillReport, LimitKind, SandboxConfig, SandboxError,
-    SandboxEvent, SandboxState,
+    ExecRequest, ExecResult, ExecStatus, KillReport, LimitKind, Protect, SandboxConfig,
+    SandboxError, SandboxEvent, SandboxState,
 };
+
+/// Where the home is inside every sandbox.
+const SANDBOX_HOME: &str = "/home/agent";
 
 /// The host uid and gid the sandbox's uid 0 maps to when we run as root. Never host root:
 /// with that mapping a command inside could write into the host's `/usr` (see SANDBOX-NOTES).
@@ -142,9 +145,17 @@ impl Sandbox {
         )))?;
         let host = host();
         let binds = crate::binds::resolve(&config.ro_binds, host)?;
+        check_protected(&config.protect, &home)?;
+        if config.home_idmap.is_some() && !host.root {
+            return Err(SandboxError::NeedsRoot(
+                "a home mounted with an id mapping (a project bound read-write)".into(),
+            ));
+        }
         let mut warnings = Vec::new();
         let (map_uid, map_gid) = map_ids(host);
-        if host.root {
+        if host.root && config.home_idmap.is_some() {
+            // The project keeps its owner: the id mapping of its mount makes it the agent's.
+        } else if host.root {
             chown_tree(&home, map_uid, map_gid);
         } else {
             let message = "not root: cgroup limits and the cgroup kill are unavailable; \
@@ -304,10 +315,40 @@ impl Sandbox {
         }
     }
 
+    /// `exec`, with the command's stdin read from a pipe the caller feeds and its output
+    /// handed to the caller as it arrives (as well as captured): for a long-running program
+    /// whose input and output pass through, such as a guarded agent.
+    pub fn exec_streaming(
+        &self,
+        request: &ExecRequest,
+        streams: crate::Streams,
+    ) -> Result<ExecResult, SandboxError> {
+        if let Some(stdin) = &streams.stdin
+            // SAFETY: isatty on an fd the caller handed over.
+            && unsafe { libc::isatty(stdin.as_raw_fd()) } == 1
+        {
+            return Err(SandboxError::Unsupported(
+                "a terminal cannot be a sandboxed command's stdin (the agent could push input \
+                 into the operator's shell): pass a pipe"
+                    .into(),
+            ));
+        }
+        self.exec_for_with(request, false, streams)
+    }
+
     fn exec_for(&self, request: &ExecRequest, harness: bool) -> Result<ExecResult, SandboxError> {
+        self.exec_for_with(request, harness, crate::Streams::default())
+    }
+
+    fn exec_for_with(
+        &self,
+        request: &ExecRequest,
+        harness: bool,
+        streams: crate::Streams,
+    ) -> Result<ExecResult, SandboxError> {
         let started = Instant::now();
         let cwd_before = lock(&self.cwd).clone();
-        let result = self.exec_inner(request, &cwd_before, started, harness)?;
+        let result = self.exec_inner(request, &cwd_before, started, harness, streams)?;
         if let ExecStatus::LimitExceeded(kind) = &result.status {
             self.note_limit(*kind);
         }
@@ -329,6 +370,36 @@ impl Sandbox {
     /// The off-switch: returns once zero processes remain, verified by counting.
     pub fn kill(&self) -> Result<KillReport, SandboxError> {
         self.shared.terminate(SandboxState::Killed)
+    }
+
+    /// Freeze every process of the sandbox where it stands (`pause`) or let it go on
+    /// (`resume`). Nothing frozen runs, signals itself, forks or writes until resumed, and
+    /// `kill` still works on a frozen sandbox. Needs cgroups (root).
+    pub fn pause(&self) -> Result<(), SandboxError> {
+        self.freeze(true)
+    }
+
+    /// Thaw a paused sandbox.
+    pub fn resume(&self) -> Result<(), SandboxError> {
+        self.freeze(false)
+    }
+
+    fn freeze(&self, frozen: bool) -> Result<(), SandboxError> {
+        let Some(cgroups) = &self.shared.cgroups else {
+            return Err(SandboxError::NeedsRoot(
+                "pausing a sandbox (the freezer)".into(),
+            ));
+        };
+        cgroups
+            .freeze(frozen, Duration::from_secs(5))
+            .map_err(|error| SandboxError::Io {
+                context: format!(
+                    "{} sandbox {}",
+                    if frozen { "freezing" } else { "thawing" },
+                    self.home.display()
+                ),
+                source: io::Error::new(error.source.kind(), error.to_string()),
+            })
     }
 
     /// Host path of the home directory.
@@ -426,7 +497,13 @@ impl Sandbox {
         cwd: &str,
         started: Instant,
         harness: bool,
+        streams: crate::Streams,
     ) -> Result<Outcome, SandboxError> {
+        let crate::Streams {
+            stdin: given_stdin,
+            stdout: mut stdout_tee,
+            stderr: mut stderr_tee,
+        } = streams;
         if let Some(status) = self.shared.ended_status() {
             return Ok(Outcome::immediate(status, started, Vec::new()));
         }
@@ -475,12 +552,21 @@ impl Sandbox {
                 message.into_bytes(),
             ));
         }
-        let (stdin_read, stdin_write) = pipe().map_err(|_| os_error("pipe"))?;
+        let (stdin_read, stdin_write) = match given_stdin {
+            Some(fd) => (fd, None),
+            None => {
+                let (read, write) = pipe().map_err(|_| os_error("pipe"))?;
+                (read, Some(write))
+            }
+        };
         let (stdout_read, stdout_write) = pipe().map_err(|_| os_error("pipe"))?;
         let (stderr_read, stderr_write) = pipe().map_err(|_| os_error("pipe"))?;
         let (cwd_read, cwd_write) = pipe().map_err(|_| os_error("pipe"))?;
         let (exec_host, exec_init) = seqpacket_pair().map_err(|_| os_error("socketpair"))?;
-        for fd in [&stdin_write, &stdout_read, &stderr_read, &cwd_read] {
+        for fd in [&stdout_read, &stderr_read, &cwd_read]
+            .into_iter()
+            .chain(stdin_write.as_ref())
+        {
             set_nonblocking(fd.as_raw_fd());
         }
         let counters_before = self.limit_counters();
@@ -518,7 +604,7 @@ impl Sandbox {
         let mut stdout = HeadTail::new(request.output_cap);
         let mut stderr = HeadTail::new(request.output_cap);
         let mut stdin_left: &[u8] = &request.stdin;
-        let mut stdin_write = Some(stdin_write);
+        let mut stdin_write = stdin_write;
         if stdin_left.is_empty() {
             stdin_write = None;
         }
@@ -575,10 +661,10 @@ impl Sandbox {
                 return Err(os_error("poll"));
             }
             if polls[1].revents != 0 {
-                stdout_open = drain(&stdout_read, &mut stdout);
+                stdout_open = drain(&stdout_read, &mut stdout, &mut stdout_tee);
             }
             if polls[2].revents != 0 {
-                stderr_open = drain(&stderr_read, &mut stderr);
+                stderr_open = drain(&stderr_read, &mut stderr, &mut stderr_tee);
             }
             if polls[3].revents != 0 {
                 let fd = stdin_write.as_ref().expect("polled").as_raw_fd();
@@ -631,8 +717,8 @@ impl Sandbox {
         }
         // The shell has exited; whatever it wrote is in the pipes. Background processes may
         // still hold them open, so read what is there and stop rather than wait for EOF.
-        drain(&stdout_read, &mut stdout);
-        drain(&stderr_read, &mut stderr);
+        drain(&stdout_read, &mut stdout, &mut stdout_tee);
+        drain(&stderr_read, &mut stderr, &mut stderr_tee);
         let mut cwd_bytes = [0u8; 4096];
         // SAFETY: reading into a valid buffer from an fd we own.
         let n = unsafe {
@@ -1297,6 +1383,90 @@ fn locked_flags(path: &Path) -> libc::c_ulong {
     flags
 }
 
+/// Why a protected path cannot be protected, if one cannot: it must be absolute under the
+/// home, plain (no `.` or `..`), exist, and have no symbolic link on its way (a link could be
+/// re-pointed by the agent, leaving the protection on the old target).
+fn check_protected(protect: &[Protect], home: &Path) -> Result<(), SandboxError> {
+    for entry in protect {
+        let invalid = |reason: String| {
+            SandboxError::Unsupported(format!(
+                "cannot protect {}: {reason}",
+                entry.inside.display()
+            ))
+        };
+        let relative = entry
+            .inside
+            .strip_prefix(SANDBOX_HOME)
+            .map_err(|_| invalid(format!("it is not under {SANDBOX_HOME}")))?;
+        let mut on_host = home.to_path_buf();
+        let mut parts = 0;
+        for component in relative.components() {
+            match component {
+                std::path::Component::Normal(name) => on_host.push(name),
+                _ => return Err(invalid("it must not contain `.` or `..`".into())),
+            }
+            parts += 1;
+            let meta =
+                std::fs::symlink_metadata(&on_host).map_err(|error| invalid(format!("{error}")))?;
+            if meta.file_type().is_symlink() {
+                return Err(invalid(format!(
+                    "{} is a symbolic link",
+                    on_host.strip_prefix(home).unwrap_or(&on_host).display()
+                )));
+            }
+        }
+        if parts == 0 {
+            return Err(invalid("it is the home itself".into()));
+        }
+        if entry.inside.as_os_str().as_bytes().contains(&0) {
+            return Err(invalid("it contains a NUL byte".into()));
+        }
+    }
+    Ok(())
+}
+
+/// The steps that protect paths of the home, after it is mounted: a read-only bind of each
+/// path onto itself, or of an empty read-only file or directory over it.
+fn protect_ops(
+    ops: &mut Vec<MountOp>,
+    protect: &[Protect],
+    home: &Path,
+    root: &Path,
+    read_only: Option<libc::c_ulong>,
+) {
+    let empty_file = root.join("run/.offswitch-hidden");
+    let empty_dir = root.join("run/.offswitch-hidden.d");
+    let mut empties_made = false;
+    for entry in protect {
+        let Ok(relative) = entry.inside.strip_prefix(SANDBOX_HOME) else {
+            continue;
+        };
+        let directory = std::fs::symlink_metadata(home.join(relative)).is_ok_and(|m| m.is_dir());
+        let target = cstring(root.join("home/agent").join(relative));
+        let source = if entry.hide {
+            if !empties_made {
+                empties_made = true;
+                ops.push(MountOp::WriteFile {
+                    path: cstring(&empty_file),
+                    contents: Vec::new(),
+                });
+                ops.push(MountOp::Mkdir {
+                    path: cstring(&empty_dir),
+                    mode: 0o555,
+                });
+            }
+            cstring(if directory { &empty_dir } else { &empty_file })
+        } else {
+            target.clone()
+        };
+        ops.push(MountOp::Bind {
+            source,
+            target,
+            remount_flags: read_only,
+        });
+    }
+}
+
 /// The steps that build the sandbox's root, in order, and its hostname.
 fn build_ops(
     config: &SandboxConfig,
@@ -1443,6 +1613,7 @@ fn build_ops(
         target: inside("home/agent"),
         remount_flags: libc::MS_NOSUID | libc::MS_NODEV | locked_flags(home),
     });
+    protect_ops(&mut ops, &config.protect, home, root, read_only(home));
     // Last, so a bind under /tmp lands on the sandbox's own /tmp.
     crate::binds::append_ops(&mut ops, binds, root, read_only);
     (ops, hostname)
@@ -1619,7 +1790,19 @@ fn spawn_init(
     };
     // The home goes as a detached mount where the host may make one (root): see
     // `child::GO_FLAG_HOME_TREE`.
-    let home_tree = detached_home(home);
+    let home_tree = match config.home_idmap {
+        Some(owner) => match idmapped_home(home, owner) {
+            Ok(tree) => Some(tree),
+            Err(error) => {
+                return Err(fail_and_kill(
+                    "mounting the project with an id mapping (the filesystem may not support \
+                     idmapped mounts)",
+                    error,
+                ));
+            }
+        },
+        None => detached_home(home),
+    };
     let flags = if home_tree.is_some() {
         child::GO_FLAG_HOME_TREE
     } else {
@@ -1729,6 +1912,110 @@ fn detached_home(home: &Path) -> Option<OwnedFd> {
         )
     };
     (set == 0).then_some(tree)
+}
+
+/// The project directory `home` as a detached mount (nosuid, nodev) whose id mapping shows
+/// files of its owner `(uid, gid)` as the sandbox's user's, and stores what that user creates
+/// as the owner's: the project is the agent's inside and stays the operator's on the host.
+fn idmapped_home(home: &Path, (uid, gid): (u32, u32)) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let namespace = mapping_namespace(
+        &format!("{uid} {SANDBOX_HOST_ID} 1\n"),
+        &format!("{gid} {SANDBOX_HOST_ID} 1\n"),
+    )?;
+    let path = cstring(home);
+    // SAFETY: open_tree on a valid C string; the fd it returns is owned below. Not
+    // recursive: an id mapping applies to one mount, and mounts below the project stay out.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd owned by nobody else.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let attributes = MountAttr {
+        attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: libc::MS_PRIVATE,
+        userns_fd: namespace.as_raw_fd() as u64,
+    };
+    // SAFETY: mount_setattr on our detached mount with a valid attribute struct.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint & !AT_RECURSIVE,
+            &attributes as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if set != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(tree)
+}
+
+/// A user namespace with the given id maps, held by an fd: a child is cloned into a new
+/// user namespace, its maps written, the namespace opened, and the child let go.
+fn mapping_namespace(uid_map: &str, gid_map: &str) -> io::Result<std::fs::File> {
+    let (release_read, release_write) = pipe()?;
+    let write_end = release_write.as_raw_fd();
+    // SAFETY: a raw clone without a new stack acts as fork; the child only blocks on a read
+    // of the pipe and exits, touching no memory the parent's threads could hold locked.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let mut byte = 0u8;
+        // SAFETY: async-signal-safe calls only, on fds inherited from the parent. The child's
+        // copy of the write end goes first, so that the parent's close is the end of input.
+        unsafe {
+            libc::close(write_end);
+            libc::read(release_read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    drop(release_read);
+    let pid = pid as i32;
+    let result = (|| {
+        std::fs::write(format!("/proc/{pid}/uid_map"), uid_map)?;
+        std::fs::write(format!("/proc/{pid}/setgroups"), "deny")?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), gid_map)?;
+        std::fs::File::open(format!("/proc/{pid}/ns/user"))
+    })();
+    drop(release_write);
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    result
 }
 
 /// Clone PID 1 straight from this process (when there is no zygote).
@@ -1986,13 +2273,16 @@ fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
 }
 
 /// Read what the pipe holds now; false once it is at EOF (every writer closed) or broken.
-fn drain(fd: &OwnedFd, sink: &mut HeadTail) -> bool {
+fn drain(fd: &OwnedFd, sink: &mut HeadTail, tee: &mut Option<crate::Tee>) -> bool {
     let mut buffer = [0u8; 65536];
     loop {
         // SAFETY: reading into a valid buffer from a non-blocking fd we own.
         let n = unsafe { libc::read(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
         if n > 0 {
             sink.push(&buffer[..n as usize]);
+            if let Some(tee) = tee {
+                tee(&buffer[..n as usize]);
+            }
             continue;
         }
         return n < 0
@@ -2218,6 +2508,8 @@ mod tests {
             env: Vec::new(),
             hostname: "unit".into(),
             ro_binds: Vec::new(),
+            protect: Vec::new(),
+            home_idmap: None,
         })
         .expect("create sandbox")
     }

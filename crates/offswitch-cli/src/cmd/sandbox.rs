@@ -138,6 +138,8 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         env: Vec::new(),
         hostname: "sandbox".into(),
         ro_binds: args.ro_bind,
+        protect: Vec::new(),
+        home_idmap: None,
     })
     .map_err(|error| {
         if temporary {

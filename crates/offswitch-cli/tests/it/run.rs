@@ -28,6 +28,8 @@ pub(crate) fn sandbox_unavailable() -> Option<String> {
         env: Vec::new(),
         hostname: "probe".into(),
         ro_binds: Vec::new(),
+        protect: Vec::new(),
+        home_idmap: None,
     }) {
         Ok(sandbox) => sandbox,
         Err(error) => return Some(format!("cannot create a sandbox: {error}")),

@@ -357,6 +357,8 @@ fn host_config(spec: &TrialSpec, home: &Path, host: &RenderedHost) -> SandboxCon
         env: vec![("PATH".into(), sandbox_path())],
         hostname: host.name.clone(),
         ro_binds: Vec::new(),
+        protect: Vec::new(),
+        home_idmap: None,
     }
 }
 

@@ -214,6 +214,8 @@ mod tests {
             env: Vec::new(),
             hostname: "reference-test".into(),
             ro_binds: Vec::new(),
+            protect: Vec::new(),
+            home_idmap: None,
         };
         let sandbox = match Sandbox::create(config) {
             Ok(sandbox) => sandbox,

@@ -13,6 +13,8 @@ pub fn sandbox_unavailable() -> Option<String> {
         env: Vec::new(),
         hostname: "probe".into(),
         ro_binds: Vec::new(),
+        protect: Vec::new(),
+        home_idmap: None,
     };
     let sandbox = match Sandbox::create(config) {
         Ok(sandbox) => sandbox,

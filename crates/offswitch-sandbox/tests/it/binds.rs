@@ -16,6 +16,8 @@ fn config(dir: &Path, ro_binds: Vec<Bind>) -> SandboxConfig {
         env: Vec::new(),
         hostname: "binds".into(),
         ro_binds,
+        protect: Vec::new(),
+        home_idmap: None,
     }
 }
 

@@ -7,6 +7,7 @@ mod basics;
 mod binds;
 mod escapes;
 mod events;
+mod guarding;
 mod kill;
 mod limits;
 mod link;

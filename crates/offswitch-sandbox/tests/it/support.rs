@@ -54,6 +54,8 @@ pub fn sandbox_seeded(limits: Limits, files: &[(&str, &str, u32)]) -> TestSandbo
         env: vec![("SCENARIO".into(), "test".into())],
         hostname: "trial-host".into(),
         ro_binds: Vec::new(),
+        protect: Vec::new(),
+        home_idmap: None,
     };
     let sandbox = Sandbox::create(config).expect("create sandbox");
     TestSandbox {
