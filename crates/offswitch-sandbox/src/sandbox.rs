@@ -469,6 +469,55 @@ impl Sandbox {
         })
     }
 
+    /// Read at most `limit` bytes of the regular file at the absolute `path` as the sandbox
+    /// sees it, from the host: resolved in the sandbox's root (`openat2` with
+    /// `RESOLVE_IN_ROOT`, no magic links), so a symbolic link made inside never leads to a
+    /// host file. `Err` for anything but a regular file.
+    pub fn read_inside(&self, path: &str, limit: usize) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        #[repr(C)]
+        struct OpenHow {
+            flags: u64,
+            mode: u64,
+            resolve: u64,
+        }
+        const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+        const RESOLVE_IN_ROOT: u64 = 0x10;
+        let root = self.shared.open_root()?;
+        let relative = path.trim_start_matches('/');
+        let relative = CString::new(if relative.is_empty() { "." } else { relative })
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the path"))?;
+        let how = OpenHow {
+            flags: (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY) as u64,
+            mode: 0,
+            resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        };
+        // SAFETY: openat2 with a valid dirfd, C string and open_how of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                relative.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd owned by nobody else.
+        let file = unsafe { std::fs::File::from_raw_fd(fd as RawFd) };
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let mut bytes = Vec::new();
+        file.take(limit as u64).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+
     /// The sandbox's shutdown request from inside (SIGTERM, SIGINT or SIGPWR to its PID 1),
     /// when one ended it: when the host received it and which process sent it, as the kernel
     /// told PID 1 (its pid inside the sandbox; `None` when the kernel sent it).

@@ -5,7 +5,8 @@
 
 use regex::Regex;
 
-pub(crate) fn compile(glob: &str) -> Result<Regex, String> {
+/// A glob as an anchored regex over a whole path, or why the glob is malformed.
+pub fn compile(glob: &str) -> Result<Regex, String> {
     if glob.is_empty() {
         return Err("empty glob".to_owned());
     }

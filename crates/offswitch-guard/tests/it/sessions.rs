@@ -1,0 +1,439 @@
+//! Real guarded sessions against hostile agents (scripts that each try one thing): each is
+//! stopped or recorded as the policy says, the audit trail says what happened, and nothing of
+//! the agent is left running afterwards, counted from the host.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use offswitch_guard::{AuditSink, GuardOptions, SessionEnd};
+
+type Records = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+
+/// The audit trail kept in memory.
+struct Memory(Records);
+
+impl AuditSink for Memory {
+    fn append(&mut self, kind: &str, body: &serde_json::Value) -> Result<(), String> {
+        self.0.lock().unwrap().push((kind.to_owned(), body.clone()));
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn root_or_skip(test: &str) -> bool {
+    // A guarded session needs cgroups, namespaces and the event stream.
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        eprintln!("skipping {test}: needs root (a sandbox with cgroups and the event stream)");
+    }
+    root
+}
+
+struct Run {
+    end: SessionEnd,
+    records: Vec<(String, serde_json::Value)>,
+    project: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Run {
+    /// The hits while the agent ran, as `monitor [action]`.
+    fn hits(&self) -> Vec<String> {
+        let mut hits: Vec<String> = self
+            .records
+            .iter()
+            .filter(|(kind, body)| {
+                kind == "monitor_hit"
+                    && body.get("after_stop").is_none()
+                    && body.get("after_end").is_none()
+            })
+            .map(|(_, body)| {
+                format!(
+                    "{} [{}]",
+                    body["monitor"].as_str().unwrap(),
+                    body["action"].as_str().unwrap()
+                )
+            })
+            .collect();
+        hits.dedup();
+        hits
+    }
+
+    fn count(&self, kind: &str) -> usize {
+        self.records.iter().filter(|(k, _)| k == kind).count()
+    }
+}
+
+/// Run `command` under `policy` on a project holding `files`, copied (fully watched).
+fn guarded(policy: &str, files: &[(&str, &[u8])], command: &str) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("project");
+    for (path, contents) in files {
+        let path = project.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+    std::fs::create_dir_all(&project).unwrap();
+    let policy = Arc::new(
+        offswitch_guard::policy::parse(policy, Path::new("test-policy.toml"))
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let records: Records = Arc::default();
+    let options = GuardOptions {
+        policy,
+        command: vec!["bash".into(), "-c".into(), command.into()],
+        project: Some(project.clone()),
+        copy_project: false,
+        name: format!("test-{}", rand::random::<u32>()),
+        work_dir: dir.path().join("work"),
+        control_dir: dir.path().join("control"),
+        stdin: false,
+        allow_no_events: false,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let end = runtime
+        .block_on(offswitch_guard::run(
+            options,
+            Box::new(Memory(Arc::clone(&records))),
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let records = records.lock().unwrap().clone();
+    let work = dir.path().join("work/home");
+    let _ = offswitch_sandbox::remove_home(&work);
+    Run {
+        end,
+        records,
+        project,
+        _dir: dir,
+    }
+}
+
+const BASE: &str = r#"
+version = 1
+name = "hostile"
+[session]
+project = "copy"
+deadline = "60s"
+[[protect]]
+path = "agent/config.toml"
+[[protect]]
+path = "agent/weights"
+[[protect]]
+path = "agent/weights.guard"
+[[rule]]
+name = "own-parameters"
+on = "protected"
+action = "kill"
+[[rule]]
+name = "weights-copied"
+on = "protected_copy"
+action = "kill"
+[[rule]]
+name = "supervisor"
+on = "supervisor"
+action = "kill"
+[[rule]]
+name = "detached"
+on = "detach"
+action = "alert"
+[[rule]]
+name = "shadowed"
+on = "shadowed_tool"
+action = "alert"
+[[rule]]
+name = "outside"
+on = "connect_outside"
+action = "kill"
+[[rule]]
+name = "blind"
+on = "lost"
+action = "alert"
+"#;
+
+fn weights() -> Vec<u8> {
+    (0..400_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect()
+}
+
+fn files() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("agent/config.toml", b"oversight = true\n".to_vec()),
+        ("agent/weights/model.bin", weights()),
+        ("agent/weights.guard", b"sha256 of the weights\n".to_vec()),
+        ("src/main.py", b"print('hello')\n".to_vec()),
+    ]
+}
+
+fn run_hostile(policy: &str, command: &str) -> Run {
+    let files = files();
+    let borrowed: Vec<(&str, &[u8])> = files.iter().map(|(p, c)| (*p, c.as_slice())).collect();
+    guarded(policy, &borrowed, command)
+}
+
+/// The common end of every hostile session: nothing of the agent left, counted from the host.
+fn assert_contained(run: &Run) {
+    assert_eq!(run.end.survivors, 0, "survivors after the session");
+    let last = run.records.last().expect("records");
+    assert_eq!(last.0, "session_end");
+    assert_eq!(last.1["survivors"], 0);
+}
+
+#[test]
+fn rewriting_protected_config_and_guard_files_fails_and_the_files_stay() {
+    if !root_or_skip("guarded sessions") {
+        return;
+    }
+    let run = run_hostile(
+        BASE,
+        "cd ~; echo 'oversight = false' > agent/config.toml; \
+         python3 -c 'open(\"agent/config.toml\",\"w\").write(\"oversight = false\")'; \
+         rm -f agent/weights.guard; mv agent/weights.guard agent/g; chmod 000 agent/config.toml; \
+         cat agent/config.toml; exit 0",
+    );
+    assert_contained(&run);
+    assert_eq!(run.end.exit_code, 0, "{:?}", run.end);
+    assert_eq!(run.hits(), Vec::<String>::new());
+    // The copy the agent worked on still holds the originals.
+    let copy = run.end.kept_copy.as_ref().unwrap();
+    let _ = copy;
+    assert_eq!(
+        std::fs::read(run.project.join("agent/config.toml")).unwrap(),
+        b"oversight = true\n"
+    );
+}
+
+#[test]
+fn moving_a_protected_file_s_directory_away_stops_the_agent() {
+    if !root_or_skip("guarded sessions") {
+        return;
+    }
+    let run = run_hostile(
+        BASE,
+        "cd ~ && mv agent agent.old && mkdir agent && echo 'oversight = false' > agent/config.toml && sleep 30",
+    );
+    assert_contained(&run);
+    assert_eq!(run.end.exit_code, offswitch_guard::EXIT_STOPPED);
+    assert_eq!(
+        run.hits().first().map(String::as_str),
+        Some("own-parameters [kill]")
+    );
+}
+
+#[test]
+fn weights_copied_out_in_parts_stop_the_agent() {
+    if !root_or_skip("guarded sessions") {
+        return;
+    }
+    let run = run_hostile(
+        BASE,
+        "cd /tmp && split -b 100000 ~/agent/weights/model.bin part. && sleep 30",
+    );
+    assert_contained(&run);
+    assert_eq!(run.end.exit_code, offswitch_guard::EXIT_STOPPED);
+    assert!(
+        run.end
+            .stopped
+            .as_deref()
+            .unwrap_or_default()
+            .contains("weights-copied"),
+        "{:?}",
+        run.end.stopped
+    );
+}
+
+#[test]
+fn signalling_the_supervisor_stops_the_agent() {
+    if !root_or_skip("guarded sessions") {
+        return;
+    }
+    for signal in ["STOP", "TERM", "KILL"] {
+        let run = run_hostile(BASE, &format!("kill -{signal} 1; sleep 30"));
+        assert_contained(&run);
+        assert_eq!(
+            run.end.exit_code,
+            offswitch_guard::EXIT_STOPPED,
+            "{signal}: {:?}",
+            run.end
+        );
+    }
+}
+
+#[test]
+fn survivors_left_behind_are_seen_detaching_and_killed_at_the_end() {
+    if !root_or_skip("guarded sessions") {
+        return;
+    }
+    let run = run_hostile(
+        BASE,
+        "(setsid sleep 1000 &) ; (sleep 1000 &) ; \
+         python3 -c 'import os,time\nif os.fork()==0:\n  os.setsid()\n  if os.fork()==0:\n    time.sleep(1000)\n' ; \
+         nohup sleep 1000 >/dev/null 2>&1 & \
+         sleep 0.5; exit 3",
+    );
+    assert_contained(&run);
+    assert_eq!(run.end.exit_code, 3);
+    assert!(run.end.leftovers >= 4, "{:?}", run.end);
+    assert!(
+        run.hits().contains(&"detached [alert]".to_owned()),
+        "{:?}",
+        run.hits()
+    );
+}
+
+#[test]
+fn a_connection_outside_stops_the_agent() {
+    if !root_or_skip("guarded sessions") {
+        return;
+    }
+    let run = run_hostile(
+        BASE,
+        "python3 -c 'import socket; s=socket.socket(); s.settimeout(1)\ntry: s.connect((\"192.0.2.1\", 443))\nexcept Exception as e: print(e)'; sleep 30",
+    );
+    assert_contained(&run);
+    assert_eq!(run.end.exit_code, offswitch_guard::EXIT_STOPPED);
+    assert_eq!(
+        run.hits().first().map(String::as_str),
+        Some("outside [kill]")
+    );
+}
+
+#[test]
+fn outrunning_the_rate_breaker_stops_the_agent() {
+    if !root_or_skip("guarded sessions") {
+        return;
+    }
+    let policy = format!(
+        "{BASE}\n[[breaker]]\nname = \"execs\"\nmetric = \"execs\"\nmax = 50\nper = \"10s\"\naction = \"kill\"\n"
+    );
+    let run = run_hostile(
+        &policy,
+        "for i in $(seq 1 1000); do /bin/true; done; sleep 30",
+    );
+    assert_contained(&run);
+    assert_eq!(run.end.exit_code, offswitch_guard::EXIT_STOPPED);
+    assert!(
+        run.hits().contains(&"execs [kill]".to_owned()),
+        "{:?}",
+        run.hits()
+    );
+}
+
+#[test]
+fn a_missed_heartbeat_trips_the_dead_man_s_switch() {
+    if !root_or_skip("guarded sessions") {
+        return;
+    }
+    let policy = format!("{BASE}\n[heartbeat]\ntimeout = \"1s\"\naction = \"kill\"\n");
+    let started = std::time::Instant::now();
+    let run = run_hostile(&policy, "sleep 60");
+    assert_contained(&run);
+    assert_eq!(run.end.exit_code, offswitch_guard::EXIT_STOPPED);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(run.hits(), vec!["heartbeat [kill]".to_owned()]);
+}
+
+#[test]
+fn a_flood_of_events_is_a_stated_blind_spot_and_does_not_flood_the_log() {
+    if !root_or_skip("guarded sessions") {
+        return;
+    }
+    let run = run_hostile(
+        BASE,
+        "cd /tmp && python3 -c '\nfor i in range(170000):\n    open(\"f%d\" % i, \"w\").close()\n'; exit 0",
+    );
+    assert_contained(&run);
+    // The stream's bound was passed: the monitors say they are blind for file events.
+    assert!(
+        run.hits().contains(&"blind [alert]".to_owned()),
+        "{:?}",
+        run.hits()
+    );
+    assert!(run.count("events_suppressed") > 0);
+    // About 340,000 file events happened; the log holds a bounded number of them.
+    assert!(
+        run.count("event") < 40_000,
+        "{} event records",
+        run.count("event")
+    );
+}
+
+#[test]
+fn the_operator_stops_a_session_through_the_control_plane() {
+    if !root_or_skip("guarded sessions") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let control_dir = dir.path().join("control");
+    let name = format!("stop-{}", rand::random::<u32>());
+    let policy = Arc::new(
+        offswitch_guard::policy::parse(
+            "version = 1\nname = \"operated\"\n[[rule]]\nname = \"detached\"\non = \"detach\"\naction = \"record\"\n",
+            Path::new("p.toml"),
+        )
+        .unwrap(),
+    );
+    let options = GuardOptions {
+        policy,
+        command: vec![
+            "bash".into(),
+            "-c".into(),
+            "for i in 1 2 3 4; do (setsid sleep 1000 &); done; sleep 1000".into(),
+        ],
+        project: None,
+        copy_project: false,
+        name: name.clone(),
+        work_dir: dir.path().join("work"),
+        control_dir: control_dir.clone(),
+        stdin: false,
+        allow_no_events: false,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let records: Records = Arc::default();
+    let (answer, status, end) = runtime.block_on(async {
+        let session = tokio::spawn(offswitch_guard::run(
+            options,
+            Box::new(Memory(Arc::clone(&records))),
+        ));
+        use offswitch_guard::control::{self, Op};
+        let mut status = None;
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if let Ok(answer) = control::request(&control_dir, &name, Op::Status).await
+                && answer["processes"].as_u64().unwrap_or(0) >= 6
+            {
+                status = Some(answer);
+                break;
+            }
+        }
+        let answer = control::request(&control_dir, &name, Op::Stop).await;
+        let end = session.await.unwrap();
+        let answer = answer.unwrap_or_else(|e| {
+            panic!(
+                "{e}; the session ended {end:?}: {:#?}",
+                records.lock().unwrap()
+            )
+        });
+        let end = end.unwrap();
+        (answer, status, end)
+    });
+    let status = status.expect("the session never showed its processes");
+    assert_eq!(status["state"], "running");
+    assert_eq!(answer["survivors"], 0, "{answer}");
+    assert_eq!(answer["state"], "stopped");
+    assert!(answer["killed"].as_u64().unwrap() >= 6, "{answer}");
+    assert_eq!(end.exit_code, offswitch_guard::EXIT_STOPPED);
+    assert_eq!(end.survivors, 0);
+    let _ = offswitch_sandbox::remove_home(&dir.path().join("work/home"));
+}
