@@ -141,8 +141,18 @@ impl AuditKey {
     /// [`Self::load_or_create_default`] in another directory.
     pub fn load_or_create_in(dir: &Path) -> Result<Self, AuditError> {
         let secret_path = dir.join(SECRET_KEY_FILE);
+        let public_path = dir.join(PUBLIC_KEY_FILE);
         if secret_path.symlink_metadata().is_ok() {
-            return Self::load(&secret_path);
+            let key = Self::load(&secret_path)?;
+            // A process that died between writing the two files left no public key; verifiers
+            // need it.
+            if public_path.symlink_metadata().is_err() {
+                match save_public_key(&key.public_key(), &public_path) {
+                    Ok(()) | Err(AuditError::AlreadyExists { .. }) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            return Ok(key);
         }
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -150,9 +160,12 @@ impl AuditKey {
             .create(dir)
             .map_err(|source| io_error("create", dir, source))?;
         let key = Self::generate()?;
-        match key.save(&secret_path, &dir.join(PUBLIC_KEY_FILE)) {
+        match key.save(&secret_path, &public_path) {
             Ok(()) => Ok(key),
-            Err(AuditError::AlreadyExists { .. }) => Self::load(&secret_path),
+            // Another process made it first: use its key (it writes the public key file).
+            Err(AuditError::AlreadyExists { .. }) if secret_path.symlink_metadata().is_ok() => {
+                Self::load(&secret_path)
+            }
             Err(error) => Err(error),
         }
     }
@@ -266,8 +279,12 @@ fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), AuditEr
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let temporary = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&temporary);
+    // Unique per call, so concurrent writers (threads or processes) never share one.
+    let temporary = dir.join(format!(
+        ".{name}.tmp-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let result = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)

@@ -226,7 +226,6 @@ pub enum ProblemKind {
     WitnessDiffers {
         witness_line: u64,
         number: u64,
-        log_line: u64,
     },
     WitnessHasNone,
 }
@@ -362,10 +361,9 @@ impl fmt::Display for ProblemKind {
             Self::WitnessDiffers {
                 witness_line,
                 number,
-                log_line,
             } => write!(
                 f,
-                "witness checkpoint {number} (witness line {witness_line}) differs from the log's at line {log_line}: the log was rewritten"
+                "checkpoint {number} differs from the witness's copy (witness line {witness_line}): the log was rewritten"
             ),
             Self::WitnessHasNone => write!(
                 f,
@@ -402,8 +400,9 @@ pub(crate) struct Scan {
     header_key: Option<VerifyingKey>,
     report: VerifyReport,
     keep_checkpoints: bool,
-    /// Checkpoint number -> (line, SHA-256 of the line), for the witness.
-    checkpoint_lines: HashMap<u64, (u64, Hash)>,
+    /// Checkpoint number -> (line, SHA-256 of the line, whether its signature verified), for
+    /// the witness.
+    checkpoint_lines: HashMap<u64, (u64, Hash, bool)>,
     frontier: Frontier,
     /// The chain as the records in the file compute it (resynchronised to a signed head after
     /// a reported mismatch, so that one change is reported once).
@@ -791,6 +790,11 @@ impl Scan {
                 self.computed_link = checkpoint.chain_head;
             }
         }
+        // The next record's link is checked from what the key signed, so a damaged link or
+        // header before this checkpoint is not reported again after it.
+        if signed && checkpoint.tree_size == actual {
+            self.stated_link = checkpoint.chain_head;
+        }
         if let Some(closed_at) = self.closed_at {
             self.problem(Some(number), ProblemKind::AfterClose { closed_at });
             good = false;
@@ -801,7 +805,7 @@ impl Scan {
         if self.keep_checkpoints {
             self.checkpoint_lines
                 .entry(checkpoint.number)
-                .or_insert_with(|| (number, Sha256::digest(line).into()));
+                .or_insert_with(|| (number, Sha256::digest(line).into(), signed));
         }
         self.unsealed = 0;
         if good {
@@ -840,7 +844,12 @@ impl Scan {
                 path.display()
             ));
         }
-        if self.report.checkpoints > 0 && !self.report.closed && self.unsealed == 0 {
+        // Only for a log that is otherwise intact: on a damaged one the problems say more.
+        if self.report.problems.is_empty()
+            && self.report.checkpoints > 0
+            && !self.report.closed
+            && self.unsealed == 0
+        {
             self.report.notes.push(format!(
                 "the log was not closed by its writer: it ends at a checkpoint, so its {} sealed records are proven, but any written after that checkpoint are gone (a crash, or a cut exactly at a checkpoint, which only a witness can tell apart)",
                 self.report.sealed_records
@@ -919,10 +928,17 @@ impl Scan {
                 continue;
             }
             of_this_log += 1;
-            if !self
-                .signing_key()
-                .is_some_and(|key| checkpoint.signature_is_valid(&key))
-            {
+            let digest: Hash = Sha256::digest(&line).into();
+            let in_log = self.checkpoint_lines.get(&checkpoint.number).copied();
+            // The same bytes as a checkpoint whose signature already verified verify again;
+            // anything else is checked here.
+            let signed = match in_log {
+                Some((_, log_digest, true)) if log_digest == digest => true,
+                _ => self
+                    .signing_key()
+                    .is_some_and(|key| checkpoint.signature_is_valid(&key)),
+            };
+            if !signed {
                 self.problem(
                     None,
                     ProblemKind::WitnessBadSignature {
@@ -932,8 +948,7 @@ impl Scan {
                 );
                 continue;
             }
-            let digest: Hash = Sha256::digest(&line).into();
-            match self.checkpoint_lines.get(&checkpoint.number) {
+            match in_log {
                 None => self.problem(
                     None,
                     ProblemKind::WitnessNotInLog {
@@ -942,12 +957,11 @@ impl Scan {
                         tree_size: checkpoint.tree_size,
                     },
                 ),
-                Some(&(log_line, log_digest)) if log_digest != digest => self.problem(
+                Some((log_line, log_digest, _)) if log_digest != digest => self.problem(
                     Some(log_line),
                     ProblemKind::WitnessDiffers {
                         witness_line,
                         number: checkpoint.number,
-                        log_line,
                     },
                 ),
                 Some(_) => {}

@@ -78,6 +78,18 @@ pub struct AuditWriter {
     entry: Vec<u8>,
 }
 
+impl std::fmt::Debug for AuditWriter {
+    // The key stays out of it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditWriter")
+            .field("path", &self.path)
+            .field("log_id", &self.log_id)
+            .field("records", &self.frontier.size())
+            .field("next_checkpoint", &self.next_checkpoint)
+            .finish_non_exhaustive()
+    }
+}
+
 impl AuditWriter {
     /// Create a new log at `path` (never an existing file), write its header and checkpoint 0,
     /// which signs the header before any record.
