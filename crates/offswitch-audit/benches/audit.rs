@@ -77,12 +77,7 @@ fn main() {
 }
 
 /// Append `count` records to a new log at `path`, finish it; the time taken and the file size.
-fn write(
-    path: &Path,
-    key: &AuditKey,
-    bodies: &[serde_json::Value],
-    count: u64,
-) -> (Duration, u64) {
+fn write(path: &Path, key: &AuditKey, bodies: &[serde_json::Value], count: u64) -> (Duration, u64) {
     let started = Instant::now();
     let mut writer = AuditWriter::create(
         path,
