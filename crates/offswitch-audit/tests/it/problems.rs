@@ -245,6 +245,10 @@ fn an_empty_file_and_a_file_that_is_no_log() {
     .assert_eq(&redacted(&verify_trusted(&empty, None)));
     let other = dir.join("notes.txt");
     std::fs::write(&other, "shopping list\n").unwrap();
-    let error = offswitch_audit::verify(&other, &VerifyOptions::default()).unwrap_err();
+    let options = VerifyOptions {
+        trusted_public_key: Some(crate::key().public_key()),
+        witness: None,
+    };
+    let error = offswitch_audit::verify(&other, &options).unwrap_err();
     assert!(matches!(error, AuditError::NotAnAuditLog { .. }), "{error}");
 }
