@@ -44,6 +44,9 @@ enum Command {
     /// Try the sandbox by hand.
     #[command(subcommand)]
     Sandbox(cmd::sandbox::Command),
+    /// Verify, read and prove tamper-evident audit logs; make their signing key.
+    #[command(subcommand)]
+    Audit(cmd::audit::Command),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Models(command) => cmd::models::run(command),
         Command::ServeModel(args) => cmd::serve_model::run(args),
         Command::Sandbox(command) => cmd::sandbox::run(command),
+        Command::Audit(command) => cmd::audit::run(command),
     };
     match result {
         Ok(code) => code,

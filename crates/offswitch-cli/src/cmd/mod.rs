@@ -1,5 +1,6 @@
 //! One module per subcommand. Each is owned by the crate it fronts and stays thin.
 
+pub mod audit;
 pub mod compare;
 pub mod models;
 pub mod report;

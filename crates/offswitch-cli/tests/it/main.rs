@@ -1,5 +1,6 @@
 //! End-to-end tests of the `offswitch` binary: one test binary, one module per feature.
 
+mod audit;
 mod keys;
 mod pipes;
 mod run;
