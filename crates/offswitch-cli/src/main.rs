@@ -41,6 +41,9 @@ enum Command {
     Models(cmd::models::Command),
     /// Serve the embedded model over an OpenAI-compatible endpoint.
     ServeModel(cmd::serve_model::Args),
+    /// Run an agent program contained: a sandbox, live monitors, circuit breakers, a
+    /// tamper-evident audit log; and operate running sessions.
+    Guard(cmd::guard::Args),
     /// Try the sandbox by hand.
     #[command(subcommand)]
     Sandbox(cmd::sandbox::Command),
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Models(command) => cmd::models::run(command),
         Command::ServeModel(args) => cmd::serve_model::run(args),
         Command::Sandbox(command) => cmd::sandbox::run(command),
+        Command::Guard(args) => cmd::guard::run(args),
         Command::Audit(command) => cmd::audit::run(command),
     };
     match result {

@@ -14,6 +14,7 @@
 //!   reach and nothing inside can see (`list`, `status`, `pause`, `resume`, `stop`,
 //!   `heartbeat`).
 
+pub mod audit;
 pub mod content;
 pub mod control;
 pub mod monitor;

@@ -669,6 +669,16 @@ impl Session {
                     let (hits, _) = self.monitor.event(&event);
                     for hit in hits {
                         self.hits += 1;
+                        if hit.action >= Action::Alert && !was_stopped {
+                            let line = format!(
+                                "{}: {} (seen after the command ended)",
+                                hit.monitor, hit.detail
+                            );
+                            eprintln!("offswitch guard: alert: {line}");
+                            if self.alerts.len() < MAX_ALERTS_KEPT {
+                                self.alerts.push(line);
+                            }
+                        }
                         self.record("monitor_hit", json!({"monitor": hit.monitor, "kind": hit.kind, "action": "record", "detail": hit.detail, "after_end": true}));
                     }
                 }
@@ -814,10 +824,7 @@ type PreparedHome = (PathBuf, Option<(u32, u32)>, Option<PathBuf>);
 
 /// The home of the session: the project bound with an id mapping, or a fresh volume holding
 /// a copy of it (or nothing).
-fn prepare_home(
-    options: &GuardOptions,
-    mode: ProjectMode,
-) -> Result<PreparedHome, GuardError> {
+fn prepare_home(options: &GuardOptions, mode: ProjectMode) -> Result<PreparedHome, GuardError> {
     if let Some(project) = &options.project {
         let meta = std::fs::metadata(project)
             .map_err(|e| GuardError::Invalid(format!("the project {}: {e}", project.display())))?;
