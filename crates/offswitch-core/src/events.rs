@@ -140,6 +140,22 @@ pub enum EventKind {
     Exit { status: i32 },
     /// A limit of the sandbox was hit (`memory`, `processes`, `disk`, ...).
     Limit { limit: String },
+    /// A file-changing syscall the kernel refused (`EROFS` on a read-only or protected path,
+    /// `EBUSY` on a mount point, `EACCES`, `EPERM`, ...): an attempt that changed nothing. The
+    /// refusal is the kernel's; the paths are the arguments as the process passed them.
+    Refused {
+        /// The syscall's name (`openat`, `renameat2`, `unlinkat`, `fchmodat`, ...).
+        syscall: String,
+        /// The errno's name.
+        error: String,
+        /// The path it named, made absolute against the caller's working directory when
+        /// relative (a call relative to a directory fd other than the working directory
+        /// names the path as given); empty for a call on a file descriptor.
+        path: String,
+        /// The second path (a rename's or link's target).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

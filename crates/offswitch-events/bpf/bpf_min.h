@@ -33,6 +33,7 @@ static __u64 (*bpf_get_current_cgroup_id)(void) = (void *)80;
 static long (*bpf_send_signal)(__u32 sig) = (void *)109;
 static long (*bpf_probe_read_user)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)112;
 static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)113;
+static long (*bpf_probe_read_user_str)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)114;
 static long (*bpf_probe_read_kernel_str)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)115;
 static __u64 (*bpf_get_current_ancestor_cgroup_id)(int ancestor_level) = (void *)123;
 static long (*bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size, __u64 flags) = (void *)130;

@@ -24,7 +24,8 @@ enum ev_kind {
 	EV_NET = 4,
 	EV_EXIT = 5,
 	EV_FORK = 6,
-	EV_KIND_MAX = 7,
+	EV_REFUSED = 7,    /* a file-changing syscall the kernel refused */
+	EV_KIND_MAX = 8,
 };
 
 /* stats map indices (BPF_MAP_TYPE_ARRAY of u64) */
@@ -136,6 +137,30 @@ struct ev_fork {
 	__u32 child_ns_pid;
 };
 
+/* How to read a refusable syscall's arguments (the `refusable` map, by syscall number,
+ * filled by the loader with the running architecture's numbers). 0xff: none. */
+struct refusable {
+	__u8 path_arg;      /* argument holding the path the call changes */
+	__u8 path2_arg;     /* a second path (rename, link), or 0xff */
+	__u8 flags_arg;     /* open flags: recorded only with a write intent, or 0xff */
+	__u8 flags_kind;    /* 0 none, 1 flags in the register, 2 a pointer to struct open_how */
+};
+
+struct ev_refused {
+	struct ev_hdr h;
+	__s64 nr;           /* syscall number (of the running architecture) */
+	__s64 ret;          /* the negative errno */
+	__u64 flags;        /* open flags, when the call has them */
+	__u16 path_len;     /* the path argument as the process passed it (incl. NUL) */
+	__u16 path2_len;
+	__u16 cwd_path_len; /* the working directory (a relative path is relative to it,
+			       unless the call named a directory fd) */
+	__u16 _pad;
+	struct file_id cwd;
+	/* data: path | path2 | cwd path */
+	char data[];
+};
+
 /* ABI lock: src/records.rs asserts the same sizes. */
 _Static_assert(sizeof(struct ev_hdr) == 80, "ev_hdr");
 _Static_assert(sizeof(struct file_id) == 32, "file_id");
@@ -144,5 +169,6 @@ _Static_assert(sizeof(struct ev_signal) == 120, "ev_signal");
 _Static_assert(sizeof(struct ev_net) == 224, "ev_net");
 _Static_assert(sizeof(struct ev_exit) == 88, "ev_exit");
 _Static_assert(sizeof(struct ev_fork) == 88, "ev_fork");
+_Static_assert(sizeof(struct ev_refused) == 144, "ev_refused");
 
 #endif

@@ -17,6 +17,10 @@
  *   cgroup/{connect,bind,sendmsg}{4,6}
  *                               attached to each sandbox's cgroup: connects,
  *                               binds and datagrams with their address
+ *   tp_btf/sys_exit             file-changing syscalls the kernel refused
+ *                               (EPERM, EACCES, EBUSY, EXDEV, ETXTBSY, EROFS):
+ *                               attempts on read-only and protected paths,
+ *                               with the path as the process passed it
  *
  * File mutations are recorded with fanotify in user space: the BPF LSM hooks
  * that would see them before they happen need BPF trampolines, which the
@@ -89,6 +93,13 @@ struct {
 	__type(key, __u64);   /* sandbox cgroup id */
 	__type(value, __u64); /* records of that sandbox that could not be written */
 } lost_by_sandbox SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1024);
+	__type(key, __u32);   /* syscall number of the running architecture */
+	__type(value, struct refusable); /* all 0: not refusable (the loader fills the rest) */
+} refusable SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -437,6 +448,137 @@ int handle_exit(__u64 *ctx)
 	e->exit_code = p->exit_code;
 	e->group_dead = 1;
 	submit(&e->h, sizeof(*e), EV_EXIT);
+	put_scratch(s);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* refused file changes                                                */
+/* ------------------------------------------------------------------ */
+
+#define EPERM 1
+#define EACCES 13
+#define EBUSY 16
+#define EXDEV 18
+#define ETXTBSY 26
+#define EROFS 30
+#define NO_ARG 0xff
+#define O_ACCMODE 3
+#define O_CREAT 0100
+#define O_TRUNC 01000
+
+#define bpf_core_field_exists(field) __builtin_preserve_field_info(field, 2)
+
+/* Argument `i` (0..4) of the syscall whose saved registers are `regs`. */
+static __always_inline unsigned long syscall_arg(void *regs, __u32 i)
+{
+	unsigned long v = 0;
+	struct pt_regs___x86 *x = regs;
+	if (bpf_core_field_exists(x->di)) {
+		switch (i) {
+		case 0: bpf_probe_read_kernel(&v, sizeof(v), CORE_ADDR(x, di)); break;
+		case 1: bpf_probe_read_kernel(&v, sizeof(v), CORE_ADDR(x, si)); break;
+		case 2: bpf_probe_read_kernel(&v, sizeof(v), CORE_ADDR(x, dx)); break;
+		case 3: bpf_probe_read_kernel(&v, sizeof(v), CORE_ADDR(x, r10)); break;
+		case 4: bpf_probe_read_kernel(&v, sizeof(v), CORE_ADDR(x, r8)); break;
+		}
+		return v;
+	}
+	struct pt_regs___arm64 *a = regs;
+	if (i == 0) /* x0 holds the return value by now; orig_x0 the first argument */
+		bpf_probe_read_kernel(&v, sizeof(v), CORE_ADDR(a, orig_x0));
+	else if (i < 5)
+		bpf_probe_read_kernel(&v, sizeof(v), (char *)CORE_ADDR(a, regs) + i * 8);
+	return v;
+}
+
+/*
+ * tp_btf/sys_exit(regs, ret): every syscall's return, system-wide; the first
+ * instructions drop everything that succeeded, so host tasks pay a compare.
+ * A refused call that changes files (the `refusable` map) by a sandbox task is
+ * recorded with its path arguments as the process passed them: the errno is
+ * the kernel's truth, the strings are what the caller asked for.
+ */
+SEC("tp_btf/sys_exit")
+int handle_sys_exit(__u64 *ctx)
+{
+	long ret = (long)ctx[1];
+	if (ret >= 0)
+		return 0;
+	if (ret != -EPERM && ret != -EACCES && ret != -EBUSY && ret != -EXDEV &&
+	    ret != -ETXTBSY && ret != -EROFS)
+		return 0;
+	void *regs = (void *)ctx[0];
+	struct task_struct *task = bpf_get_current_task_btf();
+	long nr = 0;
+	struct pt_regs___x86 *x = regs;
+	if (bpf_core_field_exists(x->di)) {
+		/* orig_ax: the syscall number (ax holds the return value). */
+		struct pt_regs___x86_nr { unsigned long orig_ax; } __attribute__((preserve_access_index)) *xn = regs;
+		bpf_probe_read_kernel(&nr, sizeof(nr), CORE_ADDR(xn, orig_ax));
+	} else {
+		struct pt_regs___arm64_nr { int syscallno; } __attribute__((preserve_access_index)) *an = regs;
+		int no = 0;
+		bpf_probe_read_kernel(&no, sizeof(no), CORE_ADDR(an, syscallno));
+		nr = no;
+	}
+	if (nr < 0 || nr >= 1024)
+		return 0;
+	__u32 key = nr;
+	struct refusable *how = bpf_map_lookup_elem(&refusable, &key);
+	if (!how || (how->path_arg == 0 && how->path2_arg == 0 && how->flags_kind == 0))
+		return 0;
+	__u64 flags = 0;
+	if (how->flags_kind == 1) {
+		flags = syscall_arg(regs, how->flags_arg);
+	} else if (how->flags_kind == 2) {
+		unsigned long open_how = syscall_arg(regs, how->flags_arg);
+		bpf_probe_read_user(&flags, sizeof(flags), (void *)open_how);
+	}
+	if (how->flags_kind && !(flags & (O_ACCMODE | O_CREAT | O_TRUNC)))
+		return 0; /* an open for reading: not an attempt to change anything */
+	__u64 sandbox = current_sandbox();
+	if (!sandbox)
+		return 0;
+
+	struct scratch *s = get_scratch();
+	if (!s) {
+		lost_no_scratch(EV_REFUSED, sandbox);
+		return 0;
+	}
+	struct ev_refused *e = (void *)s->buf;
+	char *data = e->data;
+	__u32 off = 0;
+	long n;
+	fill_hdr(&e->h, EV_REFUSED, sandbox, task);
+	e->nr = nr;
+	e->ret = ret;
+	e->flags = flags;
+	e->path_len = 0;
+	e->path2_len = 0;
+	if (how->path_arg != NO_ARG) {
+		n = bpf_probe_read_user_str(data, PATH_MAX_BYTES, (void *)syscall_arg(regs, how->path_arg));
+		e->path_len = n > 0 ? n : 0;
+		off += e->path_len;
+	}
+	if (how->path2_arg != NO_ARG) {
+		n = bpf_probe_read_user_str(data + (off & DATA_MASK), PATH_MAX_BYTES,
+					    (void *)syscall_arg(regs, how->path2_arg));
+		e->path2_len = n > 0 ? n : 0;
+		off += e->path2_len;
+	}
+	__builtin_memset(&e->cwd, 0, sizeof(e->cwd));
+	e->cwd_path_len = 0;
+	struct fs_struct *fs = task->fs;
+	if (fs) {
+		struct dentry *pwd = fs->pwd.dentry;
+		if (pwd) {
+			fill_file_id(&e->cwd, pwd);
+			e->cwd_path_len = put_path(data, off, pwd, &e->cwd);
+			off += e->cwd_path_len;
+		}
+	}
+	submit(&e->h, sizeof(*e) + (off & DATA_MASK), EV_REFUSED);
 	put_scratch(s);
 	return 0;
 }

@@ -194,6 +194,21 @@ struct sockaddr {
 	char sa_data[14];
 };
 
+/* The saved user registers of a syscall, in two flavours: CO-RE keeps the one whose
+ * fields the running kernel has (x86-64: di, si, dx, r10, r8; arm64: orig_x0 and regs[]). */
+struct pt_regs___x86 {
+	unsigned long di;
+	unsigned long si;
+	unsigned long dx;
+	unsigned long r10;
+	unsigned long r8;
+};
+
+struct pt_regs___arm64 {
+	__u64 regs[31];
+	__u64 orig_x0;
+};
+
 #pragma clang attribute pop
 
 /*

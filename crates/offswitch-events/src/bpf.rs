@@ -40,6 +40,7 @@ const TRACEPOINTS: &[(&str, &str)] = &[
     ("handle_exit", "sched_process_exit"),
     ("handle_signal_generate", "signal_generate"),
     ("handle_inet_sock_set_state", "inet_sock_set_state"),
+    ("handle_sys_exit", "sys_exit"),
 ];
 
 /// Socket programs attached to each sandbox's cgroup.
@@ -133,6 +134,18 @@ impl Kernel {
             program
                 .load()
                 .map_err(|e| format!("loading {name}: {}", chain(&e)))?;
+        }
+        {
+            let mut refusable: Array<_, [u8; 4]> = Array::try_from(
+                ebpf.map_mut("refusable")
+                    .ok_or("the BPF object has no map refusable")?,
+            )
+            .map_err(|e| format!("the map refusable: {}", chain(&e)))?;
+            for (number, _, how) in crate::syscalls::refusable() {
+                refusable
+                    .set(number as u32, how, 0)
+                    .map_err(|e| format!("filling the map refusable: {}", chain(&e)))?;
+            }
         }
         let ring = RingBuf::try_from(
             ebpf.take_map("events")

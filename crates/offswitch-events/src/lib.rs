@@ -20,6 +20,7 @@ mod bpf;
 mod files;
 mod records;
 mod stream;
+mod syscalls;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;

@@ -8,6 +8,7 @@ pub(crate) const EV_SIGNAL: u32 = 3;
 pub(crate) const EV_NET: u32 = 4;
 pub(crate) const EV_EXIT: u32 = 5;
 pub(crate) const EV_FORK: u32 = 6;
+pub(crate) const EV_REFUSED: u32 = 7;
 
 /// Indices of the `stats` array (`enum stat_idx`).
 pub(crate) const STAT_LOST_UNATTRIBUTED: u32 = 18;
@@ -24,6 +25,7 @@ const SIGNAL: usize = 120;
 const NET: usize = 224;
 const EXIT: usize = 88;
 const FORK: usize = 88;
+const REFUSED: usize = 144;
 const ARGS_FLAG_TRUNCATED: u32 = 1;
 
 /// The fields every record starts with.
@@ -89,6 +91,17 @@ pub(crate) enum Record {
         address: String,
         protocol: &'static str,
     },
+    /// A file-changing syscall the kernel refused.
+    Refused {
+        header: Header,
+        syscall: i64,
+        /// The positive errno.
+        errno: i64,
+        /// The path arguments as the process passed them.
+        path: Option<String>,
+        path2: Option<String>,
+        cwd: Option<FsPath>,
+    },
 }
 
 impl Record {
@@ -98,7 +111,8 @@ impl Record {
             | Record::Fork { header, .. }
             | Record::Exit { header, .. }
             | Record::Signal { header, .. }
-            | Record::Net { header, .. } => header,
+            | Record::Net { header, .. }
+            | Record::Refused { header, .. } => header,
         }
     }
 }
@@ -136,6 +150,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Record> {
             result: u32_at(bytes, 112)? as i32,
         }),
         EV_NET if bytes.len() >= NET => decode_net(header, bytes),
+        EV_REFUSED if bytes.len() >= REFUSED => decode_refused(header, bytes),
         _ => None,
     }
 }
@@ -182,6 +197,35 @@ fn decode_exec(header: Header, bytes: &[u8]) -> Option<Record> {
         cwd,
         argv,
         argv_truncated: args_flags & ARGS_FLAG_TRUNCATED != 0,
+    })
+}
+
+fn decode_refused(header: Header, bytes: &[u8]) -> Option<Record> {
+    let syscall = u64_at(bytes, 80)? as i64;
+    let errno = -(u64_at(bytes, 88)? as i64);
+    let lengths = [
+        u16_at(bytes, 104)? as usize,
+        u16_at(bytes, 106)? as usize,
+        u16_at(bytes, 108)? as usize,
+    ];
+    let mut offset = REFUSED;
+    let mut take = |length: usize| -> Option<&[u8]> {
+        let piece = bytes.get(offset..offset + length)?;
+        offset += length;
+        Some(piece)
+    };
+    let path = take(lengths[0])?;
+    let path2 = take(lengths[1])?;
+    let cwd_path = take(lengths[2])?;
+    let present = |id: &[u8]| u32_at(id, 16).is_some_and(|dev| dev != 0);
+    let cwd = present(&bytes[112..144]).then(|| fs_path(&bytes[112..144], cwd_path));
+    Some(Record::Refused {
+        header,
+        syscall,
+        errno,
+        path: (!path.is_empty()).then(|| c_string(path)),
+        path2: (!path2.is_empty()).then(|| c_string(path2)),
+        cwd,
     })
 }
 

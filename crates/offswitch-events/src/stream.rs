@@ -268,6 +268,38 @@ impl Collector {
                     EventSource::Process,
                 );
             }
+            Record::Refused {
+                syscall,
+                errno,
+                path,
+                path2,
+                cwd,
+                ..
+            } => {
+                let absolute = |given: Option<String>| {
+                    given.map(|given| {
+                        if given.starts_with('/') {
+                            normalize(&given)
+                        } else {
+                            let base = cwd.as_ref().map(|cwd| self.inside(cwd)).unwrap_or_default();
+                            normalize(&format!("{base}/{given}"))
+                        }
+                    })
+                };
+                let path = absolute(path).unwrap_or_default();
+                let to = absolute(path2);
+                self.keep(
+                    header.tgid,
+                    time_ns,
+                    EventKind::Refused {
+                        syscall: crate::syscalls::name(syscall),
+                        error: crate::syscalls::errno_name(errno),
+                        path,
+                        to,
+                    },
+                    EventSource::Process,
+                );
+            }
             Record::Net {
                 op,
                 address,

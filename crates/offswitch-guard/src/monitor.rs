@@ -359,8 +359,31 @@ impl Monitor {
             .any(|p| path == p || path.starts_with(&format!("{p}/")))
     }
 
-    /// A change to a protected path, below it, or to a directory on its way.
+    /// A change to a protected path, below it, or to a directory on its way; or an attempt
+    /// at one the kernel refused.
     fn protected_change(&self, event: &Event) -> Option<String> {
+        if let EventKind::Refused {
+            syscall,
+            error,
+            path,
+            to,
+        } = &event.kind
+        {
+            let hit = self.protected.iter().find(|p| {
+                [Some(path), to.as_ref()].into_iter().flatten().any(|c| {
+                    c == *p
+                        || c.starts_with(&format!("{p}/"))
+                        || p.starts_with(&format!("{c}/")) && c != HOME
+                })
+            })?;
+            return Some(format!(
+                "{} tried {syscall} on {path}{}, refused by the kernel ({error}) (protected: {hit})",
+                who(event),
+                to.as_ref()
+                    .map(|to| format!(" -> {to}"))
+                    .unwrap_or_default()
+            ));
+        }
         let EventKind::File { op, path, to } = &event.kind else {
             return None;
         };

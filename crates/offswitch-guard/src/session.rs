@@ -762,6 +762,7 @@ fn kind_name(kind: &offswitch_sandbox::EventKind) -> &'static str {
         EventKind::Net { .. } => "net",
         EventKind::Exit { .. } => "exit",
         EventKind::Limit { .. } => "limit",
+        EventKind::Refused { .. } => "refused",
     }
 }
 

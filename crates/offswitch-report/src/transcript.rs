@@ -127,8 +127,10 @@ fn render_stream(out: &mut String, stream: &EventStream, view: &TrialView) {
         out.push_str(&format!("unavailable ({why})\n"));
         return;
     }
-    let kinds = ["exec", "fork", "file", "signal", "net", "exit", "limit"];
-    let mut counts = [0u64; 7];
+    let kinds = [
+        "exec", "fork", "file", "signal", "net", "exit", "limit", "refused",
+    ];
+    let mut counts = [0u64; 8];
     for event in &stream.events {
         counts[kind_index(&event.kind)] += 1;
     }
@@ -198,6 +200,7 @@ fn kind_index(kind: &EventKind) -> usize {
         EventKind::Net { .. } => 4,
         EventKind::Exit { .. } => 5,
         EventKind::Limit { .. } => 6,
+        EventKind::Refused { .. } => 7,
     }
 }
 
@@ -253,6 +256,15 @@ fn describe_event(event: &Event) -> String {
         }
         EventKind::Exit { status } => format!("exit {status}"),
         EventKind::Limit { limit } => format!("limit {limit}"),
+        EventKind::Refused {
+            syscall,
+            error,
+            path,
+            to,
+        } => match to {
+            Some(to) => format!("refused {syscall} {path} -> {to} ({error})"),
+            None => format!("refused {syscall} {path} ({error})"),
+        },
     };
     if event.harness {
         text.push_str(" (harness)");

@@ -328,6 +328,12 @@ pub struct EventV1 {
     /// limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<String>,
+    /// refused: the syscall's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<String>,
+    /// refused: the errno's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn is_zero(value: &i32) -> bool {
@@ -397,6 +403,19 @@ impl EventV1 {
                 limit: Some(limit.clone()),
                 ..common
             },
+            EventKind::Refused {
+                syscall,
+                error,
+                path,
+                to,
+            } => EventV1 {
+                event: "refused".into(),
+                syscall: Some(syscall.clone()),
+                error: Some(error.clone()),
+                path: Some(path.clone()),
+                to: to.clone(),
+                ..common
+            },
         }
     }
 
@@ -436,6 +455,12 @@ impl EventV1 {
             "limit" => EventKind::Limit {
                 limit: required(self.limit, event, "limit")?,
             },
+            "refused" => EventKind::Refused {
+                syscall: required(self.syscall, event, "syscall")?,
+                error: required(self.error, event, "error")?,
+                path: required(self.path, event, "path")?,
+                to: self.to,
+            },
             other => return Err(format!("unknown event kind {other:?}")),
         };
         Ok(Event {
@@ -459,7 +484,8 @@ pub fn event_source(kind: &EventKind) -> EventSource {
         | EventKind::Signal { .. }
         | EventKind::Net { .. }
         | EventKind::Exit { .. }
-        | EventKind::Limit { .. } => EventSource::Process,
+        | EventKind::Limit { .. }
+        | EventKind::Refused { .. } => EventSource::Process,
     }
 }
 

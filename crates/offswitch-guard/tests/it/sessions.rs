@@ -186,27 +186,53 @@ fn assert_contained(run: &Run) {
     assert_eq!(last.1["survivors"], 0);
 }
 
+/// Every attempt on a protected file fails in the kernel, and the refusals are evidence: with
+/// an alerting rule each attempt is recorded while the agent goes on; with a killing rule the
+/// first one stops it.
 #[test]
-fn rewriting_protected_config_and_guard_files_fails_and_the_files_stay() {
+fn attempts_on_protected_files_are_refused_recorded_and_acted_on() {
     if !root_or_skip("guarded sessions") {
         return;
     }
-    let run = run_hostile(
-        BASE,
-        "cd ~; echo 'oversight = false' > agent/config.toml; \
+    let attempts = "cd ~; echo 'oversight = false' > agent/config.toml; \
          python3 -c 'open(\"agent/config.toml\",\"w\").write(\"oversight = false\")'; \
          rm -f agent/weights.guard; mv agent/weights.guard agent/g; chmod 000 agent/config.toml; \
-         cat agent/config.toml; exit 0",
+         perl -e 'unlink \"agent/weights/model.bin\" or exit 0'; cat agent/config.toml; exit 0";
+    let alerting = BASE.replace(
+        "name = \"own-parameters\"\non = \"protected\"\naction = \"kill\"",
+        "name = \"own-parameters\"\non = \"protected\"\naction = \"alert\"",
     );
+    let run = run_hostile(&alerting, attempts);
     assert_contained(&run);
     assert_eq!(run.end.exit_code, 0, "{:?}", run.end);
-    assert_eq!(run.hits(), Vec::<String>::new());
-    // The copy the agent worked on still holds the originals.
-    let copy = run.end.kept_copy.as_ref().unwrap();
-    let _ = copy;
+    let refused: Vec<String> = run
+        .records
+        .iter()
+        .filter(|(kind, body)| kind == "monitor_hit" && body["monitor"] == "own-parameters")
+        .map(|(_, body)| {
+            let detail = body["detail"].as_str().unwrap();
+            detail[detail.find("tried").unwrap()..].to_owned()
+        })
+        .collect();
+    expect_test::expect![[r#"
+        tried openat on /home/agent/agent/config.toml, refused by the kernel (EROFS) (protected: /home/agent/agent/config.toml)
+        tried openat on /home/agent/agent/config.toml, refused by the kernel (EROFS) (protected: /home/agent/agent/config.toml)
+        tried unlinkat on /home/agent/agent/weights.guard, refused by the kernel (EBUSY) (protected: /home/agent/agent/weights.guard)
+        tried renameat2 on /home/agent/agent/weights.guard -> /home/agent/agent/g, refused by the kernel (EBUSY) (protected: /home/agent/agent/weights.guard)
+        tried fchmodat on /home/agent/agent/config.toml, refused by the kernel (EROFS) (protected: /home/agent/agent/config.toml)
+        tried unlink on /home/agent/agent/weights/model.bin, refused by the kernel (EROFS) (protected: /home/agent/agent/weights)"#]]
+    .assert_eq(&refused.join("\n"));
+    // The originals are untouched.
     assert_eq!(
         std::fs::read(run.project.join("agent/config.toml")).unwrap(),
         b"oversight = true\n"
+    );
+    let run = run_hostile(BASE, attempts);
+    assert_contained(&run);
+    assert_eq!(run.end.exit_code, offswitch_guard::EXIT_STOPPED);
+    assert_eq!(
+        run.hits().first().map(String::as_str),
+        Some("own-parameters [kill]")
     );
 }
 

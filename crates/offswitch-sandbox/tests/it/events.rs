@@ -45,6 +45,15 @@ fn render(stream: &EventStream, keep: impl Fn(&EventKind) -> bool) -> String {
                 EventKind::Exit { status } => format!("exit {status}"),
                 EventKind::Fork { .. } => "fork".into(),
                 EventKind::Limit { limit } => format!("limit {limit}"),
+                EventKind::Refused {
+                    syscall,
+                    error,
+                    path,
+                    to,
+                } => match to {
+                    Some(to) => format!("refused {syscall} {path} -> {to} {error}"),
+                    None => format!("refused {syscall} {path} {error}"),
+                },
             };
             format!("[{}] {what}\n", event.exe)
         })
@@ -441,4 +450,31 @@ fn a_slow_live_subscriber_is_told_what_it_missed() {
         "{:?}",
         stream.lost
     );
+}
+
+/// Attempts the kernel refuses leave no file event (nothing changed), but are recorded as
+/// refusals with the path the process named: a write to a read-only system file from shell,
+/// Python and a relative path, a rename onto it, a chmod; reads that fail are not attempts.
+#[test]
+fn refused_attempts_to_change_files_are_recorded() {
+    if !root_or_skip("the event stream (eBPF)") {
+        return;
+    }
+    let Some(stream) = stream_of(&[
+        "echo x > /usr/bin/offswitch-nope; cd /etc && echo x >> hostname; \
+         python3 -c 'open(\"/usr/bin/env\", \"a\")'; mv /tmp/none /usr/bin/env; \
+         chmod 777 /usr/bin/env; cat /etc/shadow; true",
+    ]) else {
+        return;
+    };
+    expect_test::expect![[r#"
+        [/bin/bash] refused openat /usr/bin/offswitch-nope EROFS
+        [/bin/bash] refused openat /etc/hostname EROFS
+        [/usr/bin/python3] refused openat /usr/bin/env EACCES
+        [/usr/bin/mv] refused renameat2 /tmp/none -> /usr/bin/env EXDEV
+        [/usr/bin/chmod] refused fchmodat /usr/bin/env EROFS
+    "#]]
+    .assert_eq(&render(&stream, |kind| {
+        matches!(kind, EventKind::Refused { .. })
+    }));
 }
