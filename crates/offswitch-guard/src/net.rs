@@ -115,10 +115,17 @@ async fn proxy(mut client: TcpStream, allow: &[String]) -> Option<NetRecord> {
         words.next().unwrap_or_default(),
         words.next().unwrap_or_default(),
     );
-    if !method.eq_ignore_ascii_case("CONNECT") {
+    let tunnel = method.eq_ignore_ascii_case("CONNECT");
+    // A plain-HTTP request through the proxy names its destination in absolute form.
+    let destination = if tunnel {
+        Some(target.to_lowercase())
+    } else {
+        absolute_form_destination(target)
+    };
+    let Some(destination) = destination else {
         let _ = client
             .write_all(
-                b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             )
             .await;
         return Some(NetRecord {
@@ -126,12 +133,11 @@ async fn proxy(mut client: TcpStream, allow: &[String]) -> Option<NetRecord> {
             destination: target.chars().take(256).collect(),
             allowed: false,
             detail: format!(
-                "refused {}: the proxy only tunnels CONNECT",
+                "refused {}: neither CONNECT nor a request for an http:// URL",
                 method.chars().take(16).collect::<String>()
             ),
         });
-    }
-    let destination = target.to_lowercase();
+    };
     if !allow.contains(&destination) {
         let _ = client
             .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -144,12 +150,16 @@ async fn proxy(mut client: TcpStream, allow: &[String]) -> Option<NetRecord> {
         });
     }
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&destination)).await {
-        Ok(Ok(upstream)) => {
-            if client
-                .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-                .await
-                .is_err()
-            {
+        Ok(Ok(mut upstream)) => {
+            let sent = if tunnel {
+                client
+                    .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                    .await
+            } else {
+                // The request as the client wrote it (servers accept the absolute form).
+                upstream.write_all(head.as_bytes()).await
+            };
+            if sent.is_err() {
                 return None;
             }
             relay(client, upstream).await;
@@ -157,7 +167,12 @@ async fn proxy(mut client: TcpStream, allow: &[String]) -> Option<NetRecord> {
                 via: "proxy",
                 destination,
                 allowed: true,
-                detail: "tunnelled".into(),
+                detail: if tunnel {
+                    "tunnelled"
+                } else {
+                    "forwarded an http request"
+                }
+                .into(),
             })
         }
         Ok(Err(error)) => {
@@ -183,6 +198,28 @@ async fn proxy(mut client: TcpStream, allow: &[String]) -> Option<NetRecord> {
             })
         }
     }
+}
+
+/// `host:port` of an absolute-form `http://host[:port]/...` request target.
+fn absolute_form_destination(target: &str) -> Option<String> {
+    let rest = target
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
+        .map(|_| &target[7..])?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?.to_lowercase();
+    if authority.is_empty() {
+        return None;
+    }
+    let has_port = match authority.rfind(':') {
+        Some(colon) => !authority[colon..].contains(']'),
+        None => false,
+    };
+    Some(if has_port {
+        authority
+    } else {
+        format!("{authority}:80")
+    })
 }
 
 async fn read_head(client: &mut TcpStream) -> std::io::Result<String> {

@@ -463,3 +463,85 @@ fn the_operator_stops_a_session_through_the_control_plane() {
     assert_eq!(end.survivors, 0);
     let _ = offswitch_sandbox::remove_home(&dir.path().join("work/home"));
 }
+
+/// The only ways out are the policy's: a forwarded port reaches its host address, the proxy
+/// tunnels to an allowed destination and refuses any other with 403, and a direct connection
+/// anywhere else has no route. Each connection through the guard is in the audit log.
+#[test]
+fn the_network_is_the_forwards_and_the_allow_list_proxy() {
+    if !root_or_skip("guarded sessions") {
+        return;
+    }
+    // Two host servers: one allowed through the proxy, one forwarded; a third is neither.
+    let serve = |reply: &'static str| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                use std::io::{Read, Write};
+                let mut buffer = [0u8; 1024];
+                let _ = stream.read(&mut buffer);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+            }
+        });
+        port
+    };
+    let allowed = serve("allowed-server");
+    let forwarded = serve("forwarded-server");
+    let other = serve("other-server");
+    let policy = format!(
+        "version = 1\nname = \"net\"\n[session]\nproject = \"copy\"\n[network]\nforward = [\"127.0.0.1:{forwarded}\"]\nallow = [\"127.0.0.1:{allowed}\"]\n[[rule]]\nname = \"outside\"\non = \"connect_outside\"\naction = \"alert\"\n"
+    );
+    let run = guarded(
+        &policy,
+        &[],
+        &format!(
+            "curl -s -m 5 http://127.0.0.1:{forwarded}/; echo; \
+             curl -s -m 5 --noproxy '' -p -x \"$HTTPS_PROXY\" http://127.0.0.1:{allowed}/; echo; \
+             curl -s -m 5 --noproxy '' -x \"$HTTP_PROXY\" http://127.0.0.1:{allowed}/; echo; \
+             curl -s -m 5 --noproxy '' -p -x \"$HTTPS_PROXY\" -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{other}/; echo; \
+             curl -s -m 3 --noproxy '*' http://192.0.2.7:{other}/ || echo no-route; sleep 1"
+        ),
+    );
+    assert_contained(&run);
+    let network: Vec<String> = run
+        .records
+        .iter()
+        .filter(|(kind, _)| kind == "network")
+        .map(|(_, body)| {
+            format!(
+                "{} {} {}",
+                body["via"].as_str().unwrap(),
+                if body["allowed"] == true {
+                    "allowed"
+                } else {
+                    "refused"
+                },
+                body["destination"]
+                    .as_str()
+                    .unwrap()
+                    .replace(&allowed.to_string(), "ALLOWED")
+                    .replace(&forwarded.to_string(), "FORWARDED")
+                    .replace(&other.to_string(), "OTHER")
+            )
+        })
+        .collect();
+    let mut network = network;
+    network.sort();
+    expect_test::expect![[r#"
+        forward allowed 127.0.0.1:FORWARDED
+        proxy allowed 127.0.0.1:ALLOWED
+        proxy allowed 127.0.0.1:ALLOWED
+        proxy refused 127.0.0.1:OTHER"#]]
+    .assert_eq(&network.join("\n"));
+    assert!(
+        run.hits().contains(&"outside [alert]".to_owned()),
+        "{:?}",
+        run.hits()
+    );
+}
