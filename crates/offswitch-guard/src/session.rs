@@ -409,6 +409,11 @@ impl Session {
         if self.state == State::Stopped {
             return;
         }
+        if let Some(why) = self.audit_failed.clone() {
+            // Nothing the agent does can be recorded any more: it does nothing more.
+            self.stop(format!("the audit log failed: {why}")).await;
+            return;
+        }
         if let Some(deadline) = self.policy.session.deadline
             && self.started.elapsed() >= deadline
         {
@@ -715,8 +720,15 @@ impl Session {
         if let Some(e) = self.audit_failed {
             return Err(GuardError::Failed(format!("the audit log failed: {e}")));
         }
-        if let Some(copy) = &self.kept_copy {
-            let _ = offswitch_sandbox::keep_home(copy);
+        if let Some(copy) = self.kept_copy.take() {
+            if self.options.project.is_some() {
+                // The agent's work on the copy, kept for review as a plain directory.
+                let _ = offswitch_sandbox::keep_home(&copy);
+                self.kept_copy = Some(copy);
+            } else {
+                // An empty home made for the session: nothing to keep.
+                let _ = offswitch_sandbox::remove_home(&copy);
+            }
         }
         let _ = &self.home;
         Ok(SessionEnd {

@@ -259,15 +259,23 @@ async fn guard(args: RunArgs) -> anyhow::Result<ExitCode> {
         stdin: !args.no_stdin,
         allow_no_events: args.no_events,
     };
+    // Its own task: the session must go on answering its control socket while an interrupt is
+    // handled here.
+    let mut session = tokio::spawn(offswitch_guard::run(
+        options,
+        Box::new(offswitch_guard::audit::Sink::new(writer)),
+    ));
     let end = tokio::select! {
-        end = offswitch_guard::run(options, Box::new(offswitch_guard::audit::Sink::new(writer))) => end,
-        // An interrupt of the guard itself stops the agent like `stop` does: the session ends
-        // through its own path, so nothing is left running and the log is sealed.
+        end = &mut session => end.map_err(|e| anyhow::anyhow!("the session failed: {e}"))?,
+        // An interrupt of the guard itself stops the agent like `stop` does, and the session
+        // still ends through its own path: nothing is left running and the log is sealed.
         _ = interrupted() => {
+            eprintln!("offswitch guard: interrupted: stopping the agent");
             let _ = control::request(&control::control_dir(), &name, Op::Stop).await;
-            // The session answers `stop` and then ends by itself.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            return Ok(ExitCode::from(offswitch_guard::EXIT_STOPPED as u8));
+            match tokio::time::timeout(Duration::from_secs(60), &mut session).await {
+                Ok(end) => end.map_err(|e| anyhow::anyhow!("the session failed: {e}"))?,
+                Err(_) => return Err(anyhow::anyhow!("the session did not end within 60 s of the interrupt")),
+            }
         }
     };
     match end {
