@@ -103,7 +103,18 @@ pub async fn run(
     options: GuardOptions,
     audit: Box<dyn AuditSink>,
 ) -> Result<SessionEnd, GuardError> {
-    let mut session = Session::start(options, audit).await?;
+    let mut audit = Some(audit);
+    let mut session = match Session::start(options, &mut audit).await {
+        Ok(session) => session,
+        Err(error) => {
+            // The log says why the session never started, and is sealed.
+            if let Some(mut audit) = audit {
+                let _ = audit.append("session_refused", &json!({"why": error.to_string()}));
+                let _ = audit.finish();
+            }
+            return Err(error);
+        }
+    };
     let end = session.drive().await;
     session.finish(end).await
 }
@@ -150,9 +161,10 @@ struct Session {
 }
 
 impl Session {
+    /// Make the session; `audit` is taken only once nothing can fail any more.
     async fn start(
         options: GuardOptions,
-        audit: Box<dyn AuditSink>,
+        audit: &mut Option<Box<dyn AuditSink>>,
     ) -> Result<Session, GuardError> {
         let policy = Arc::clone(&options.policy);
         let mode = if options.copy_project {
@@ -253,6 +265,10 @@ impl Session {
             GuardError::Failed(e)
         })?;
         let limiter = Limiter::new(policy.log_events_per_second);
+        let Some(audit) = audit.take() else {
+            let _ = sandbox.kill();
+            return Err(GuardError::Failed("no audit log".into()));
+        };
         let mut session = Session {
             policy: Arc::clone(&policy),
             sandbox,
@@ -691,6 +707,10 @@ impl Session {
                     self.record("events_lost", json!({"source": loss.source.name(), "count": loss.count, "detail": loss.detail}));
                 }
             }
+        }
+        // Connections through the forwards and the proxy that ended with the command.
+        while let Ok(record) = self.net.try_recv() {
+            self.record("network", json!({"via": record.via, "destination": record.destination, "allowed": record.allowed, "detail": record.detail}));
         }
         if let Some((second, counts)) = self.limiter.flush_all() {
             self.record(

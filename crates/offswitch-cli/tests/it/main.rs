@@ -7,3 +7,4 @@ mod pipes;
 mod run;
 mod sandbox_cmd;
 mod scenarios;
+mod third_party;
