@@ -598,13 +598,13 @@ impl Session {
         if self.state == State::Stopped {
             return None;
         }
-        let sandbox = Arc::clone(&self.sandbox);
-        let frozen = tokio::task::spawn_blocking(move || sandbox.pause()).await;
+        // Frozen at once (the kill that follows does not wait for the freeze to settle).
+        let frozen = self.sandbox.begin_pause();
         self.state = State::Stopped;
         self.stopped = Some(why.clone());
         self.record(
             "stop",
-            json!({"why": why, "frozen": matches!(frozen, Ok(Ok(())))}),
+            json!({"why": why, "frozen": frozen.is_ok()}),
         );
         let sandbox = Arc::clone(&self.sandbox);
         let report = tokio::task::spawn_blocking(move || sandbox.kill()).await;

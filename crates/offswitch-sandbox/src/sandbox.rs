@@ -379,6 +379,23 @@ impl Sandbox {
         self.freeze(true)
     }
 
+    /// Ask the freezer to stop every process of the sandbox, without waiting for it to
+    /// settle: for an off-switch about to kill (the kill does not need the freeze finished,
+    /// and waiting for hundreds of spinning processes to stop would only delay it).
+    pub fn begin_pause(&self) -> Result<(), SandboxError> {
+        let Some(cgroups) = &self.shared.cgroups else {
+            return Err(SandboxError::NeedsRoot("pausing a sandbox (the freezer)".into()));
+        };
+        match cgroups.freeze(true, Duration::ZERO) {
+            Ok(()) => Ok(()),
+            Err(error) if error.source.kind() == io::ErrorKind::TimedOut => Ok(()),
+            Err(error) => Err(SandboxError::Io {
+                context: format!("freezing sandbox {}", self.home.display()),
+                source: io::Error::new(error.source.kind(), error.to_string()),
+            }),
+        }
+    }
+
     /// Thaw a paused sandbox.
     pub fn resume(&self) -> Result<(), SandboxError> {
         self.freeze(false)
