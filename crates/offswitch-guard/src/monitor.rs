@@ -101,11 +101,22 @@ impl Monitor {
             let detail = match &rule.kind {
                 RuleKind::Protected => self.protected_change(event),
                 RuleKind::ProtectedCopy => {
-                    if let EventKind::File {
-                        op: FileOp::CloseWrite,
-                        path,
-                        ..
-                    } = &event.kind
+                    // A file closed after writing, and the target of a rename (written under
+                    // a temporary name and moved into place, it is closed before the move).
+                    let written = match &event.kind {
+                        EventKind::File {
+                            op: FileOp::CloseWrite,
+                            path,
+                            ..
+                        } => Some(path),
+                        EventKind::File {
+                            op: FileOp::Rename,
+                            to: Some(to),
+                            ..
+                        } => Some(to),
+                        _ => None,
+                    };
+                    if let Some(path) = written
                         && self.content.is_some()
                         && !self.is_protected(path)
                         && !checks.iter().any(|c: &ContentCheck| &c.path == path)
@@ -424,9 +435,10 @@ impl Monitor {
     }
 
     fn connect_allowed(&self, op: NetOp, address: &str) -> bool {
-        if op == NetOp::Bind {
-            // Binding a loopback port inside is the agent's own business.
-            return address.starts_with("127.") || address.starts_with("[::1]");
+        if matches!(op, NetOp::Bind | NetOp::Listen) {
+            // The sandbox's network has only its loopback: whatever address a server binds,
+            // only the sandbox can reach it (`python3 -m http.server` binds 0.0.0.0).
+            return true;
         }
         // Unix sockets inside the sandbox are its own.
         if address.starts_with('/') || address.starts_with('@') {

@@ -406,8 +406,11 @@ impl Session {
             .await;
             let hits = match bytes {
                 Ok(Ok(bytes)) => self.monitor.content(&path, &bytes),
-                // Gone again already (a temporary file, renamed): nothing left to hold a copy.
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                // A directory (a renamed one: its files were checked when written) holds no
+                // content of its own.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidInput => Vec::new(),
+                // Gone before it could be read: a rename is checked at its target, and a file
+                // deleted at once holds nothing any more; recorded, not silently passed.
                 Ok(Err(e)) => self.monitor.unreadable(&path, &e.to_string()),
                 Err(e) => self.monitor.unreadable(&path, &e.to_string()),
             };
@@ -602,10 +605,7 @@ impl Session {
         let frozen = self.sandbox.begin_pause();
         self.state = State::Stopped;
         self.stopped = Some(why.clone());
-        self.record(
-            "stop",
-            json!({"why": why, "frozen": frozen.is_ok()}),
-        );
+        self.record("stop", json!({"why": why, "frozen": frozen.is_ok()}));
         let sandbox = Arc::clone(&self.sandbox);
         let report = tokio::task::spawn_blocking(move || sandbox.kill()).await;
         let (killed, survivors) = match report {

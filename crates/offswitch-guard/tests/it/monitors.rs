@@ -155,7 +155,8 @@ fn changes_to_protected_paths_by_any_program_and_their_parents() {
         expect_test::expect![[r#"
             protected [kill] pid 5 (/usr/bin/python3) attrib /home/agent/agent/config.toml (protected: /home/agent/agent/config.toml)
             protected [kill] pid 6 (/usr/bin/perl) write /home/agent/agent/weights/model.bin (protected: /home/agent/agent/weights)
-            protected [kill] pid 7 (/usr/bin/mv) rename /home/agent/agent -> /home/agent/old (protected: /home/agent/agent/config.toml)"#]],
+            protected [kill] pid 7 (/usr/bin/mv) rename /home/agent/agent -> /home/agent/old (protected: /home/agent/agent/config.toml)
+            (check content of /home/agent/old)"#]],
     );
 }
 
@@ -173,6 +174,16 @@ fn copies_of_protected_content_whole_or_in_parts() {
         file(FileOp::CloseWrite, "/tmp/part.aa", None),
     ));
     assert_eq!(checks.len(), 1);
+    // Written under a temporary name and moved into place: the target is checked.
+    let (_, checks) = monitor.event(&event(
+        2,
+        9,
+        1,
+        "/usr/bin/mv",
+        file(FileOp::Rename, "/tmp/.x", Some("/tmp/copy.bin")),
+    ));
+    let paths: Vec<&str> = checks.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(paths, ["/tmp/copy.bin"]);
     let mut lines = Vec::new();
     for (path, bytes) in [
         ("/tmp/whole", weights.clone()),
@@ -282,7 +293,7 @@ fn shadowed_tools_supervisor_signals_and_outside_connections() {
                 26,
                 1,
                 "/usr/bin/python3",
-                net(NetOp::Bind, "127.0.0.1:9000"),
+                net(NetOp::SendTo, "8.8.8.8:53"),
             ),
         ],
         expect_test::expect![[r#"
@@ -290,7 +301,7 @@ fn shadowed_tools_supervisor_signals_and_outside_connections() {
             shadow [alert] pid 21 (/bin/bash) ran /home/agent/bin/ls, a program named like the system's ls
             supervisor [kill] pid 24 (/usr/bin/python3) sent signal 15 to the sandbox's PID 1 (delivered)
             outside [kill] pid 25 (/usr/bin/curl) tried to connect to 93.184.216.34:443 (tcp), which is not allowed
-            outside [kill] pid 26 (/usr/bin/python3) tried to bind 0.0.0.0:9000 (tcp), which is not allowed"#]],
+            outside [kill] pid 26 (/usr/bin/python3) tried to send to 8.8.8.8:53 (tcp), which is not allowed"#]],
     );
 }
 
