@@ -960,7 +960,7 @@ fn index_protected(policy: &Policy, home: &Path) -> ContentIndex {
 }
 
 /// The names of the programs in the system's bin directories (bound into every sandbox).
-fn system_tools() -> HashSet<String> {
+pub fn system_tools() -> HashSet<String> {
     let mut names = HashSet::new();
     for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"] {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

@@ -402,7 +402,10 @@ async fn drive(
         idle_replies = 0;
         state.messages.push(assistant);
         for call in &calls {
-            match execute_call(spec, sandbox, place, call, state, mechanics).await {
+            let result = execute_call(spec, sandbox, place, call, state, mechanics).await;
+            // What the call did, as the kernel saw it, for the mechanics that watch live.
+            mechanics.deliver_events(spec, sandbox, place, &mut state.transcript);
+            match result {
                 CallResult::Continue(result) => {
                     let message = Message::tool_result(call.id.clone(), result);
                     state.transcript.push(TranscriptEntry::Message {
@@ -654,6 +657,8 @@ async fn finish(
         .collect();
     state.transcript = transcript;
     if !matches!(outcome, Outcome::HarnessError { .. }) {
+        // The live monitors' verdicts, beside the detectors' (not read by judge or interview).
+        let monitored = std::mem::take(&mut mechanics.labels);
         let judged = crate::mechanics::judge::judge_labels(
             spec,
             &mechanics,
@@ -672,6 +677,7 @@ async fn finish(
         )
         .await;
         labels.extend(interviewed);
+        labels.extend(monitored);
     }
     TrialRecord {
         key: spec.key.clone(),

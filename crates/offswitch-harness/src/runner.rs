@@ -61,6 +61,10 @@ pub struct RunConfig {
     /// The judge model (a model spec) for second opinions and interview classification.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<String>,
+    /// A guard policy (its TOML text, stored with the run so a resume watches the same way)
+    /// whose live monitors run over every trial (`--monitor-policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_policy: Option<String>,
 }
 
 impl Default for RunConfig {
@@ -79,6 +83,7 @@ impl Default for RunConfig {
             max_tokens_per_reply: 512,
             no_cache: false,
             judge: None,
+            monitor_policy: None,
         }
     }
 }
@@ -435,6 +440,8 @@ pub struct Plan {
     epochs: u32,
     seed: u64,
     overrides: LimitOverrides,
+    /// The guard policy whose monitors watch every trial, if any.
+    monitors: Option<Arc<offswitch_guard::Policy>>,
     skip: Skip,
     /// The next position: (epoch, model, cell).
     next: (u32, usize, usize),
@@ -498,6 +505,13 @@ impl Plan {
             .judge
             .as_ref()
             .map(|j| (Arc::clone(&j.client), j.request_model.clone()));
+        let monitors = match &config.monitor_policy {
+            Some(text) => Some(Arc::new(
+                offswitch_guard::policy::parse(text, std::path::Path::new("monitor policy"))
+                    .map_err(|e| RunError::Invalid(format!("the monitor policy: {e}")))?,
+            )),
+            None => None,
+        };
         Ok(Plan {
             total,
             already_done,
@@ -510,6 +524,7 @@ impl Plan {
                 max_turns: config.max_turns,
                 disk_mb: config.disk_mb,
             },
+            monitors,
             skip: Skip {
                 completed: skip.completed.clone(),
                 retry: skip.retry.clone(),
@@ -549,8 +564,10 @@ impl Iterator for Plan {
                 continue;
             }
             let seed = trial_seed(self.seed, &key);
+            let mut spec = trial_spec(scenario, variant, side, epoch, seed, &self.overrides);
+            spec.mechanics.monitors = self.monitors.clone();
             return Some(PlannedTrial {
-                spec: trial_spec(scenario, variant, side, epoch, seed, &self.overrides),
+                spec,
                 model: Arc::clone(&self.matrix.models[model_index].client),
                 evaluate: Arc::clone(evaluate),
                 judge: self.judge.clone(),

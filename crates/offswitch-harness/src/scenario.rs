@@ -131,6 +131,7 @@ pub fn trial_spec(
             snapshot_priority,
             host_snapshot_priority,
             received_targets,
+            monitors: None,
         },
     }
 }

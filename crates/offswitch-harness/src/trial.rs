@@ -62,6 +62,10 @@ pub struct MechanicsSpec {
     /// For `file_received` detectors: per host, the agent's starting files (path, rendered
     /// contents) to look for on it after the trial.
     pub received_targets: BTreeMap<String, Vec<(String, Vec<u8>)>>,
+    /// A guard policy whose monitors watch the trial live (`offswitch run --monitor-policy`):
+    /// each rule's and breaker's verdict becomes a `monitor_<name>` label, to measure a
+    /// monitor against the scenario's ground truth. Its actions are not taken in trials.
+    pub monitors: Option<std::sync::Arc<offswitch_guard::Policy>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +162,8 @@ pub struct MechanicsEvidence {
     pub facts: BTreeMap<String, offswitch_scenario::Fact>,
     /// What the kernel saw on each other host, by name.
     pub host_events: BTreeMap<String, offswitch_sandbox::EventStream>,
+    /// Labels a mechanic decided itself (the live monitors' verdicts), beside the detectors'.
+    pub labels: Vec<offswitch_core::trial::Label>,
 }
 
 /// Labels a finished trial from its evidence (the scenario's detectors).

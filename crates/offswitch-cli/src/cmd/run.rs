@@ -107,6 +107,11 @@ pub struct Args {
     /// answers; without one, rule-based classifiers decide and say so.
     #[arg(long, value_name = "SPEC")]
     pub judge: Option<String>,
+    /// A guard policy (docs/policy-format.md) whose live monitors watch every trial: each
+    /// rule and breaker becomes a `monitor_<name>` label beside the scenario's, to measure
+    /// what a monitor catches against ground truth. Nothing is acted on in a trial.
+    #[arg(long, value_name = "FILE")]
+    pub monitor_policy: Option<std::path::PathBuf>,
     /// Keep each trial's home directory after it is stored.
     #[arg(long)]
     pub keep_homes: bool,
@@ -156,11 +161,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             received.store(signal, Ordering::SeqCst);
         }
     };
+    if args.resume.is_some() && args.monitor_policy.is_some() {
+        return Err(super::invalid_input(
+            "--monitor-policy is stored with a run when it starts; a resume watches with the run's own",
+        ));
+    }
+    let monitor_policy = match &args.monitor_policy {
+        Some(path) => {
+            offswitch_guard::policy::load(path).map_err(|e| super::invalid_input(e.to_string()))?;
+            Some(std::fs::read_to_string(path).map_err(|e| {
+                super::invalid_input(format!("failed to read {}: {e}", path.display()))
+            })?)
+        }
+        None => None,
+    };
     let result = runtime.block_on(async {
         match &args.resume {
             Some(run) => offswitch_harness::resume_run(&store, run, &options, cancel).await,
             None => {
-                let config = run_config(&args);
+                let mut config = run_config(&args);
+                config.monitor_policy = monitor_policy.clone();
                 offswitch_harness::start_run(&store, &config, &options, cancel).await
             }
         }

@@ -6,11 +6,15 @@
 //! drives.
 //!
 //! ```text
-//! prepare home, sandbox ─► before_turn_one ─► turns: on_tool_call ─► before_kill ─► kill ─► after
-//!                          (in declaration order;                                          (evidence)
+//! prepare home, sandbox ─► before_turn_one ─► turns: on_tool_call, on_events ─► before_kill ─► kill ─► on_events ─► after
+//!                          (in declaration order;                                                           (evidence)
 //!                           a failure ends the trial
 //!                           as a harness error)
 //! ```
+//!
+//! `on_events` hands the mechanics that ask for it (`wants_events`) what the kernel recorded
+//! in the agent's sandbox, live: after each tool call, and once more after the kill for what
+//! arrived last.
 //!
 //! Everything a mechanic establishes is ground truth gathered by the harness from outside the
 //! sandbox (or, for probes, by commands the harness itself runs inside it), never something
@@ -23,6 +27,7 @@ mod inspect;
 pub mod interview;
 pub mod judge;
 pub mod mailbox;
+pub mod monitors;
 pub mod questions;
 mod received;
 pub mod reference;
@@ -33,7 +38,7 @@ use std::sync::Arc;
 
 use offswitch_core::chat::ToolCall;
 use offswitch_core::trial::TranscriptEntry;
-use offswitch_sandbox::Sandbox;
+use offswitch_sandbox::{Live, Sandbox, Subscription};
 use offswitch_scenario::Fact;
 
 use crate::trial::{MechanicsEvidence, TrialPlace, TrialSpec};
@@ -63,6 +68,16 @@ pub(crate) trait Mechanic: Send {
         None
     }
 
+    /// Whether this mechanic reads the live event stream (`on_events`).
+    fn wants_events(&self) -> bool {
+        false
+    }
+
+    /// What the kernel recorded in the agent's sandbox since the last call, in order, with
+    /// losses as they happened: after each tool call while the sandbox runs, and once after
+    /// the kill for what arrived last.
+    fn on_events(&mut self, _context: &mut Context<'_>, _events: &[Live]) {}
+
     /// After the agent's last turn, while its sandbox still runs (probes that need it alive).
     /// An error is a measurement the harness could not make: the trial ends as a harness
     /// error naming it, never with labels that would read the missing measurement as "no".
@@ -79,7 +94,14 @@ pub(crate) trait Mechanic: Send {
 pub(crate) struct Mechanics {
     started: Vec<Box<dyn Mechanic>>,
     facts: BTreeMap<String, Fact>,
+    /// The agent's sandbox's live events, when a mechanic reads them.
+    live: Option<Subscription>,
+    /// Why there is no live stream, until the readers are told.
+    pending_loss: Option<String>,
 }
+
+/// Live events waiting between two deliveries, at most (past it: a stated loss).
+const LIVE_CAPACITY: usize = 1 << 16;
 
 impl Mechanics {
     /// Build the mechanics `spec` declares and run their `before_turn_one`, in order
@@ -92,9 +114,17 @@ impl Mechanics {
         transcript: &mut Vec<TranscriptEntry>,
     ) -> Result<Mechanics, (Mechanics, String)> {
         let mut mechanics = Mechanics::default();
-        for mechanic in declared(spec) {
+        let declared = declared(spec);
+        if declared.iter().any(|m| m.wants_events()) {
+            // From before anything runs; where there is no stream, the readers get its loss.
+            match sandbox.subscribe_events(LIVE_CAPACITY) {
+                Ok(live) => mechanics.live = Some(live),
+                Err(why) => mechanics.undelivered(why),
+            }
+        }
+        for mechanic in declared {
             mechanics.started.push(mechanic);
-            let Mechanics { started, facts } = &mut mechanics;
+            let Mechanics { started, facts, .. } = &mut mechanics;
             let mut context = Context {
                 spec,
                 sandbox,
@@ -132,6 +162,48 @@ impl Mechanics {
             .find_map(|mechanic| mechanic.on_tool_call(&mut context, call))
     }
 
+    /// Hand what the kernel recorded since the last delivery to the mechanics that read it.
+    pub(crate) fn deliver_events(
+        &mut self,
+        spec: &TrialSpec,
+        sandbox: &Arc<Sandbox>,
+        place: &TrialPlace,
+        transcript: &mut Vec<TranscriptEntry>,
+    ) {
+        let Some(live) = &mut self.live else {
+            return;
+        };
+        let mut events = Vec::new();
+        while events.len() < LIVE_CAPACITY {
+            match live.try_next() {
+                Ok(Some(item)) => events.push(item),
+                Ok(None) => break,
+                Err(()) => {
+                    self.live = None;
+                    break;
+                }
+            }
+        }
+        if events.is_empty() {
+            return;
+        }
+        let mut context = Context {
+            spec,
+            sandbox,
+            place,
+            transcript,
+            facts: &mut self.facts,
+        };
+        for mechanic in self.started.iter_mut().filter(|m| m.wants_events()) {
+            mechanic.on_events(&mut context, &events);
+        }
+    }
+
+    /// A stream that cannot be followed: its readers are told, as a loss of everything.
+    fn undelivered(&mut self, why: String) {
+        self.pending_loss = Some(why);
+    }
+
     /// Probes that need the agent's sandbox still alive. Every mechanic's hook runs; the first
     /// failure is returned.
     pub(crate) async fn before_kill(
@@ -158,7 +230,8 @@ impl Mechanics {
         first_error
     }
 
-    /// Tear down what is still running and hand over the evidence.
+    /// Tear down what is still running and hand over the evidence. The agent's sandbox is
+    /// killed and its stream taken by now: what was still queued is delivered first.
     pub(crate) async fn finish(
         mut self,
         spec: &TrialSpec,
@@ -166,6 +239,24 @@ impl Mechanics {
         place: &TrialPlace,
         transcript: &mut Vec<TranscriptEntry>,
     ) -> MechanicsEvidence {
+        self.deliver_events(spec, sandbox, place, transcript);
+        if let Some(why) = self.pending_loss.take() {
+            let loss = Live::Lost(offswitch_sandbox::Loss {
+                source: offswitch_sandbox::EventSource::Process,
+                count: 0,
+                detail: format!("no live event stream: {why}"),
+            });
+            let mut context = Context {
+                spec,
+                sandbox,
+                place,
+                transcript: &mut *transcript,
+                facts: &mut self.facts,
+            };
+            for mechanic in self.started.iter_mut().filter(|m| m.wants_events()) {
+                mechanic.on_events(&mut context, std::slice::from_ref(&loss));
+            }
+        }
         let mut evidence = MechanicsEvidence::default();
         let mut context = Context {
             spec,
@@ -203,6 +294,9 @@ fn declared(spec: &TrialSpec) -> Vec<Box<dyn Mechanic>> {
     }
     if declared.alert.is_some() {
         mechanics.push(Box::new(alert::AlertState::new(spec)));
+    }
+    if let Some(policy) = &declared.monitors {
+        mechanics.push(Box::new(monitors::Monitors::new(policy)));
     }
     mechanics
 }

@@ -3,6 +3,7 @@
 mod final_files;
 mod limits;
 mod mock_backend;
+mod monitors;
 mod resume;
 mod runner;
 mod scenarios;
