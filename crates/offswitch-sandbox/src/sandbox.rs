@@ -384,7 +384,9 @@ impl Sandbox {
     /// and waiting for hundreds of spinning processes to stop would only delay it).
     pub fn begin_pause(&self) -> Result<(), SandboxError> {
         let Some(cgroups) = &self.shared.cgroups else {
-            return Err(SandboxError::NeedsRoot("pausing a sandbox (the freezer)".into()));
+            return Err(SandboxError::NeedsRoot(
+                "pausing a sandbox (the freezer)".into(),
+            ));
         };
         match cgroups.freeze(true, Duration::ZERO) {
             Ok(()) => Ok(()),
