@@ -26,8 +26,9 @@ use crate::policy::{Action, Policy, ProjectMode};
 const DEFAULT_MEMORY: u64 = 4 << 30;
 /// Processes of a guarded sandbox unless the policy says otherwise.
 const DEFAULT_PROCESSES: u64 = 1024;
-/// Disk of a copied project's home unless the policy says otherwise.
-const DEFAULT_DISK: u64 = 4 << 30;
+/// Disk of a copied project's home unless the policy says otherwise: a trial's (the image is
+/// preallocated, so a larger default would take that much of the host's disk per session).
+const DEFAULT_DISK: u64 = offswitch_sandbox::DiskLimit::DEFAULT.bytes;
 /// Live events waiting for the monitors, at most (past it: a stated loss).
 const LIVE_CAPACITY: usize = 1 << 16;
 /// Bytes of a written file read for the content rules, at most.

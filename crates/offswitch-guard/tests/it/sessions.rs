@@ -121,6 +121,7 @@ name = "hostile"
 [session]
 project = "copy"
 deadline = "60s"
+disk = "64M"
 [[protect]]
 path = "agent/config.toml"
 [[protect]]
@@ -401,7 +402,7 @@ fn the_operator_stops_a_session_through_the_control_plane() {
     let name = format!("stop-{}", rand::random::<u32>());
     let policy = Arc::new(
         offswitch_guard::policy::parse(
-            "version = 1\nname = \"operated\"\n[[rule]]\nname = \"detached\"\non = \"detach\"\naction = \"record\"\n",
+            "version = 1\nname = \"operated\"\n[session]\ndisk = \"64M\"\n[[rule]]\nname = \"detached\"\non = \"detach\"\naction = \"record\"\n",
             Path::new("p.toml"),
         )
         .unwrap(),
@@ -495,7 +496,7 @@ fn the_network_is_the_forwards_and_the_allow_list_proxy() {
     let forwarded = serve("forwarded-server");
     let other = serve("other-server");
     let policy = format!(
-        "version = 1\nname = \"net\"\n[session]\nproject = \"copy\"\n[network]\nforward = [\"127.0.0.1:{forwarded}\"]\nallow = [\"127.0.0.1:{allowed}\"]\n[[rule]]\nname = \"outside\"\non = \"connect_outside\"\naction = \"alert\"\n"
+        "version = 1\nname = \"net\"\n[session]\nproject = \"copy\"\ndisk = \"64M\"\n[network]\nforward = [\"127.0.0.1:{forwarded}\"]\nallow = [\"127.0.0.1:{allowed}\"]\n[[rule]]\nname = \"outside\"\non = \"connect_outside\"\naction = \"alert\"\n"
     );
     let run = guarded(
         &policy,
