@@ -313,7 +313,7 @@ impl Kernel {
             if *wanted <= done {
                 let _ = self
                     .wake
-                    .wait_timeout(wanted, DRAIN_EVERY)
+                    .wait_timeout(wanted, drain_every())
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
             }
         }
@@ -334,6 +334,19 @@ impl Kernel {
             sink.record(record);
         }
     }
+}
+
+/// How often the reader drains the ring; the tests slow it (`OFFSWITCH_EVENTS_DRAIN_MS`, at
+/// most a second) so that a flood overflows a small ring whatever the machine's speed.
+fn drain_every() -> Duration {
+    static EVERY: OnceLock<Duration> = OnceLock::new();
+    *EVERY.get_or_init(|| {
+        std::env::var("OFFSWITCH_EVENTS_DRAIN_MS")
+            .ok()
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .filter(|ms| (1..=1000).contains(ms))
+            .map_or(DRAIN_EVERY, Duration::from_millis)
+    })
 }
 
 fn ring_bytes() -> u32 {
