@@ -364,7 +364,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, col) = line_col(self.text, span.start);
+        let (line, col) = offswitch_scenario::line_col(self.text, span.start);
         self.diagnostics.push(Diagnostic {
             path: self.path.to_owned(),
             line,
@@ -889,16 +889,4 @@ fn host_port(text: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
         && port.parse::<u16>().is_ok_and(|p| p > 0)
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let start = before.rfind('\n').map_or(0, |i| i + 1);
-    let mut end = offset;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    (line, text[start..end].chars().count() + 1)
 }

@@ -242,7 +242,7 @@ impl Session {
             .iter()
             .any(|r| matches!(r.kind, crate::policy::RuleKind::ProtectedCopy));
         let content = if wants_content {
-            Some(index_protected(&policy, &home))
+            Some(index_protected(&policy, &home, MAX_INDEXED_TOTAL))
         } else {
             None
         };
@@ -377,7 +377,7 @@ impl Session {
                 live = next_live(&mut self.live) => match live {
                     Some(Live::Event(event)) => self.on_event(event).await,
                     Some(Live::Lost(loss)) => {
-                        self.record("events_lost", json!({"source": loss.source.name(), "count": loss.count, "detail": loss.detail}));
+                        self.record_loss(&loss);
                         let hits = self.monitor.lost(&loss);
                         self.act(hits).await;
                     }
@@ -385,7 +385,7 @@ impl Session {
                 },
                 Some(request) = self.control.recv() => self.on_request(request).await,
                 Some(record) = self.net.recv() => {
-                    self.record("network", json!({"via": record.via, "destination": record.destination, "allowed": record.allowed, "detail": record.detail}));
+                    self.record_network(&record);
                 }
                 _ = tick.tick() => self.on_tick().await,
             }
@@ -393,9 +393,7 @@ impl Session {
     }
 
     async fn on_event(&mut self, event: offswitch_sandbox::Event) {
-        if self.limiter.admit(kind_name(&event.kind)) {
-            self.record("event", serde_json::to_value(&event).unwrap_or_default());
-        }
+        self.record_event(&event);
         let (hits, checks) = self.monitor.event(&event);
         self.act(hits).await;
         for ContentCheck { path } in checks {
@@ -685,9 +683,7 @@ impl Session {
         while let Some(live) = next_live_now(&mut self.live) {
             match live {
                 Live::Event(event) => {
-                    if self.limiter.admit(kind_name(&event.kind)) {
-                        self.record("event", serde_json::to_value(&event).unwrap_or_default());
-                    }
+                    self.record_event(&event);
                     let (hits, _) = self.monitor.event(&event);
                     for hit in hits {
                         self.hits += 1;
@@ -705,13 +701,13 @@ impl Session {
                     }
                 }
                 Live::Lost(loss) => {
-                    self.record("events_lost", json!({"source": loss.source.name(), "count": loss.count, "detail": loss.detail}));
+                    self.record_loss(&loss);
                 }
             }
         }
         // Connections through the forwards and the proxy that ended with the command.
         while let Ok(record) = self.net.try_recv() {
-            self.record("network", json!({"via": record.via, "destination": record.destination, "allowed": record.allowed, "detail": record.detail}));
+            self.record_network(&record);
         }
         if let Some((second, counts)) = self.limiter.flush_all() {
             self.record(
@@ -761,6 +757,27 @@ impl Session {
             alerts: self.alerts,
             kept_copy: self.kept_copy,
         })
+    }
+
+    /// A kernel event, unless the policy's rate for its kind is spent this second.
+    fn record_event(&mut self, event: &offswitch_sandbox::Event) {
+        if self.limiter.admit(kind_name(&event.kind)) {
+            self.record("event", serde_json::to_value(event).unwrap_or_default());
+        }
+    }
+
+    fn record_loss(&mut self, loss: &offswitch_sandbox::Loss) {
+        self.record(
+            "events_lost",
+            json!({"source": loss.source.name(), "count": loss.count, "detail": loss.detail}),
+        );
+    }
+
+    fn record_network(&mut self, record: &crate::net::NetRecord) {
+        self.record(
+            "network",
+            json!({"via": record.via, "destination": record.destination, "allowed": record.allowed, "detail": record.detail}),
+        );
     }
 
     fn record(&mut self, kind: &str, body: serde_json::Value) {
@@ -921,11 +938,11 @@ fn copy_tree(from: &Path, to: &Path, entries: &mut usize) -> std::io::Result<()>
     Ok(())
 }
 
-/// The protected files' contents, for the content rules, read from the host side of the home
-/// (bounded in all).
-fn index_protected(policy: &Policy, home: &Path) -> ContentIndex {
+/// The protected files' contents (files below a protected directory too), for the content
+/// rules, read from the host side of the home, at most `budget` bytes in all.
+pub fn index_protected(policy: &Policy, home: &Path, budget: u64) -> ContentIndex {
     let mut files = Vec::new();
-    let mut budget = MAX_INDEXED_TOTAL;
+    let mut budget = budget;
     for protected in &policy.protect {
         let mut stack = vec![protected.path.clone()];
         while let Some(relative) = stack.pop() {

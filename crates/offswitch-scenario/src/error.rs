@@ -69,6 +69,12 @@ fn render_diagnostics(diagnostics: &[Diagnostic]) -> String {
         .join("\n")
 }
 
+/// The 1-based line and column (in characters) of byte `offset` in `text`, for one position
+/// (a file with many goes through [`LineIndex`]).
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    LineIndex::new(text).line_col(text, offset)
+}
+
 /// Maps byte offsets of a source text to 1-based line and column.
 pub(crate) struct LineIndex {
     line_starts: Vec<usize>,

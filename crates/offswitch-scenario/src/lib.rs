@@ -22,7 +22,7 @@ use offswitch_core::{Label, ToolSpec};
 
 pub use detect::{Evidence, Fact, FinalFile, HostEvidence, Received, SentEmail, Truth};
 pub use email_rules::{EmailRule, EmailRuleKind};
-pub use error::{Diagnostic, ScenarioError};
+pub use error::{Diagnostic, ScenarioError, line_col};
 pub use glob::compile as compile_glob;
 pub use model::{
     Alert, Analysis, Detector, DetectorKind, Email, ExecTool, Expr, Factor, FileContents, FileSpec,

@@ -246,16 +246,10 @@ fn shell_quote(word: &str) -> String {
 }
 
 fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (digits, multiplier) = match text.chars().last() {
-        Some('k' | 'K') => (&text[..text.len() - 1], 1u64 << 10),
-        Some('m' | 'M') => (&text[..text.len() - 1], 1 << 20),
-        Some('g' | 'G') => (&text[..text.len() - 1], 1 << 30),
-        _ => (text, 1),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(multiplier))
-        .ok_or_else(|| format!("expected a number of bytes like 67108864 or 64M, got {text:?}"))
+    offswitch_guard::policy::parse_bytes(text).ok_or_else(|| {
+        format!(
+            "expected a number of bytes like 67108864 or 64M, got {:?}",
+            text.trim()
+        )
+    })
 }

@@ -284,8 +284,8 @@ pub(crate) fn resolve_in(root: impl AsFd, path: &str) -> Result<Resolved, String
     })
 }
 
-/// Read at most `limit` bytes of the regular file at the absolute `path` inside `root`.
-pub(crate) fn read_in(root: impl AsFd, path: &str, limit: usize) -> Result<Vec<u8>, String> {
+/// The regular file at the absolute `path` inside `root`, open for reading, and its size.
+fn open_regular_in(root: impl AsFd, path: &str) -> Result<(std::fs::File, u64), String> {
     let relative = components(path).collect::<Vec<_>>().join("/");
     let fd = open_in(&root, &relative, OFlags::RDONLY | OFlags::NONBLOCK)
         .map_err(|e| format!("cannot open {path}: {e}"))?;
@@ -293,25 +293,14 @@ pub(crate) fn read_in(root: impl AsFd, path: &str, limit: usize) -> Result<Vec<u
     if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
         return Err(format!("{path} is not a regular file"));
     }
-    let mut bytes = Vec::new();
-    std::fs::File::from(fd)
-        .take(limit as u64)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {path}: {e}"))?;
-    Ok(bytes)
+    Ok((std::fs::File::from(fd), stat.st_size as u64))
 }
 
 /// The sha256 and size of the regular file at the absolute `path` inside `root`.
 pub(crate) fn digest_in(root: impl AsFd, path: &str) -> Result<(u64, String), String> {
-    let relative = components(path).collect::<Vec<_>>().join("/");
-    let fd = open_in(&root, &relative, OFlags::RDONLY | OFlags::NONBLOCK)
-        .map_err(|e| format!("cannot open {path}: {e}"))?;
-    let stat = rustix::fs::fstat(&fd).map_err(|e| format!("cannot open {path}: {e}"))?;
-    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-        return Err(format!("{path} is not a regular file"));
-    }
-    let digest = sha256(std::fs::File::from(fd)).map_err(|e| format!("cannot read {path}: {e}"))?;
-    Ok((stat.st_size as u64, digest))
+    let (file, size) = open_regular_in(root, path)?;
+    let digest = sha256(file).map_err(|e| format!("cannot read {path}: {e}"))?;
+    Ok((size, digest))
 }
 
 /// `openat2` of `relative` beneath `root`, resolved as if `root` were `/`, never through a
@@ -490,8 +479,14 @@ mod tests {
         let dir = std::fs::File::open(&root).unwrap();
         let show = |path: &str| match resolve_in(&dir, path) {
             Ok(resolved) => {
-                let content = read_in(&dir, path, 64)
-                    .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                let content = open_regular_in(&dir, path)
+                    .and_then(|(file, _)| {
+                        let mut text = String::new();
+                        file.take(64)
+                            .read_to_string(&mut text)
+                            .map_err(|e| e.to_string())?;
+                        Ok(text)
+                    })
                     .unwrap_or_else(|e| e);
                 format!("{path} -> {} ({content})", resolved.real)
             }

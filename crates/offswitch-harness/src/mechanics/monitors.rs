@@ -8,8 +8,7 @@
 use std::collections::BTreeMap;
 
 use offswitch_core::trial::{Label, TranscriptEntry};
-use offswitch_guard::content::ContentIndex;
-use offswitch_guard::monitor::{HOME, Hit, Monitor};
+use offswitch_guard::monitor::{Hit, Monitor};
 use offswitch_guard::policy::{Policy, RuleKind};
 use offswitch_sandbox::Live;
 
@@ -69,18 +68,11 @@ impl super::Mechanic for Monitors {
             .iter()
             .any(|r| matches!(r.kind, RuleKind::ProtectedCopy));
         let content = wants_content.then(|| {
-            let mut files = Vec::new();
-            let mut budget = MAX_INDEXED_TOTAL;
-            for protected in &self.policy.protect {
-                let path = context.place.home.join(&protected.path);
-                if let Ok(bytes) = std::fs::read(&path)
-                    && (bytes.len() as u64) <= budget
-                {
-                    budget -= bytes.len() as u64;
-                    files.push((format!("{HOME}/{}", protected.path), bytes));
-                }
-            }
-            ContentIndex::new(files)
+            offswitch_guard::session::index_protected(
+                &self.policy,
+                &context.place.home,
+                MAX_INDEXED_TOTAL,
+            )
         });
         self.monitor = Some(Monitor::new(
             std::sync::Arc::clone(&self.policy),

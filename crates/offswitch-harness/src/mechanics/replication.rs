@@ -631,15 +631,11 @@ async fn wait_until_answering(sandbox: &Arc<Sandbox>, port: u16) -> Result<(), S
 /// The end of the installed server's log in the sandbox's `/tmp`, or why there is none.
 fn server_log(sandbox: &Sandbox, port: u16) -> String {
     let log = sandbox
-        .open_root()
-        .map_err(|e| e.to_string())
-        .and_then(|root| {
-            inspect::read_in(
-                &root,
-                &format!("/tmp/model-server-{port}.log"),
-                inspect::READ_LIMIT,
-            )
-        });
+        .read_inside(
+            &format!("/tmp/model-server-{port}.log"),
+            inspect::READ_LIMIT,
+        )
+        .map_err(|e| e.to_string());
     match log {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
