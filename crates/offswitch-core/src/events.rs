@@ -122,6 +122,13 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         to: Option<String>,
     },
+    /// A watched file was opened (for reading or writing). Only files named to the watch are
+    /// watched (a guard policy's secrets): opens are not file mutations, and `File` events
+    /// never report them.
+    Open {
+        /// Absolute inside the sandbox.
+        path: String,
+    },
     /// A signal sent to the sandbox's PID 1 (a shutdown is SIGTERM).
     Signal {
         signal: i32,

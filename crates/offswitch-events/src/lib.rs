@@ -18,6 +18,7 @@
 
 mod bpf;
 mod files;
+mod opens;
 mod records;
 mod stream;
 mod syscalls;
@@ -54,7 +55,13 @@ pub struct WatchSpec {
     /// stream then lists a file loss for each, so no label reads their silence as "nothing
     /// happened".
     pub unwatched: Vec<(String, String)>,
+    /// Regular files whose opens are recorded (`EventKind::Open`): the path inside the sandbox
+    /// and a host path to the file. At most `MAX_WATCHED_OPENS`; one that cannot be watched
+    /// is listed as a file loss with why.
+    pub opens: Vec<(String, PathBuf)>,
 }
+
+pub use crate::opens::MAX_WATCHED_OPENS;
 
 /// Whether streams can be recorded on this host; `Err` says why not.
 pub fn available() -> Result<(), String> {
@@ -98,6 +105,22 @@ impl Watch {
                 .add(inside, host_path)
                 .map_err(|e| format!("watching {} ({inside}): {e}", host_path.display()))?;
         }
+        let mut unwatched = spec.unwatched.clone();
+        let opens = if spec.opens.is_empty() {
+            None
+        } else {
+            let mut opens =
+                opens::OpenWatch::new().map_err(|e| format!("fanotify_init for opens: {e}"))?;
+            for (inside, host_path) in &spec.opens {
+                if let Err(error) = opens.add(inside, host_path) {
+                    unwatched.push((
+                        inside.clone(),
+                        format!("its opens cannot be watched ({error})"),
+                    ));
+                }
+            }
+            Some(opens)
+        };
         let collector = Arc::new(Mutex::new(Some(Collector::new(
             &spec.host,
             monotonic_ns(),
@@ -124,7 +147,7 @@ impl Watch {
             };
             std::thread::Builder::new()
                 .name("offswitch-files".into())
-                .spawn(move || read_files(files, &collector, &stop, ring))
+                .spawn(move || read_files(files, opens, &collector, &stop, ring))
         };
         let reader = match reader {
             Ok(reader) => reader,
@@ -141,7 +164,7 @@ impl Watch {
             collector,
             files: Some((stop, reader)),
             unattributed_at_start,
-            unwatched: spec.unwatched.clone(),
+            unwatched,
         })
     }
 
@@ -432,6 +455,7 @@ impl Sink for CollectorSink {
 
 fn read_files(
     files: files::FileWatch,
+    mut opens: Option<opens::OpenWatch>,
     collector: &Mutex<Option<Collector>>,
     stop: &Stop,
     mut ring: RingLosses,
@@ -440,13 +464,18 @@ fn read_files(
     loop {
         let stopping = stop.raised();
         let batch = files.read();
+        let opened = opens
+            .as_mut()
+            .map(opens::OpenWatch::read)
+            .unwrap_or_default();
         // A live subscriber gets each file event attributed when it is read: first let every
         // process record written before it arrive (a fork's child writes before the ring is
-        // drained). Not under the collector's lock: the ring's reader takes it.
+        // drained). Opens are kept only for processes the sandbox's records name, so they
+        // always wait for the ring. Not under the collector's lock: the ring's reader takes it.
         let live = lock(collector)
             .as_ref()
             .is_some_and(Collector::has_subscribers);
-        if live && !batch.events.is_empty() {
+        if (live && !batch.events.is_empty()) || !opened.events.is_empty() {
             ring.kernel.sync();
         }
         if (!batch.events.is_empty() || batch.overflows > 0 || batch.unresolved > 0)
@@ -454,12 +483,21 @@ fn read_files(
         {
             collector.files(batch, monotonic_ns());
         }
+        if (!opened.events.is_empty() || opened.overflows > 0)
+            && let Some(collector) = lock(collector).as_mut()
+        {
+            collector.opens(opened, monotonic_ns());
+        }
         ring.check(collector);
         if stopping {
             // Closing a fanotify group waits for the kernel to release its marks: not here.
-            janitor(Box::new(move || drop(files)));
+            janitor(Box::new(move || {
+                drop(files);
+                drop(opens);
+            }));
             return;
         }
+        let opens_fd = opens.as_ref().map_or(-1, opens::OpenWatch::raw_fd);
         let mut poll = [
             libc::pollfd {
                 fd: files.raw_fd(),
@@ -471,9 +509,15 @@ fn read_files(
                 events: libc::POLLIN,
                 revents: 0,
             },
+            // A negative fd is ignored by poll.
+            libc::pollfd {
+                fd: opens_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        // SAFETY: a valid pollfd array of two entries.
-        unsafe { libc::poll(poll.as_mut_ptr(), 2, FILE_POLL.as_millis() as i32) };
+        // SAFETY: a valid pollfd array of three entries.
+        unsafe { libc::poll(poll.as_mut_ptr(), 3, FILE_POLL.as_millis() as i32) };
     }
 }
 

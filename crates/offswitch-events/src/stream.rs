@@ -51,6 +51,8 @@ pub(crate) struct Collector {
     /// host pid: file events, read later than the kernel wrote the process records, are
     /// attributed to the state their process was in at the time.
     processes: HashMap<u32, Vec<(u64, Process)>>,
+    /// The process table was cleared at its bound: a pid missing from it proves nothing.
+    forgot_processes: bool,
     /// States remembered in all (bounded by `MAX_PROCESSES`).
     states: usize,
     events: Vec<Kept>,
@@ -121,6 +123,7 @@ impl Collector {
             mounts,
             processes,
             states: 1,
+            forgot_processes: false,
             events: Vec::new(),
             kept: [0; 2],
             dropped: [0; 2],
@@ -353,6 +356,27 @@ impl Collector {
         }
     }
 
+    /// Opens of watched files. Only processes of this sandbox count: an open by a process the
+    /// records never named (another namespace's, on a file the host shares) is not kept,
+    /// unless the process table was cut at its bound and cannot say.
+    pub(crate) fn opens(&mut self, batch: crate::opens::OpenBatch, now_ns: u64) {
+        self.overflows += batch.overflows;
+        if batch.overflows > 0 {
+            self.lost_live(Loss {
+                source: EventSource::File,
+                count: 0,
+                detail: "the kernel's open event queue overflowed".into(),
+            });
+        }
+        for crate::opens::OpenEvent { pid, path } in batch.events {
+            let pid = pid.max(0) as u32;
+            if !self.forgot_processes && !self.processes.contains_key(&pid) {
+                continue;
+            }
+            self.keep(pid, now_ns, EventKind::Open { path }, EventSource::File);
+        }
+    }
+
     /// The finished stream: events in time order, the harness's own marked, losses listed.
     pub(crate) fn finish(mut self, kernel_lost: u64, unattributed: u64) -> EventStream {
         self.events.sort_by_key(|kept| kept.event.time_us);
@@ -476,6 +500,7 @@ impl Collector {
         if self.states >= MAX_PROCESSES {
             // Attribution degrades past the bound; no event is lost.
             self.processes.clear();
+            self.forgot_processes = true;
             self.states = 0;
         }
         let states = self.processes.entry(host_pid).or_default();

@@ -50,8 +50,9 @@ pub struct Monitor {
     content: Option<ContentIndex>,
     /// Live processes by pid inside: their parent and program.
     processes: HashMap<i32, (i32, String)>,
-    /// Per breaker, the times (µs of the stream) of the counted events in its window.
-    windows: Vec<VecDeque<u64>>,
+    /// Per breaker, the times (µs of the stream) of the counted events in its window, each with
+    /// the file it opened (for `secret_files`; 0 otherwise).
+    windows: Vec<VecDeque<(u64, u64)>>,
     /// Breakers already tripped (each trips once).
     tripped: Vec<bool>,
     /// Rules on `lost` fire once per source.
@@ -150,6 +151,10 @@ impl Monitor {
                     _ => None,
                 },
                 RuleKind::Lost => None,
+                RuleKind::SecretRead => match &event.kind {
+                    EventKind::Open { path } => Some(format!("{} opened {path}", who(event))),
+                    _ => None,
+                },
                 RuleKind::Exec { program, argv } => match &event.kind {
                     EventKind::Exec {
                         path, argv: args, ..
@@ -249,7 +254,7 @@ impl Monitor {
             .zip(&self.tripped)
             .map(|((breaker, window), tripped)| {
                 let since = now_us.saturating_sub(breaker.per.as_micros() as u64);
-                let count = window.iter().filter(|&&t| t >= since).count() as u64;
+                let count = window.iter().filter(|&&(t, _)| t >= since).count() as u64;
                 (breaker.name.clone(), count, breaker.max, *tripped)
             })
             .collect()
@@ -329,19 +334,26 @@ impl Monitor {
             EventKind::Fork { .. } => Metric::Forks,
             EventKind::File { op, .. } if *op != FileOp::CloseWrite => Metric::FileWrites,
             EventKind::Net { .. } => Metric::Connects,
+            EventKind::Open { .. } => Metric::SecretReads,
             _ => return,
         };
         let policy = std::sync::Arc::clone(&self.policy);
         for (index, breaker) in policy.breakers.iter().enumerate() {
-            if breaker.metric != metric {
-                continue;
-            }
+            // Different secrets count each file once: its latest open stands for it.
+            let distinct = match (&event.kind, breaker.metric) {
+                (EventKind::Open { path }, Metric::SecretFiles) => Some(path_key(path)),
+                _ if breaker.metric == metric => None,
+                _ => continue,
+            };
             let window = &mut self.windows[index];
             let since = event.time_us.saturating_sub(breaker.per.as_micros() as u64);
-            while window.front().is_some_and(|&t| t < since) {
+            while window.front().is_some_and(|&(t, _)| t < since) {
                 window.pop_front();
             }
-            window.push_back(event.time_us);
+            if let Some(key) = distinct {
+                window.retain(|&(_, k)| k != key);
+            }
+            window.push_back((event.time_us, distinct.unwrap_or(0)));
             if window.len() as u64 > breaker.max && !self.tripped[index] {
                 self.tripped[index] = true;
                 hits.push(Hit {
@@ -351,7 +363,7 @@ impl Monitor {
                     detail: format!(
                         "more than {} {} within {} (the last by {})",
                         breaker.max,
-                        metric.name(),
+                        breaker.metric.name(),
                         human(breaker.per),
                         who(event)
                     ),
@@ -449,6 +461,14 @@ impl Monitor {
             || address.starts_with("[::1]")
             || self.allowed.iter().any(|a| a == address)
     }
+}
+
+/// A file's key in a `secret_files` window.
+fn path_key(path: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut hasher);
+    hasher.finish() | 1
 }
 
 fn who(event: &Event) -> String {

@@ -23,6 +23,8 @@ pub struct Policy {
     pub digest: String,
     pub session: SessionLimits,
     pub protect: Vec<ProtectedPath>,
+    /// Files whose every open inside is recorded (`secret_read`, the `secret_*` breakers).
+    pub secrets: Vec<Secret>,
     pub network: Network,
     pub rules: Vec<Rule>,
     pub breakers: Vec<Breaker>,
@@ -60,6 +62,16 @@ pub struct ProtectedPath {
     pub hidden: bool,
 }
 
+/// Files of the project whose opens are watched: globs relative to the project, expanded
+/// when the session starts.
+#[derive(Debug, Clone)]
+pub struct Secret {
+    /// As written.
+    pub glob: String,
+    /// Matches a path relative to the project.
+    pub pattern: regex::Regex,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Network {
     /// Loopback ports inside forwarded to a host address outside: `(inside port, outside
@@ -88,6 +100,8 @@ pub enum RuleKind {
     ConnectOutside,
     /// Events the stream lost (a flood): the monitors cannot vouch for what they missed.
     Lost,
+    /// A process opened one of the policy's secrets.
+    SecretRead,
     /// A program run, by path glob and optional argv regex.
     Exec {
         program: regex::Regex,
@@ -112,6 +126,7 @@ impl RuleKind {
             RuleKind::Supervisor => "supervisor",
             RuleKind::ConnectOutside => "connect_outside",
             RuleKind::Lost => "lost",
+            RuleKind::SecretRead => "secret_read",
             RuleKind::Exec { .. } => "exec",
             RuleKind::File { .. } => "file",
             RuleKind::Connect { .. } => "connect",
@@ -163,6 +178,10 @@ pub enum Metric {
     FileWrites,
     /// Connects, binds, listens and sends.
     Connects,
+    /// Opens of the policy's secrets.
+    SecretReads,
+    /// Different secrets opened (a secret opened again within the window counts once).
+    SecretFiles,
 }
 
 impl Metric {
@@ -172,6 +191,8 @@ impl Metric {
             Metric::Forks => "forks",
             Metric::FileWrites => "file_writes",
             Metric::Connects => "connects",
+            Metric::SecretReads => "secret_reads",
+            Metric::SecretFiles => "secret_files",
         }
     }
 }
@@ -268,6 +289,8 @@ struct PolicyFile {
     #[serde(default)]
     protect: Vec<Spanned<ProtectFile>>,
     #[serde(default)]
+    secret: Vec<Spanned<SecretFile>>,
+    #[serde(default)]
     network: Option<NetworkFile>,
     #[serde(default)]
     rule: Vec<Spanned<RuleFile>>,
@@ -295,6 +318,12 @@ struct ProtectFile {
     path: Spanned<String>,
     #[serde(default)]
     mode: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretFile {
+    path: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -400,6 +429,11 @@ impl Ctx<'_> {
                 file.protect.first().map(Spanned::span),
             ),
             (
+                file.secret.len(),
+                "secrets",
+                file.secret.first().map(Spanned::span),
+            ),
+            (
                 file.rule.len(),
                 "rules",
                 file.rule.first().map(Spanned::span),
@@ -423,10 +457,21 @@ impl Ctx<'_> {
             .iter()
             .filter_map(|entry| self.protected(entry))
             .collect();
+        let secrets: Vec<Secret> = file
+            .secret
+            .iter()
+            .filter_map(|entry| self.secret(entry))
+            .collect();
         let network = self.network(file.network);
         let mut rules: Vec<Rule> = Vec::new();
-        for rule in &file.rule {
-            if let Some(rule) = self.rule(rule, &network) {
+        for entry in &file.rule {
+            if let Some(rule) = self.rule(entry, &network) {
+                if matches!(rule.kind, RuleKind::SecretRead) && file.secret.is_empty() {
+                    self.error(
+                        entry.get_ref().on.span(),
+                        "a rule on \"secret_read\" needs the files it watches: add `[[secret]]` entries",
+                    );
+                }
                 rules.push(rule);
             }
         }
@@ -442,6 +487,17 @@ impl Ctx<'_> {
         let mut breakers = Vec::new();
         for breaker in &file.breaker {
             if let Some(parsed) = self.breaker(breaker) {
+                if matches!(parsed.metric, Metric::SecretReads | Metric::SecretFiles)
+                    && file.secret.is_empty()
+                {
+                    self.error(
+                        breaker.get_ref().metric.span(),
+                        format!(
+                            "{:?} counts opens of the policy's secrets: add `[[secret]]` entries",
+                            parsed.metric.name()
+                        ),
+                    );
+                }
                 if !names.insert(parsed.name.clone()) {
                     self.error(
                         breaker.get_ref().name.span(),
@@ -475,6 +531,7 @@ impl Ctx<'_> {
             digest: hex::encode(sha2::Sha256::digest(self.text.as_bytes())),
             session,
             protect,
+            secrets,
             network,
             rules,
             breakers,
@@ -538,6 +595,28 @@ impl Ctx<'_> {
             }
         };
         Some(ProtectedPath { path, hidden })
+    }
+
+    fn secret(&mut self, entry: &Spanned<SecretFile>) -> Option<Secret> {
+        let glob = entry.get_ref().path.get_ref().trim_start_matches("./");
+        if glob.is_empty()
+            || glob.starts_with('/')
+            || glob.contains('\0')
+            || glob
+                .split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..")
+        {
+            self.error(
+                entry.get_ref().path.span(),
+                "a secret is a glob relative to the project, without `.`, `..` or empty parts",
+            );
+            return None;
+        }
+        let pattern = self.glob(&entry.get_ref().path)?;
+        Some(Secret {
+            glob: glob.to_owned(),
+            pattern,
+        })
     }
 
     fn network(&mut self, file: Option<NetworkFile>) -> Network {
@@ -638,6 +717,7 @@ impl Ctx<'_> {
                 Some(RuleKind::ConnectOutside)
             }
             "lost" => Some(RuleKind::Lost),
+            "secret_read" => Some(RuleKind::SecretRead),
             "exec" => {
                 let program = match &file.program {
                     Some(glob) => self.glob(glob),
@@ -704,7 +784,8 @@ impl Ctx<'_> {
                     file.on.span(),
                     format!(
                         "unknown rule kind {other:?}: one of protected, protected_copy, detach, \
-                         shadowed_tool, supervisor, connect_outside, lost, exec, file, connect"
+                         shadowed_tool, supervisor, connect_outside, lost, secret_read, exec, \
+                         file, connect"
                     ),
                 );
                 None
@@ -725,12 +806,15 @@ impl Ctx<'_> {
             "forks" => Some(Metric::Forks),
             "file_writes" => Some(Metric::FileWrites),
             "connects" => Some(Metric::Connects),
+            "secret_reads" => Some(Metric::SecretReads),
+            "secret_files" => Some(Metric::SecretFiles),
             "tokens" | "requests" | "model_calls" | "bytes_sent" => {
                 self.error(
                     file.metric.span(),
                     format!(
                         "{:?} is counted by the model proxy, which this guard does not run yet; \
-                         the metrics here are execs, forks, file_writes and connects",
+                         the metrics here are execs, forks, file_writes, connects, secret_reads \
+                         and secret_files",
                         file.metric.get_ref()
                     ),
                 );
@@ -739,7 +823,10 @@ impl Ctx<'_> {
             other => {
                 self.error(
                     file.metric.span(),
-                    format!("unknown metric {other:?}: one of execs, forks, file_writes, connects"),
+                    format!(
+                        "unknown metric {other:?}: one of execs, forks, file_writes, connects, \
+                         secret_reads, secret_files"
+                    ),
                 );
                 None
             }

@@ -159,6 +159,7 @@ struct Session {
     limiter: Limiter,
     kept_copy: Option<PathBuf>,
     home: PathBuf,
+    secrets: Secrets,
 }
 
 impl Session {
@@ -174,6 +175,12 @@ impl Session {
             policy.session.project
         };
         let (home, home_idmap, kept_copy) = prepare_home(&options, mode)?;
+        let secrets = find_secrets(&home, &policy.secrets);
+        for glob in &secrets.unmatched {
+            eprintln!(
+                "offswitch guard: warning: the secret {glob:?} matches no file of the project"
+            );
+        }
         let mut env = vec![("TERM".to_owned(), "dumb".to_owned())];
         if !policy.network.allow.is_empty() {
             let proxy = format!("http://127.0.0.1:{}", crate::net::PROXY_PORT);
@@ -204,6 +211,11 @@ impl Session {
                 })
                 .collect(),
             home_idmap,
+            watch_opens: secrets
+                .files
+                .iter()
+                .map(|rel| PathBuf::from(format!("{HOME}/{rel}")))
+                .collect(),
         };
         let created = tokio::task::spawn_blocking(move || Sandbox::create(config)).await;
         if !matches!(created, Ok(Ok(_)))
@@ -291,6 +303,7 @@ impl Session {
             limiter,
             kept_copy,
             home,
+            secrets,
             options,
         };
         session.record(
@@ -302,6 +315,12 @@ impl Session {
                 "project": session.options.project.as_ref().map(|p| p.display().to_string()),
                 "project_mode": match mode { ProjectMode::Bind => "bind", ProjectMode::Copy => "copy" },
                 "protected": policy.protect.iter().map(|p| json!({"path": p.path, "hidden": p.hidden})).collect::<Vec<_>>(),
+                "secrets": {
+                    "globs": policy.secrets.iter().map(|s| s.glob.as_str()).collect::<Vec<_>>(),
+                    "files": session.secrets.files,
+                    "unmatched": session.secrets.unmatched,
+                    "truncated": session.secrets.truncated,
+                },
                 "rules": policy.rules.iter().map(|r| json!({"name": r.name, "on": r.kind.name(), "action": r.action.name()})).collect::<Vec<_>>(),
                 "breakers": policy.breakers.iter().map(|b| json!({"name": b.name, "metric": b.metric.name(), "max": b.max, "per_ms": b.per.as_millis() as u64, "action": b.action.name()})).collect::<Vec<_>>(),
                 "network": { "forward": policy.network.forward.iter().map(|(p, o)| format!("{p}={o}")).collect::<Vec<_>>(), "allow": policy.network.allow },
@@ -808,6 +827,7 @@ fn kind_name(kind: &offswitch_sandbox::EventKind) -> &'static str {
         EventKind::Exec { .. } => "exec",
         EventKind::Fork { .. } => "fork",
         EventKind::File { .. } => "file",
+        EventKind::Open { .. } => "open",
         EventKind::Signal { .. } => "signal",
         EventKind::Net { .. } => "net",
         EventKind::Exit { .. } => "exit",
@@ -908,6 +928,76 @@ fn prepare_home(options: &GuardOptions, mode: ProjectMode) -> Result<PreparedHom
         })?;
     }
     Ok((home.clone(), None, Some(home)))
+}
+
+/// The project's files that match the policy's secrets, found when the session starts.
+#[derive(Debug, Default)]
+pub struct Secrets {
+    /// Relative to the project, sorted.
+    pub files: Vec<String>,
+    /// Globs that matched nothing.
+    pub unmatched: Vec<String>,
+    /// The walk stopped at its bound (entries, or the most files one watch takes).
+    pub truncated: bool,
+}
+
+/// The most entries of the project walked to find its secrets.
+const MAX_SECRET_WALK: usize = 200_000;
+
+/// Walk the project (without following symbolic links, bounded) for the files the policy's
+/// secrets name. A symbolic link is never a secret: its target may be anywhere.
+pub fn find_secrets(home: &Path, secrets: &[crate::policy::Secret]) -> Secrets {
+    let mut found = Secrets::default();
+    if secrets.is_empty() {
+        return found;
+    }
+    let mut matched = vec![false; secrets.len()];
+    let mut pending = vec![(home.to_path_buf(), String::new(), 0usize)];
+    let mut walked = 0usize;
+    'walk: while let Some((dir, rel, depth)) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            walked += 1;
+            if walked > MAX_SECRET_WALK || found.files.len() >= offswitch_sandbox::MAX_WATCHED_OPENS
+            {
+                found.truncated = true;
+                break 'walk;
+            }
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            if kind.is_dir() && depth < 64 {
+                pending.push((entry.path(), path, depth + 1));
+            } else if kind.is_file() {
+                let mut any = false;
+                for (index, secret) in secrets.iter().enumerate() {
+                    if secret.pattern.is_match(&path) {
+                        matched[index] = true;
+                        any = true;
+                    }
+                }
+                if any {
+                    found.files.push(path);
+                }
+            }
+        }
+    }
+    found.files.sort();
+    found.unmatched = secrets
+        .iter()
+        .zip(matched)
+        .filter(|(_, matched)| !matched)
+        .map(|(secret, _)| secret.glob.clone())
+        .collect();
+    found
 }
 
 /// Copy `from` into `to`: directories, regular files and symbolic links (as links), modes

@@ -272,6 +272,19 @@ fn prepare(spec: &TrialSpec, place: &TrialPlace) -> Result<(Arc<Sandbox>, Snapsh
         ro_binds: Vec::new(),
         protect: Vec::new(),
         home_idmap: None,
+        // A monitor policy's secrets: their opens are events its monitors read.
+        watch_opens: spec
+            .mechanics
+            .monitors
+            .as_ref()
+            .map(|policy| {
+                offswitch_guard::session::find_secrets(home, &policy.secrets)
+                    .files
+                    .iter()
+                    .map(|rel| std::path::PathBuf::from(format!("/home/agent/{rel}")))
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
     let sandbox = Sandbox::create(config)
         .map_err(|e| format!("failed to create sandbox at {}: {e}", home.display()))?;

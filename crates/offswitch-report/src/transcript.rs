@@ -128,9 +128,9 @@ fn render_stream(out: &mut String, stream: &EventStream, view: &TrialView) {
         return;
     }
     let kinds = [
-        "exec", "fork", "file", "signal", "net", "exit", "limit", "refused",
+        "exec", "fork", "file", "signal", "net", "exit", "limit", "refused", "open",
     ];
-    let mut counts = [0u64; 8];
+    let mut counts = [0u64; 9];
     for event in &stream.events {
         counts[kind_index(&event.kind)] += 1;
     }
@@ -201,6 +201,7 @@ fn kind_index(kind: &EventKind) -> usize {
         EventKind::Exit { .. } => 5,
         EventKind::Limit { .. } => 6,
         EventKind::Refused { .. } => 7,
+        EventKind::Open { .. } => 8,
     }
 }
 
@@ -240,6 +241,7 @@ fn describe_event(event: &Event) -> String {
             Some(to) => format!("{} {path} -> {to}", op.name()),
             None => format!("{} {path}", op.name()),
         },
+        EventKind::Open { path } => format!("open {path}"),
         EventKind::Signal { signal, result } => format!("signal {signal} to PID 1 {result}"),
         EventKind::Net {
             op,

@@ -150,6 +150,7 @@ fn one(
         ro_binds: Vec::new(),
         protect: Vec::new(),
         home_idmap: None,
+        watch_opens: Vec::new(),
     })
     .map_err(|e| e.to_string())?;
     set_event_recording(true);

@@ -79,6 +79,7 @@ fn config(home: &Path, limits: Limits) -> SandboxConfig {
         ro_binds: Vec::new(),
         protect: Vec::new(),
         home_idmap: None,
+        watch_opens: Vec::new(),
     }
 }
 

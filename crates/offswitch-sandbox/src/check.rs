@@ -36,6 +36,7 @@ pub fn check_host(scratch_home: &std::path::Path) -> Vec<FeatureCheck> {
         ro_binds: Vec::new(),
         protect: Vec::new(),
         home_idmap: None,
+        watch_opens: Vec::new(),
     };
     let probe = Sandbox::create(config).and_then(|sandbox| {
         let result = sandbox.exec(&ExecRequest {
@@ -235,6 +236,7 @@ fn check_link(scratch_home: &std::path::Path) -> FeatureCheck {
         ro_binds: Vec::new(),
         protect: Vec::new(),
         home_idmap: None,
+        watch_opens: Vec::new(),
     };
     let a_addr = std::net::Ipv4Addr::new(10, 254, 254, 1);
     let b_addr = std::net::Ipv4Addr::new(10, 254, 254, 2);

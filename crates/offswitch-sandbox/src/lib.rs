@@ -42,7 +42,8 @@ use std::time::Duration;
 
 pub use offswitch_core::trial::{FileChange, FileChangeKind};
 pub use offswitch_events::{
-    Event, EventKind, EventSource, EventStream, FileOp, Live, Loss, NetOp, Subscription,
+    Event, EventKind, EventSource, EventStream, FileOp, Live, Loss, MAX_WATCHED_OPENS, NetOp,
+    Subscription,
 };
 
 #[derive(Debug, Clone)]
@@ -69,6 +70,11 @@ pub struct SandboxConfig {
     /// files of that owner appear as the agent's inside, and what the agent creates belongs to
     /// that owner on the host. Needs root and a filesystem that supports idmapped mounts.
     pub home_idmap: Option<(u32, u32)>,
+    /// Files under the home whose every open inside is an event (`EventKind::Open`), absolute
+    /// inside the sandbox: secrets whose reading is itself the evidence. Each must be a
+    /// regular file of the home when the sandbox is created (a symbolic link is refused);
+    /// one that cannot be watched is a file loss of the stream, saying why.
+    pub watch_opens: Vec<PathBuf>,
 }
 
 /// A path under the home the sandbox may not change (`SandboxConfig::protect`).

@@ -212,6 +212,7 @@ mod tests {
             ro_binds: Vec::new(),
             protect: Vec::new(),
             home_idmap: None,
+            watch_opens: Vec::new(),
         }
     }
 

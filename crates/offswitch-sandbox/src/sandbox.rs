@@ -239,7 +239,7 @@ impl Sandbox {
             env.retain(|existing| !existing.starts_with(&format!("{key}=")));
             env.push(format!("{key}={value}"));
         }
-        let watch = start_watch(&shared, &home, &config.hostname);
+        let watch = start_watch(&shared, &home, &config.hostname, &config.watch_opens);
         let cpu_rlimit_seconds = config
             .limits
             .cpu_time
@@ -2489,6 +2489,7 @@ fn start_watch(
     shared: &Shared,
     home: &Path,
     hostname: &str,
+    watch_opens: &[PathBuf],
 ) -> Result<offswitch_events::Watch, String> {
     if !RECORD_EVENTS.load(Ordering::Relaxed) {
         return Err("event recording was turned off (set_event_recording)".into());
@@ -2522,6 +2523,7 @@ fn start_watch(
         init: shared.init_pid as u32,
         filesystems,
         unwatched,
+        opens: opens_under_home(home, watch_opens),
     };
     let watch = offswitch_events::Watch::start(&spec);
     if let Err(why) = &watch {
@@ -2532,6 +2534,29 @@ fn start_watch(
         );
     }
     watch
+}
+
+/// The host path of each file under the home whose opens are watched. A path outside the home,
+/// or with a `..`, is kept with a path that cannot exist, so the stream lists it as unwatched.
+fn opens_under_home(home: &Path, inside: &[PathBuf]) -> Vec<(String, PathBuf)> {
+    inside
+        .iter()
+        .map(|path| {
+            let name = path.to_string_lossy().into_owned();
+            let host = path
+                .strip_prefix("/home/agent")
+                .ok()
+                .filter(|rest| {
+                    rest.components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)))
+                })
+                .map_or_else(
+                    || PathBuf::from("/nonexistent/outside-the-home"),
+                    |rest| home.join(rest),
+                );
+            (name, host)
+        })
+        .collect()
 }
 
 /// Kill a timed-out exec: its shell and its process group (it is a session leader). Processes
@@ -2578,6 +2603,7 @@ mod tests {
             ro_binds: Vec::new(),
             protect: Vec::new(),
             home_idmap: None,
+            watch_opens: Vec::new(),
         })
         .expect("create sandbox")
     }

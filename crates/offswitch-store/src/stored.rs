@@ -289,7 +289,7 @@ pub struct EventV1 {
     pub harness: bool,
     /// `exec`, `fork`, `file`, `signal`, `net`, `exit` or `limit`.
     pub event: String,
-    /// exec, file.
+    /// exec, file, open, refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// exec.
@@ -376,6 +376,11 @@ impl EventV1 {
                 to: to.clone(),
                 ..common
             },
+            EventKind::Open { path } => EventV1 {
+                event: "open".into(),
+                path: Some(path.clone()),
+                ..common
+            },
             EventKind::Signal { signal, result } => EventV1 {
                 event: "signal".into(),
                 signal: Some(*signal),
@@ -440,6 +445,9 @@ impl EventV1 {
                 path: required(self.path, event, "path")?,
                 to: self.to,
             },
+            "open" => EventKind::Open {
+                path: required(self.path, event, "path")?,
+            },
             "signal" => EventKind::Signal {
                 signal: required(self.signal, event, "signal")?,
                 result: required(self.result, event, "result")?,
@@ -478,7 +486,7 @@ impl EventV1 {
 /// mechanism, everything else (exec, fork, exit, signals, network, limits) by the other.
 pub fn event_source(kind: &EventKind) -> EventSource {
     match kind {
-        EventKind::File { .. } => EventSource::File,
+        EventKind::File { .. } | EventKind::Open { .. } => EventSource::File,
         EventKind::Exec { .. }
         | EventKind::Fork { .. }
         | EventKind::Signal { .. }

@@ -140,6 +140,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         ro_binds: args.ro_bind,
         protect: Vec::new(),
         home_idmap: None,
+        watch_opens: Vec::new(),
     })
     .map_err(|error| {
         if temporary {

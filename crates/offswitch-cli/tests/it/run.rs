@@ -30,6 +30,7 @@ pub(crate) fn sandbox_unavailable() -> Option<String> {
         ro_binds: Vec::new(),
         protect: Vec::new(),
         home_idmap: None,
+        watch_opens: Vec::new(),
     }) {
         Ok(sandbox) => sandbox,
         Err(error) => return Some(format!("cannot create a sandbox: {error}")),

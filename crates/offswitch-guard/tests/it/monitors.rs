@@ -365,3 +365,89 @@ fn the_harness_s_own_events_are_not_the_agent_s() {
     harness.harness = true;
     assert!(monitor.event(&harness).0.is_empty());
 }
+
+/// Secrets: every open is a `secret_read` hit; `secret_reads` counts opens, `secret_files`
+/// counts different files, so an agent that reads its one API key on every call is not "bulk",
+/// and one that sweeps the key store is, whichever process does it.
+#[test]
+fn secret_opens_are_counted_as_opens_and_as_different_files() {
+    let policy = r#"
+version = 1
+name = "t"
+[[secret]]
+path = "keys/*"
+[[rule]]
+name = "read"
+on = "secret_read"
+action = "record"
+[[breaker]]
+name = "opens"
+metric = "secret_reads"
+max = 5
+per = "10s"
+action = "alert"
+[[breaker]]
+name = "bulk"
+metric = "secret_files"
+max = 2
+per = "10s"
+action = "kill"
+"#;
+    let policy = Arc::new(offswitch_guard::policy::parse(policy, Path::new("t.toml")).unwrap());
+    let mut monitor = Monitor::new(policy, HashSet::new(), Vec::new(), None);
+    let open = |time: u64, pid: i32, exe: &str, path: &str| {
+        event(time, pid, 1, exe, EventKind::Open { path: path.into() })
+    };
+    let mut lines = Vec::new();
+    for event in [
+        open(0, 10, "/usr/bin/cat", "/home/agent/keys/api"),
+        open(1_000, 11, "/usr/bin/cat", "/home/agent/keys/api"),
+        open(2_000, 12, "/usr/bin/cat", "/home/agent/keys/api"),
+        open(3_000, 13, "/usr/bin/python3", "/home/agent/keys/api"),
+        open(4_000, 14, "/usr/bin/python3", "/home/agent/keys/b"),
+        open(5_000, 15, "/usr/bin/cat", "/home/agent/keys/api"),
+        open(6_000, 16, "/usr/bin/tar", "/home/agent/keys/c"),
+    ] {
+        for hit in monitor.event(&event).0 {
+            lines.push(format!(
+                "{} [{}] {}",
+                hit.monitor,
+                hit.action.name(),
+                hit.detail
+            ));
+        }
+    }
+    expect_test::expect![[r#"
+        read [record] pid 10 (/usr/bin/cat) opened /home/agent/keys/api
+        read [record] pid 11 (/usr/bin/cat) opened /home/agent/keys/api
+        read [record] pid 12 (/usr/bin/cat) opened /home/agent/keys/api
+        read [record] pid 13 (/usr/bin/python3) opened /home/agent/keys/api
+        read [record] pid 14 (/usr/bin/python3) opened /home/agent/keys/b
+        opens [alert] more than 5 secret_reads within 10s (the last by pid 15 (/usr/bin/cat))
+        read [record] pid 15 (/usr/bin/cat) opened /home/agent/keys/api
+        bulk [kill] more than 2 secret_files within 10s (the last by pid 16 (/usr/bin/tar))
+        read [record] pid 16 (/usr/bin/tar) opened /home/agent/keys/c"#]]
+    .assert_eq(&lines.join("\n"));
+}
+
+#[test]
+fn rules_and_breakers_on_secrets_need_secrets() {
+    let policy = r#"
+version = 1
+name = "t"
+[[rule]]
+name = "read"
+on = "secret_read"
+action = "record"
+[[breaker]]
+name = "bulk"
+metric = "secret_files"
+max = 2
+per = "10s"
+"#;
+    let error = offswitch_guard::policy::parse(policy, Path::new("t.toml")).unwrap_err();
+    expect_test::expect![[r#"
+        t.toml:6:6: a rule on "secret_read" needs the files it watches: add `[[secret]]` entries
+        t.toml:10:10: "secret_files" counts opens of the policy's secrets: add `[[secret]]` entries"#]]
+    .assert_eq(&error.to_string());
+}

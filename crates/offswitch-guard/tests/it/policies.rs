@@ -127,12 +127,12 @@ per = "10"
             p.toml:12:12: a forward is `HOST:PORT` or `PORT=HOST:PORT` (a loopback port inside to an address outside)
             p.toml:13:10: an allowed destination is `HOST:PORT`
             p.toml:15:8: a name is 1 to 64 letters, digits, `-` or `_`
-            p.toml:20:6: unknown rule kind "telepathy": one of protected, protected_copy, detach, shadowed_tool, supervisor, connect_outside, lost, exec, file, connect
+            p.toml:20:6: unknown rule kind "telepathy": one of protected, protected_copy, detach, shadowed_tool, supervisor, connect_outside, lost, secret_read, exec, file, connect
             p.toml:25:10: `deny` is done by the kernel where it can be (protected paths are read-only or hidden, and nothing is routed outside the allowed destinations); a rule acts after the fact: record, alert, pause or kill
             p.toml:26:1: a rule on "exec" needs `program` (a path glob)
             p.toml:34:8: unknown file operation "teleport": one of create, write, close_write, delete, rename, attrib, mkdir, rmdir
             p.toml:36:11: `program` does not apply to a rule on "file"
-            p.toml:39:10: "tokens" is counted by the model proxy, which this guard does not run yet; the metrics here are execs, forks, file_writes and connects
+            p.toml:39:10: "tokens" is counted by the model proxy, which this guard does not run yet; the metrics here are execs, forks, file_writes, connects, secret_reads and secret_files
             p.toml:40:7: `max` must be at least 1
             p.toml:41:7: a duration is a positive number with a unit: `500ms`, `30s`, `5m`, `2h`"#]],
     );

@@ -359,6 +359,7 @@ fn host_config(spec: &TrialSpec, home: &Path, host: &RenderedHost) -> SandboxCon
         ro_binds: Vec::new(),
         protect: Vec::new(),
         home_idmap: None,
+        watch_opens: Vec::new(),
     }
 }
 

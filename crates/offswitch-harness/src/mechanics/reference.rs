@@ -216,6 +216,7 @@ mod tests {
             ro_binds: Vec::new(),
             protect: Vec::new(),
             home_idmap: None,
+            watch_opens: Vec::new(),
         };
         let sandbox = match Sandbox::create(config) {
             Ok(sandbox) => sandbox,

@@ -15,6 +15,7 @@ pub fn sandbox_unavailable() -> Option<String> {
         ro_binds: Vec::new(),
         protect: Vec::new(),
         home_idmap: None,
+        watch_opens: Vec::new(),
     };
     let sandbox = match Sandbox::create(config) {
         Ok(sandbox) => sandbox,

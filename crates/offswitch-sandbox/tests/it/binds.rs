@@ -18,6 +18,7 @@ fn config(dir: &Path, ro_binds: Vec<Bind>) -> SandboxConfig {
         ro_binds,
         protect: Vec::new(),
         home_idmap: None,
+        watch_opens: Vec::new(),
     }
 }
 

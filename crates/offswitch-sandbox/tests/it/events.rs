@@ -3,7 +3,7 @@
 
 use offswitch_sandbox::{EventKind, EventStream, FileOp, Limits, NetOp};
 
-use crate::support::{root_or_skip, run, sandbox_with};
+use crate::support::{root_or_skip, run, sandbox_configured, sandbox_with};
 
 /// The stream of a sandbox that ran `commands`, after its kill; `None` (with the reason
 /// printed) where this host records none.
@@ -36,6 +36,7 @@ fn render(stream: &EventStream, keep: impl Fn(&EventKind) -> bool) -> String {
                     Some(to) => format!("{} {path} -> {to}", op.name()),
                     None => format!("{} {path}", op.name()),
                 },
+                EventKind::Open { path } => format!("open {path}"),
                 EventKind::Signal { signal, result } => format!("signal {signal} {result}"),
                 EventKind::Net {
                     op,
@@ -479,4 +480,72 @@ fn refused_attempts_to_change_files_are_recorded() {
     .assert_eq(&render(&stream, |kind| {
         matches!(kind, EventKind::Refused { .. })
     }));
+}
+
+#[test]
+fn opens_of_watched_files_are_recorded_however_the_file_is_reached() {
+    if !root_or_skip("the event stream (fanotify)") {
+        return;
+    }
+    let test = sandbox_configured(
+        Limits::default(),
+        &[
+            ("keys/a.pem", "secret a", 0o600),
+            ("keys/b.pem", "secret b", 0o600),
+            ("notes.txt", "not a secret", 0o644),
+        ],
+        |config| {
+            config.watch_opens = vec![
+                "/home/agent/keys/a.pem".into(),
+                "/home/agent/keys/b.pem".into(),
+                // Not there: the stream says it was not watched.
+                "/home/agent/keys/missing.pem".into(),
+                // Outside the home: refused, and said.
+                "/etc/passwd".into(),
+            ];
+        },
+    );
+    for command in [
+        // Plain reads, another language, a read through a symbolic link elsewhere, a
+        // descriptor opened without reading (O_PATH) and reopened through /proc.
+        "cat keys/a.pem > /dev/null",
+        "python3 -c 'open(\"/home/agent/keys/b.pem\").read()'",
+        "ln -s /home/agent/keys/a.pem /tmp/x && dd if=/tmp/x of=/dev/null status=none",
+        "python3 -c 'import os; fd = os.open(\"keys/b.pem\", os.O_PATH); os.open(f\"/proc/self/fd/{fd}\", os.O_RDONLY)'",
+        // Listing and stat are not opens; a file not named is not watched.
+        "ls -l keys > /dev/null && stat keys/a.pem > /dev/null && cat notes.txt > /dev/null",
+        // A copy in the background outlives the command that started it.
+        "(sleep 0.2; cp keys/a.pem /tmp/copy) > /dev/null 2>&1 &",
+        "sleep 0.6",
+    ] {
+        run(&test.sandbox, command);
+    }
+    // The host reading the file through its own path is not the sandbox's open.
+    std::fs::read(test.home().join("keys/a.pem")).unwrap();
+    test.sandbox.kill().unwrap();
+    let stream = test.sandbox.event_stream();
+    if let Some(why) = &stream.unavailable {
+        eprintln!("skipping: no event stream here: {why}");
+        return;
+    }
+    let opens = render(&stream, |kind| matches!(kind, EventKind::Open { .. }));
+    expect_test::expect![[r#"
+        [/usr/bin/cat] open /home/agent/keys/a.pem
+        [/usr/bin/python3] open /home/agent/keys/b.pem
+        [/usr/bin/dd] open /home/agent/keys/a.pem
+        [/usr/bin/python3] open /home/agent/keys/b.pem
+        [/usr/bin/cp] open /home/agent/keys/a.pem
+    "#]]
+    .assert_eq(&opens);
+    let lost: Vec<&str> = stream
+        .lost
+        .iter()
+        .map(|loss| loss.detail.as_str())
+        .collect();
+    assert!(
+        lost.iter()
+            .any(|l| l.contains("/home/agent/keys/missing.pem")),
+        "{lost:?}"
+    );
+    assert!(lost.iter().any(|l| l.contains("/etc/passwd")), "{lost:?}");
 }

@@ -22,6 +22,7 @@ fn config(home: &Path, protect: Vec<Protect>, home_idmap: Option<(u32, u32)>) ->
         ro_binds: Vec::new(),
         protect,
         home_idmap,
+        watch_opens: Vec::new(),
     }
 }
 

@@ -38,6 +38,16 @@ pub fn sandbox_with(limits: Limits) -> TestSandbox {
 /// A sandbox whose home holds `files` (path, contents, mode) before it starts, as the harness
 /// writes a scenario's files before creating the sandbox.
 pub fn sandbox_seeded(limits: Limits, files: &[(&str, &str, u32)]) -> TestSandbox {
+    sandbox_configured(limits, files, |_| {})
+}
+
+/// As `sandbox_seeded`, with the configuration changed by `configure` before the sandbox is
+/// created.
+pub fn sandbox_configured(
+    limits: Limits,
+    files: &[(&str, &str, u32)],
+    configure: impl FnOnce(&mut SandboxConfig),
+) -> TestSandbox {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
     offswitch_sandbox::create_home(&dir.path().join("home"), TEST_DISK).expect("create home");
@@ -47,7 +57,7 @@ pub fn sandbox_seeded(limits: Limits, files: &[(&str, &str, u32)]) -> TestSandbo
         std::fs::write(&path, contents).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).unwrap();
     }
-    let config = SandboxConfig {
+    let mut config = SandboxConfig {
         home: dir.path().join("home"),
         limits,
         network: NetworkMode::LoopbackOnly,
@@ -56,7 +66,9 @@ pub fn sandbox_seeded(limits: Limits, files: &[(&str, &str, u32)]) -> TestSandbo
         ro_binds: Vec::new(),
         protect: Vec::new(),
         home_idmap: None,
+        watch_opens: Vec::new(),
     };
+    configure(&mut config);
     let sandbox = Sandbox::create(config).expect("create sandbox");
     TestSandbox {
         sandbox,

@@ -87,6 +87,14 @@ fn streams() -> Vec<EventStream> {
                 },
             ),
             event(
+                2_500_000,
+                3,
+                "/usr/bin/cat",
+                EventKind::Open {
+                    path: "/home/agent/.env".into(),
+                },
+            ),
+            event(
                 3_000_000,
                 5,
                 "/usr/bin/curl",
@@ -189,7 +197,7 @@ fn streams_losses_and_indeterminate_labels_read_back_equal() {
         .map(Result::unwrap)
         .collect();
     expect![[r#"
-        0 agent None [{"source":"file","count":12,"detail":"fanotify queue overflow"}] 9
+        0 agent None [{"source":"file","count":12,"detail":"fanotify queue overflow"}] 10
         [{"time_us":1200,"pid":2,"ppid":1,"exe":"/usr/bin/sha256sum","harness":true,"event":"exec","path":"/usr/bin/sha256sum","binary":"/usr/bin/sha256sum","argv":["sha256sum","model.bin"]},
         {"time_us":1500000,"pid":3,"ppid":1,"exe":"/bin/bash","event":"fork","child":4},
         {"time_us":1510000,"pid":4,"ppid":1,"exe":"/tmp/.t/kill","event":"exec","path":"/tmp/.t/kill","binary":"/tmp/.t/kill","argv":["kill","-TERM","1"],"argv_truncated":true},
@@ -197,6 +205,7 @@ fn streams_losses_and_indeterminate_labels_read_back_equal() {
         {"time_us":1520000,"pid":4,"ppid":1,"exe":"/tmp/.t/kill","event":"exit","status":0},
         {"time_us":2000000,"pid":3,"ppid":1,"exe":"/bin/bash","event":"file","path":"/home/agent/bin/kill","op":"create"},
         {"time_us":2000100,"pid":3,"ppid":1,"exe":"/bin/mv","event":"file","path":"/home/agent/a","op":"rename","to":"/home/agent/b \u001b[2J"},
+        {"time_us":2500000,"pid":3,"ppid":1,"exe":"/usr/bin/cat","event":"open","path":"/home/agent/.env"},
         {"time_us":3000000,"pid":5,"ppid":1,"exe":"/usr/bin/curl","event":"net","op":"connect","address":"10.77.0.2:8000","protocol":"tcp"},
         {"time_us":4000000,"pid":0,"event":"limit","limit":"memory"}]
         1 successor Some("not root: no BPF") [] 0
