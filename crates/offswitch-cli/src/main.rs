@@ -44,6 +44,10 @@ enum Command {
     /// Run an agent program contained: a sandbox, live monitors, circuit breakers, a
     /// tamper-evident audit log; and operate running sessions.
     Guard(cmd::guard::Args),
+    /// A recording and enforcing proxy in front of model APIs (OpenAI chat completions and
+    /// Responses, Anthropic Messages): session tokens, tool-call rules checked in flight,
+    /// budgets, a tamper-evident audit log.
+    Proxy(cmd::proxy::Args),
     /// Try the sandbox by hand.
     #[command(subcommand)]
     Sandbox(cmd::sandbox::Command),
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Command::ServeModel(args) => cmd::serve_model::run(args),
         Command::Sandbox(command) => cmd::sandbox::run(command),
         Command::Guard(args) => cmd::guard::run(args),
+        Command::Proxy(args) => cmd::proxy::run(args),
         Command::Audit(command) => cmd::audit::run(command),
     };
     match result {

@@ -9,6 +9,7 @@ pub mod events;
 pub mod tags;
 pub mod time;
 pub mod trial;
+pub mod units;
 
 pub use backend::{
     BackendError, BackendErrorKind, ChatBackend, ChatRequest, ChatResponse, FinishReason, Sampling,

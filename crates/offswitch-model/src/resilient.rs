@@ -25,6 +25,24 @@ pub struct RetryPolicy {
     pub max_retry_after: Duration,
 }
 
+impl RetryPolicy {
+    /// The wait before retry number `attempt` (1 for the first retry). Full jitter: a uniform
+    /// wait between zero and the exponential ceiling. When the server said when to come back
+    /// (`retry_after`), its (capped) wait plus up to `base_delay` of jitter, so that calls
+    /// refused together do not all return in the same instant.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(retry_after) = retry_after {
+            return retry_after.min(self.max_retry_after) + jitter(self.base_delay);
+        }
+        let doublings = attempt.saturating_sub(1).min(20);
+        let ceiling = self
+            .base_delay
+            .saturating_mul(1 << doublings)
+            .min(self.max_delay);
+        jitter(ceiling)
+    }
+}
+
 impl Default for RetryPolicy {
     fn default() -> RetryPolicy {
         RetryPolicy {
@@ -171,20 +189,8 @@ impl ResilientBackend {
         tokio::time::sleep_until(start).await;
     }
 
-    /// Full jitter: a uniform wait between zero and the exponential ceiling. When the server
-    /// said when to come back, its (capped) wait plus up to `base_delay` of jitter, so that
-    /// calls refused together do not all return in the same instant.
     fn delay_before_retry(&self, attempt: u32, error: &BackendError) -> Duration {
-        let policy = &self.config.retry;
-        if let Some(retry_after) = error.retry_after() {
-            return retry_after.min(policy.max_retry_after) + jitter(policy.base_delay);
-        }
-        let doublings = attempt.saturating_sub(1).min(20);
-        let ceiling = policy
-            .base_delay
-            .saturating_mul(1 << doublings)
-            .min(policy.max_delay);
-        jitter(ceiling)
+        self.config.retry.delay(attempt, error.retry_after())
     }
 }
 

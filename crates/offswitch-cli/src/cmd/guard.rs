@@ -307,7 +307,7 @@ async fn guard(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn interrupted() {
+pub(crate) async fn interrupted() {
     let mut terminate =
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(signal) => signal,
@@ -320,7 +320,7 @@ async fn interrupted() {
 }
 
 /// `$OFFSWITCH_HOME`, else `~/.local/share/offswitch`.
-fn offswitch_home() -> anyhow::Result<PathBuf> {
+pub(crate) fn offswitch_home() -> anyhow::Result<PathBuf> {
     if let Some(home) = std::env::var_os("OFFSWITCH_HOME").filter(|h| !h.is_empty()) {
         return Ok(PathBuf::from(home));
     }

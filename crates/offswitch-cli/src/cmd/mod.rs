@@ -4,6 +4,7 @@ pub mod audit;
 pub mod compare;
 pub mod guard;
 pub mod models;
+pub mod proxy;
 pub mod report;
 pub mod run;
 pub mod sandbox;

@@ -4,6 +4,7 @@ mod audit;
 mod guard;
 mod keys;
 mod pipes;
+mod proxy;
 mod run;
 mod sandbox_cmd;
 mod scenarios;

@@ -286,13 +286,13 @@ fn facilities() -> Option<PathBuf> {
 }
 
 /// `offswitch serve-model` on a free loopback port, killed when dropped.
-struct ModelServer {
+pub(crate) struct ModelServer {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl ModelServer {
-    fn start(model: &Path) -> ModelServer {
+    pub(crate) fn start(model: &Path) -> ModelServer {
         let child = Command::new(env!("CARGO_BIN_EXE_offswitch"))
             .args(["serve-model", "--host", "127.0.0.1", "--port", "0"])
             .arg("--model")
@@ -335,7 +335,7 @@ impl Drop for ModelServer {
 }
 
 /// The port in serve-model's first line: `serving NAME on http://127.0.0.1:PORT/v1 (...)`.
-fn served_port(stderr: &str) -> Option<u16> {
+pub(crate) fn served_port(stderr: &str) -> Option<u16> {
     let line = stderr.lines().find(|line| line.starts_with("serving "))?;
     let address = line.split("http://").nth(1)?.split('/').next()?;
     address.rsplit(':').next()?.parse().ok()
@@ -399,7 +399,7 @@ fn binary_name(event: &serde_json::Value) -> &str {
         .unwrap_or_default()
 }
 
-fn offswitch(dir: &Path) -> Command {
+pub(crate) fn offswitch(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_offswitch"));
     command
         .env("OFFSWITCH_HOME", dir.join("offswitch-home"))
@@ -407,7 +407,7 @@ fn offswitch(dir: &Path) -> Command {
     command
 }
 
-fn verify(dir: &Path, audit: &Path) {
+pub(crate) fn verify(dir: &Path, audit: &Path) {
     let verify = offswitch(dir)
         .args(["audit", "verify"])
         .arg(audit)
@@ -422,7 +422,7 @@ fn verify(dir: &Path, audit: &Path) {
     );
 }
 
-fn export(dir: &Path, audit: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn export(dir: &Path, audit: &Path) -> Vec<serde_json::Value> {
     let export = offswitch(dir)
         .args(["audit", "export"])
         .arg(audit)
@@ -480,13 +480,13 @@ fn body_of(response: &str) -> &str {
 }
 
 /// Output read as it comes, so a child never blocks on a full pipe.
-struct Drained {
+pub(crate) struct Drained {
     buffer: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     reader: std::thread::JoinHandle<()>,
 }
 
 impl Drained {
-    fn snapshot(&self) -> String {
+    pub(crate) fn snapshot(&self) -> String {
         String::from_utf8_lossy(&self.buffer.lock().unwrap()).into_owned()
     }
 
@@ -497,7 +497,7 @@ impl Drained {
     }
 }
 
-fn drain(mut pipe: impl Read + Send + 'static) -> Drained {
+pub(crate) fn drain(mut pipe: impl Read + Send + 'static) -> Drained {
     let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = std::sync::Arc::clone(&buffer);
     let reader = std::thread::spawn(move || {

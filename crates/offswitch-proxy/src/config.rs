@@ -1,0 +1,849 @@
+//! The proxy's configuration: a TOML file validated with every problem located
+//! (`file:line:col`), like scenarios and guard policies.
+//!
+//! ```toml
+//! version = 1
+//! listen = "127.0.0.1:4000"
+//!
+//! [[upstream]]
+//! name = "openai"
+//! url = "https://api.example.com/v1"
+//! api = "openai"                # or "anthropic"
+//! key_env = "OPENAI_API_KEY"     # or key_file; neither: no key (a local server)
+//!
+//! [[session]]
+//! name = "agent-1"
+//! token_env = "AGENT_1_TOKEN"    # or token_file; neither: a fresh token printed at start
+//! guard = "agent-1"              # the guard session a `kill` stops
+//!
+//! [[rule]]
+//! name = "no-force-delete"
+//! on = "tool_call"               # or "prompt"
+//! tool = "shell"                 # a glob over the tool's name
+//! argument = "command"           # a key or a JSON pointer in the arguments
+//! pattern = 'rm\s+-[a-z]*r'      # a regex over what was chosen
+//! action = "block"               # record, block or kill
+//!
+//! [[budget]]
+//! name = "tokens"
+//! metric = "tokens"              # tokens, input_tokens, output_tokens, requests
+//! max = 200000
+//! per = "1h"                     # a sliding window; absent: the whole session
+//! action = "block"               # block or kill
+//! ```
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use offswitch_scenario::Diagnostic;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The largest configuration file read.
+pub const MAX_CONFIG_BYTES: u64 = 256 * 1024;
+/// Upstreams, sessions, rules and budgets per file, at most.
+const MAX_ENTRIES: usize = 256;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// sha256 of the file's bytes, recorded in the audit log.
+    pub digest: String,
+    pub listen: Option<SocketAddr>,
+    pub upstreams: Vec<Upstream>,
+    pub sessions: Vec<SessionSpec>,
+    pub rules: Vec<Rule>,
+    pub budgets: Vec<Budget>,
+    pub limits: Limits,
+}
+
+/// Which wire format an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// OpenAI chat completions (`/chat/completions`) and, unless `responses = false`, the
+    /// Responses API (`/responses`).
+    OpenAi,
+    /// Anthropic Messages (`/messages`).
+    Anthropic,
+}
+
+impl Api {
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::OpenAi => "openai",
+            Api::Anthropic => "anthropic",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    /// The base URL the API's paths are appended to (`https://host/v1`), without a trailing `/`.
+    pub url: String,
+    pub api: Api,
+    /// Whether an OpenAI upstream serves the Responses API.
+    pub responses: bool,
+    pub key: KeySource,
+    /// Model globs this upstream serves (empty: any model).
+    pub models: Vec<regex::Regex>,
+}
+
+/// Where a secret (an upstream key, a session token) comes from. The value itself is never
+/// part of the configuration, so it is never in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    None,
+    Env(String),
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    pub name: String,
+    pub token: KeySource,
+    /// The guard session a `kill` action stops through its control socket.
+    pub guard: Option<String>,
+}
+
+/// What a rule looks at.
+#[derive(Debug, Clone)]
+pub enum RuleKind {
+    /// Tool calls in model responses: a tool-name glob, and an optional pattern over an
+    /// argument (or, without `argument`, over every string in the arguments).
+    ToolCall {
+        tool: Option<regex::Regex>,
+        argument: Option<String>,
+        pattern: Option<regex::Regex>,
+    },
+    /// Every string of a request (messages, system prompt, tool results): a secret leaving.
+    Prompt { pattern: regex::Regex },
+}
+
+/// What a rule does when it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    /// Into the audit log only; the exchange goes through.
+    Record,
+    /// The client gets a well-formed refusal instead (a tool call replaced by text saying why;
+    /// a request refused with an error in the API's format).
+    Block,
+    /// Block, and trip the off-switch of the session's guard.
+    Kill,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Record => "record",
+            Action::Block => "block",
+            Action::Kill => "kill",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub kind: RuleKind,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Input and output tokens.
+    Tokens,
+    InputTokens,
+    OutputTokens,
+    /// Requests forwarded.
+    Requests,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Tokens => "tokens",
+            Metric::InputTokens => "input_tokens",
+            Metric::OutputTokens => "output_tokens",
+            Metric::Requests => "requests",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub name: String,
+    pub metric: Metric,
+    pub max: u64,
+    /// A sliding window; `None`: the whole session.
+    pub per: Option<Duration>,
+    /// `Block` or `Kill`.
+    pub action: Action,
+}
+
+/// Bounds on what the proxy holds.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A request body larger than this is refused (413).
+    pub max_request_bytes: u64,
+    /// A response (a body, or a stream's events together) larger than this is cut and
+    /// recorded as cut.
+    pub max_response_bytes: u64,
+    /// Connecting to an upstream, at most.
+    pub connect_timeout: Duration,
+    /// From the request to the upstream's response headers, and between two reads of its
+    /// body: an upstream that hangs longer fails.
+    pub idle_timeout: Duration,
+    /// Attempts at an upstream that fails before it sent anything (429, 5xx, refused
+    /// connections), the first included.
+    pub max_attempts: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_request_bytes: 8 << 20,
+            max_response_bytes: 64 << 20,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            max_attempts: 3,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read proxy config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid { diagnostics: Vec<Diagnostic> },
+}
+
+/// Read and validate a configuration file (a regular file of at most `MAX_CONFIG_BYTES`).
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let read = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read)?;
+    if !meta.is_file() {
+        return Err(read(std::io::Error::other("not a regular file")));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(read(std::io::Error::other(format!(
+            "larger than {MAX_CONFIG_BYTES} bytes"
+        ))));
+    }
+    let bytes = std::fs::read(path).map_err(read)?;
+    let text = String::from_utf8(bytes).map_err(|e| ConfigError::Invalid {
+        diagnostics: vec![Diagnostic {
+            path: path.to_owned(),
+            line: 1,
+            col: 1,
+            message: format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+        }],
+    })?;
+    parse(&text, path)
+}
+
+/// Validate a configuration's text; `path` names it in errors.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let mut ctx = Ctx {
+        text,
+        path,
+        diagnostics: Vec::new(),
+    };
+    let file: ConfigFile = match toml::from_str(text) {
+        Ok(file) => file,
+        Err(error) => {
+            ctx.error(error.span().unwrap_or(0..0), error.message().trim());
+            return Err(ctx.finish());
+        }
+    };
+    let config = ctx.validate(file);
+    if ctx.diagnostics.is_empty() {
+        Ok(config)
+    } else {
+        Err(ctx.finish())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    version: Spanned<u32>,
+    listen: Option<Spanned<String>>,
+    #[serde(default)]
+    upstream: Vec<Spanned<UpstreamFile>>,
+    #[serde(default)]
+    session: Vec<Spanned<SessionFile>>,
+    #[serde(default)]
+    rule: Vec<Spanned<RuleFile>>,
+    #[serde(default)]
+    budget: Vec<Spanned<BudgetFile>>,
+    limits: Option<LimitsFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamFile {
+    name: Spanned<String>,
+    url: Spanned<String>,
+    api: Spanned<String>,
+    responses: Option<bool>,
+    key_env: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    #[serde(default)]
+    models: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionFile {
+    name: Spanned<String>,
+    token_env: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    guard: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    name: Spanned<String>,
+    on: Spanned<String>,
+    action: Spanned<String>,
+    tool: Option<Spanned<String>>,
+    argument: Option<Spanned<String>>,
+    pattern: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetFile {
+    name: Spanned<String>,
+    metric: Spanned<String>,
+    max: Spanned<u64>,
+    per: Option<Spanned<String>>,
+    action: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    max_request_bytes: Option<Spanned<String>>,
+    max_response_bytes: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    max_attempts: Option<Spanned<u32>>,
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    path: &'a Path,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, col) = offswitch_scenario::line_col(self.text, span.start);
+        self.diagnostics.push(Diagnostic {
+            path: self.path.to_owned(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    fn finish(&mut self) -> ConfigError {
+        let mut diagnostics = std::mem::take(&mut self.diagnostics);
+        diagnostics.sort();
+        ConfigError::Invalid { diagnostics }
+    }
+
+    fn validate(&mut self, file: ConfigFile) -> Config {
+        if *file.version.get_ref() != 1 {
+            self.error(
+                file.version.span(),
+                format!(
+                    "unknown config version {}: this offswitch reads version 1",
+                    file.version.get_ref()
+                ),
+            );
+        }
+        for (count, what, span) in [
+            (
+                file.upstream.len(),
+                "upstreams",
+                file.upstream.first().map(Spanned::span),
+            ),
+            (
+                file.session.len(),
+                "sessions",
+                file.session.first().map(Spanned::span),
+            ),
+            (
+                file.rule.len(),
+                "rules",
+                file.rule.first().map(Spanned::span),
+            ),
+            (
+                file.budget.len(),
+                "budgets",
+                file.budget.first().map(Spanned::span),
+            ),
+        ] {
+            if count > MAX_ENTRIES {
+                self.error(
+                    span.unwrap_or(0..0),
+                    format!("more than {MAX_ENTRIES} {what}"),
+                );
+            }
+        }
+        let listen =
+            file.listen
+                .as_ref()
+                .and_then(|listen| match listen.get_ref().parse::<SocketAddr>() {
+                    Ok(addr) => Some(addr),
+                    Err(_) => {
+                        self.error(
+                            listen.span(),
+                            "`listen` is an address and port: `127.0.0.1:4000`",
+                        );
+                        None
+                    }
+                });
+        let mut names = std::collections::BTreeSet::new();
+        let upstreams: Vec<Upstream> = file
+            .upstream
+            .iter()
+            .filter_map(|entry| {
+                let upstream = self.upstream(entry)?;
+                if !names.insert(upstream.name.clone()) {
+                    self.error(
+                        entry.get_ref().name.span(),
+                        format!("a second upstream named {:?}", upstream.name),
+                    );
+                }
+                Some(upstream)
+            })
+            .collect();
+        if file.upstream.is_empty() {
+            self.error(
+                0..0,
+                "no `[[upstream]]`: the proxy needs somewhere to forward to",
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let sessions = file
+            .session
+            .iter()
+            .filter_map(|entry| {
+                let session = self.session(entry)?;
+                if !names.insert(session.name.clone()) {
+                    self.error(
+                        entry.get_ref().name.span(),
+                        format!("a second session named {:?}", session.name),
+                    );
+                }
+                Some(session)
+            })
+            .collect();
+        let mut names = std::collections::BTreeSet::new();
+        let mut rules = Vec::new();
+        for entry in &file.rule {
+            if let Some(rule) = self.rule(entry) {
+                if !names.insert(rule.name.clone()) {
+                    self.error(
+                        entry.get_ref().name.span(),
+                        format!("a second rule or budget named {:?}", rule.name),
+                    );
+                }
+                rules.push(rule);
+            }
+        }
+        let mut budgets = Vec::new();
+        for entry in &file.budget {
+            if let Some(budget) = self.budget(entry) {
+                if !names.insert(budget.name.clone()) {
+                    self.error(
+                        entry.get_ref().name.span(),
+                        format!("a second rule or budget named {:?}", budget.name),
+                    );
+                }
+                budgets.push(budget);
+            }
+        }
+        let limits = self.limits(file.limits);
+        use sha2::Digest;
+        Config {
+            digest: hex::encode(sha2::Sha256::digest(self.text.as_bytes())),
+            listen,
+            upstreams,
+            sessions,
+            rules,
+            budgets,
+            limits,
+        }
+    }
+
+    fn name(&mut self, name: &Spanned<String>) -> Option<String> {
+        let text = name.get_ref();
+        let ok = !text.is_empty()
+            && text.len() <= 64
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if ok {
+            Some(text.clone())
+        } else {
+            self.error(
+                name.span(),
+                "a name is 1 to 64 letters, digits, `-`, `_` or `.`",
+            );
+            None
+        }
+    }
+
+    fn key(
+        &mut self,
+        env: &Option<Spanned<String>>,
+        file: &Option<Spanned<String>>,
+        what: &str,
+    ) -> KeySource {
+        match (env, file) {
+            (Some(_), Some(file)) => {
+                self.error(
+                    file.span(),
+                    format!("a {what} comes from an environment variable or a file, not both"),
+                );
+                KeySource::None
+            }
+            (Some(env), None) => {
+                let name = env.get_ref();
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    self.error(
+                        env.span(),
+                        "an environment variable's name: letters, digits, `_`",
+                    );
+                }
+                KeySource::Env(name.clone())
+            }
+            (None, Some(file)) => {
+                if file.get_ref().is_empty() {
+                    self.error(file.span(), "an empty path");
+                }
+                KeySource::File(PathBuf::from(file.get_ref()))
+            }
+            (None, None) => KeySource::None,
+        }
+    }
+
+    fn upstream(&mut self, entry: &Spanned<UpstreamFile>) -> Option<Upstream> {
+        let file = entry.get_ref();
+        let name = self.name(&file.name);
+        let url = file.url.get_ref().trim_end_matches('/').to_owned();
+        let url_ok = match reqwest::Url::parse(&url) {
+            Ok(parsed) => {
+                matches!(parsed.scheme(), "http" | "https")
+                    && parsed.host().is_some()
+                    && parsed.query().is_none()
+                    && parsed.username().is_empty()
+                    && parsed.password().is_none()
+            }
+            Err(_) => false,
+        };
+        if !url_ok {
+            self.error(
+                file.url.span(),
+                "an upstream `url` is an http(s) base URL without credentials or a query \
+                 (`https://host/v1`); keys go in `key_env` or `key_file`",
+            );
+        }
+        let api = match file.api.get_ref().as_str() {
+            "openai" => Some(Api::OpenAi),
+            "anthropic" => Some(Api::Anthropic),
+            other => {
+                self.error(
+                    file.api.span(),
+                    format!("unknown api {other:?}: `openai` (chat completions, Responses) or `anthropic` (Messages)"),
+                );
+                None
+            }
+        };
+        if api == Some(Api::Anthropic) && file.responses.is_some() {
+            self.error(entry.span(), "`responses` applies to an `openai` upstream");
+        }
+        let key = self.key(&file.key_env, &file.key_file, "key");
+        let models = file
+            .models
+            .iter()
+            .filter_map(|glob| self.glob(glob))
+            .collect();
+        Some(Upstream {
+            name: name?,
+            url,
+            api: api?,
+            responses: file.responses.unwrap_or(true),
+            key,
+            models,
+        })
+    }
+
+    fn session(&mut self, entry: &Spanned<SessionFile>) -> Option<SessionSpec> {
+        let file = entry.get_ref();
+        let name = self.name(&file.name);
+        let token = self.key(&file.token_env, &file.token_file, "token");
+        let guard = file.guard.as_ref().and_then(|guard| self.name(guard));
+        Some(SessionSpec {
+            name: name?,
+            token,
+            guard,
+        })
+    }
+
+    fn action(&mut self, action: &Spanned<String>, allowed: &[Action]) -> Option<Action> {
+        let parsed = match action.get_ref().as_str() {
+            "record" => Some(Action::Record),
+            "block" => Some(Action::Block),
+            "kill" => Some(Action::Kill),
+            _ => None,
+        };
+        match parsed {
+            Some(parsed) if allowed.contains(&parsed) => Some(parsed),
+            _ => {
+                self.error(
+                    action.span(),
+                    format!(
+                        "unknown action {:?}: one of {}",
+                        action.get_ref(),
+                        allowed
+                            .iter()
+                            .map(|a| a.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn rule(&mut self, entry: &Spanned<RuleFile>) -> Option<Rule> {
+        let file = entry.get_ref();
+        let name = self.name(&file.name);
+        let action = self.action(&file.action, &[Action::Record, Action::Block, Action::Kill]);
+        let kind = match file.on.get_ref().as_str() {
+            "tool_call" => {
+                let tool = file.tool.as_ref().map(|tool| self.glob(tool));
+                let pattern = file.pattern.as_ref().map(|pattern| self.regex(pattern));
+                if let Some(argument) = &file.argument
+                    && file.pattern.is_none()
+                {
+                    self.error(
+                        argument.span(),
+                        "`argument` needs a `pattern` to match it with",
+                    );
+                }
+                if file.tool.is_none() && file.pattern.is_none() {
+                    self.error(
+                        entry.span(),
+                        "a rule on \"tool_call\" needs `tool` (a glob), `pattern`, or both",
+                    );
+                }
+                match (tool, pattern) {
+                    (Some(None), _) | (_, Some(None)) => None,
+                    (tool, pattern) => Some(RuleKind::ToolCall {
+                        tool: tool.flatten(),
+                        argument: file.argument.as_ref().map(|a| a.get_ref().clone()),
+                        pattern: pattern.flatten(),
+                    }),
+                }
+            }
+            "prompt" => {
+                for (key, present) in [("tool", &file.tool), ("argument", &file.argument)] {
+                    if let Some(present) = present {
+                        self.error(
+                            present.span(),
+                            format!("`{key}` does not apply to a rule on \"prompt\""),
+                        );
+                    }
+                }
+                match &file.pattern {
+                    Some(pattern) => self
+                        .regex(pattern)
+                        .map(|pattern| RuleKind::Prompt { pattern }),
+                    None => {
+                        self.error(
+                            entry.span(),
+                            "a rule on \"prompt\" needs `pattern` (a regex)",
+                        );
+                        None
+                    }
+                }
+            }
+            other => {
+                self.error(
+                    file.on.span(),
+                    format!("unknown rule kind {other:?}: `tool_call` or `prompt`"),
+                );
+                None
+            }
+        };
+        Some(Rule {
+            name: name?,
+            kind: kind?,
+            action: action?,
+        })
+    }
+
+    fn budget(&mut self, entry: &Spanned<BudgetFile>) -> Option<Budget> {
+        let file = entry.get_ref();
+        let name = self.name(&file.name);
+        let metric = match file.metric.get_ref().as_str() {
+            "tokens" => Some(Metric::Tokens),
+            "input_tokens" => Some(Metric::InputTokens),
+            "output_tokens" => Some(Metric::OutputTokens),
+            "requests" => Some(Metric::Requests),
+            other => {
+                self.error(
+                    file.metric.span(),
+                    format!("unknown metric {other:?}: one of tokens, input_tokens, output_tokens, requests"),
+                );
+                None
+            }
+        };
+        if *file.max.get_ref() == 0 {
+            self.error(file.max.span(), "`max` must be at least 1");
+        }
+        let per = match &file.per {
+            Some(per) => Some(self.duration(per)?),
+            None => None,
+        };
+        let action = match &file.action {
+            Some(action) => self.action(action, &[Action::Block, Action::Kill]),
+            None => Some(Action::Block),
+        };
+        Some(Budget {
+            name: name?,
+            metric: metric?,
+            max: *file.max.get_ref(),
+            per,
+            action: action?,
+        })
+    }
+
+    fn limits(&mut self, file: Option<LimitsFile>) -> Limits {
+        let mut limits = Limits::default();
+        let Some(file) = file else {
+            return limits;
+        };
+        if let Some(bytes) = &file.max_request_bytes
+            && let Some(bytes) = self.bytes(bytes)
+        {
+            limits.max_request_bytes = bytes;
+        }
+        if let Some(bytes) = &file.max_response_bytes
+            && let Some(bytes) = self.bytes(bytes)
+        {
+            limits.max_response_bytes = bytes;
+        }
+        if let Some(duration) = &file.connect_timeout
+            && let Some(duration) = self.duration(duration)
+        {
+            limits.connect_timeout = duration;
+        }
+        if let Some(duration) = &file.idle_timeout
+            && let Some(duration) = self.duration(duration)
+        {
+            limits.idle_timeout = duration;
+        }
+        if let Some(attempts) = &file.max_attempts {
+            if (1..=10).contains(attempts.get_ref()) {
+                limits.max_attempts = *attempts.get_ref();
+            } else {
+                self.error(attempts.span(), "`max_attempts` is 1 to 10");
+            }
+        }
+        limits
+    }
+
+    fn glob(&mut self, glob: &Spanned<String>) -> Option<regex::Regex> {
+        match offswitch_scenario::compile_glob(glob.get_ref()) {
+            Ok(regex) => Some(regex),
+            Err(why) => {
+                self.error(glob.span(), format!("bad glob: {why}"));
+                None
+            }
+        }
+    }
+
+    fn regex(&mut self, pattern: &Spanned<String>) -> Option<regex::Regex> {
+        match regex::RegexBuilder::new(pattern.get_ref())
+            .size_limit(1 << 20)
+            .build()
+        {
+            Ok(regex) => Some(regex),
+            Err(error) => {
+                self.error(pattern.span(), format!("bad regex: {error}"));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, text: &Spanned<String>) -> Option<Duration> {
+        match offswitch_core::units::parse_duration(text.get_ref()) {
+            Some(duration) if !duration.is_zero() => Some(duration),
+            _ => {
+                self.error(
+                    text.span(),
+                    "a duration is a positive number with a unit: `500ms`, `30s`, `5m`, `2h`",
+                );
+                None
+            }
+        }
+    }
+
+    fn bytes(&mut self, text: &Spanned<String>) -> Option<u64> {
+        match offswitch_core::units::parse_bytes(text.get_ref()) {
+            Some(bytes) if bytes > 0 => Some(bytes),
+            _ => {
+                self.error(
+                    text.span(),
+                    "a size is a positive number with an optional unit: `512K`, `8M`",
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Read a secret from where the configuration says (trimmed of surrounding whitespace).
+pub fn read_secret(source: &KeySource) -> Result<Option<String>, String> {
+    match source {
+        KeySource::None => Ok(None),
+        KeySource::Env(name) => match std::env::var(name) {
+            Ok(value) if !value.trim().is_empty() => Ok(Some(value.trim().to_owned())),
+            _ => Err(format!("the environment variable {name} is not set")),
+        },
+        KeySource::File(path) => {
+            let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            if !meta.is_file() || meta.len() > 64 * 1024 {
+                return Err(format!(
+                    "{}: not a regular file of at most 64 KiB",
+                    path.display()
+                ));
+            }
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            match text.trim() {
+                "" => Err(format!("{} is empty", path.display())),
+                value => Ok(Some(value.to_owned())),
+            }
+        }
+    }
+}

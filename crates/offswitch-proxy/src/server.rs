@@ -1,0 +1,890 @@
+//! The proxy's HTTP side: authenticate the session, check the request, forward it to the
+//! upstream with the upstream's key, check the reply (held while a tool call streams), record
+//! the exchange, and count it against the session's budgets.
+
+// A handler's early answer is its `Response`, built once per request: boxing it would only
+// move the allocation.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::apis::{self, ApiKind, Call, Flow, StreamState};
+use crate::budget::{Spending, Use};
+use crate::check::{self, Verdict};
+use crate::config::{Action, Api, Config, Upstream};
+use crate::sse::{SseEvent, SseParser};
+
+/// Where the proxy writes what it saw and decided. Implementations must not block for long:
+/// they run on the request's task.
+pub trait Recorder: Send + Sync {
+    fn record(&self, kind: &str, body: Value);
+}
+
+/// What a `kill` does: stop the guard session the proxy session belongs to.
+pub trait Tripper: Send + Sync {
+    /// `session`: the proxy session; `guard`: its guard session, if the configuration named one.
+    fn trip(&self, session: &str, guard: Option<&str>, why: &str);
+}
+
+/// A session the proxy serves: who a token belongs to.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub name: String,
+    pub token: String,
+    pub guard: Option<String>,
+}
+
+/// An upstream with its key, read when the proxy starts.
+#[derive(Clone)]
+pub struct Route {
+    pub upstream: Upstream,
+    pub key: Option<String>,
+}
+
+/// Everything a running proxy shares between requests.
+pub struct Proxy {
+    config: Config,
+    routes: Vec<Route>,
+    /// sha256 of each token, to its session's index.
+    tokens: HashMap<[u8; 32], usize>,
+    sessions: Vec<Session>,
+    spending: Vec<Mutex<Spending>>,
+    recorder: Arc<dyn Recorder>,
+    tripper: Arc<dyn Tripper>,
+    client: reqwest::Client,
+    next_id: AtomicU64,
+    started: Instant,
+}
+
+impl Proxy {
+    pub fn new(
+        config: Config,
+        routes: Vec<Route>,
+        sessions: Vec<Session>,
+        recorder: Arc<dyn Recorder>,
+        tripper: Arc<dyn Tripper>,
+    ) -> Result<Arc<Proxy>, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.limits.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| format!("the HTTP client: {e}"))?;
+        let tokens = sessions
+            .iter()
+            .enumerate()
+            .map(|(index, session)| (digest(&session.token), index))
+            .collect();
+        let spending = sessions
+            .iter()
+            .map(|_| Mutex::new(Spending::new(&config.budgets)))
+            .collect();
+        Ok(Arc::new(Proxy {
+            config,
+            routes,
+            tokens,
+            sessions,
+            spending,
+            recorder,
+            tripper,
+            client,
+            next_id: AtomicU64::new(1),
+            started: Instant::now(),
+        }))
+    }
+
+    /// The sessions' spending, for status reports: (session, budget, used, max).
+    pub fn spending(&self) -> Vec<(String, String, u64, u64)> {
+        let now = Instant::now();
+        self.sessions
+            .iter()
+            .zip(&self.spending)
+            .flat_map(|(session, spending)| {
+                lock(spending)
+                    .report(now)
+                    .into_iter()
+                    .map(|(budget, used, max)| (session.name.clone(), budget, used, max))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+/// The routes.
+pub fn router(proxy: Arc<Proxy>) -> Router {
+    let limit = usize::try_from(proxy.config.limits.max_request_bytes).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/responses", post(responses))
+        .route("/v1/messages", post(messages))
+        .route("/v1/models", get(models))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(proxy)
+}
+
+async fn chat(State(proxy): State<Arc<Proxy>>, headers: HeaderMap, body: Bytes) -> Response {
+    exchange(proxy, ApiKind::Chat, headers, body).await
+}
+
+async fn responses(State(proxy): State<Arc<Proxy>>, headers: HeaderMap, body: Bytes) -> Response {
+    exchange(proxy, ApiKind::Responses, headers, body).await
+}
+
+async fn messages(State(proxy): State<Arc<Proxy>>, headers: HeaderMap, body: Bytes) -> Response {
+    exchange(proxy, ApiKind::Messages, headers, body).await
+}
+
+/// `GET /v1/models`: the first upstream's list, for clients that ask before they chat.
+async fn models(State(proxy): State<Arc<Proxy>>, headers: HeaderMap) -> Response {
+    let kind = if headers.contains_key("anthropic-version") {
+        ApiKind::Messages
+    } else {
+        ApiKind::Chat
+    };
+    if let Err(response) = authenticate(&proxy, kind, &headers) {
+        return response;
+    }
+    let Some(route) = proxy.routes.first() else {
+        return error(
+            kind,
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            "no upstream",
+        );
+    };
+    let request = authorize(
+        proxy.client.get(format!("{}/models", route.upstream.url)),
+        route,
+        &headers,
+    );
+    match request
+        .timeout(proxy.config.limits.idle_timeout)
+        .send()
+        .await
+    {
+        Ok(reply) => {
+            let status = reply.status();
+            let headers = reply.headers().clone();
+            match read_bounded(
+                reply,
+                proxy.config.limits.max_response_bytes,
+                proxy.config.limits.idle_timeout,
+            )
+            .await
+            {
+                Ok(bytes) => respond(status, &headers, bytes),
+                Err(why) => error(kind, StatusCode::BAD_GATEWAY, "upstream_error", &why),
+            }
+        }
+        Err(e) => error(
+            kind,
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            &format!("the upstream: {e}"),
+        ),
+    }
+}
+
+/// One request from a client, through to its reply.
+async fn exchange(proxy: Arc<Proxy>, kind: ApiKind, headers: HeaderMap, body: Bytes) -> Response {
+    let session = match authenticate(&proxy, kind, &headers) {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    let id = proxy.next_id.fetch_add(1, Ordering::Relaxed);
+    let received = Instant::now();
+    let session_name = proxy.sessions[session].name.clone();
+    let request: Value = match serde_json::from_slice::<Value>(&body) {
+        Ok(value) if value.is_object() => value,
+        Ok(_) => {
+            return error(
+                kind,
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "the request body is not a JSON object",
+            );
+        }
+        Err(e) => {
+            return error(
+                kind,
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &format!("the request body is not valid JSON: {e}"),
+            );
+        }
+    };
+    let model = apis::request_model(&request).unwrap_or_default().to_owned();
+    let stream = apis::request_streams(&request);
+    let mut exchange = Exchange {
+        proxy: Arc::clone(&proxy),
+        id,
+        session,
+        kind,
+        model: model.clone(),
+        stream,
+        received,
+        upstream: None,
+        attempts: 0,
+        verdicts: Vec::new(),
+        blocked: Vec::new(),
+    };
+    proxy.recorder.record(
+        "model_request",
+        json!({
+            "id": id,
+            "session": session_name,
+            "api": kind.name(),
+            "model": model,
+            "stream": stream,
+            "bytes": body.len(),
+            "request": request,
+        }),
+    );
+    // Budgets first: a spent session is refused before anything leaves.
+    let spent = lock(&proxy.spending[session]).exhausted(Instant::now());
+    if let Some(first) = spent.first() {
+        let why = format!("the budget `{}` is spent: {}", first.budget, first.detail);
+        if spent.iter().any(|s| s.action == Action::Kill) {
+            exchange.trip(&format!("budget {}", first.budget), &why);
+        }
+        return exchange.refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "budget_exhausted",
+            &why,
+            json!(spent.iter().map(|s| &s.budget).collect::<Vec<_>>()),
+        );
+    }
+    let verdicts = check::check_prompt(&proxy.config.rules, &request);
+    if !verdicts.is_empty() {
+        exchange.verdicts.extend(verdicts.iter().cloned());
+        if let Some(action @ (Action::Block | Action::Kill)) = check::strongest(&verdicts) {
+            let verdict = verdicts
+                .iter()
+                .find(|v| v.action == action)
+                .expect("the strongest");
+            let why = format!(
+                "the request was refused by the policy rule `{}`: {}",
+                verdict.rule, verdict.detail
+            );
+            if action == Action::Kill {
+                exchange.trip(&verdict.rule, &why);
+            }
+            return exchange.refuse(
+                StatusCode::FORBIDDEN,
+                "blocked_by_policy",
+                &why,
+                json!(verdict.rule),
+            );
+        }
+    }
+    let Some(route) = route_for(&proxy.routes, kind, &model) else {
+        let why = match kind {
+            ApiKind::Responses if proxy.routes.iter().any(|r| r.upstream.api == Api::OpenAi) => {
+                format!(
+                    "no upstream serves the Responses API for model {model:?} (every OpenAI upstream has `responses = false`); translating it to chat completions is not built yet"
+                )
+            }
+            _ => format!(
+                "no upstream serves the {} API for model {model:?}",
+                kind.name()
+            ),
+        };
+        return exchange.refuse(StatusCode::NOT_FOUND, "not_found_error", &why, Value::Null);
+    };
+    exchange.upstream = Some(route.upstream.name.clone());
+    exchange.charge(Use {
+        requests: 1,
+        ..Use::default()
+    });
+    let reply = match exchange.send(route, &headers, body.clone()).await {
+        Ok(reply) => reply,
+        Err(response) => return response,
+    };
+    if stream && reply.status().is_success() {
+        exchange.stream(reply, body.len()).await
+    } else {
+        exchange.whole(reply, body.len()).await
+    }
+}
+
+/// The state of one exchange, for its records.
+struct Exchange {
+    proxy: Arc<Proxy>,
+    id: u64,
+    session: usize,
+    kind: ApiKind,
+    model: String,
+    stream: bool,
+    received: Instant,
+    upstream: Option<String>,
+    attempts: u32,
+    verdicts: Vec<Verdict>,
+    blocked: Vec<(Call, String)>,
+}
+
+impl Exchange {
+    fn session_name(&self) -> &str {
+        &self.proxy.sessions[self.session].name
+    }
+
+    fn trip(&self, rule: &str, why: &str) {
+        let session = &self.proxy.sessions[self.session];
+        self.proxy.recorder.record(
+            "proxy_trip",
+            json!({"id": self.id, "session": session.name, "guard": session.guard, "rule": rule, "why": why}),
+        );
+        self.proxy
+            .tripper
+            .trip(&session.name, session.guard.as_deref(), why);
+    }
+
+    /// A request the proxy answers itself, with an error in the API's format.
+    fn refuse(&self, status: StatusCode, code: &str, why: &str, detail: Value) -> Response {
+        self.record_response(json!({
+            "outcome": "refused",
+            "status": status.as_u16(),
+            "code": code,
+            "why": why,
+            "detail": detail,
+        }));
+        error(self.kind, status, code, why)
+    }
+
+    fn record_response(&self, mut body: Value) {
+        if let Some(object) = body.as_object_mut() {
+            object.insert("id".into(), json!(self.id));
+            object.insert("session".into(), json!(self.session_name()));
+            object.insert("api".into(), json!(self.kind.name()));
+            object.insert("model".into(), json!(self.model));
+            object.insert("stream".into(), json!(self.stream));
+            object.insert("upstream".into(), json!(self.upstream));
+            object.insert("attempts".into(), json!(self.attempts));
+            object.insert(
+                "total_ms".into(),
+                json!(self.received.elapsed().as_millis() as u64),
+            );
+            object.insert(
+                "rules".into(),
+                Value::Array(
+                    self.verdicts
+                        .iter()
+                        .map(|v| json!({"rule": v.rule, "action": v.action.name(), "detail": v.detail}))
+                        .collect(),
+                ),
+            );
+            object.insert(
+                "blocked".into(),
+                Value::Array(
+                    self.blocked
+                        .iter()
+                        .map(|(call, _)| json!({"tool": call.name, "arguments": call.arguments}))
+                        .collect(),
+                ),
+            );
+        }
+        self.proxy.recorder.record("model_response", body);
+    }
+
+    /// Send the request, retrying (with bounds) an upstream that failed before answering.
+    async fn send(
+        &mut self,
+        route: &Route,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<reqwest::Response, Response> {
+        let limits = &self.proxy.config.limits;
+        let policy = offswitch_model::RetryPolicy {
+            max_attempts: limits.max_attempts,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(8),
+            max_total_delay: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(30),
+        };
+        let url = format!("{}{}", route.upstream.url, self.kind.upstream_path());
+        let mut waited = Duration::ZERO;
+        loop {
+            self.attempts += 1;
+            let request = authorize(self.proxy.client.post(&url), route, headers)
+                .header(header::CONTENT_TYPE, "application/json")
+                .timeout(limits.idle_timeout)
+                .body(body.clone());
+            // The whole-request timeout covers only the wait for the headers: the body is
+            // read with its own idle timeout.
+            let sent = tokio::time::timeout(limits.idle_timeout, request.send()).await;
+            let (retryable, retry_after, failure) = match sent {
+                Ok(Ok(reply)) => {
+                    let status = reply.status().as_u16();
+                    if !(status == 429 || status == 529 || (500..600).contains(&status)) {
+                        return Ok(reply);
+                    }
+                    let retry_after = reply
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| offswitch_model::parse_retry_after(v, SystemTime::now()));
+                    (true, retry_after, Ok(reply))
+                }
+                Ok(Err(e)) => (
+                    e.is_connect() || e.is_timeout(),
+                    None,
+                    Err(format!("the upstream {} failed: {e}", route.upstream.name)),
+                ),
+                Err(_) => (
+                    true,
+                    None,
+                    Err(format!(
+                        "the upstream {} sent no response within {}s",
+                        route.upstream.name,
+                        limits.idle_timeout.as_secs()
+                    )),
+                ),
+            };
+            let delay = policy.delay(self.attempts, retry_after);
+            if !retryable
+                || self.attempts >= policy.max_attempts
+                || waited + delay > policy.max_total_delay
+            {
+                return match failure {
+                    // The upstream's own error goes to the client as it sent it.
+                    Ok(reply) => Ok(reply),
+                    Err(why) => Err(self.refuse(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_error",
+                        &why,
+                        Value::Null,
+                    )),
+                };
+            }
+            self.proxy.recorder.record(
+                "upstream_retry",
+                json!({"id": self.id, "upstream": route.upstream.name, "attempt": self.attempts, "error": match &failure { Ok(reply) => reply.status().as_u16().to_string(), Err(why) => why.clone() }, "wait_ms": delay.as_millis() as u64}),
+            );
+            waited += delay;
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// A whole reply: read (bounded), checked, rewritten if a call was blocked, recorded.
+    async fn whole(mut self, reply: reqwest::Response, request_bytes: usize) -> Response {
+        let limits = self.proxy.config.limits.clone();
+        let status = reply.status();
+        let headers = reply.headers().clone();
+        let first_byte = self.received.elapsed();
+        let bytes = match read_bounded(reply, limits.max_response_bytes, limits.idle_timeout).await
+        {
+            Ok(bytes) => bytes,
+            Err(why) => {
+                return self.refuse(StatusCode::BAD_GATEWAY, "upstream_error", &why, Value::Null);
+            }
+        };
+        if !status.is_success() {
+            self.record_response(json!({
+                "outcome": "upstream_error",
+                "status": status.as_u16(),
+                "response": body_for_log(&bytes),
+            }));
+            return respond(status, &headers, bytes);
+        }
+        let Ok(mut body) = serde_json::from_slice::<Value>(&bytes) else {
+            // Nothing unchecked passes: a reply that cannot be read cannot be checked.
+            return self.refuse(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "the upstream's reply is not JSON, so it could not be checked",
+                body_for_log(&bytes),
+            );
+        };
+        let blocked = self.check_calls(&apis::calls(self.kind, &body));
+        let usage = apis::usage(self.kind, &body);
+        let spent = self.spend(usage, request_bytes, bytes.len());
+        let outcome = if blocked.is_empty() {
+            "passed"
+        } else {
+            apis::block(self.kind, &mut body, &blocked);
+            self.blocked = blocked;
+            "blocked"
+        };
+        self.record_response(json!({
+            "outcome": outcome,
+            "status": status.as_u16(),
+            "first_byte_ms": first_byte.as_millis() as u64,
+            "usage": spent,
+            "response": body,
+        }));
+        if self.blocked.is_empty() {
+            respond(status, &headers, bytes)
+        } else {
+            respond(status, &headers, Bytes::from(body.to_string()))
+        }
+    }
+
+    /// The calls to block (and what replaces each), recording every verdict; a `kill` trips.
+    fn check_calls(&mut self, calls: &[Call]) -> Vec<(Call, String)> {
+        let mut blocked = Vec::new();
+        for call in calls {
+            let verdicts = check::check_call(&self.proxy.config.rules, call);
+            if let Some(action @ (Action::Block | Action::Kill)) = check::strongest(&verdicts) {
+                let verdict = verdicts
+                    .iter()
+                    .find(|v| v.action == action)
+                    .expect("the strongest");
+                blocked.push((
+                    call.clone(),
+                    apis::refusal(&call.name, &verdict.rule, &verdict.detail),
+                ));
+                if action == Action::Kill {
+                    self.trip(
+                        &verdict.rule,
+                        &format!("the policy rule `{}`: {}", verdict.rule, verdict.detail),
+                    );
+                }
+            }
+            self.verdicts.extend(verdicts);
+        }
+        blocked
+    }
+
+    /// Count an exchange's tokens against the session's budgets (estimated from its bytes
+    /// when the upstream did not say), and act on budgets it spent.
+    fn spend(&self, usage: Option<(u64, u64)>, request_bytes: usize, reply_bytes: usize) -> Value {
+        let (estimated, (input, output)) = match usage {
+            Some(usage) => (false, usage),
+            None => (true, (request_bytes as u64 / 4, reply_bytes as u64 / 4)),
+        };
+        self.charge(Use {
+            requests: 0,
+            input_tokens: input,
+            output_tokens: output,
+        });
+        json!({"input_tokens": input, "output_tokens": output, "estimated": estimated})
+    }
+
+    /// Add to the session's spending, and act on the budgets that spent.
+    fn charge(&self, used: Use) {
+        let spent = lock(&self.proxy.spending[self.session]).add(used, Instant::now());
+        for exhausted in &spent {
+            let why = format!(
+                "the budget `{}` is spent: {}",
+                exhausted.budget, exhausted.detail
+            );
+            self.proxy.recorder.record(
+                "budget_exhausted",
+                json!({"id": self.id, "session": self.session_name(), "budget": exhausted.budget, "action": exhausted.action.name(), "detail": exhausted.detail}),
+            );
+            if exhausted.action == Action::Kill {
+                self.trip(&format!("budget {}", exhausted.budget), &why);
+            }
+        }
+    }
+
+    /// A streamed reply: events released as they come until a tool call begins, then held
+    /// until the reply is complete and its calls checked.
+    async fn stream(self, reply: reqwest::Response, request_bytes: usize) -> Response {
+        let status = reply.status();
+        let headers = reply.headers().clone();
+        let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+        tokio::spawn(self.pump(reply, sender, request_bytes));
+        let body = Body::from_stream(futures::stream::unfold(
+            receiver,
+            |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
+        ));
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        copy_headers(&headers, response.headers_mut());
+        response
+    }
+
+    async fn pump(
+        mut self,
+        mut reply: reqwest::Response,
+        sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
+        request_bytes: usize,
+    ) {
+        let limits = self.proxy.config.limits.clone();
+        let mut parser = SseParser::new(
+            usize::try_from(limits.max_response_bytes.min(16 << 20)).unwrap_or(16 << 20),
+        );
+        let mut state = StreamState::new(self.kind);
+        let mut held: Vec<SseEvent> = Vec::new();
+        let mut decided = false;
+        let mut total = 0u64;
+        let mut first_byte = None;
+        let mut client_gone = false;
+        let mut ending: Option<String> = None;
+        'read: loop {
+            let chunk = match tokio::time::timeout(limits.idle_timeout, reply.chunk()).await {
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
+                    ending = Some(format!("the upstream's stream failed: {e}"));
+                    break;
+                }
+                Err(_) => {
+                    ending = Some(format!(
+                        "the upstream sent nothing for {}s",
+                        limits.idle_timeout.as_secs()
+                    ));
+                    break;
+                }
+            };
+            first_byte.get_or_insert_with(|| self.received.elapsed());
+            total += chunk.len() as u64;
+            if total > limits.max_response_bytes {
+                ending = Some(format!(
+                    "the reply passed {} bytes",
+                    limits.max_response_bytes
+                ));
+                break;
+            }
+            let events = match parser.push(&chunk) {
+                Ok(events) => events,
+                Err(too_large) => {
+                    ending = Some(format!("an event passed {} bytes", too_large.0));
+                    break;
+                }
+            };
+            for event in events {
+                let flow = state.on_event(&event);
+                if decided || flow == Flow::Release {
+                    if sender.send(Ok(event.raw)).await.is_err() {
+                        client_gone = true;
+                        break 'read;
+                    }
+                } else {
+                    held.push(event);
+                }
+                if state.done() && !decided && state.holding() {
+                    decided = true;
+                    let blocked = self.check_calls(&state.calls());
+                    let out = state.rewrite(std::mem::take(&mut held), &blocked);
+                    self.blocked = blocked;
+                    for event in out {
+                        if sender.send(Ok(event.raw)).await.is_err() {
+                            client_gone = true;
+                            break 'read;
+                        }
+                    }
+                }
+            }
+        }
+        if ending.is_none()
+            && !client_gone
+            && !decided
+            && state.holding()
+            && state.complete_at_end()
+        {
+            let blocked = self.check_calls(&state.calls());
+            let out = state.rewrite(std::mem::take(&mut held), &blocked);
+            self.blocked = blocked;
+            for event in out {
+                if sender.send(Ok(event.raw)).await.is_err() {
+                    client_gone = true;
+                    break;
+                }
+            }
+        }
+        let complete = state.done() || state.complete_at_end();
+        // A stream that ended before its reply was complete: whatever was held is an unchecked
+        // call and is never released. The rest of an unfinished event goes as it came.
+        let withheld = held.len();
+        if withheld == 0
+            && !client_gone
+            && let Some(rest) = parser.rest()
+        {
+            let _ = sender.send(Ok(rest)).await;
+        }
+        if ending.is_some() || (!complete && !client_gone) {
+            // The client sees the stream end as the upstream's did (cut), not as complete.
+            let _ = sender
+                .send(Err(std::io::Error::other(ending.clone().unwrap_or_else(
+                    || "the upstream's stream ended early".into(),
+                ))))
+                .await;
+        }
+        drop(sender);
+        let spent = self.spend(state.usage(), request_bytes, total as usize);
+        let outcome = if client_gone {
+            "client_disconnected"
+        } else if !complete {
+            "truncated"
+        } else if self.blocked.is_empty() {
+            "passed"
+        } else {
+            "blocked"
+        };
+        self.record_response(json!({
+            "outcome": outcome,
+            "status": 200,
+            "first_byte_ms": first_byte.map(|d| d.as_millis() as u64),
+            "usage": spent,
+            "withheld_events": withheld,
+            "ending": ending,
+            "response": state.reassembled(),
+        }));
+    }
+}
+
+/// Which session a request's token belongs to.
+fn authenticate(proxy: &Proxy, kind: ApiKind, headers: &HeaderMap) -> Result<usize, Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    match token.and_then(|token| proxy.tokens.get(&digest(token.trim()))) {
+        Some(&session) => Ok(session),
+        None => {
+            proxy.recorder.record(
+                "auth_refused",
+                json!({"api": kind.name(), "token_given": token.is_some(), "at_ms": proxy.started.elapsed().as_millis() as u64}),
+            );
+            Err(error(
+                kind,
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "unknown session token: use the token this proxy gave your session",
+            ))
+        }
+    }
+}
+
+/// The upstream for an API and a model: the first whose API serves it and whose model globs
+/// (if any) match.
+fn route_for<'a>(routes: &'a [Route], kind: ApiKind, model: &str) -> Option<&'a Route> {
+    routes.iter().find(|route| {
+        let speaks = match kind {
+            ApiKind::Chat => route.upstream.api == Api::OpenAi,
+            ApiKind::Responses => route.upstream.api == Api::OpenAi && route.upstream.responses,
+            ApiKind::Messages => route.upstream.api == Api::Anthropic,
+        };
+        speaks
+            && (route.upstream.models.is_empty()
+                || route
+                    .upstream
+                    .models
+                    .iter()
+                    .any(|glob| glob.is_match(model)))
+    })
+}
+
+/// The upstream's key on a request, and the client's API-version headers (never its key).
+fn authorize(
+    request: reqwest::RequestBuilder,
+    route: &Route,
+    headers: &HeaderMap,
+) -> reqwest::RequestBuilder {
+    let mut request = request;
+    for name in ["anthropic-version", "anthropic-beta", "openai-beta"] {
+        if let Some(value) = headers.get(name) {
+            request = request.header(name, value.as_bytes());
+        }
+    }
+    match (&route.key, route.upstream.api) {
+        (Some(key), Api::OpenAi) => request.bearer_auth(key),
+        (Some(key), Api::Anthropic) => request.header("x-api-key", key),
+        (None, _) => request,
+    }
+}
+
+/// A body read to its end, at most `max` bytes, with an idle timeout between reads.
+async fn read_bounded(
+    mut reply: reqwest::Response,
+    max: u64,
+    idle: Duration,
+) -> Result<Bytes, String> {
+    let mut bytes = Vec::new();
+    loop {
+        match tokio::time::timeout(idle, reply.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                if bytes.len() as u64 + chunk.len() as u64 > max {
+                    return Err(format!("the upstream's reply passed {max} bytes"));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(Ok(None)) => return Ok(Bytes::from(bytes)),
+            Ok(Err(e)) => return Err(format!("reading the upstream's reply: {e}")),
+            Err(_) => return Err(format!("the upstream sent nothing for {}s", idle.as_secs())),
+        }
+    }
+}
+
+fn respond(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() =
+        StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    copy_headers(headers, response.headers_mut());
+    response
+}
+
+/// The upstream's headers, but those of the connection (hop by hop) and the body's length
+/// (the body may have been rewritten).
+fn copy_headers(from: &reqwest::header::HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        let skip = matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "transfer-encoding"
+                | "content-length"
+                | "te"
+                | "trailer"
+                | "upgrade"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+                | "set-cookie"
+        );
+        if !skip && let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
+            to.append(name.clone(), value);
+        }
+    }
+}
+
+/// An error in the API's own format.
+fn error(kind: ApiKind, status: StatusCode, code: &str, message: &str) -> Response {
+    let mut response = (status, axum::Json(kind.error_body(code, message))).into_response();
+    response
+        .headers_mut()
+        .insert("x-offswitch-proxy", HeaderValue::from_static("refused"));
+    response
+}
+
+/// A reply body for the log: JSON when it is, else its text (bounded).
+fn body_for_log(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|_| {
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(64 * 1024)]);
+        Value::String(text.into_owned())
+    })
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Unix milliseconds now.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,192 @@
+//! Server-sent events, read incrementally from an upstream's body: each event is kept as the
+//! exact bytes that arrived (so a released event reaches the client byte for byte) and as its
+//! parsed `event:` and `data:` fields (so it can be checked).
+//!
+//! Ours rather than a crate's: the proxy needs each event's raw bytes to forward it untouched,
+//! and a bound on an event's size that fails the stream rather than buffering without end;
+//! the format is a few lines of the HTML standard.
+
+use bytes::{Bytes, BytesMut};
+
+/// One event as it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// Its bytes, through the blank line that ended it.
+    pub raw: Bytes,
+    /// The `event:` field, if any.
+    pub event: Option<String>,
+    /// The `data:` lines joined by `\n`.
+    pub data: String,
+}
+
+impl SseEvent {
+    /// An event written by the proxy.
+    pub fn new(event: Option<&str>, data: &str) -> SseEvent {
+        let mut raw = String::new();
+        if let Some(event) = event {
+            raw.push_str("event: ");
+            raw.push_str(event);
+            raw.push('\n');
+        }
+        for line in data.split('\n') {
+            raw.push_str("data: ");
+            raw.push_str(line);
+            raw.push('\n');
+        }
+        raw.push('\n');
+        SseEvent {
+            raw: Bytes::from(raw),
+            event: event.map(str::to_owned),
+            data: data.to_owned(),
+        }
+    }
+}
+
+/// Splits a byte stream into events.
+pub struct SseParser {
+    buffer: BytesMut,
+    /// Where scanning for the end of the current event resumes.
+    scanned: usize,
+    max_event_bytes: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct EventTooLarge(pub usize);
+
+impl SseParser {
+    pub fn new(max_event_bytes: usize) -> SseParser {
+        SseParser {
+            buffer: BytesMut::new(),
+            scanned: 0,
+            max_event_bytes,
+        }
+    }
+
+    /// Feed bytes; the events they completed.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, EventTooLarge> {
+        self.buffer.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        while let Some(end) = self.event_end() {
+            let raw = self.buffer.split_to(end).freeze();
+            self.scanned = 0;
+            events.push(parse(raw));
+        }
+        if self.buffer.len() > self.max_event_bytes {
+            return Err(EventTooLarge(self.max_event_bytes));
+        }
+        Ok(events)
+    }
+
+    /// What is left when the stream ends: an event without its closing blank line (the
+    /// standard discards it; the proxy forwards its bytes, and says it was cut).
+    pub fn rest(&mut self) -> Option<Bytes> {
+        (!self.buffer.is_empty()).then(|| self.buffer.split().freeze())
+    }
+
+    /// The end (exclusive) of the first complete event in the buffer: a line break followed
+    /// by an empty line (`\n\n`, `\r\n\r\n`, `\r\r`, and mixes).
+    fn event_end(&mut self) -> Option<usize> {
+        let bytes = &self.buffer[..];
+        let mut i = self.scanned;
+        while i < bytes.len() {
+            let first = line_break(bytes, i);
+            if let Some(after_first) = first {
+                if after_first >= bytes.len() {
+                    // A `\r` at the end may be the start of `\r\n`: wait for more.
+                    break;
+                }
+                if let Some(after_second) = line_break(bytes, after_first) {
+                    if bytes[after_second - 1] == b'\r' && after_second == bytes.len() {
+                        break;
+                    }
+                    return Some(after_second);
+                }
+                i = after_first;
+            } else {
+                i += 1;
+            }
+        }
+        self.scanned = i.saturating_sub(2);
+        None
+    }
+}
+
+/// The index after a line break at `i` (`\n`, `\r\n` or `\r`), if there is one.
+fn line_break(bytes: &[u8], i: usize) -> Option<usize> {
+    match bytes.get(i)? {
+        b'\n' => Some(i + 1),
+        b'\r' if bytes.get(i + 1) == Some(&b'\n') => Some(i + 2),
+        b'\r' => Some(i + 1),
+        _ => None,
+    }
+}
+
+fn parse(raw: Bytes) -> SseEvent {
+    let text = String::from_utf8_lossy(&raw);
+    let mut event = None;
+    let mut data: Option<String> = None;
+    for line in text.split(['\n', '\r']) {
+        if line.is_empty() || line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => event = Some(value.to_owned()),
+            "data" => match &mut data {
+                Some(data) => {
+                    data.push('\n');
+                    data.push_str(value);
+                }
+                None => data = Some(value.to_owned()),
+            },
+            _ => {}
+        }
+    }
+    SseEvent {
+        raw,
+        event,
+        data: data.unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_anywhere_come_out_whole_and_byte_for_byte() {
+        let stream =
+            "event: a\ndata: {\"x\":1}\n\n: ping\n\ndata: one\r\ndata: two\r\n\r\ndata: [DONE]\n\n";
+        for split in 0..stream.len() {
+            let mut parser = SseParser::new(1 << 20);
+            let mut events = parser.push(&stream.as_bytes()[..split]).unwrap();
+            events.extend(parser.push(&stream.as_bytes()[split..]).unwrap());
+            let raw: Vec<u8> = events.iter().flat_map(|e| e.raw.to_vec()).collect();
+            assert_eq!(raw, stream.as_bytes(), "split at {split}");
+            let parsed: Vec<(Option<&str>, &str)> = events
+                .iter()
+                .map(|e| (e.event.as_deref(), e.data.as_str()))
+                .collect();
+            assert_eq!(
+                parsed,
+                vec![
+                    (Some("a"), "{\"x\":1}"),
+                    (None, ""),
+                    (None, "one\ntwo"),
+                    (None, "[DONE]")
+                ],
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_endless_event_is_refused() {
+        let mut parser = SseParser::new(100);
+        assert!(parser.push(&[b'x'; 60]).is_ok());
+        assert_eq!(parser.push(&[b'x'; 60]), Err(EventTooLarge(100)));
+    }
+}

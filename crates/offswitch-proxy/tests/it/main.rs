@@ -1,0 +1,4 @@
+mod config;
+mod exchanges;
+mod sdks;
+mod support;
