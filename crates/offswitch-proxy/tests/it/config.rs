@@ -57,3 +57,13 @@ max_attempts = 99
         p.toml:30:16: `max_attempts` is 1 to 10"#]]
     .assert_eq(&error.to_string());
 }
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proxy/example.toml");
+    let config = offswitch_proxy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.upstreams.len(), 2);
+    assert_eq!(config.sessions[0].guard.as_deref(), Some("coder"));
+    assert_eq!(config.rules.len(), 3);
+    assert_eq!(config.budgets.len(), 2);
+}
