@@ -50,9 +50,10 @@ pub struct Monitor {
     content: Option<ContentIndex>,
     /// Live processes by pid inside: their parent and program.
     processes: HashMap<i32, (i32, String)>,
-    /// Per breaker, the times (µs of the stream) of the counted events in its window, each with
-    /// the file it opened (for `secret_files`; 0 otherwise).
-    windows: Vec<VecDeque<(u64, u64)>>,
+    /// Per breaker, the counted events in its window: their time (µs of the stream, or of the
+    /// session for the model proxy's), the file opened (for `secret_files`; 0 otherwise), and
+    /// the amount (1, or a reply's tokens).
+    windows: Vec<VecDeque<(u64, u64, u64)>>,
     /// Breakers already tripped (each trips once).
     tripped: Vec<bool>,
     /// Rules on `lost` fire once per source.
@@ -254,7 +255,11 @@ impl Monitor {
             .zip(&self.tripped)
             .map(|((breaker, window), tripped)| {
                 let since = now_us.saturating_sub(breaker.per.as_micros() as u64);
-                let count = window.iter().filter(|&&(t, _)| t >= since).count() as u64;
+                let count = window
+                    .iter()
+                    .filter(|&&(t, _, _)| t >= since)
+                    .map(|&(_, _, amount)| amount)
+                    .sum();
                 (breaker.name.clone(), count, breaker.max, *tripped)
             })
             .collect()
@@ -345,33 +350,71 @@ impl Monitor {
                 _ if breaker.metric == metric => None,
                 _ => continue,
             };
-            let window = &mut self.windows[index];
-            let since = event.time_us.saturating_sub(breaker.per.as_micros() as u64);
-            while window.front().is_some_and(|&(t, _)| t < since) {
+            self.add_to_window(index, event.time_us, distinct.unwrap_or(0), 1, &who(event), hits);
+        }
+    }
+
+    /// One exchange through the guard's model proxy, at `time_us` of the session: a request,
+    /// and the tokens its reply used. `who` says which exchange, for the hit's detail.
+    pub fn model_use(&mut self, time_us: u64, tokens: u64, who: &str) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        let policy = std::sync::Arc::clone(&self.policy);
+        for (index, breaker) in policy.breakers.iter().enumerate() {
+            let amount = match breaker.metric {
+                Metric::ModelRequests => 1,
+                Metric::Tokens => tokens,
+                _ => continue,
+            };
+            if amount > 0 {
+                self.add_to_window(index, time_us, 0, amount, who, &mut hits);
+            }
+        }
+        hits
+    }
+
+    /// Count `amount` into breaker `index`'s sliding window (replacing an earlier entry of the
+    /// same nonzero `key`), and trip it, once, when the window holds more than its `max`.
+    fn add_to_window(
+        &mut self,
+        index: usize,
+        time_us: u64,
+        key: u64,
+        amount: u64,
+        who: &str,
+        hits: &mut Vec<Hit>,
+    ) {
+        let breaker = &self.policy.breakers[index];
+        let window = &mut self.windows[index];
+        let since = time_us.saturating_sub(breaker.per.as_micros() as u64);
+        while window.front().is_some_and(|&(t, _, _)| t < since) {
+            window.pop_front();
+        }
+        if key != 0 {
+            window.retain(|&(_, k, _)| k != key);
+        }
+        window.push_back((time_us, key, amount));
+        let mut total: u64 = window.iter().map(|&(_, _, a)| a).sum();
+        if total > breaker.max && !self.tripped[index] {
+            self.tripped[index] = true;
+            hits.push(Hit {
+                monitor: breaker.name.clone(),
+                kind: "breaker".into(),
+                action: breaker.action,
+                detail: format!(
+                    "more than {} {} within {} (the last by {who})",
+                    breaker.max,
+                    breaker.metric.name(),
+                    human(breaker.per),
+                ),
+            });
+        }
+        // The window keeps no more than it needs to stay past the limit.
+        while let Some(&(_, _, first)) = window.front() {
+            if total - first > breaker.max {
+                total -= first;
                 window.pop_front();
-            }
-            if let Some(key) = distinct {
-                window.retain(|&(_, k)| k != key);
-            }
-            window.push_back((event.time_us, distinct.unwrap_or(0)));
-            if window.len() as u64 > breaker.max && !self.tripped[index] {
-                self.tripped[index] = true;
-                hits.push(Hit {
-                    monitor: breaker.name.clone(),
-                    kind: "breaker".into(),
-                    action: breaker.action,
-                    detail: format!(
-                        "more than {} {} within {} (the last by {})",
-                        breaker.max,
-                        breaker.metric.name(),
-                        human(breaker.per),
-                        who(event)
-                    ),
-                });
-            }
-            // The window never holds more than one past the limit.
-            while window.len() as u64 > breaker.max + 1 {
-                window.pop_front();
+            } else {
+                break;
             }
         }
     }

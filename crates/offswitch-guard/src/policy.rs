@@ -182,6 +182,18 @@ pub enum Metric {
     SecretReads,
     /// Different secrets opened (a secret opened again within the window counts once).
     SecretFiles,
+    /// Model requests through the guard's model proxy (`--proxy`).
+    ModelRequests,
+    /// Tokens (input and output) through the guard's model proxy, as the upstream reported
+    /// them (estimated from bytes when it did not).
+    Tokens,
+}
+
+impl Metric {
+    /// Whether the guard's model proxy counts it (it needs `--proxy`).
+    pub fn needs_proxy(self) -> bool {
+        matches!(self, Metric::ModelRequests | Metric::Tokens)
+    }
 }
 
 impl Metric {
@@ -193,6 +205,8 @@ impl Metric {
             Metric::Connects => "connects",
             Metric::SecretReads => "secret_reads",
             Metric::SecretFiles => "secret_files",
+            Metric::ModelRequests => "model_requests",
+            Metric::Tokens => "tokens",
         }
     }
 }
@@ -808,15 +822,13 @@ impl Ctx<'_> {
             "connects" => Some(Metric::Connects),
             "secret_reads" => Some(Metric::SecretReads),
             "secret_files" => Some(Metric::SecretFiles),
-            "tokens" | "requests" | "model_calls" | "bytes_sent" => {
+            "model_requests" => Some(Metric::ModelRequests),
+            "tokens" => Some(Metric::Tokens),
+            "bytes_sent" => {
                 self.error(
                     file.metric.span(),
-                    format!(
-                        "{:?} is counted by the model proxy, which this guard does not run yet; \
-                         the metrics here are execs, forks, file_writes, connects, secret_reads \
-                         and secret_files",
-                        file.metric.get_ref()
-                    ),
+                    "bytes sent are not counted: the event stream records connections, not \
+                     their bytes (a model's traffic is counted by `tokens` and `model_requests`)",
                 );
                 None
             }
@@ -825,7 +837,7 @@ impl Ctx<'_> {
                     file.metric.span(),
                     format!(
                         "unknown metric {other:?}: one of execs, forks, file_writes, connects, \
-                         secret_reads, secret_files"
+                         secret_reads, secret_files, model_requests, tokens"
                     ),
                 );
                 None

@@ -67,6 +67,103 @@ pub struct GuardOptions {
     pub stdin: bool,
     /// Run without an event stream (monitors blind) rather than refuse.
     pub allow_no_events: bool,
+    /// Run the model proxy (`offswitch proxy`) for the agent with this configuration: inside,
+    /// at `127.0.0.1:4000` (`MODEL_PROXY_PORT`), with a session token in place of any key.
+    pub proxy: Option<offswitch_proxy::Config>,
+}
+
+/// The loopback port inside where the guard's model proxy answers.
+pub const MODEL_PROXY_PORT: u16 = 4000;
+
+/// What the model proxy tells its session.
+enum FromProxy {
+    Record(String, serde_json::Value),
+    Trip(String),
+}
+
+struct ProxyRecorder(tokio::sync::mpsc::UnboundedSender<FromProxy>);
+
+impl offswitch_proxy::Recorder for ProxyRecorder {
+    fn record(&self, kind: &str, body: serde_json::Value) {
+        let _ = self.0.send(FromProxy::Record(kind.to_owned(), body));
+    }
+}
+
+impl offswitch_proxy::Tripper for ProxyRecorder {
+    fn trip(&self, _session: &str, _guard: Option<&str>, why: &str) {
+        let _ = self.0.send(FromProxy::Trip(why.to_owned()));
+    }
+}
+
+/// The guard's model proxy: serving on the host's loopback, forwarded inside.
+struct ModelProxy {
+    /// Where it listens on the host.
+    address: std::net::SocketAddr,
+    token: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Start the model proxy for a session (before its sandbox, whose environment names it).
+async fn start_proxy(
+    options: &GuardOptions,
+    records: tokio::sync::mpsc::UnboundedSender<FromProxy>,
+) -> Result<Option<ModelProxy>, GuardError> {
+    let needs = options
+        .policy
+        .breakers
+        .iter()
+        .find(|b| b.metric.needs_proxy());
+    let Some(config) = &options.proxy else {
+        return match needs {
+            Some(breaker) => Err(GuardError::Invalid(format!(
+                "the breaker {:?} counts {}, which the guard's model proxy counts: run the guard with --proxy",
+                breaker.name,
+                breaker.metric.name()
+            ))),
+            None => Ok(None),
+        };
+    };
+    if options
+        .policy
+        .network
+        .forward
+        .iter()
+        .any(|(port, _)| *port == MODEL_PROXY_PORT)
+    {
+        return Err(GuardError::Invalid(format!(
+            "the policy forwards port {MODEL_PROXY_PORT}, where the model proxy answers inside"
+        )));
+    }
+    let (routes, _) = offswitch_proxy::prepare(config).map_err(GuardError::Prerequisite)?;
+    let token = offswitch_proxy::fresh_token();
+    let sessions = vec![offswitch_proxy::Session {
+        name: options.name.clone(),
+        token: token.clone(),
+        guard: None,
+    }];
+    let recorder = Arc::new(ProxyRecorder(records));
+    let proxy = offswitch_proxy::Proxy::new(
+        config.clone(),
+        routes,
+        sessions,
+        Arc::clone(&recorder) as _,
+        recorder as _,
+    )
+    .map_err(GuardError::Failed)?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|e| GuardError::Failed(format!("the model proxy's socket: {e}")))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| GuardError::Failed(format!("the model proxy's socket: {e}")))?;
+    let task = tokio::spawn(async move {
+        let _ = offswitch_proxy::serve(listener, proxy).await;
+    });
+    Ok(Some(ModelProxy {
+        address,
+        token,
+        task,
+    }))
 }
 
 /// How a session ended.
@@ -160,6 +257,8 @@ struct Session {
     kept_copy: Option<PathBuf>,
     home: PathBuf,
     secrets: Secrets,
+    proxy: Option<ModelProxy>,
+    proxy_records: tokio::sync::mpsc::UnboundedReceiver<FromProxy>,
 }
 
 impl Session {
@@ -174,7 +273,17 @@ impl Session {
         } else {
             policy.session.project
         };
-        let (home, home_idmap, kept_copy) = prepare_home(&options, mode)?;
+        let (proxy_sender, proxy_records) = tokio::sync::mpsc::unbounded_channel();
+        let model_proxy = start_proxy(&options, proxy_sender).await?;
+        let (home, home_idmap, kept_copy) = match prepare_home(&options, mode) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                if let Some(proxy) = &model_proxy {
+                    proxy.task.abort();
+                }
+                return Err(e);
+            }
+        };
         let secrets = find_secrets(&home, &policy.secrets);
         for glob in &secrets.unmatched {
             eprintln!(
@@ -188,6 +297,19 @@ impl Session {
                 env.push((key.to_owned(), proxy.clone()));
             }
             env.push(("NO_PROXY".to_owned(), "127.0.0.1,localhost,::1".to_owned()));
+        }
+        if let Some(proxy) = &model_proxy {
+            // The agent's SDKs find the proxy, and its token where a key goes.
+            let base = format!("http://127.0.0.1:{MODEL_PROXY_PORT}");
+            for (key, value) in [
+                ("OPENAI_BASE_URL", format!("{base}/v1")),
+                ("OPENAI_API_KEY", proxy.token.clone()),
+                ("ANTHROPIC_BASE_URL", base.clone()),
+                ("ANTHROPIC_API_KEY", proxy.token.clone()),
+                ("OFFSWITCH_PROXY", format!("{base}/v1")),
+            ] {
+                env.push((key.to_owned(), value));
+            }
         }
         let config = SandboxConfig {
             home: home.clone(),
@@ -266,9 +388,13 @@ impl Session {
                 GuardError::Invalid(e)
             })?;
         let (net_sender, net) = tokio::sync::mpsc::unbounded_channel();
+        let mut forwards = policy.network.forward.clone();
+        if let Some(proxy) = &model_proxy {
+            forwards.push((MODEL_PROXY_PORT, proxy.address.to_string()));
+        }
         let net_tasks = crate::net::start(
             &sandbox,
-            &policy.network.forward,
+            &forwards,
             &policy.network.allow,
             net_sender,
         )
@@ -304,6 +430,8 @@ impl Session {
             kept_copy,
             home,
             secrets,
+            proxy: model_proxy,
+            proxy_records,
             options,
         };
         session.record(
@@ -327,6 +455,7 @@ impl Session {
                 "heartbeat_ms": policy.heartbeat.as_ref().map(|h| h.timeout.as_millis() as u64),
                 "deadline_ms": policy.session.deadline.map(|d| d.as_millis() as u64),
                 "events": session.live.is_some(),
+                "model_proxy": session.proxy.as_ref().map(|p| json!({"inside": format!("127.0.0.1:{MODEL_PROXY_PORT}"), "host": p.address.to_string(), "policy_sha256": session.options.proxy.as_ref().map(|c| c.digest.clone())})),
             }),
         );
         session.start_command();
@@ -406,6 +535,7 @@ impl Session {
                 Some(record) = self.net.recv() => {
                     self.record_network(&record);
                 }
+                Some(message) = self.proxy_records.recv() => self.on_proxy(message).await,
                 _ = tick.tick() => self.on_tick().await,
             }
         }
@@ -433,6 +563,37 @@ impl Session {
                 Err(e) => self.monitor.unreadable(&path, &e.to_string()),
             };
             self.act(hits).await;
+        }
+    }
+
+    /// A record or a trip of the model proxy: into the log, and the model traffic's breakers.
+    async fn on_proxy(&mut self, message: FromProxy) {
+        match message {
+            FromProxy::Record(kind, body) => {
+                let counted = kind == "model_response" && body["outcome"] != "refused";
+                let tokens = body["usage"]["input_tokens"].as_u64().unwrap_or(0)
+                    + body["usage"]["output_tokens"].as_u64().unwrap_or(0);
+                let who = format!(
+                    "model exchange {} ({})",
+                    body["id"],
+                    body["model"].as_str().unwrap_or_default()
+                );
+                self.record(&kind, body);
+                if counted {
+                    let now_us = self.started.elapsed().as_micros() as u64;
+                    let hits = self.monitor.model_use(now_us, tokens, &who);
+                    self.act(hits).await;
+                }
+            }
+            FromProxy::Trip(why) => {
+                self.act(vec![Hit {
+                    monitor: "model-proxy".into(),
+                    kind: "proxy".into(),
+                    action: Action::Kill,
+                    detail: why,
+                }])
+                .await;
+            }
         }
     }
 
@@ -736,6 +897,15 @@ impl Session {
         }
         for task in &self.net_tasks {
             task.abort();
+        }
+        if let Some(proxy) = &self.proxy {
+            proxy.task.abort();
+        }
+        // What the model proxy said last (an exchange the kill cut short) is in the log too.
+        while let Ok(message) = self.proxy_records.try_recv() {
+            if let FromProxy::Record(kind, body) = message {
+                self.record(&kind, body);
+            }
         }
         self.record(
             "session_end",

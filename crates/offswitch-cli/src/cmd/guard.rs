@@ -53,6 +53,12 @@ pub struct RunArgs {
     /// Run even where no event stream can be recorded (the monitors are then blind).
     #[arg(long)]
     no_events: bool,
+    /// Run the model proxy for the agent with this configuration (docs/proxy.md): inside at
+    /// http://127.0.0.1:4000/v1 (OPENAI_BASE_URL, ANTHROPIC_BASE_URL), with a session token as
+    /// its key; its exchanges go into this session's audit log, its kill rules and budgets stop
+    /// the agent, and the policy's `tokens` and `model_requests` breakers count its traffic.
+    #[arg(long)]
+    proxy: Option<PathBuf>,
     /// The agent program and its arguments.
     #[arg(last = true)]
     command: Vec<String>,
@@ -170,6 +176,12 @@ async fn guard(args: RunArgs) -> anyhow::Result<ExitCode> {
             "no command to guard: offswitch guard [OPTIONS] -- <command...>",
         ));
     }
+    let proxy = match &args.proxy {
+        Some(path) => Some(
+            offswitch_proxy::load(path).map_err(|e| super::invalid_input(e.to_string()))?,
+        ),
+        None => None,
+    };
     let policy = match &args.policy {
         Some(path) => offswitch_guard::policy::load(path).map_err(policy_error)?,
         None => {
@@ -222,6 +234,14 @@ async fn guard(args: RunArgs) -> anyhow::Result<ExitCode> {
         if let Some(witness) = &args.witness {
             guarded.push(("the witness", witness.clone()));
         }
+        if let Some(path) = &args.proxy {
+            guarded.push(("the model proxy's configuration", path.clone()));
+        }
+        for upstream in proxy.iter().flat_map(|p| &p.upstreams) {
+            if let offswitch_proxy::config::KeySource::File(key) = &upstream.key {
+                guarded.push(("an upstream's key file", key.clone()));
+            }
+        }
         for (what, path) in guarded {
             let absolute = absolute(&path);
             if absolute.starts_with(&project) {
@@ -258,6 +278,7 @@ async fn guard(args: RunArgs) -> anyhow::Result<ExitCode> {
         control_dir,
         stdin: !args.no_stdin,
         allow_no_events: args.no_events,
+        proxy,
     };
     // Its own task: the session must go on answering its control socket while an interrupt is
     // handled here.

@@ -69,6 +69,16 @@ impl Run {
 
 /// Run `command` under `policy` on a project holding `files`, copied (fully watched).
 fn guarded(policy: &str, files: &[(&str, &[u8])], command: &str) -> Run {
+    guarded_with_proxy(policy, files, command, None)
+}
+
+/// `guarded`, with the guard's model proxy running this configuration.
+fn guarded_with_proxy(
+    policy: &str,
+    files: &[(&str, &[u8])],
+    command: &str,
+    proxy: Option<offswitch_proxy::Config>,
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("project");
     for (path, contents) in files {
@@ -92,6 +102,7 @@ fn guarded(policy: &str, files: &[(&str, &[u8])], command: &str) -> Run {
         control_dir: dir.path().join("control"),
         stdin: false,
         allow_no_events: false,
+        proxy,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -421,6 +432,7 @@ fn the_operator_stops_a_session_through_the_control_plane() {
         control_dir: control_dir.clone(),
         stdin: false,
         allow_no_events: false,
+        proxy: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -655,4 +667,186 @@ action = \"kill\"
             "{start}"
         );
     }
+}
+
+/// The agent's side of the model proxy, with nothing but the standard library: one chat
+/// completion through `$OPENAI_BASE_URL` with `$OPENAI_API_KEY`, what came back written to
+/// `out.json`, and whether the upstream could be reached directly or its key seen.
+const MODEL_AGENT: &str = r#"
+import json, os, sys, urllib.request
+out = {"env_has_upstream_key": "sk-upstream-secret" in json.dumps(dict(os.environ))}
+request = urllib.request.Request(
+    os.environ["OPENAI_BASE_URL"] + "/chat/completions",
+    data=json.dumps({"model": "m", "messages": [{"role": "user", "content": "tidy up"}]}).encode(),
+    headers={"Authorization": "Bearer " + os.environ["OPENAI_API_KEY"], "Content-Type": "application/json"})
+out["reply"] = json.load(urllib.request.urlopen(request, timeout=30))["choices"][0]
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=5)
+    out["direct"] = "reached"
+except Exception as error:
+    out["direct"] = type(error).__name__
+open("out.json", "w").write(json.dumps(out))
+"#;
+
+/// A mock upstream (one scripted reply) and a proxy configuration in front of it.
+fn model_upstream(
+    runtime: &tokio::runtime::Runtime,
+    reply: offswitch_model::mock::MockReply,
+    dir: &Path,
+    rules: &str,
+) -> (offswitch_model::mock::MockServer, offswitch_proxy::Config) {
+    let server = runtime
+        .block_on(offswitch_model::mock::MockServer::start(
+            offswitch_model::mock::Flavor::OpenAi,
+        ))
+        .unwrap();
+    server.push(reply);
+    let key = dir.join("upstream.key");
+    std::fs::write(&key, "sk-upstream-secret").unwrap();
+    let text = format!(
+        "version = 1\n[[upstream]]\nname = \"mock\"\nurl = \"{}\"\napi = \"openai\"\nkey_file = \"{}\"\n{rules}",
+        server.base_url(),
+        key.display()
+    );
+    let config = offswitch_proxy::parse(&text, Path::new("proxy.toml")).unwrap_or_else(|e| panic!("{e}"));
+    (server, config)
+}
+
+/// A guarded agent whose only way to its model is the guard's proxy: the proxy's key never
+/// reaches it, the upstream cannot be reached directly, a dangerous tool call comes back as a
+/// refusal, and every exchange is in the session's audit log.
+#[test]
+fn a_guarded_agent_reaches_its_model_only_through_the_proxy_which_blocks_a_call() {
+    if !root_or_skip("guarded sessions") {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let rules = "[[rule]]\nname = \"no-force-delete\"\non = \"tool_call\"\ntool = \"shell\"\npattern = 'rm\\s+-rf'\naction = \"block\"\n";
+    let (server, proxy) = model_upstream(
+        &runtime,
+        offswitch_model::mock::MockReply::tool_call("shell", serde_json::json!({"command": "rm -rf ~"})),
+        keys.path(),
+        rules,
+    );
+    let policy = BASE.replace("project = \"copy\"", "project = \"bind\"");
+    let files = files_of_base();
+    let mut borrowed: Vec<(&str, &[u8])> = files.iter().map(|(p, c)| (*p, c.as_slice())).collect();
+    borrowed.push(("agent.py", MODEL_AGENT.as_bytes()));
+    let command = format!("cd ~ && python3 agent.py {}/models", server.base_url());
+    let run = guarded_with_proxy(&policy, &borrowed, &command, Some(proxy));
+    assert_contained(&run);
+    assert_eq!(run.end.exit_code, 0, "{:?}", run.end);
+    let out: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.project.join("out.json")).unwrap()).unwrap();
+    assert_eq!(out["env_has_upstream_key"], false);
+    assert_ne!(out["direct"], "reached", "{out}");
+    assert!(out["reply"]["message"].get("tool_calls").is_none(), "{out}");
+    assert!(out["reply"]["message"]["content"].as_str().unwrap().contains("no-force-delete"), "{out}");
+    let responses: Vec<&serde_json::Value> = run
+        .records
+        .iter()
+        .filter(|(kind, _)| kind == "model_response")
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(responses.len(), 1);
+    assert_eq!(responses[0]["outcome"], "blocked");
+    // The upstream got the proxy's key, not the agent's token.
+    let sent = server.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].header("authorization"), Some("Bearer sk-upstream-secret"));
+    let log = serde_json::to_string(&run.records).unwrap();
+    assert!(!log.contains("sk-upstream-secret"));
+}
+
+/// A token budget on the model traffic is a breaker like any other: past it, the off-switch.
+#[test]
+fn a_token_breaker_on_the_proxy_s_traffic_trips_the_off_switch() {
+    if !root_or_skip("guarded sessions") {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (_server, proxy) = model_upstream(
+        &runtime,
+        offswitch_model::mock::MockReply::text("done").with_usage(offswitch_core::Usage {
+            prompt_tokens: 400,
+            completion_tokens: 200,
+        }),
+        keys.path(),
+        "",
+    );
+    let policy = format!(
+        "{}\n[[breaker]]\nname = \"token-budget\"\nmetric = \"tokens\"\nmax = 500\nper = \"1h\"\naction = \"kill\"\n",
+        BASE.replace("project = \"copy\"", "project = \"bind\"")
+    );
+    let files = files_of_base();
+    let mut borrowed: Vec<(&str, &[u8])> = files.iter().map(|(p, c)| (*p, c.as_slice())).collect();
+    borrowed.push(("agent.py", MODEL_AGENT.as_bytes()));
+    let run = guarded_with_proxy(
+        &policy,
+        &borrowed,
+        "cd ~ && python3 agent.py http://127.0.0.1:9/ ; sleep 30",
+        Some(proxy),
+    );
+    assert_contained(&run);
+    assert_eq!(run.end.exit_code, offswitch_guard::EXIT_STOPPED, "{:?}", run.end);
+    assert!(
+        run.hits().contains(&"token-budget [kill]".to_owned()),
+        "{:?}",
+        run.hits()
+    );
+    // Without --proxy, a breaker on model traffic is refused before anything runs.
+    let dir = tempfile::tempdir().unwrap();
+    let options = GuardOptions {
+        policy: Arc::new(offswitch_guard::policy::parse(&policy, Path::new("p.toml")).unwrap()),
+        command: vec!["true".into()],
+        project: None,
+        copy_project: false,
+        name: "no-proxy".into(),
+        work_dir: dir.path().join("work"),
+        control_dir: dir.path().join("control"),
+        stdin: false,
+        allow_no_events: false,
+        proxy: None,
+    };
+    let refused = runtime.block_on(offswitch_guard::run(options, Box::new(Memory(Records::default()))));
+    assert!(
+        matches!(&refused, Err(offswitch_guard::GuardError::Invalid(why)) if why.contains("--proxy")),
+        "{:?}",
+        refused.map(|end| end.status)
+    );
+}
+
+/// A `kill` rule of the proxy stops the session, like a monitor's.
+#[test]
+fn a_kill_rule_of_the_proxy_stops_the_agent() {
+    if !root_or_skip("guarded sessions") {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let rules = "[[rule]]\nname = \"own-config\"\non = \"tool_call\"\npattern = 'agent/config\\.toml'\naction = \"kill\"\n";
+    let (_server, proxy) = model_upstream(
+        &runtime,
+        offswitch_model::mock::MockReply::tool_call(
+            "write_file",
+            serde_json::json!({"path": "agent/config.toml", "content": "oversight = false"}),
+        ),
+        keys.path(),
+        rules,
+    );
+    let files = files_of_base();
+    let mut borrowed: Vec<(&str, &[u8])> = files.iter().map(|(p, c)| (*p, c.as_slice())).collect();
+    borrowed.push(("agent.py", MODEL_AGENT.as_bytes()));
+    let run = guarded_with_proxy(
+        BASE,
+        &borrowed,
+        "cd ~ && python3 agent.py http://127.0.0.1:9/ ; sleep 30",
+        Some(proxy),
+    );
+    assert_contained(&run);
+    assert_eq!(run.end.exit_code, offswitch_guard::EXIT_STOPPED);
+    assert_eq!(run.hits(), vec!["model-proxy [kill]".to_owned()]);
+    assert_eq!(run.count("proxy_trip"), 1);
 }
