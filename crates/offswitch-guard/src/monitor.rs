@@ -350,7 +350,14 @@ impl Monitor {
                 _ if breaker.metric == metric => None,
                 _ => continue,
             };
-            self.add_to_window(index, event.time_us, distinct.unwrap_or(0), 1, &who(event), hits);
+            self.add_to_window(
+                index,
+                event.time_us,
+                distinct.unwrap_or(0),
+                1,
+                &who(event),
+                hits,
+            );
         }
     }
 

@@ -392,13 +392,8 @@ impl Session {
         if let Some(proxy) = &model_proxy {
             forwards.push((MODEL_PROXY_PORT, proxy.address.to_string()));
         }
-        let net_tasks = crate::net::start(
-            &sandbox,
-            &forwards,
-            &policy.network.allow,
-            net_sender,
-        )
-        .map_err(|e| {
+        let net_tasks = crate::net::start(&sandbox, &forwards, &policy.network.allow, net_sender)
+            .map_err(|e| {
             let _ = sandbox.kill();
             let _ = std::fs::remove_file(&socket);
             GuardError::Failed(e)

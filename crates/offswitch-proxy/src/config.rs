@@ -57,6 +57,9 @@ pub struct Config {
     pub rules: Vec<Rule>,
     pub budgets: Vec<Budget>,
     pub limits: Limits,
+    /// Let requests declare tools the upstream runs itself (web search, code execution, remote
+    /// MCP servers). Off by default: their calls happen upstream, where no rule can stop them.
+    pub allow_server_tools: bool,
 }
 
 /// Which wire format an upstream speaks.
@@ -199,6 +202,10 @@ pub struct Limits {
     /// Attempts at an upstream that fails before it sent anything (429, 5xx, refused
     /// connections), the first included.
     pub max_attempts: u32,
+    /// Exchanges in flight at once; more are refused (503).
+    pub max_concurrent: usize,
+    /// One exchange from request to its reply's last byte, at most.
+    pub max_exchange: Duration,
 }
 
 impl Default for Limits {
@@ -209,6 +216,8 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             max_attempts: 3,
+            max_concurrent: 64,
+            max_exchange: Duration::from_secs(3600),
         }
     }
 }
@@ -287,6 +296,7 @@ struct ConfigFile {
     #[serde(default)]
     budget: Vec<Spanned<BudgetFile>>,
     limits: Option<LimitsFile>,
+    allow_server_tools: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -340,6 +350,8 @@ struct LimitsFile {
     connect_timeout: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
     max_attempts: Option<Spanned<u32>>,
+    max_concurrent: Option<Spanned<usize>>,
+    max_exchange: Option<Spanned<String>>,
 }
 
 struct Ctx<'a> {
@@ -488,6 +500,7 @@ impl Ctx<'_> {
             rules,
             budgets,
             limits,
+            allow_server_tools: file.allow_server_tools.unwrap_or(false),
         }
     }
 
@@ -761,6 +774,18 @@ impl Ctx<'_> {
             && let Some(duration) = self.duration(duration)
         {
             limits.idle_timeout = duration;
+        }
+        if let Some(duration) = &file.max_exchange
+            && let Some(duration) = self.duration(duration)
+        {
+            limits.max_exchange = duration;
+        }
+        if let Some(concurrent) = &file.max_concurrent {
+            if (1..=10_000).contains(concurrent.get_ref()) {
+                limits.max_concurrent = *concurrent.get_ref();
+            } else {
+                self.error(concurrent.span(), "`max_concurrent` is 1 to 10000");
+            }
         }
         if let Some(attempts) = &file.max_attempts {
             if (1..=10).contains(attempts.get_ref()) {

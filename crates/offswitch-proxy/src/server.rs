@@ -67,6 +67,8 @@ pub struct Proxy {
     client: reqwest::Client,
     next_id: AtomicU64,
     started: Instant,
+    /// Exchanges in flight, at most `limits.max_concurrent`.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Proxy {
@@ -79,6 +81,8 @@ impl Proxy {
     ) -> Result<Arc<Proxy>, String> {
         let client = reqwest::Client::builder()
             .connect_timeout(config.limits.connect_timeout)
+            // A redirect would carry the upstream's key (reqwest keeps `x-api-key`) elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| format!("the HTTP client: {e}"))?;
@@ -91,6 +95,7 @@ impl Proxy {
             .iter()
             .map(|_| Mutex::new(Spending::new(&config.budgets)))
             .collect();
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent));
         Ok(Arc::new(Proxy {
             config,
             routes,
@@ -102,6 +107,7 @@ impl Proxy {
             client,
             next_id: AtomicU64::new(1),
             started: Instant::now(),
+            in_flight,
         }))
     }
 
@@ -240,6 +246,13 @@ async fn exchange(proxy: Arc<Proxy>, kind: ApiKind, headers: HeaderMap, body: By
         verdicts: Vec::new(),
         blocked: Vec::new(),
     };
+    // The request is recorded before anything is forwarded; one a prompt rule refuses is
+    // recorded without its body (it holds what must not leave, and the log is read by people).
+    let verdicts = check::check_prompt(&proxy.config.rules, &request);
+    let refused_prompt = matches!(
+        check::strongest(&verdicts),
+        Some(Action::Block | Action::Kill)
+    );
     proxy.recorder.record(
         "model_request",
         json!({
@@ -249,9 +262,23 @@ async fn exchange(proxy: Arc<Proxy>, kind: ApiKind, headers: HeaderMap, body: By
             "model": model,
             "stream": stream,
             "bytes": body.len(),
-            "request": request,
+            "request": if refused_prompt { json!("(withheld: it matched a prompt rule)") } else { request.clone() },
         }),
     );
+    let _permit = match proxy.in_flight.clone().try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) => {
+            return exchange.refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded_error",
+                &format!(
+                    "the proxy is at its limit of {} exchanges at once",
+                    proxy.config.limits.max_concurrent
+                ),
+                Value::Null,
+            );
+        }
+    };
     // Budgets first: a spent session is refused before anything leaves.
     let spent = lock(&proxy.spending[session]).exhausted(Instant::now());
     if let Some(first) = spent.first() {
@@ -266,7 +293,6 @@ async fn exchange(proxy: Arc<Proxy>, kind: ApiKind, headers: HeaderMap, body: By
             json!(spent.iter().map(|s| &s.budget).collect::<Vec<_>>()),
         );
     }
-    let verdicts = check::check_prompt(&proxy.config.rules, &request);
     if !verdicts.is_empty() {
         exchange.verdicts.extend(verdicts.iter().cloned());
         if let Some(action @ (Action::Block | Action::Kill)) = check::strongest(&verdicts) {
@@ -289,6 +315,19 @@ async fn exchange(proxy: Arc<Proxy>, kind: ApiKind, headers: HeaderMap, body: By
             );
         }
     }
+    if !proxy.config.allow_server_tools
+        && let Some(tools) = apis::server_side_tools(kind, &request)
+    {
+        return exchange.refuse(
+            StatusCode::FORBIDDEN,
+            "blocked_by_policy",
+            &format!(
+                "the request declares tools the upstream runs itself ({tools}); no rule could stop \
+                 their calls, so this proxy refuses them (`allow_server_tools = true` allows them)"
+            ),
+            Value::Null,
+        );
+    }
     let Some(route) = route_for(&proxy.routes, kind, &model) else {
         let why = match kind {
             ApiKind::Responses if proxy.routes.iter().any(|r| r.upstream.api == Api::OpenAi) => {
@@ -308,14 +347,49 @@ async fn exchange(proxy: Arc<Proxy>, kind: ApiKind, headers: HeaderMap, body: By
         requests: 1,
         ..Use::default()
     });
-    let reply = match exchange.send(route, &headers, body.clone()).await {
-        Ok(reply) => reply,
-        Err(response) => return response,
+    // What was checked is what goes: the parsed request, written again (a body with a key
+    // twice would otherwise be read one way here and another way upstream).
+    let forwarded = Bytes::from(request.to_string());
+    let deadline = proxy.config.limits.max_exchange;
+    let work = async {
+        let reply = match exchange.send(route, &headers, forwarded, body.len()).await {
+            Ok(reply) => reply,
+            Err(response) => return response,
+        };
+        let content_type = reply
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let encoded = reply
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
+        if encoded {
+            // Compressed bytes cannot be checked (and this client never asked for them).
+            return exchange.refuse(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "the upstream's reply is compressed, so it could not be checked",
+                Value::Null,
+            );
+        }
+        if reply.status().is_success() && content_type.starts_with("text/event-stream") {
+            exchange.stream(reply, body.len()).await
+        } else {
+            exchange.whole(reply, body.len()).await
+        }
     };
-    if stream && reply.status().is_success() {
-        exchange.stream(reply, body.len()).await
-    } else {
-        exchange.whole(reply, body.len()).await
+    match tokio::time::timeout(deadline, work).await {
+        Ok(response) => response,
+        Err(_) => error(
+            kind,
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_error",
+            &format!("the exchange passed its limit of {}s", deadline.as_secs()),
+        ),
     }
 }
 
@@ -403,6 +477,7 @@ impl Exchange {
         route: &Route,
         headers: &HeaderMap,
         body: Bytes,
+        request_bytes: usize,
     ) -> Result<reqwest::Response, Response> {
         let limits = &self.proxy.config.limits;
         let policy = offswitch_model::RetryPolicy {
@@ -418,10 +493,9 @@ impl Exchange {
             self.attempts += 1;
             let request = authorize(self.proxy.client.post(&url), route, headers)
                 .header(header::CONTENT_TYPE, "application/json")
-                .timeout(limits.idle_timeout)
                 .body(body.clone());
-            // The whole-request timeout covers only the wait for the headers: the body is
-            // read with its own idle timeout.
+            // This bounds the wait for the headers only: the body is read with its own idle
+            // timeout, and the whole exchange with `max_exchange`.
             let sent = tokio::time::timeout(limits.idle_timeout, request.send()).await;
             let (retryable, retry_after, failure) = match sent {
                 Ok(Ok(reply)) => {
@@ -436,13 +510,15 @@ impl Exchange {
                         .and_then(|v| offswitch_model::parse_retry_after(v, SystemTime::now()));
                     (true, retry_after, Ok(reply))
                 }
+                // Only a request that never reached the upstream is sent again: one that timed
+                // out may have been run (and billed) already.
                 Ok(Err(e)) => (
-                    e.is_connect() || e.is_timeout(),
+                    e.is_connect(),
                     None,
                     Err(format!("the upstream {} failed: {e}", route.upstream.name)),
                 ),
                 Err(_) => (
-                    true,
+                    false,
                     None,
                     Err(format!(
                         "the upstream {} sent no response within {}s",
@@ -459,12 +535,11 @@ impl Exchange {
                 return match failure {
                     // The upstream's own error goes to the client as it sent it.
                     Ok(reply) => Ok(reply),
-                    Err(why) => Err(self.refuse(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_error",
-                        &why,
-                        Value::Null,
-                    )),
+                    Err(why) => Err({
+                        // What it may have cost upstream is counted: the request's size.
+                        let _ = self.spend(None, request_bytes, 0);
+                        self.refuse(StatusCode::BAD_GATEWAY, "upstream_error", &why, Value::Null)
+                    }),
                 };
             }
             self.proxy.recorder.record(
@@ -506,7 +581,18 @@ impl Exchange {
                 body_for_log(&bytes),
             );
         };
-        let blocked = self.check_calls(&apis::calls(self.kind, &body));
+        let calls = match apis::calls(self.kind, &body) {
+            Ok(calls) => calls,
+            Err(why) => {
+                return self.refuse(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    &format!("the upstream's reply could not be checked: {why}"),
+                    body,
+                );
+            }
+        };
+        let blocked = self.check_calls(&calls);
         let usage = apis::usage(self.kind, &body);
         let spent = self.spend(usage, request_bytes, bytes.len());
         let outcome = if blocked.is_empty() {
@@ -623,10 +709,33 @@ impl Exchange {
         let mut first_byte = None;
         let mut client_gone = false;
         let mut ending: Option<String> = None;
-        'read: loop {
-            let chunk = match tokio::time::timeout(limits.idle_timeout, reply.chunk()).await {
-                Ok(Ok(Some(chunk))) => chunk,
-                Ok(Ok(None)) => break,
+        let mut ended = false;
+        while !ended && !client_gone {
+            let events = match tokio::time::timeout(limits.idle_timeout, reply.chunk()).await {
+                Ok(Ok(Some(chunk))) => {
+                    first_byte.get_or_insert_with(|| self.received.elapsed());
+                    total += chunk.len() as u64;
+                    if total > limits.max_response_bytes {
+                        ending = Some(format!(
+                            "the reply passed {} bytes",
+                            limits.max_response_bytes
+                        ));
+                        break;
+                    }
+                    match parser.push(&chunk) {
+                        Ok(events) => events,
+                        Err(too_large) => {
+                            ending = Some(format!("an event passed {} bytes", too_large.0));
+                            break;
+                        }
+                    }
+                }
+                // The end: an event left without its blank line is still read (and checked)
+                // as one; nothing goes out that was not.
+                Ok(Ok(None)) => {
+                    ended = true;
+                    parser.finish().into_iter().collect()
+                }
                 Ok(Err(e)) => {
                     ending = Some(format!("the upstream's stream failed: {e}"));
                     break;
@@ -639,42 +748,23 @@ impl Exchange {
                     break;
                 }
             };
-            first_byte.get_or_insert_with(|| self.received.elapsed());
-            total += chunk.len() as u64;
-            if total > limits.max_response_bytes {
-                ending = Some(format!(
-                    "the reply passed {} bytes",
-                    limits.max_response_bytes
-                ));
-                break;
-            }
-            let events = match parser.push(&chunk) {
-                Ok(events) => events,
-                Err(too_large) => {
-                    ending = Some(format!("an event passed {} bytes", too_large.0));
-                    break;
-                }
-            };
             for event in events {
-                let flow = state.on_event(&event);
-                if decided || flow == Flow::Release {
-                    if sender.send(Ok(event.raw)).await.is_err() {
-                        client_gone = true;
-                        break 'read;
+                match state.on_event(&event) {
+                    Flow::Drop => continue,
+                    Flow::Release if !decided => {
+                        if sender.send(Ok(event.raw)).await.is_err() {
+                            client_gone = true;
+                            break;
+                        }
                     }
-                } else {
-                    held.push(event);
+                    _ if decided => {}
+                    _ => held.push(event),
                 }
                 if state.done() && !decided && state.holding() {
                     decided = true;
-                    let blocked = self.check_calls(&state.calls());
-                    let out = state.rewrite(std::mem::take(&mut held), &blocked);
-                    self.blocked = blocked;
-                    for event in out {
-                        if sender.send(Ok(event.raw)).await.is_err() {
-                            client_gone = true;
-                            break 'read;
-                        }
+                    if !self.release_checked(&state, &mut held, &sender).await {
+                        client_gone = true;
+                        break;
                     }
                 }
             }
@@ -684,39 +774,29 @@ impl Exchange {
             && !decided
             && state.holding()
             && state.complete_at_end()
+            && !self.release_checked(&state, &mut held, &sender).await
         {
-            let blocked = self.check_calls(&state.calls());
-            let out = state.rewrite(std::mem::take(&mut held), &blocked);
-            self.blocked = blocked;
-            for event in out {
-                if sender.send(Ok(event.raw)).await.is_err() {
-                    client_gone = true;
-                    break;
-                }
-            }
+            client_gone = true;
         }
         let complete = state.done() || state.complete_at_end();
-        // A stream that ended before its reply was complete: whatever was held is an unchecked
-        // call and is never released. The rest of an unfinished event goes as it came.
+        let unchecked = state.uncheckable().map(str::to_owned);
+        // A stream that ended before its reply was complete, or that could not be checked,
+        // never releases what it held; the client sees the stream fail, not end.
         let withheld = held.len();
-        if withheld == 0
-            && !client_gone
-            && let Some(rest) = parser.rest()
-        {
-            let _ = sender.send(Ok(rest)).await;
-        }
-        if ending.is_some() || (!complete && !client_gone) {
-            // The client sees the stream end as the upstream's did (cut), not as complete.
-            let _ = sender
-                .send(Err(std::io::Error::other(ending.clone().unwrap_or_else(
-                    || "the upstream's stream ended early".into(),
-                ))))
-                .await;
+        if !client_gone && (ending.is_some() || !complete || unchecked.is_some()) {
+            let why = unchecked
+                .as_ref()
+                .map(|why| format!("the reply could not be checked: {why}"))
+                .or_else(|| ending.clone())
+                .unwrap_or_else(|| "the upstream's stream ended early".into());
+            let _ = sender.send(Err(std::io::Error::other(why))).await;
         }
         drop(sender);
         let spent = self.spend(state.usage(), request_bytes, total as usize);
         let outcome = if client_gone {
             "client_disconnected"
+        } else if unchecked.is_some() {
+            "unchecked"
         } else if !complete {
             "truncated"
         } else if self.blocked.is_empty() {
@@ -730,9 +810,34 @@ impl Exchange {
             "first_byte_ms": first_byte.map(|d| d.as_millis() as u64),
             "usage": spent,
             "withheld_events": withheld,
+            "dropped_after_end": state.dropped_after_end,
+            "uncheckable": unchecked,
             "ending": ending,
             "response": state.reassembled(),
         }));
+    }
+
+    /// The reply is complete: check its calls and send what was held, as it came or with the
+    /// blocked calls replaced. Nothing is sent from a reply that could not be checked.
+    /// `false` when the client is gone.
+    async fn release_checked(
+        &mut self,
+        state: &StreamState,
+        held: &mut Vec<SseEvent>,
+        sender: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+    ) -> bool {
+        if state.uncheckable().is_some() {
+            return true;
+        }
+        let blocked = self.check_calls(&state.calls());
+        let out = state.rewrite(std::mem::take(held), &blocked);
+        self.blocked = blocked;
+        for event in out {
+            if sender.send(Ok(event.raw)).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 }
 

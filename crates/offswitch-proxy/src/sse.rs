@@ -77,10 +77,11 @@ impl SseParser {
         Ok(events)
     }
 
-    /// What is left when the stream ends: an event without its closing blank line (the
-    /// standard discards it; the proxy forwards its bytes, and says it was cut).
-    pub fn rest(&mut self) -> Option<Bytes> {
-        (!self.buffer.is_empty()).then(|| self.buffer.split().freeze())
+    /// What is left when the stream ends, read as one last event (the standard discards an
+    /// event without its closing blank line, but a client may not: the proxy checks it rather
+    /// than forward bytes it never read).
+    pub fn finish(&mut self) -> Option<SseEvent> {
+        (!self.buffer.is_empty()).then(|| parse(self.buffer.split().freeze()))
     }
 
     /// The end (exclusive) of the first complete event in the buffer: a line break followed

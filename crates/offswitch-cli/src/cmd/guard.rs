@@ -177,9 +177,9 @@ async fn guard(args: RunArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let proxy = match &args.proxy {
-        Some(path) => Some(
-            offswitch_proxy::load(path).map_err(|e| super::invalid_input(e.to_string()))?,
-        ),
+        Some(path) => {
+            Some(offswitch_proxy::load(path).map_err(|e| super::invalid_input(e.to_string()))?)
+        }
         None => None,
     };
     let policy = match &args.policy {

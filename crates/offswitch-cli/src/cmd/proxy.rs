@@ -45,6 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             rules: Vec::new(),
             budgets: Vec::new(),
             limits: Limits::default(),
+            allow_server_tools: false,
         },
     };
     for (index, text) in args.upstream.iter().enumerate() {

@@ -708,7 +708,8 @@ fn model_upstream(
         server.base_url(),
         key.display()
     );
-    let config = offswitch_proxy::parse(&text, Path::new("proxy.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        offswitch_proxy::parse(&text, Path::new("proxy.toml")).unwrap_or_else(|e| panic!("{e}"));
     (server, config)
 }
 
@@ -725,7 +726,10 @@ fn a_guarded_agent_reaches_its_model_only_through_the_proxy_which_blocks_a_call(
     let rules = "[[rule]]\nname = \"no-force-delete\"\non = \"tool_call\"\ntool = \"shell\"\npattern = 'rm\\s+-rf'\naction = \"block\"\n";
     let (server, proxy) = model_upstream(
         &runtime,
-        offswitch_model::mock::MockReply::tool_call("shell", serde_json::json!({"command": "rm -rf ~"})),
+        offswitch_model::mock::MockReply::tool_call(
+            "shell",
+            serde_json::json!({"command": "rm -rf ~"}),
+        ),
         keys.path(),
         rules,
     );
@@ -742,7 +746,13 @@ fn a_guarded_agent_reaches_its_model_only_through_the_proxy_which_blocks_a_call(
     assert_eq!(out["env_has_upstream_key"], false);
     assert_ne!(out["direct"], "reached", "{out}");
     assert!(out["reply"]["message"].get("tool_calls").is_none(), "{out}");
-    assert!(out["reply"]["message"]["content"].as_str().unwrap().contains("no-force-delete"), "{out}");
+    assert!(
+        out["reply"]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("no-force-delete"),
+        "{out}"
+    );
     let responses: Vec<&serde_json::Value> = run
         .records
         .iter()
@@ -754,7 +764,10 @@ fn a_guarded_agent_reaches_its_model_only_through_the_proxy_which_blocks_a_call(
     // The upstream got the proxy's key, not the agent's token.
     let sent = server.requests();
     assert_eq!(sent.len(), 1);
-    assert_eq!(sent[0].header("authorization"), Some("Bearer sk-upstream-secret"));
+    assert_eq!(
+        sent[0].header("authorization"),
+        Some("Bearer sk-upstream-secret")
+    );
     let log = serde_json::to_string(&run.records).unwrap();
     assert!(!log.contains("sk-upstream-secret"));
 }
@@ -790,7 +803,12 @@ fn a_token_breaker_on_the_proxy_s_traffic_trips_the_off_switch() {
         Some(proxy),
     );
     assert_contained(&run);
-    assert_eq!(run.end.exit_code, offswitch_guard::EXIT_STOPPED, "{:?}", run.end);
+    assert_eq!(
+        run.end.exit_code,
+        offswitch_guard::EXIT_STOPPED,
+        "{:?}",
+        run.end
+    );
     assert!(
         run.hits().contains(&"token-budget [kill]".to_owned()),
         "{:?}",
@@ -810,7 +828,10 @@ fn a_token_breaker_on_the_proxy_s_traffic_trips_the_off_switch() {
         allow_no_events: false,
         proxy: None,
     };
-    let refused = runtime.block_on(offswitch_guard::run(options, Box::new(Memory(Records::default()))));
+    let refused = runtime.block_on(offswitch_guard::run(
+        options,
+        Box::new(Memory(Records::default())),
+    ));
     assert!(
         matches!(&refused, Err(offswitch_guard::GuardError::Invalid(why)) if why.contains("--proxy")),
         "{:?}",

@@ -1,3 +1,4 @@
+mod adversarial;
 mod config;
 mod exchanges;
 mod sdks;
