@@ -60,6 +60,8 @@ pub struct Config {
     /// Let requests declare tools the upstream runs itself (web search, code execution, remote
     /// MCP servers). Off by default: their calls happen upstream, where no rule can stop them.
     pub allow_server_tools: bool,
+    /// Export a span per exchange over OTLP (`[telemetry]`).
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
 }
 
 /// Which wire format an upstream speaks.
@@ -297,6 +299,15 @@ struct ConfigFile {
     budget: Vec<Spanned<BudgetFile>>,
     limits: Option<LimitsFile>,
     allow_server_tools: Option<bool>,
+    telemetry: Option<TelemetryFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TelemetryFile {
+    endpoint: Spanned<String>,
+    service_name: Option<Spanned<String>>,
+    capture_content: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -491,6 +502,29 @@ impl Ctx<'_> {
             }
         }
         let limits = self.limits(file.limits);
+        let telemetry = file.telemetry.and_then(|telemetry| {
+            let endpoint = telemetry
+                .endpoint
+                .get_ref()
+                .trim_end_matches('/')
+                .to_owned();
+            if !endpoint_ok(&endpoint) {
+                self.error(
+                    telemetry.endpoint.span(),
+                    "the OTLP endpoint is an http(s) base URL (`http://127.0.0.1:4318`)",
+                );
+                return None;
+            }
+            let service_name = match &telemetry.service_name {
+                Some(name) => self.name(name)?,
+                None => "offswitch-proxy".to_owned(),
+            };
+            Some(crate::telemetry::TelemetryConfig {
+                endpoint,
+                service_name,
+                capture_content: telemetry.capture_content.unwrap_or(false),
+            })
+        });
         use sha2::Digest;
         Config {
             digest: hex::encode(sha2::Sha256::digest(self.text.as_bytes())),
@@ -501,6 +535,7 @@ impl Ctx<'_> {
             budgets,
             limits,
             allow_server_tools: file.allow_server_tools.unwrap_or(false),
+            telemetry,
         }
     }
 
@@ -845,6 +880,17 @@ impl Ctx<'_> {
             }
         }
     }
+}
+
+/// Whether `text` is an http(s) URL with a host and without credentials or a query.
+pub fn endpoint_ok(text: &str) -> bool {
+    reqwest::Url::parse(text).is_ok_and(|url| {
+        matches!(url.scheme(), "http" | "https")
+            && url.host().is_some()
+            && url.query().is_none()
+            && url.username().is_empty()
+            && url.password().is_none()
+    })
 }
 
 /// Read a secret from where the configuration says (trimmed of surrounding whitespace).

@@ -9,6 +9,7 @@
 //! - `sse`: server-sent events, kept byte for byte.
 //! - `check`: the rules over tool calls and request text.
 //! - `budget`: tokens and requests per session and window.
+//! - `telemetry`: a span per exchange over OTLP, after the GenAI semantic conventions.
 //! - `server`: the HTTP side: authentication by session token, forwarding with the
 //!   upstream's key and bounded retries, holding streamed tool calls until checked,
 //!   recording, budgets, and tripping the guard's off-switch.
@@ -23,6 +24,7 @@ pub mod check;
 pub mod config;
 pub mod server;
 pub mod sse;
+pub mod telemetry;
 
 use std::sync::{Arc, Mutex};
 

@@ -69,6 +69,7 @@ pub struct Proxy {
     started: Instant,
     /// Exchanges in flight, at most `limits.max_concurrent`.
     in_flight: Arc<tokio::sync::Semaphore>,
+    telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 impl Proxy {
@@ -96,6 +97,10 @@ impl Proxy {
             .map(|_| Mutex::new(Spending::new(&config.budgets)))
             .collect();
         let in_flight = Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent));
+        let telemetry = match &config.telemetry {
+            Some(telemetry) => Some(crate::telemetry::Telemetry::start(telemetry)?),
+            None => None,
+        };
         Ok(Arc::new(Proxy {
             config,
             routes,
@@ -108,7 +113,16 @@ impl Proxy {
             next_id: AtomicU64::new(1),
             started: Instant::now(),
             in_flight,
+            telemetry,
         }))
+    }
+
+    /// Export the spans still batched and stop exporting (at the proxy's end).
+    pub fn shutdown_telemetry(&self) -> Result<(), String> {
+        match &self.telemetry {
+            Some(telemetry) => telemetry.shutdown(),
+            None => Ok(()),
+        }
     }
 
     /// The sessions' spending, for status reports: (session, budget, used, max).
@@ -242,9 +256,22 @@ async fn exchange(proxy: Arc<Proxy>, kind: ApiKind, headers: HeaderMap, body: By
         stream,
         received,
         upstream: None,
+        upstream_url: None,
         attempts: 0,
         verdicts: Vec::new(),
         blocked: Vec::new(),
+        started: SystemTime::now(),
+        request: proxy
+            .telemetry
+            .as_ref()
+            .filter(|_| {
+                proxy
+                    .config
+                    .telemetry
+                    .as_ref()
+                    .is_some_and(|t| t.capture_content)
+            })
+            .map(|_| request.clone()),
     };
     // The request is recorded before anything is forwarded; one a prompt rule refuses is
     // recorded without its body (it holds what must not leave, and the log is read by people).
@@ -343,6 +370,7 @@ async fn exchange(proxy: Arc<Proxy>, kind: ApiKind, headers: HeaderMap, body: By
         return exchange.refuse(StatusCode::NOT_FOUND, "not_found_error", &why, Value::Null);
     };
     exchange.upstream = Some(route.upstream.name.clone());
+    exchange.upstream_url = Some(route.upstream.url.clone());
     exchange.charge(Use {
         requests: 1,
         ..Use::default()
@@ -403,9 +431,14 @@ struct Exchange {
     stream: bool,
     received: Instant,
     upstream: Option<String>,
+    upstream_url: Option<String>,
     attempts: u32,
     verdicts: Vec<Verdict>,
     blocked: Vec<(Call, String)>,
+    /// When the request came, for its span.
+    started: SystemTime,
+    /// The request, kept only when spans carry content.
+    request: Option<Value>,
 }
 
 impl Exchange {
@@ -467,6 +500,32 @@ impl Exchange {
                         .collect(),
                 ),
             );
+        }
+        if let Some(telemetry) = &self.proxy.telemetry {
+            let provider = self
+                .proxy
+                .routes
+                .iter()
+                .find(|r| Some(&r.upstream.name) == self.upstream.as_ref())
+                .map_or(
+                    match self.kind {
+                        ApiKind::Messages => "anthropic",
+                        _ => "openai",
+                    },
+                    |r| r.upstream.api.name(),
+                );
+            telemetry.exchange(&crate::telemetry::ExchangeSpan {
+                id: self.id,
+                session: self.session_name(),
+                kind: self.kind,
+                provider,
+                request_model: &self.model,
+                upstream_url: self.upstream_url.as_deref(),
+                started: self.started,
+                elapsed: self.received.elapsed(),
+                record: &body,
+                request: self.request.as_ref(),
+            });
         }
         self.proxy.recorder.record("model_response", body);
     }

@@ -29,6 +29,10 @@ pub struct Args {
     /// Also append every signed checkpoint of the audit log to this file.
     #[arg(long)]
     witness: Option<PathBuf>,
+    /// Export a span per exchange over OTLP/HTTP to this collector (`http://127.0.0.1:4318`);
+    /// overrides the file's `[telemetry] endpoint`.
+    #[arg(long)]
+    otlp: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -46,10 +50,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             budgets: Vec::new(),
             limits: Limits::default(),
             allow_server_tools: false,
+            telemetry: None,
         },
     };
     for (index, text) in args.upstream.iter().enumerate() {
         config.upstreams.push(upstream_arg(index, text)?);
+    }
+    if let Some(endpoint) = &args.otlp {
+        let endpoint = endpoint.trim_end_matches('/').to_owned();
+        if !offswitch_proxy::config::endpoint_ok(&endpoint) {
+            return Err(super::invalid_input(format!(
+                "--otlp {endpoint:?}: an http(s) base URL (`http://127.0.0.1:4318`)"
+            )));
+        }
+        match &mut config.telemetry {
+            Some(telemetry) => telemetry.endpoint = endpoint,
+            None => {
+                config.telemetry = Some(offswitch_proxy::telemetry::TelemetryConfig {
+                    endpoint,
+                    service_name: "offswitch-proxy".into(),
+                    capture_content: false,
+                })
+            }
+        }
     }
     if config.upstreams.is_empty() {
         return Err(super::invalid_input(
@@ -130,7 +153,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Arc::new(GuardTripper),
         )
         .map_err(super::missing_prerequisite)?;
-        axum_serve(listener, proxy).await?;
+        axum_serve(listener, Arc::clone(&proxy)).await?;
+        if let Err(e) = tokio::task::spawn_blocking(move || proxy.shutdown_telemetry()).await? {
+            eprintln!("offswitch proxy: {e}");
+        }
         anyhow::Ok(())
     });
     recorder.record_stop();

@@ -3,3 +3,4 @@ mod config;
 mod exchanges;
 mod sdks;
 mod support;
+mod telemetry;

@@ -151,6 +151,7 @@ pub struct TestProxy {
     pub url: String,
     pub records: Arc<MemoryRecorder>,
     pub trips: Arc<NoGuard>,
+    pub proxy: Arc<offswitch_proxy::Proxy>,
     _dir: tempfile::TempDir,
 }
 
@@ -182,11 +183,12 @@ pub async fn proxy(upstream_url: &str, api: &str, rules: &str) -> TestProxy {
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(offswitch_proxy::serve(listener, proxy));
+    tokio::spawn(offswitch_proxy::serve(listener, Arc::clone(&proxy)));
     TestProxy {
         url,
         records,
         trips,
+        proxy,
         _dir: dir,
     }
 }

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# The model proxy's added latency and throughput (issue 12), side by side with the LiteLLM proxy
+# (`litellm[proxy]` from PyPI) in one run, on loopback, in front of a fast mock upstream
+# (crates/offswitch-proxy/examples/bench_upstream.rs):
+#  - direct to the upstream;
+#  - through `offswitch proxy`, recording every exchange into its audit log, with a policy on
+#    (tool-call and prompt rules, a token budget);
+#  - through LiteLLM (its proxy server, logging off, two workers: one per core).
+# Chat completions, streamed (20 chunks) and not, at 1, 16 and 100 concurrent clients, each for
+# a fixed time (crates/offswitch-proxy/examples/bench_load.rs). Writes bench/RESULTS-proxy.md.
+#
+#   bench/proxy/run.sh [--seconds N]     (default 10)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+seconds=10
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seconds) seconds=$2; shift 2 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+litellm_version=1.110.2
+venv=/var/tmp/offswitch-bench-litellm
+if [ ! -x "$venv/bin/litellm" ] || [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("litellm"))')" != "$litellm_version" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "litellm[proxy]==$litellm_version"
+fi
+
+cargo build --release -q -p offswitch-cli -p offswitch-proxy --examples
+offswitch=$root/target/release/offswitch
+examples=$root/target/release/examples
+work=$(mktemp -d /var/tmp/offswitch-proxy-bench.XXXXXX)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+export OFFSWITCH_HOME=$work/home
+
+# Start a server whose first stdout or stderr line names its address, and wait for it.
+wait_for() {
+    local file=$1 pattern=$2
+    for _ in $(seq 600); do
+        if grep -q "$pattern" "$file" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "timed out waiting for $pattern in $file" >&2
+    cat "$file" >&2
+    exit 1
+}
+
+"$examples/bench_upstream" 127.0.0.1:4610 >"$work/upstream.log" 2>&1 &
+pids+=($!)
+wait_for "$work/upstream.log" "listening on"
+upstream=http://127.0.0.1:4610/v1
+
+echo -n "sk-bench-session-token" >"$work/token"
+cat >"$work/proxy.toml" <<TOML
+version = 1
+listen = "127.0.0.1:4611"
+[[upstream]]
+name = "mock"
+url = "$upstream"
+api = "openai"
+[[session]]
+name = "bench"
+token_file = "$work/token"
+[[rule]]
+name = "no-force-delete"
+on = "tool_call"
+tool = "*shell*"
+pattern = 'rm\s+-[a-zA-Z]*[rR]'
+action = "block"
+[[rule]]
+name = "key-leaving"
+on = "prompt"
+pattern = '(sk-live-[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16})'
+action = "block"
+[[budget]]
+name = "tokens"
+metric = "tokens"
+max = 1000000000000
+per = "1h"
+[limits]
+max_concurrent = 1000
+TOML
+"$offswitch" proxy --policy "$work/proxy.toml" --audit "$work/proxy.audit" >"$work/proxy.log" 2>&1 &
+pids+=($!)
+wait_for "$work/proxy.log" "listening on"
+
+cat >"$work/litellm.yaml" <<YAML
+model_list:
+  - model_name: m
+    litellm_params:
+      model: openai/m
+      api_base: $upstream
+      api_key: sk-upstream
+litellm_settings:
+  drop_params: true
+  set_verbose: false
+  turn_off_message_logging: true
+general_settings:
+  master_key: sk-bench-session-token
+YAML
+LITELLM_LOG=ERROR "$venv/bin/litellm" --config "$work/litellm.yaml" --host 127.0.0.1 --port 4612 \
+    --num_workers 2 >"$work/litellm.log" 2>&1 &
+pids+=($!)
+wait_for "$work/litellm.log" "Uvicorn running\|Application startup complete"
+
+results=$work/results.jsonl
+: >"$results"
+for mode in whole stream; do
+    for clients in 1 16 100; do
+        for target in direct offswitch litellm; do
+            case "$target" in
+                direct) url=$upstream ;;
+                offswitch) url=http://127.0.0.1:4611/v1 ;;
+                litellm) url=http://127.0.0.1:4612/v1 ;;
+            esac
+            line=$("$examples/bench_load" "$url" sk-bench-session-token "$clients" "$seconds" "$mode")
+            echo "{\"mode\": \"$mode\", \"clients\": $clients, \"target\": \"$target\", \"result\": $line}" >>"$results"
+            echo "$mode $clients $target $line" >&2
+        done
+    done
+done
+records=$("$offswitch" audit verify "$work/proxy.audit" 2>&1 | tail -1 || true)
+
+out=bench/RESULTS-proxy.md
+{
+    echo "Command: \`bench/proxy/run.sh --seconds $seconds\`, run $(date -u +%Y-%m-%dT%H:%MZ);"
+    echo "LiteLLM $litellm_version (litellm[proxy], 2 workers); load $(cut -d' ' -f1-3 /proc/loadavg) at the end."
+    echo "The offswitch proxy's audit log after the run: $records"
+    echo
+    python3 - "$results" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+by = {(r["mode"], r["clients"], r["target"]): r["result"] for r in rows}
+print("| mode | clients | target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | errors |")
+print("|---|---|---|---|---|---|---|---|---|")
+for (mode, clients, target), r in by.items():
+    direct = by[(mode, clients, "direct")]
+    added = lambda key: "" if target == "direct" else f"{r[key] - direct[key]:+.2f}"
+    print(f"| {mode} | {clients} | {target} | {r['throughput_rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {added('p50_ms')} | {added('p99_ms')} | {r['errors']} |")
+print()
+for mode in ("whole", "stream"):
+    for clients in (1, 16, 100):
+        o, l = by[(mode, clients, "offswitch")], by[(mode, clients, "litellm")]
+        ratio = o["throughput_rps"] / l["throughput_rps"] if l["throughput_rps"] else float("inf")
+        print(f"- {mode}, {clients} clients: offswitch {o['throughput_rps']:.0f} req/s, LiteLLM {l['throughput_rps']:.0f} req/s ({ratio:.1f}x)")
+PY
+} >"$out"
+cat "$out"

@@ -1,0 +1,86 @@
+//! The load generator of the proxy benchmark (`bench/proxy/run.sh`): `C` clients, each sending
+//! chat completions one after another over its own keep-alive connection for a fixed time,
+//! reading every reply to its last byte. Prints one JSON line: requests, errors, throughput, and
+//! the latency percentiles (request sent to last byte).
+//!
+//! Usage: `bench_load URL TOKEN CONCURRENCY SECONDS stream|whole`
+
+use std::time::{Duration, Instant};
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, url, token, concurrency, seconds, mode] = args.as_slice() else {
+        eprintln!("usage: bench_load URL TOKEN CONCURRENCY SECONDS stream|whole");
+        std::process::exit(2);
+    };
+    let concurrency: usize = concurrency.parse().expect("a concurrency");
+    let seconds: f64 = seconds.parse().expect("seconds");
+    let stream = mode == "stream";
+    let body = serde_json::json!({
+        "model": "m", "stream": stream, "max_tokens": 32,
+        "messages": [{"role": "user", "content": "Say something short."}],
+    })
+    .to_string();
+    let url = format!("{url}/chat/completions");
+    // Warm every connection, then measure.
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (url, token, body) = (url.clone(), token.clone(), body.clone());
+        workers.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .expect("a client");
+            let send = || async {
+                let response = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                let ok = response.status().is_success();
+                let bytes = response.bytes().await?;
+                Ok::<bool, reqwest::Error>(ok && !bytes.is_empty())
+            };
+            let _ = send().await;
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                match send().await {
+                    Ok(true) => latencies.push(sent.elapsed().as_secs_f64() * 1000.0),
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for worker in workers {
+        let (mut l, e) = worker.await.expect("a worker");
+        latencies.append(&mut l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        if latencies.is_empty() {
+            f64::NAN
+        } else {
+            latencies[((latencies.len() - 1) as f64 * q).round() as usize]
+        }
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "requests": latencies.len(), "errors": errors, "seconds": elapsed,
+            "throughput_rps": latencies.len() as f64 / elapsed,
+            "p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": at(1.0),
+        })
+    );
+}
