@@ -13,12 +13,22 @@ pub struct Verdict {
     pub detail: String,
 }
 
-/// The rules a tool call matches.
+/// The rules a tool call in a model's reply matches.
 pub fn check_call(rules: &[Rule], call: &Call) -> Vec<Verdict> {
+    check_call_of(rules, call, false)
+}
+
+/// The rules an MCP `tools/call` request matches.
+pub fn check_mcp_call(rules: &[Rule], call: &Call) -> Vec<Verdict> {
+    check_call_of(rules, call, true)
+}
+
+fn check_call_of(rules: &[Rule], call: &Call, mcp_calls: bool) -> Vec<Verdict> {
     let parsed: Option<Value> = serde_json::from_str(&call.arguments).ok();
     let mut verdicts = Vec::new();
     for rule in rules {
         let RuleKind::ToolCall {
+            mcp,
             tool,
             argument,
             pattern,
@@ -26,6 +36,9 @@ pub fn check_call(rules: &[Rule], call: &Call) -> Vec<Verdict> {
         else {
             continue;
         };
+        if *mcp != mcp_calls {
+            continue;
+        }
         if tool.as_ref().is_some_and(|tool| !tool.is_match(&call.name)) {
             continue;
         }
@@ -88,6 +101,30 @@ pub fn check_prompt(rules: &[Rule], body: &Value) -> Vec<Verdict> {
                 // What matched is not repeated: it may be the secret itself.
                 detail: format!(
                     "the request's text matches the rule's pattern ({} characters at offset {})",
+                    found.as_str().chars().count(),
+                    found.start()
+                ),
+            });
+        }
+    }
+    verdicts
+}
+
+/// The rules an MCP tool's result matches (a pattern over every string of it).
+pub fn check_mcp_result(rules: &[Rule], result: &Value) -> Vec<Verdict> {
+    let mut text: Option<String> = None;
+    let mut verdicts = Vec::new();
+    for rule in rules {
+        let RuleKind::McpResult { pattern } = &rule.kind else {
+            continue;
+        };
+        let text = text.get_or_insert_with(|| strings(result));
+        if let Some(found) = pattern.find(text) {
+            verdicts.push(Verdict {
+                rule: rule.name.clone(),
+                action: rule.action,
+                detail: format!(
+                    "the tool's result matches the rule's pattern ({} characters at offset {})",
                     found.as_str().chars().count(),
                     found.start()
                 ),

@@ -53,6 +53,8 @@ pub struct Config {
     pub digest: String,
     pub listen: Option<SocketAddr>,
     pub upstreams: Vec<Upstream>,
+    /// MCP servers (Streamable HTTP) served at `/mcp/<name>`.
+    pub mcp: Vec<McpServer>,
     pub sessions: Vec<SessionSpec>,
     pub rules: Vec<Rule>,
     pub budgets: Vec<Budget>,
@@ -105,6 +107,16 @@ pub enum KeySource {
     File(PathBuf),
 }
 
+/// An MCP server behind the proxy.
+#[derive(Debug, Clone)]
+pub struct McpServer {
+    pub name: String,
+    /// Its Streamable HTTP endpoint (`http://127.0.0.1:9000/mcp`).
+    pub url: String,
+    /// Sent as `Authorization: Bearer` (never the agent's token).
+    pub key: KeySource,
+}
+
 #[derive(Debug, Clone)]
 pub struct SessionSpec {
     pub name: String,
@@ -119,12 +131,16 @@ pub enum RuleKind {
     /// Tool calls in model responses: a tool-name glob, and an optional pattern over an
     /// argument (or, without `argument`, over every string in the arguments).
     ToolCall {
+        /// `mcp_call`: over MCP `tools/call` requests instead of model replies.
+        mcp: bool,
         tool: Option<regex::Regex>,
         argument: Option<String>,
         pattern: Option<regex::Regex>,
     },
     /// Every string of a request (messages, system prompt, tool results): a secret leaving.
     Prompt { pattern: regex::Regex },
+    /// Every string of an MCP tool's result (what comes back into the agent).
+    McpResult { pattern: regex::Regex },
 }
 
 /// What a rule does when it matches.
@@ -294,6 +310,8 @@ struct ConfigFile {
     #[serde(default)]
     session: Vec<Spanned<SessionFile>>,
     #[serde(default)]
+    mcp: Vec<Spanned<McpFile>>,
+    #[serde(default)]
     rule: Vec<Spanned<RuleFile>>,
     #[serde(default)]
     budget: Vec<Spanned<BudgetFile>>,
@@ -321,6 +339,15 @@ struct UpstreamFile {
     key_file: Option<Spanned<String>>,
     #[serde(default)]
     models: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct McpFile {
+    name: Spanned<String>,
+    url: Spanned<String>,
+    key_env: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -455,10 +482,32 @@ impl Ctx<'_> {
                 Some(upstream)
             })
             .collect();
-        if file.upstream.is_empty() {
+        let mut names = std::collections::BTreeSet::new();
+        let mcp: Vec<McpServer> = file
+            .mcp
+            .iter()
+            .filter_map(|entry| {
+                let server = entry.get_ref();
+                let name = self.name(&server.name);
+                let url = server.url.get_ref().to_owned();
+                if !endpoint_ok(&url) {
+                    self.error(
+                        server.url.span(),
+                        "an MCP server's `url` is its http(s) endpoint without credentials or a query",
+                    );
+                }
+                let key = self.key(&server.key_env, &server.key_file, "key");
+                let name = name?;
+                if !names.insert(name.clone()) {
+                    self.error(server.name.span(), format!("a second MCP server named {name:?}"));
+                }
+                Some(McpServer { name, url, key })
+            })
+            .collect();
+        if file.upstream.is_empty() && mcp.is_empty() {
             self.error(
                 0..0,
-                "no `[[upstream]]`: the proxy needs somewhere to forward to",
+                "no `[[upstream]]` or `[[mcp]]`: the proxy needs somewhere to forward to",
             );
         }
         let mut names = std::collections::BTreeSet::new();
@@ -530,6 +579,7 @@ impl Ctx<'_> {
             digest: hex::encode(sha2::Sha256::digest(self.text.as_bytes())),
             listen,
             upstreams,
+            mcp,
             sessions,
             rules,
             budgets,
@@ -686,7 +736,8 @@ impl Ctx<'_> {
         let name = self.name(&file.name);
         let action = self.action(&file.action, &[Action::Record, Action::Block, Action::Kill]);
         let kind = match file.on.get_ref().as_str() {
-            "tool_call" => {
+            on @ ("tool_call" | "mcp_call") => {
+                let mcp = on == "mcp_call";
                 let tool = file.tool.as_ref().map(|tool| self.glob(tool));
                 let pattern = file.pattern.as_ref().map(|pattern| self.regex(pattern));
                 if let Some(argument) = &file.argument
@@ -700,35 +751,40 @@ impl Ctx<'_> {
                 if file.tool.is_none() && file.pattern.is_none() {
                     self.error(
                         entry.span(),
-                        "a rule on \"tool_call\" needs `tool` (a glob), `pattern`, or both",
+                        format!("a rule on {on:?} needs `tool` (a glob), `pattern`, or both"),
                     );
                 }
                 match (tool, pattern) {
                     (Some(None), _) | (_, Some(None)) => None,
                     (tool, pattern) => Some(RuleKind::ToolCall {
+                        mcp,
                         tool: tool.flatten(),
                         argument: file.argument.as_ref().map(|a| a.get_ref().clone()),
                         pattern: pattern.flatten(),
                     }),
                 }
             }
-            "prompt" => {
+            on @ ("prompt" | "mcp_result") => {
                 for (key, present) in [("tool", &file.tool), ("argument", &file.argument)] {
                     if let Some(present) = present {
                         self.error(
                             present.span(),
-                            format!("`{key}` does not apply to a rule on \"prompt\""),
+                            format!("`{key}` does not apply to a rule on {on:?}"),
                         );
                     }
                 }
                 match &file.pattern {
-                    Some(pattern) => self
-                        .regex(pattern)
-                        .map(|pattern| RuleKind::Prompt { pattern }),
+                    Some(pattern) => self.regex(pattern).map(|pattern| {
+                        if on == "prompt" {
+                            RuleKind::Prompt { pattern }
+                        } else {
+                            RuleKind::McpResult { pattern }
+                        }
+                    }),
                     None => {
                         self.error(
                             entry.span(),
-                            "a rule on \"prompt\" needs `pattern` (a regex)",
+                            format!("a rule on {on:?} needs `pattern` (a regex)"),
                         );
                         None
                     }
@@ -737,7 +793,9 @@ impl Ctx<'_> {
             other => {
                 self.error(
                     file.on.span(),
-                    format!("unknown rule kind {other:?}: `tool_call` or `prompt`"),
+                    format!(
+                        "unknown rule kind {other:?}: `tool_call`, `prompt`, `mcp_call` or `mcp_result`"
+                    ),
                 );
                 None
             }

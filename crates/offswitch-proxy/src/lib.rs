@@ -9,6 +9,8 @@
 //! - `sse`: server-sent events, kept byte for byte.
 //! - `check`: the rules over tool calls and request text.
 //! - `budget`: tokens and requests per session and window.
+//! - `mcp`: the agent-to-agent checkpoint: MCP (Streamable HTTP) servers behind the proxy,
+//!   `tools/call` requests and results checked and recorded.
 //! - `telemetry`: a span per exchange over OTLP, after the GenAI semantic conventions.
 //! - `server`: the HTTP side: authentication by session token, forwarding with the
 //!   upstream's key and bounded retries, holding streamed tool calls until checked,
@@ -22,6 +24,7 @@ pub mod apis;
 pub mod budget;
 pub mod check;
 pub mod config;
+pub mod mcp;
 pub mod server;
 pub mod sse;
 pub mod telemetry;

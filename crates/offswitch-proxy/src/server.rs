@@ -56,20 +56,20 @@ pub struct Route {
 
 /// Everything a running proxy shares between requests.
 pub struct Proxy {
-    config: Config,
-    routes: Vec<Route>,
+    pub(crate) config: Config,
+    pub(crate) routes: Vec<Route>,
     /// sha256 of each token, to its session's index.
-    tokens: HashMap<[u8; 32], usize>,
-    sessions: Vec<Session>,
-    spending: Vec<Mutex<Spending>>,
-    recorder: Arc<dyn Recorder>,
-    tripper: Arc<dyn Tripper>,
-    client: reqwest::Client,
-    next_id: AtomicU64,
-    started: Instant,
+    pub(crate) tokens: HashMap<[u8; 32], usize>,
+    pub(crate) sessions: Vec<Session>,
+    pub(crate) spending: Vec<Mutex<Spending>>,
+    pub(crate) recorder: Arc<dyn Recorder>,
+    pub(crate) tripper: Arc<dyn Tripper>,
+    pub(crate) client: reqwest::Client,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) started: Instant,
     /// Exchanges in flight, at most `limits.max_concurrent`.
-    in_flight: Arc<tokio::sync::Semaphore>,
-    telemetry: Option<crate::telemetry::Telemetry>,
+    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+    pub(crate) telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 impl Proxy {
@@ -150,6 +150,12 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         .route("/v1/responses", post(responses))
         .route("/v1/messages", post(messages))
         .route("/v1/models", get(models))
+        .route(
+            "/mcp/{name}",
+            post(crate::mcp::post)
+                .get(crate::mcp::get)
+                .delete(crate::mcp::delete),
+        )
         .layer(DefaultBodyLimit::max(limit))
         .with_state(proxy)
 }
@@ -901,6 +907,20 @@ impl Exchange {
 }
 
 /// Which session a request's token belongs to.
+/// The session whose token a request carries (`Authorization: Bearer` or `x-api-key`), and
+/// whether it carried one at all.
+pub(crate) fn session_of(proxy: &Proxy, headers: &HeaderMap) -> (Option<usize>, bool) {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    (
+        token.and_then(|token| proxy.tokens.get(&digest(token.trim())).copied()),
+        token.is_some(),
+    )
+}
+
 fn authenticate(proxy: &Proxy, kind: ApiKind, headers: &HeaderMap) -> Result<usize, Response> {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -963,7 +983,7 @@ fn authorize(
 }
 
 /// A body read to its end, at most `max` bytes, with an idle timeout between reads.
-async fn read_bounded(
+pub(crate) async fn read_bounded(
     mut reply: reqwest::Response,
     max: u64,
     idle: Duration,
@@ -998,7 +1018,7 @@ fn respond(
 
 /// The upstream's headers, but those of the connection (hop by hop) and the body's length
 /// (the body may have been rewritten).
-fn copy_headers(from: &reqwest::header::HeaderMap, to: &mut HeaderMap) {
+pub(crate) fn copy_headers(from: &reqwest::header::HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
         let skip = matches!(
             name.as_str(),
@@ -1029,18 +1049,18 @@ fn error(kind: ApiKind, status: StatusCode, code: &str, message: &str) -> Respon
 }
 
 /// A reply body for the log: JSON when it is, else its text (bounded).
-fn body_for_log(bytes: &[u8]) -> Value {
+pub(crate) fn body_for_log(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).unwrap_or_else(|_| {
         let text = String::from_utf8_lossy(&bytes[..bytes.len().min(64 * 1024)]);
         Value::String(text.into_owned())
     })
 }
 
-fn digest(token: &str) -> [u8; 32] {
+pub(crate) fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

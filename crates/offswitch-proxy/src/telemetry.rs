@@ -52,6 +52,19 @@ pub struct ExchangeSpan<'a> {
     pub request: Option<&'a Value>,
 }
 
+/// One MCP tool call, as its span sees it.
+pub struct ToolSpan<'a> {
+    pub tool: &'a str,
+    /// The JSON-RPC id, as JSON text.
+    pub call_id: &'a str,
+    pub server: &'a str,
+    pub session: &'a str,
+    /// `passed`, `blocked`, `error`, `unchecked`.
+    pub outcome: &'a str,
+    pub started: SystemTime,
+    pub elapsed: Duration,
+}
+
 impl Telemetry {
     /// Start exporting; spans are batched on a thread of the SDK's and sent as they fill.
     pub fn start(config: &TelemetryConfig) -> Result<Telemetry, String> {
@@ -190,6 +203,31 @@ impl Telemetry {
             span.set_status(Status::error(outcome.to_owned()));
         }
         span.end_with_timestamp(exchange.started + exchange.elapsed);
+    }
+
+    /// The span of one MCP `tools/call` (`execute_tool`).
+    pub fn tool_call(&self, call: &ToolSpan<'_>) {
+        let attributes = vec![
+            KeyValue::new("gen_ai.operation.name", "execute_tool"),
+            KeyValue::new("gen_ai.tool.name", call.tool.to_owned()),
+            KeyValue::new("gen_ai.tool.call.id", call.call_id.to_owned()),
+            KeyValue::new("gen_ai.tool.type", "extension"),
+            KeyValue::new("mcp.method.name", "tools/call"),
+            KeyValue::new("offswitch.mcp.server", call.server.to_owned()),
+            KeyValue::new("offswitch.session", call.session.to_owned()),
+            KeyValue::new("offswitch.outcome", call.outcome.to_owned()),
+        ];
+        let mut span = self
+            .tracer
+            .span_builder(format!("execute_tool {}", call.tool))
+            .with_kind(SpanKind::Internal)
+            .with_start_time(call.started)
+            .with_attributes(attributes)
+            .start(&self.tracer);
+        if !matches!(call.outcome, "passed" | "blocked") {
+            span.set_status(Status::error(call.outcome.to_owned()));
+        }
+        span.end_with_timestamp(call.started + call.elapsed);
     }
 
     /// Send what is batched and stop.

@@ -45,6 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             digest: String::new(),
             listen: None,
             upstreams: Vec::new(),
+            mcp: Vec::new(),
             sessions: Vec::new(),
             rules: Vec::new(),
             budgets: Vec::new(),

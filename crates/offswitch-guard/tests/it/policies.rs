@@ -115,7 +115,7 @@ action = "record"
 program = "x"
 [[breaker]]
 name = "t"
-metric = "tokens"
+metric = "bytes_sent"
 max = 0
 per = "10"
 "#,
@@ -132,7 +132,7 @@ per = "10"
             p.toml:26:1: a rule on "exec" needs `program` (a path glob)
             p.toml:34:8: unknown file operation "teleport": one of create, write, close_write, delete, rename, attrib, mkdir, rmdir
             p.toml:36:11: `program` does not apply to a rule on "file"
-            p.toml:39:10: "tokens" is counted by the model proxy, which this guard does not run yet; the metrics here are execs, forks, file_writes, connects, secret_reads and secret_files
+            p.toml:39:10: bytes sent are not counted: the event stream records connections, not their bytes (a model's traffic is counted by `tokens` and `model_requests`)
             p.toml:40:7: `max` must be at least 1
             p.toml:41:7: a duration is a positive number with a unit: `500ms`, `30s`, `5m`, `2h`"#]],
     );

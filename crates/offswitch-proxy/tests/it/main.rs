@@ -1,6 +1,7 @@
 mod adversarial;
 mod config;
 mod exchanges;
+mod mcp;
 mod sdks;
 mod support;
 mod telemetry;
