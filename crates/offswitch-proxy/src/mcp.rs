@@ -126,20 +126,17 @@ pub(crate) async fn post(
             );
             record["arguments"] = params.get("arguments").cloned().unwrap_or(Value::Null);
             record["rules"] = verdicts_json(&verdicts);
-            match check::strongest(&verdicts) {
-                Some(action @ (Action::Block | Action::Kill)) => {
-                    let verdict = verdicts
-                        .iter()
-                        .find(|v| v.action == action)
-                        .expect("the strongest");
-                    let text = refusal(&call.name, &verdict.rule, &verdict.detail);
-                    if action == Action::Kill {
-                        exchange.trip(&verdict.rule, &text);
-                    }
-                    record["outcome"] = json!("blocked");
-                    refusals.push((id.clone(), text));
+            if let Some(action @ (Action::Block | Action::Kill)) = check::strongest(&verdicts) {
+                let verdict = verdicts
+                    .iter()
+                    .find(|v| v.action == action)
+                    .expect("the strongest");
+                let text = refusal(&call.name, &verdict.rule, &verdict.detail);
+                if action == Action::Kill {
+                    exchange.trip(&verdict.rule, &text);
                 }
-                _ => {}
+                record["outcome"] = json!("blocked");
+                refusals.push((id.clone(), text));
             }
         }
         proxy.recorder.record("mcp_request", record);
