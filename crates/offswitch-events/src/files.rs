@@ -187,22 +187,12 @@ impl FileWatch {
     /// Everything queued now, decoded.
     pub(crate) fn read(&mut self) -> Batch {
         let mut batch = Batch::default();
-        loop {
-            // SAFETY: reading into our own buffer from our own non-blocking fd.
-            let n = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    self.buffer.as_mut_ptr().cast(),
-                    self.buffer.len(),
-                )
-            };
-            if n <= 0 {
-                return batch;
-            }
-            let bytes = std::mem::take(&mut self.buffer);
-            self.decode_all(&bytes[..n as usize], &mut batch);
-            self.buffer = bytes;
-        }
+        let mut buffer = std::mem::take(&mut self.buffer);
+        read_queue(self.fd.as_raw_fd(), &mut buffer, |bytes| {
+            self.decode_all(bytes, &mut batch)
+        });
+        self.buffer = buffer;
+        batch
     }
 
     fn decode_all(&mut self, mut bytes: &[u8], batch: &mut Batch) {
@@ -413,6 +403,18 @@ impl FileWatch {
         } else {
             relative.to_owned()
         })
+    }
+}
+
+/// Read a non-blocking fanotify group until it is empty, each read's bytes to `decode`.
+pub(crate) fn read_queue(fd: RawFd, buffer: &mut [u8], mut decode: impl FnMut(&[u8])) {
+    loop {
+        // SAFETY: reading into a buffer we own, of its length, from a descriptor we own.
+        let n = unsafe { libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len()) };
+        if n <= 0 {
+            return;
+        }
+        decode(&buffer[..n as usize]);
     }
 }
 

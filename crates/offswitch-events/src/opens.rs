@@ -130,22 +130,12 @@ impl OpenWatch {
     /// Everything queued now, decoded. Opens through the host's own mounts are left out.
     pub(crate) fn read(&mut self) -> OpenBatch {
         let mut batch = OpenBatch::default();
-        loop {
-            // SAFETY: reading into our own buffer from our own non-blocking fd.
-            let n = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    self.buffer.as_mut_ptr().cast(),
-                    self.buffer.len(),
-                )
-            };
-            if n <= 0 {
-                return batch;
-            }
-            let bytes = std::mem::take(&mut self.buffer);
-            self.decode_all(&bytes[..n as usize], &mut batch);
-            self.buffer = bytes;
-        }
+        let mut buffer = std::mem::take(&mut self.buffer);
+        crate::files::read_queue(self.fd.as_raw_fd(), &mut buffer, |bytes| {
+            self.decode_all(bytes, &mut batch)
+        });
+        self.buffer = buffer;
+        batch
     }
 
     fn decode_all(&mut self, mut bytes: &[u8], batch: &mut OpenBatch) {

@@ -2,7 +2,6 @@
 //! monitors watch for and what they do, which circuit breakers stop it, and where it may
 //! connect. Validated with every problem located (`file:line:col`), like scenarios.
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -270,24 +269,24 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
 
 /// Validate the policy `text`, naming `path` in its diagnostics.
 pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
-    let mut ctx = Ctx {
-        text,
-        path,
-        diagnostics: Vec::new(),
-    };
+    let mut ctx = Ctx(offswitch_scenario::Located::new(text, path));
     let file: PolicyFile = match toml::from_str(text) {
         Ok(file) => file,
         Err(error) => {
             let span = error.span().unwrap_or(0..0);
             ctx.error(span, error.message().trim().to_owned());
-            return Err(ctx.finish());
+            return Err(PolicyError::Invalid {
+                diagnostics: ctx.take_sorted(),
+            });
         }
     };
     let policy = ctx.validate(file);
     if ctx.diagnostics.is_empty() {
         Ok(policy)
     } else {
-        Err(ctx.finish())
+        Err(PolicyError::Invalid {
+            diagnostics: ctx.take_sorted(),
+        })
     }
 }
 
@@ -399,29 +398,24 @@ const FILE_OPS: &[&str] = &[
     "rmdir",
 ];
 
-struct Ctx<'a> {
-    text: &'a str,
-    path: &'a Path,
-    diagnostics: Vec<Diagnostic>,
+/// The located problems of the file (`offswitch_scenario::Located`: errors, globs, regexes,
+/// durations, sizes), and what this reader checks on top of them.
+struct Ctx<'a>(offswitch_scenario::Located<'a>);
+
+impl<'a> std::ops::Deref for Ctx<'a> {
+    type Target = offswitch_scenario::Located<'a>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Ctx<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Ctx<'_> {
-    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, col) = offswitch_scenario::line_col(self.text, span.start);
-        self.diagnostics.push(Diagnostic {
-            path: self.path.to_owned(),
-            line,
-            col,
-            message: message.into(),
-        });
-    }
-
-    fn finish(&mut self) -> PolicyError {
-        let mut diagnostics = std::mem::take(&mut self.diagnostics);
-        diagnostics.sort();
-        PolicyError::Invalid { diagnostics }
-    }
-
     fn validate(&mut self, file: PolicyFile) -> Policy {
         if *file.version.get_ref() != 1 {
             self.error(
@@ -893,55 +887,6 @@ impl Ctx<'_> {
                 self.error(
                     action.span(),
                     format!("unknown action {other:?}: record, alert, pause or kill"),
-                );
-                None
-            }
-        }
-    }
-
-    fn glob(&mut self, glob: &Spanned<String>) -> Option<regex::Regex> {
-        match offswitch_scenario::compile_glob(glob.get_ref()) {
-            Ok(regex) => Some(regex),
-            Err(why) => {
-                self.error(glob.span(), format!("bad glob: {why}"));
-                None
-            }
-        }
-    }
-
-    fn regex(&mut self, pattern: &Spanned<String>) -> Option<regex::Regex> {
-        match regex::RegexBuilder::new(pattern.get_ref())
-            .size_limit(1 << 20)
-            .build()
-        {
-            Ok(regex) => Some(regex),
-            Err(error) => {
-                self.error(pattern.span(), format!("bad regex: {error}"));
-                None
-            }
-        }
-    }
-
-    fn duration(&mut self, text: &Spanned<String>) -> Option<Duration> {
-        match parse_duration(text.get_ref()) {
-            Some(duration) if !duration.is_zero() => Some(duration),
-            _ => {
-                self.error(
-                    text.span(),
-                    "a duration is a positive number with a unit: `500ms`, `30s`, `5m`, `2h`",
-                );
-                None
-            }
-        }
-    }
-
-    fn bytes(&mut self, text: &Spanned<String>) -> Option<u64> {
-        match parse_bytes(text.get_ref()) {
-            Some(bytes) if bytes > 0 => Some(bytes),
-            _ => {
-                self.error(
-                    text.span(),
-                    "a size is a positive number with an optional unit: `512M`, `4G`",
                 );
                 None
             }

@@ -9,6 +9,7 @@ mod detect;
 mod email_rules;
 mod error;
 mod glob;
+mod located;
 mod model;
 mod observed;
 mod parse;
@@ -24,6 +25,7 @@ pub use detect::{Evidence, Fact, FinalFile, HostEvidence, Received, SentEmail, T
 pub use email_rules::{EmailRule, EmailRuleKind};
 pub use error::{Diagnostic, ScenarioError, line_col};
 pub use glob::compile as compile_glob;
+pub use located::Located;
 pub use model::{
     Alert, Analysis, Detector, DetectorKind, Email, ExecTool, Expr, Factor, FileContents, FileSpec,
     HostSpec, Interview, InterviewQuestion, Judge, Level, Limits, Mailbox, Mechanics, ModelServer,

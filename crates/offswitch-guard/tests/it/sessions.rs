@@ -383,17 +383,20 @@ fn a_flood_of_events_is_a_stated_blind_spot_and_does_not_flood_the_log() {
     if !root_or_skip("guarded sessions") {
         return;
     }
+    // The agent lingers after its flood, so the loss reaches the monitors while it runs even
+    // when a loaded machine reads the flood more slowly than it was written.
     let run = run_hostile(
         BASE,
-        "cd /tmp && python3 -c '\nfor i in range(170000):\n    open(\"f%d\" % i, \"w\").close()\n'; exit 0",
+        "cd /tmp && python3 -c '\nfor i in range(170000):\n    open(\"f%d\" % i, \"w\").close()\n'; sleep 5; exit 0",
     );
     assert_contained(&run);
     // The stream's bound was passed: the monitors say they are blind for file events.
-    assert!(
-        run.hits().contains(&"blind [alert]".to_owned()),
-        "{:?}",
-        run.hits()
-    );
+    let blind = run
+        .records
+        .iter()
+        .any(|(kind, body)| kind == "monitor_hit" && body["monitor"] == "blind");
+    assert!(blind, "{:?}", run.hits());
+    assert!(run.count("events_lost") > 0);
     assert!(run.count("events_suppressed") > 0);
     // About 340,000 file events happened; the log holds a bounded number of them.
     assert!(

@@ -3,23 +3,12 @@
 //! server only through the proxy. Allowed calls work; a blocked call and a result carrying a
 //! secret come back as tool errors the client reads; everything is recorded.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-fn python(args: &[&str]) -> Command {
-    let mut command = Command::new("python3");
-    command
-        .arg("-I")
-        .args(args)
-        .current_dir("/")
-        .env_clear()
-        .env("PATH", SYSTEM_PATH);
-    command
-}
+use crate::support::{importable_or_skip, python};
 
 struct Server(std::process::Child);
 
@@ -32,15 +21,10 @@ impl Drop for Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mcp_client_reaches_an_mcp_server_only_through_the_checkpoint() {
-    let import = python(&["-c", "from mcp.server.mcpserver import MCPServer; from mcp.client.streamable_http import streamable_http_client"]).output();
-    if !import.as_ref().is_ok_and(|o| o.status.success()) {
-        assert!(
-            std::env::var_os("OFFSWITCH_CI").is_none(),
-            "the mcp SDK is not importable under CI"
-        );
-        eprintln!(
-            "skipping: the mcp SDK (2.x) is not importable by the system python3 (.ci/run installs it)"
-        );
+    if !importable_or_skip(
+        "from mcp.server.mcpserver import MCPServer; from mcp.client.streamable_http import streamable_http_client",
+        "the mcp SDK (2.x)",
+    ) {
         return;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -3,11 +3,11 @@
 //! not, with tool calls. With no rule firing they get exactly what the upstream sent; with one,
 //! a clean refusal their own parsers accept.
 
-use std::process::Command;
-
 use serde_json::{Value, json};
 
-use crate::support::{Reply, TOKEN, Upstream, anthropic_stream, chat_stream, proxy};
+use crate::support::{
+    Reply, TOKEN, Upstream, anthropic_stream, chat_stream, importable_or_skip, proxy, python,
+};
 
 const RULES: &str = r#"
 [[rule]]
@@ -23,49 +23,15 @@ on = "prompt"
 pattern = 'sk-live-[A-Za-z0-9]{10,}'
 action = "block"
 "#;
-/// The system's PATH: the SDKs are installed for the python3 found there.
-const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-fn python(args: &[&str]) -> std::io::Result<std::process::Output> {
-    Command::new("python3")
-        .arg("-I")
-        .args(args)
-        .current_dir("/")
-        .env_clear()
-        .env("PATH", SYSTEM_PATH)
-        .output()
-}
-
-/// Whether both SDKs import; under CI (`OFFSWITCH_CI`, set by `.ci/run`, which installs them)
-/// their absence fails the test instead of skipping it.
-fn sdks_or_skip() -> bool {
-    match python(&["-c", "import openai, anthropic"]) {
-        Ok(output) if output.status.success() => true,
-        other => {
-            let why = match other {
-                Ok(output) => String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-                Err(e) => e.to_string(),
-            };
-            assert!(
-                std::env::var_os("OFFSWITCH_CI").is_none(),
-                "the openai and anthropic SDKs are not importable under CI: {why}"
-            );
-            eprintln!(
-                "skipping: the openai and anthropic SDKs are not importable by the system python3 (.ci/run installs them): {why}"
-            );
-            false
-        }
-    }
-}
-
 async fn client(url: &str, case: &str) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/clients.py").to_owned();
     let url = url.to_owned();
     let owned = case.to_owned();
-    let output = tokio::task::spawn_blocking(move || python(&[&script, &url, TOKEN, &owned]))
-        .await
-        .unwrap()
-        .unwrap();
+    let output =
+        tokio::task::spawn_blocking(move || python(&[&script, &url, TOKEN, &owned]).output())
+            .await
+            .unwrap()
+            .unwrap();
     assert!(
         output.status.success(),
         "{case}: {}",
@@ -76,7 +42,7 @@ async fn client(url: &str, case: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_openai_sdk_streamed_and_not_with_tool_calls() {
-    if !sdks_or_skip() {
+    if !importable_or_skip("import openai, anthropic", "the openai and anthropic SDKs") {
         return;
     }
     let upstream = Upstream::start().await;
@@ -168,7 +134,7 @@ async fn the_official_openai_sdk_streamed_and_not_with_tool_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_anthropic_sdk_streamed_and_not_with_tool_use() {
-    if !sdks_or_skip() {
+    if !importable_or_skip("import openai, anthropic", "the openai and anthropic SDKs") {
         return;
     }
     let upstream = Upstream::start().await;

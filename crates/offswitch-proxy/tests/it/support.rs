@@ -300,3 +300,40 @@ pub fn anthropic_stream(command: &str) -> Vec<String> {
     events.push(anthropic_event(json!({"type": "message_stop"})));
     events
 }
+
+/// The system's PATH: the Python packages the tests use are installed for the python3 there.
+pub const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The system python3, isolated (`-I`), from `/`, with nothing of this environment.
+pub fn python(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new("python3");
+    command
+        .arg("-I")
+        .args(args)
+        .current_dir("/")
+        .env_clear()
+        .env("PATH", SYSTEM_PATH);
+    command
+}
+
+/// Whether `import` works in the system python; under CI (`OFFSWITCH_CI`, set by `.ci/run`,
+/// which installs what it imports) a failure fails the test instead of skipping it.
+pub fn importable_or_skip(import: &str, what: &str) -> bool {
+    match python(&["-c", import]).output() {
+        Ok(output) if output.status.success() => true,
+        other => {
+            let why = match other {
+                Ok(output) => String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                std::env::var_os("OFFSWITCH_CI").is_none(),
+                "{what} is not importable under CI: {why}"
+            );
+            eprintln!(
+                "skipping: {what} is not importable by the system python3 (.ci/run installs it): {why}"
+            );
+            false
+        }
+    }
+}

@@ -3,13 +3,11 @@
 //! from PyPI, installed by `.ci/run`), follow the GenAI semantic conventions.
 
 use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::{Value, json};
 
-use crate::support::{Reply, Upstream, proxy};
-
-const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+use crate::support::{Reply, Upstream, importable_or_skip, proxy, python};
 
 struct Receiver(std::process::Child);
 
@@ -22,33 +20,15 @@ impl Drop for Receiver {
 
 /// The receiver and its port; `None` (said) where the protobuf definitions are not installed.
 fn receiver(out: &std::path::Path) -> Option<(Receiver, u16)> {
-    let import = Command::new("python3")
-        .args([
-            "-I",
-            "-c",
-            "import opentelemetry.proto.collector.trace.v1.trace_service_pb2",
-        ])
-        .current_dir("/")
-        .env_clear()
-        .env("PATH", SYSTEM_PATH)
-        .output();
-    if !import.as_ref().is_ok_and(|o| o.status.success()) {
-        assert!(
-            std::env::var_os("OFFSWITCH_CI").is_none(),
-            "opentelemetry-proto is not importable under CI"
-        );
-        eprintln!(
-            "skipping: opentelemetry-proto is not importable by the system python3 (.ci/run installs it)"
-        );
+    if !importable_or_skip(
+        "import opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+        "opentelemetry-proto",
+    ) {
         return None;
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/otlp_receiver.py");
-    let mut child = Command::new("python3")
-        .args(["-I", script])
+    let mut child = python(&[script])
         .arg(out)
-        .current_dir("/")
-        .env_clear()
-        .env("PATH", SYSTEM_PATH)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
