@@ -21,14 +21,15 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-litellm_version=1.110.2
+litellm_version=1.100.0
 venv=/var/tmp/offswitch-bench-litellm
 if [ ! -x "$venv/bin/litellm" ] || [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("litellm"))')" != "$litellm_version" ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "litellm[proxy]==$litellm_version"
 fi
 
-cargo build --release -q -p offswitch-cli -p offswitch-proxy --examples
+cargo build --release -q -p offswitch-cli
+cargo build --release -q -p offswitch-proxy --examples
 offswitch=$root/target/release/offswitch
 examples=$root/target/release/examples
 work=$(mktemp -d /var/tmp/offswitch-proxy-bench.XXXXXX)
@@ -127,6 +128,9 @@ for mode in whole stream; do
         done
     done
 done
+# Stop the proxy (SIGTERM: it finishes what is in flight and seals its log), then verify the log.
+kill -TERM "${pids[1]}"
+wait "${pids[1]}" 2>/dev/null || true
 records=$("$offswitch" audit verify "$work/proxy.audit" 2>&1 | tail -1 || true)
 
 out=bench/RESULTS-proxy.md
