@@ -11,6 +11,7 @@
 //! - `budget`: tokens and requests per session and window.
 //! - `mcp`: the agent-to-agent checkpoint: MCP (Streamable HTTP) servers behind the proxy,
 //!   `tools/call` requests and results checked and recorded.
+//! - `translate`: the Responses API over an upstream with chat completions only.
 //! - `telemetry`: a span per exchange over OTLP, after the GenAI semantic conventions.
 //! - `server`: the HTTP side: authentication by session token, forwarding with the
 //!   upstream's key and bounded retries, holding streamed tool calls until checked,
@@ -28,6 +29,7 @@ pub mod mcp;
 pub mod server;
 pub mod sse;
 pub mod telemetry;
+pub mod translate;
 
 use std::sync::{Arc, Mutex};
 

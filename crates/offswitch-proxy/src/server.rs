@@ -278,6 +278,7 @@ async fn exchange(proxy: Arc<Proxy>, kind: ApiKind, headers: HeaderMap, body: By
                     .is_some_and(|t| t.capture_content)
             })
             .map(|_| request.clone()),
+        translated: None,
     };
     // The request is recorded before anything is forwarded; one a prompt rule refuses is
     // recorded without its body (it holds what must not leave, and the log is read by people).
@@ -361,11 +362,43 @@ async fn exchange(proxy: Arc<Proxy>, kind: ApiKind, headers: HeaderMap, body: By
             Value::Null,
         );
     }
-    let Some(route) = route_for(&proxy.routes, kind, &model) else {
+    let mut forwarded_request = request.clone();
+    let route = match route_for(&proxy.routes, kind, &model) {
+        Some(route) => Some(route),
+        // A Responses client in front of a chat-only upstream: translated, and said.
+        None if kind == ApiKind::Responses => match route_for(&proxy.routes, ApiKind::Chat, &model)
+        {
+            Some(route) => match crate::translate::chat_request(&request) {
+                Ok(chat) => {
+                    forwarded_request = chat;
+                    exchange.translated = Some(request.clone());
+                    exchange.kind = ApiKind::Chat;
+                    proxy.recorder.record(
+                        "model_translation",
+                        json!({"id": id, "from": "responses", "to": "chat_completions", "upstream": route.upstream.name, "request": forwarded_request}),
+                    );
+                    Some(route)
+                }
+                Err(why) => {
+                    return exchange.refuse(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        &format!(
+                            "the upstream for model {model:?} speaks chat completions only, and this request cannot be translated: {why}"
+                        ),
+                        Value::Null,
+                    );
+                }
+            },
+            None => None,
+        },
+        None => None,
+    };
+    let Some(route) = route else {
         let why = match kind {
             ApiKind::Responses if proxy.routes.iter().any(|r| r.upstream.api == Api::OpenAi) => {
                 format!(
-                    "no upstream serves the Responses API for model {model:?} (every OpenAI upstream has `responses = false`); translating it to chat completions is not built yet"
+                    "no upstream serves the Responses API or chat completions for model {model:?}"
                 )
             }
             _ => format!(
@@ -383,7 +416,7 @@ async fn exchange(proxy: Arc<Proxy>, kind: ApiKind, headers: HeaderMap, body: By
     });
     // What was checked is what goes: the parsed request, written again (a body with a key
     // twice would otherwise be read one way here and another way upstream).
-    let forwarded = Bytes::from(request.to_string());
+    let forwarded = Bytes::from(forwarded_request.to_string());
     let deadline = proxy.config.limits.max_exchange;
     let work = async {
         let reply = match exchange.send(route, &headers, forwarded, body.len()).await {
@@ -445,6 +478,9 @@ struct Exchange {
     started: SystemTime,
     /// The request, kept only when spans carry content.
     request: Option<Value>,
+    /// The client's Responses API request, when it goes to a chat-completions upstream: the
+    /// exchange is checked as chat, and what is released is translated back.
+    translated: Option<Value>,
 }
 
 impl Exchange {
@@ -482,6 +518,9 @@ impl Exchange {
             object.insert("api".into(), json!(self.kind.name()));
             object.insert("model".into(), json!(self.model));
             object.insert("stream".into(), json!(self.stream));
+            if self.translated.is_some() {
+                object.insert("translated_from".into(), json!("responses"));
+            }
             object.insert("upstream".into(), json!(self.upstream));
             object.insert("attempts".into(), json!(self.attempts));
             object.insert(
@@ -667,17 +706,22 @@ impl Exchange {
             self.blocked = blocked;
             "blocked"
         };
+        let translated = self
+            .translated
+            .as_ref()
+            .map(|request| crate::translate::response_from_chat(&body, request));
         self.record_response(json!({
             "outcome": outcome,
             "status": status.as_u16(),
             "first_byte_ms": first_byte.as_millis() as u64,
             "usage": spent,
             "response": body,
+            "translated_response": translated,
         }));
-        if self.blocked.is_empty() {
-            respond(status, &headers, bytes)
-        } else {
-            respond(status, &headers, Bytes::from(body.to_string()))
+        match translated {
+            Some(response) => respond(status, &headers, Bytes::from(response.to_string())),
+            None if self.blocked.is_empty() => respond(status, &headers, bytes),
+            None => respond(status, &headers, Bytes::from(body.to_string())),
         }
     }
 
@@ -764,6 +808,13 @@ impl Exchange {
         request_bytes: usize,
     ) {
         let limits = self.proxy.config.limits.clone();
+        let mut outlet = Outlet {
+            sender,
+            translator: self
+                .translated
+                .as_ref()
+                .map(crate::translate::StreamTranslator::new),
+        };
         let mut parser = SseParser::new(
             usize::try_from(limits.max_response_bytes.min(16 << 20)).unwrap_or(16 << 20),
         );
@@ -817,7 +868,7 @@ impl Exchange {
                 match state.on_event(&event) {
                     Flow::Drop => continue,
                     Flow::Release if !decided => {
-                        if sender.send(Ok(event.raw)).await.is_err() {
+                        if !outlet.send(event).await {
                             client_gone = true;
                             break;
                         }
@@ -827,7 +878,7 @@ impl Exchange {
                 }
                 if state.done() && !decided && state.holding() {
                     decided = true;
-                    if !self.release_checked(&state, &mut held, &sender).await {
+                    if !self.release_checked(&state, &mut held, &mut outlet).await {
                         client_gone = true;
                         break;
                     }
@@ -839,11 +890,20 @@ impl Exchange {
             && !decided
             && state.holding()
             && state.complete_at_end()
-            && !self.release_checked(&state, &mut held, &sender).await
+            && !self.release_checked(&state, &mut held, &mut outlet).await
         {
             client_gone = true;
         }
         let complete = state.done() || state.complete_at_end();
+        if complete
+            && !client_gone
+            && ending.is_none()
+            && state.uncheckable().is_none()
+            && held.is_empty()
+        {
+            // A translated stream ends with the Responses API's own closing events.
+            client_gone = !outlet.finish().await;
+        }
         let unchecked = state.uncheckable().map(str::to_owned);
         // A stream that ended before its reply was complete, or that could not be checked,
         // never releases what it held; the client sees the stream fail, not end.
@@ -854,9 +914,9 @@ impl Exchange {
                 .map(|why| format!("the reply could not be checked: {why}"))
                 .or_else(|| ending.clone())
                 .unwrap_or_else(|| "the upstream's stream ended early".into());
-            let _ = sender.send(Err(std::io::Error::other(why))).await;
+            let _ = outlet.sender.send(Err(std::io::Error::other(why))).await;
         }
-        drop(sender);
+        drop(outlet);
         let spent = self.spend(state.usage(), request_bytes, total as usize);
         let outcome = if client_gone {
             "client_disconnected"
@@ -889,7 +949,7 @@ impl Exchange {
         &mut self,
         state: &StreamState,
         held: &mut Vec<SseEvent>,
-        sender: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+        outlet: &mut Outlet,
     ) -> bool {
         if state.uncheckable().is_some() {
             return true;
@@ -898,7 +958,42 @@ impl Exchange {
         let out = state.rewrite(std::mem::take(held), &blocked);
         self.blocked = blocked;
         for event in out {
-            if sender.send(Ok(event.raw)).await.is_err() {
+            if !outlet.send(event).await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Where released events go: to the client as they came, or translated first.
+struct Outlet {
+    sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    translator: Option<crate::translate::StreamTranslator>,
+}
+
+impl Outlet {
+    /// `false` when the client is gone.
+    async fn send(&mut self, event: SseEvent) -> bool {
+        let events = match &mut self.translator {
+            Some(translator) => translator.translate(&event),
+            None => vec![event],
+        };
+        for event in events {
+            if self.sender.send(Ok(event.raw)).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The translation's closing events, if they were not written yet.
+    async fn finish(&mut self) -> bool {
+        let Some(translator) = &mut self.translator else {
+            return true;
+        };
+        for event in translator.finish() {
+            if self.sender.send(Ok(event.raw)).await.is_err() {
                 return false;
             }
         }

@@ -19,8 +19,9 @@ pub struct Args {
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// An upstream: `URL` or `openai=URL` (OpenAI-compatible, its key from OPENAI_API_KEY when
-    /// set), `anthropic=URL` (its key from ANTHROPIC_API_KEY when set). Repeatable; tried after
-    /// the file's.
+    /// set), `chat=URL` (the same, with chat completions only: Responses API requests are
+    /// translated), `anthropic=URL` (its key from ANTHROPIC_API_KEY when set). Repeatable; tried
+    /// after the file's.
     #[arg(long)]
     upstream: Vec<String>,
     /// Where the audit log goes (a new file). Default: `<offswitch home>/proxy/<time>.audit`.
@@ -184,10 +185,11 @@ async fn axum_serve(
 
 /// `--upstream [openai=|anthropic=]URL`.
 fn upstream_arg(index: usize, text: &str) -> anyhow::Result<Upstream> {
-    let (api, url) = match text.split_once('=') {
-        Some(("openai", url)) => (Api::OpenAi, url),
-        Some(("anthropic", url)) => (Api::Anthropic, url),
-        _ => (Api::OpenAi, text),
+    let (api, url, responses) = match text.split_once('=') {
+        Some(("openai", url)) => (Api::OpenAi, url, true),
+        Some(("chat", url)) => (Api::OpenAi, url, false),
+        Some(("anthropic", url)) => (Api::Anthropic, url, true),
+        _ => (Api::OpenAi, text, true),
     };
     let mut file = format!(
         "version = 1\n[[upstream]]\nname = \"arg{}\"\nurl = {:?}\napi = \"{}\"\n",
@@ -195,6 +197,9 @@ fn upstream_arg(index: usize, text: &str) -> anyhow::Result<Upstream> {
         url,
         api.name()
     );
+    if !responses {
+        file.push_str("responses = false\n");
+    }
     let key = match api {
         Api::OpenAi => "OPENAI_API_KEY",
         Api::Anthropic => "ANTHROPIC_API_KEY",
@@ -203,7 +208,7 @@ fn upstream_arg(index: usize, text: &str) -> anyhow::Result<Upstream> {
         file.push_str(&format!("key_env = \"{key}\"\n"));
     }
     let config = offswitch_proxy::parse(&file, std::path::Path::new("--upstream"))
-        .map_err(|_| super::invalid_input(format!("--upstream {text:?}: an http(s) base URL, optionally after `openai=` or `anthropic=`")))?;
+        .map_err(|_| super::invalid_input(format!("--upstream {text:?}: an http(s) base URL, optionally after `openai=`, `chat=` or `anthropic=`")))?;
     Ok(config.upstreams.into_iter().next().expect("one upstream"))
 }
 

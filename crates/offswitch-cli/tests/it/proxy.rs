@@ -36,6 +36,14 @@ for name, base, key in (("direct", sys.argv[1], "unused"), ("proxied", sys.argv[
         "streamed": streamed,
         "streamed_calls": [calls[i] for i in sorted(calls)],
     }
+# The Responses API through the proxy only: serve-model has chat completions alone, and the
+# proxy translates.
+client = openai.OpenAI(base_url=sys.argv[2], api_key=sys.argv[3], max_retries=0)
+tools_r = [{"type": "function", "name": "shell", "description": "Run a shell command",
+            "parameters": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}}]
+whole = client.responses.create(model="smollm2-135m", input="List the files in the current directory.", tools=tools_r, temperature=0, max_output_tokens=40)
+events = [event.type for event in client.responses.create(model="smollm2-135m", input="List the files in the current directory.", tools=tools_r, temperature=0, max_output_tokens=40, stream=True)]
+out["responses"] = {"output": [item.type for item in whole.output], "status": whole.status, "first": events[0], "last": events[-1]}
 print(json.dumps(out))
 "#;
 
@@ -91,7 +99,7 @@ fn the_openai_sdk_gets_through_the_proxy_what_serve_model_sends() {
     let audit = dir.path().join("proxy.audit");
     let mut proxy = offswitch(dir.path())
         .args(["proxy", "--listen", "127.0.0.1:0", "--upstream"])
-        .arg(format!("http://127.0.0.1:{}/v1", server.port))
+        .arg(format!("chat=http://127.0.0.1:{}/v1", server.port))
         .arg("--audit")
         .arg(&audit)
         .env_remove("OPENAI_API_KEY")
@@ -140,8 +148,19 @@ fn the_openai_sdk_gets_through_the_proxy_what_serve_model_sends() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let got: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut got: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let responses = got
+        .as_object_mut()
+        .and_then(|o| o.remove("responses"))
+        .unwrap_or_default();
     assert_eq!(got["direct"], got["proxied"], "{got:#}");
+    assert_eq!(responses["status"], "completed", "{responses}");
+    assert!(
+        !responses["output"].as_array().unwrap().is_empty(),
+        "{responses}"
+    );
+    assert_eq!(responses["first"], "response.created");
+    assert_eq!(responses["last"], "response.completed");
     eprintln!("through the proxy: {}", got["proxied"]);
     let said = &got["proxied"];
     assert!(
@@ -155,6 +174,11 @@ fn the_openai_sdk_gets_through_the_proxy_what_serve_model_sends() {
     let kinds: Vec<&str> = records.iter().filter_map(|r| r["kind"].as_str()).collect();
     assert_eq!(
         kinds.iter().filter(|k| **k == "model_request").count(),
+        4,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "model_translation").count(),
         2,
         "{kinds:?}"
     );
@@ -162,7 +186,7 @@ fn the_openai_sdk_gets_through_the_proxy_what_serve_model_sends() {
         .iter()
         .filter(|r| r["kind"] == "model_response")
         .collect();
-    assert_eq!(responses.len(), 2);
+    assert_eq!(responses.len(), 4);
     assert!(
         responses.iter().all(|r| r["body"]["outcome"] == "passed"),
         "{responses:?}"

@@ -5,3 +5,4 @@ mod mcp;
 mod sdks;
 mod support;
 mod telemetry;
+mod translation;

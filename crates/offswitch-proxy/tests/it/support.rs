@@ -158,12 +158,22 @@ pub struct TestProxy {
 pub const TOKEN: &str = "osw-test-token";
 
 pub async fn proxy(upstream_url: &str, api: &str, rules: &str) -> TestProxy {
+    proxy_with(upstream_url, api, "", rules).await
+}
+
+/// `proxy`, with more keys for the upstream (`responses = false`).
+pub async fn proxy_with(
+    upstream_url: &str,
+    api: &str,
+    upstream_keys: &str,
+    rules: &str,
+) -> TestProxy {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("key"), "sk-upstream-secret\n").unwrap();
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();
     let text = format!(
         "version = 1\n[[upstream]]\nname = \"up\"\nurl = \"{upstream_url}\"\napi = \"{api}\"\n\
-         key_file = \"{key}\"\n[[session]]\nname = \"agent\"\n\
+         key_file = \"{key}\"\n{upstream_keys}\n[[session]]\nname = \"agent\"\n\
          token_file = \"{token}\"\nguard = \"agent-guard\"\n{rules}",
         key = dir.path().join("key").display(),
         token = dir.path().join("token").display(),
