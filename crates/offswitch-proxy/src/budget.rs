@@ -28,6 +28,8 @@ pub struct Use {
     pub requests: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// What the tokens cost, in millionths of a dollar.
+    pub micro_usd: u64,
 }
 
 impl Spending {
@@ -49,12 +51,20 @@ impl Spending {
                 out.push(Exhausted {
                     budget: budget.name.clone(),
                     action: budget.action,
-                    detail: format!(
-                        "{used} of {} {}{} used",
-                        budget.max,
-                        budget.metric.name(),
-                        window(budget.per)
-                    ),
+                    detail: match budget.metric {
+                        Metric::CostMicroUsd => format!(
+                            "${:.4} of ${:.4}{} spent",
+                            used as f64 / 1e6,
+                            budget.max as f64 / 1e6,
+                            window(budget.per)
+                        ),
+                        metric => format!(
+                            "{used} of {} {}{} used",
+                            budget.max,
+                            metric.name(),
+                            window(budget.per)
+                        ),
+                    },
                 });
             }
         }
@@ -69,6 +79,7 @@ impl Spending {
                 Metric::Tokens => used.input_tokens + used.output_tokens,
                 Metric::InputTokens => used.input_tokens,
                 Metric::OutputTokens => used.output_tokens,
+                Metric::CostMicroUsd => used.micro_usd,
             };
             if amount > 0 {
                 let (window, total) = &mut self.spent[index];

@@ -57,6 +57,8 @@ pub struct Config {
     pub sessions: Vec<SessionSpec>,
     pub rules: Vec<Rule>,
     pub budgets: Vec<Budget>,
+    /// What models cost, for `cost` budgets: the first price whose glob matches the model.
+    pub prices: Vec<Price>,
     pub limits: Limits,
     /// Let requests declare tools the upstream runs itself (web search, code execution, remote
     /// MCP servers). Off by default: their calls happen upstream, where no rule can stop them.
@@ -179,6 +181,8 @@ pub enum Metric {
     OutputTokens,
     /// Requests forwarded.
     Requests,
+    /// What the tokens cost at the configuration's `[[price]]`s, in millionths of a dollar.
+    CostMicroUsd,
 }
 
 impl Metric {
@@ -188,7 +192,24 @@ impl Metric {
             Metric::InputTokens => "input_tokens",
             Metric::OutputTokens => "output_tokens",
             Metric::Requests => "requests",
+            Metric::CostMicroUsd => "cost",
         }
+    }
+}
+
+/// Dollars per million tokens of the models a glob matches.
+#[derive(Debug, Clone)]
+pub struct Price {
+    pub model: regex::Regex,
+    pub input_usd_per_mtok: f64,
+    pub output_usd_per_mtok: f64,
+}
+
+impl Price {
+    /// The cost of `input` and `output` tokens, in millionths of a dollar (rounded up).
+    pub fn micro_usd(&self, input: u64, output: u64) -> u64 {
+        (input as f64 * self.input_usd_per_mtok + output as f64 * self.output_usd_per_mtok).ceil()
+            as u64
     }
 }
 
@@ -314,6 +335,8 @@ struct ConfigFile {
     rule: Vec<Spanned<RuleFile>>,
     #[serde(default)]
     budget: Vec<Spanned<BudgetFile>>,
+    #[serde(default)]
+    price: Vec<Spanned<PriceFile>>,
     limits: Option<LimitsFile>,
     allow_server_tools: Option<bool>,
     telemetry: Option<TelemetryFile>,
@@ -371,10 +394,19 @@ struct RuleFile {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct PriceFile {
+    model: Spanned<String>,
+    input_usd_per_mtok: Spanned<f64>,
+    output_usd_per_mtok: Spanned<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct BudgetFile {
     name: Spanned<String>,
     metric: Spanned<String>,
-    max: Spanned<u64>,
+    max: Option<Spanned<u64>>,
+    max_usd: Option<Spanned<f64>>,
     per: Option<Spanned<String>>,
     action: Option<Spanned<String>>,
 }
@@ -544,6 +576,43 @@ impl Ctx<'_> {
                 budgets.push(budget);
             }
         }
+        let prices: Vec<Price> = file
+            .price
+            .iter()
+            .filter_map(|entry| {
+                let price = entry.get_ref();
+                let mut rate = |value: &Spanned<f64>| {
+                    let rate = *value.get_ref();
+                    if rate.is_finite() && (0.0..1e6).contains(&rate) {
+                        Some(rate)
+                    } else {
+                        self.error(
+                            value.span(),
+                            "a price is dollars per million tokens, at least 0",
+                        );
+                        None
+                    }
+                };
+                let input = rate(&price.input_usd_per_mtok);
+                let output = rate(&price.output_usd_per_mtok);
+                let model = self.glob(&price.model);
+                Some(Price {
+                    model: model?,
+                    input_usd_per_mtok: input?,
+                    output_usd_per_mtok: output?,
+                })
+            })
+            .collect();
+        if budgets
+            .iter()
+            .any(|b: &Budget| b.metric == Metric::CostMicroUsd)
+            && file.price.is_empty()
+        {
+            self.error(
+                0..0,
+                "a budget on \"cost\" needs `[[price]]` entries for the models it pays for",
+            );
+        }
         let limits = self.limits(file.limits);
         let telemetry = file.telemetry.and_then(|telemetry| {
             let endpoint = telemetry
@@ -577,6 +646,7 @@ impl Ctx<'_> {
             sessions,
             rules,
             budgets,
+            prices,
             limits,
             allow_server_tools: file.allow_server_tools.unwrap_or(false),
             telemetry,
@@ -809,17 +879,54 @@ impl Ctx<'_> {
             "input_tokens" => Some(Metric::InputTokens),
             "output_tokens" => Some(Metric::OutputTokens),
             "requests" => Some(Metric::Requests),
+            "cost" => Some(Metric::CostMicroUsd),
             other => {
                 self.error(
                     file.metric.span(),
-                    format!("unknown metric {other:?}: one of tokens, input_tokens, output_tokens, requests"),
+                    format!("unknown metric {other:?}: one of tokens, input_tokens, output_tokens, requests, cost"),
                 );
                 None
             }
         };
-        if *file.max.get_ref() == 0 {
-            self.error(file.max.span(), "`max` must be at least 1");
-        }
+        // A cost is given in dollars (`max_usd`), everything else as a count (`max`).
+        let max = match (metric, &file.max, &file.max_usd) {
+            (Some(Metric::CostMicroUsd), None, Some(usd)) => {
+                let usd = *usd.get_ref();
+                if !(usd.is_finite() && usd > 0.0 && usd < 1e9) {
+                    self.error(
+                        file.max_usd.as_ref().map_or(entry.span(), Spanned::span),
+                        "`max_usd` is a positive number of dollars",
+                    );
+                    None
+                } else {
+                    Some((usd * 1e6).round().max(1.0) as u64)
+                }
+            }
+            (Some(Metric::CostMicroUsd), _, _) => {
+                self.error(
+                    entry.span(),
+                    "a budget on \"cost\" gives `max_usd` (dollars), not `max`",
+                );
+                None
+            }
+            (_, Some(max), None) => {
+                if *max.get_ref() == 0 {
+                    self.error(max.span(), "`max` must be at least 1");
+                }
+                Some(*max.get_ref())
+            }
+            (_, _, Some(usd)) => {
+                self.error(
+                    usd.span(),
+                    "`max_usd` is for a budget on \"cost\"; this one takes `max`",
+                );
+                None
+            }
+            (_, None, None) => {
+                self.error(entry.span(), "a budget needs `max`");
+                None
+            }
+        };
         let per = match &file.per {
             Some(per) => Some(self.duration(per)?),
             None => None,
@@ -831,7 +938,7 @@ impl Ctx<'_> {
         Some(Budget {
             name: name?,
             metric: metric?,
-            max: *file.max.get_ref(),
+            max: max?,
             per,
             action: action?,
         })

@@ -349,6 +349,21 @@ async fn exchange(proxy: Arc<Proxy>, kind: ApiKind, headers: HeaderMap, body: By
             );
         }
     }
+    // A cost budget cannot be kept for a model without a price: refused, not let through free.
+    if proxy
+        .config
+        .budgets
+        .iter()
+        .any(|b| b.metric == crate::config::Metric::CostMicroUsd)
+        && !proxy.config.prices.iter().any(|p| p.model.is_match(&model))
+    {
+        return exchange.refuse(
+            StatusCode::FORBIDDEN,
+            "blocked_by_policy",
+            &format!("the model {model:?} has no `[[price]]`, so the session's cost budget cannot be kept"),
+            Value::Null,
+        );
+    }
     if !proxy.config.allow_server_tools
         && let Some(tools) = apis::server_side_tools(kind, &request)
     {
@@ -758,12 +773,20 @@ impl Exchange {
             Some(usage) => (false, usage),
             None => (true, (request_bytes as u64 / 4, reply_bytes as u64 / 4)),
         };
+        let price = self
+            .proxy
+            .config
+            .prices
+            .iter()
+            .find(|price| price.model.is_match(&self.model));
+        let micro_usd = price.map(|price| price.micro_usd(input, output));
         self.charge(Use {
             requests: 0,
             input_tokens: input,
             output_tokens: output,
+            micro_usd: micro_usd.unwrap_or(0),
         });
-        json!({"input_tokens": input, "output_tokens": output, "estimated": estimated})
+        json!({"input_tokens": input, "output_tokens": output, "estimated": estimated, "cost_usd": micro_usd.map(|m| m as f64 / 1e6)})
     }
 
     /// Add to the session's spending, and act on the budgets that spent.

@@ -50,6 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             sessions: Vec::new(),
             rules: Vec::new(),
             budgets: Vec::new(),
+            prices: Vec::new(),
             limits: Limits::default(),
             allow_server_tools: false,
             telemetry: None,

@@ -51,7 +51,7 @@ max_attempts = 99
             (
             ^
         error: unclosed group
-        p.toml:25:10: unknown metric "dollars": one of tokens, input_tokens, output_tokens, requests
+        p.toml:25:10: unknown metric "dollars": one of tokens, input_tokens, output_tokens, requests, cost
         p.toml:26:7: `max` must be at least 1
         p.toml:27:7: a duration is a positive number with a unit: `500ms`, `30s`, `5m`, `2h`
         p.toml:30:16: `max_attempts` is 1 to 10"#]]
@@ -65,5 +65,6 @@ fn the_shipped_example_is_valid() {
     assert_eq!(config.upstreams.len(), 2);
     assert_eq!(config.sessions[0].guard.as_deref(), Some("coder"));
     assert_eq!(config.rules.len(), 3);
-    assert_eq!(config.budgets.len(), 2);
+    assert_eq!(config.budgets.len(), 3);
+    assert_eq!(config.prices.len(), 2);
 }

@@ -492,3 +492,43 @@ async fn a_client_that_leaves_mid_stream_is_recorded() {
     let record = proxy.response(0).await;
     assert_eq!(record["outcome"], "client_disconnected");
 }
+
+/// A cost budget: tokens priced by model, the session refused once it has spent its dollars,
+/// and a model without a price refused rather than let through free.
+#[tokio::test]
+async fn a_cost_budget_in_dollars() {
+    let upstream = Upstream::start().await;
+    let rules = "[[price]]\nmodel = \"m\"\ninput_usd_per_mtok = 1000.0\noutput_usd_per_mtok = 2000.0\n\
+                 [[budget]]\nname = \"dollars\"\nmetric = \"cost\"\nmax_usd = 0.03\n";
+    let proxy = proxy(&upstream.url, "openai", rules).await;
+    let unpriced = proxy
+        .post(
+            "/chat/completions",
+            &json!({"model": "other", "messages": []}),
+        )
+        .await;
+    assert_eq!(unpriced.status(), 403);
+    upstream.push(Reply::json(&chat_reply(None)));
+    upstream.push(Reply::json(&chat_reply(None)));
+    // 10 input and 5 output tokens a reply: $0.02 each.
+    assert_eq!(
+        proxy.post("/chat/completions", &request()).await.status(),
+        200
+    );
+    assert_eq!(proxy.response(1).await["usage"]["cost_usd"], 0.02);
+    assert_eq!(
+        proxy.post("/chat/completions", &request()).await.status(),
+        200
+    );
+    let refused = proxy.post("/chat/completions", &request()).await;
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("$0.0400 of $0.0300"),
+        "{body}"
+    );
+    assert_eq!(upstream.received().len(), 2);
+}
