@@ -103,6 +103,13 @@ struct ModelProxy {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl Drop for ModelProxy {
+    /// A session that fails to start (or ends) takes its proxy with it.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Start the model proxy for a session (before its sandbox, whose environment names it).
 async fn start_proxy(
     options: &GuardOptions,
@@ -275,15 +282,7 @@ impl Session {
         };
         let (proxy_sender, proxy_records) = tokio::sync::mpsc::unbounded_channel();
         let model_proxy = start_proxy(&options, proxy_sender).await?;
-        let (home, home_idmap, kept_copy) = match prepare_home(&options, mode) {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                if let Some(proxy) = &model_proxy {
-                    proxy.task.abort();
-                }
-                return Err(e);
-            }
-        };
+        let (home, home_idmap, kept_copy) = prepare_home(&options, mode)?;
         let secrets = find_secrets(&home, &policy.secrets);
         for glob in &secrets.unmatched {
             eprintln!(

@@ -113,6 +113,10 @@ pub fn prepare(config: &Config) -> Result<(Vec<Route>, Vec<Session>), String> {
             key,
         });
     }
+    for server in &config.mcp {
+        config::read_secret(&server.key)
+            .map_err(|e| format!("the key of MCP server {}: {e}", server.name))?;
+    }
     let mut sessions = Vec::new();
     let specs = if config.sessions.is_empty() {
         vec![config::SessionSpec {

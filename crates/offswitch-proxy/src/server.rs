@@ -849,8 +849,13 @@ impl Exchange {
         let mut client_gone = false;
         let mut ending: Option<String> = None;
         let mut ended = false;
+        let deadline = self.received + limits.max_exchange;
         while !ended && !client_gone {
-            let events = match tokio::time::timeout(limits.idle_timeout, reply.chunk()).await {
+            // The idle timeout between reads, and the whole exchange's limit.
+            let wait = limits
+                .idle_timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let events = match tokio::time::timeout(wait, reply.chunk()).await {
                 Ok(Ok(Some(chunk))) => {
                     first_byte.get_or_insert_with(|| self.received.elapsed());
                     total += chunk.len() as u64;
@@ -877,6 +882,13 @@ impl Exchange {
                 }
                 Ok(Err(e)) => {
                     ending = Some(format!("the upstream's stream failed: {e}"));
+                    break;
+                }
+                Err(_) if Instant::now() >= deadline => {
+                    ending = Some(format!(
+                        "the exchange passed its limit of {}s",
+                        limits.max_exchange.as_secs()
+                    ));
                     break;
                 }
                 Err(_) => {
