@@ -417,48 +417,36 @@ impl std::ops::DerefMut for Ctx<'_> {
 
 impl Ctx<'_> {
     fn validate(&mut self, file: PolicyFile) -> Policy {
-        if *file.version.get_ref() != 1 {
-            self.error(
-                file.version.span(),
-                format!(
-                    "unknown policy version {}: this offswitch reads version 1",
-                    file.version.get_ref()
-                ),
-            );
-        }
+        self.version(&file.version, "policy");
         let name = file.name.get_ref().trim().to_owned();
         if name.is_empty() || name.len() > 128 {
             self.error(file.name.span(), "the name must be 1 to 128 characters");
         }
-        for (count, what, span) in [
-            (
-                file.protect.len(),
-                "protected paths",
-                file.protect.first().map(Spanned::span),
-            ),
-            (
-                file.secret.len(),
-                "secrets",
-                file.secret.first().map(Spanned::span),
-            ),
-            (
-                file.rule.len(),
-                "rules",
-                file.rule.first().map(Spanned::span),
-            ),
-            (
-                file.breaker.len(),
-                "breakers",
-                file.breaker.first().map(Spanned::span),
-            ),
-        ] {
-            if count > MAX_ENTRIES {
-                self.error(
-                    span.unwrap_or(0..0),
-                    format!("more than {MAX_ENTRIES} {what}"),
-                );
-            }
-        }
+        self.at_most(
+            MAX_ENTRIES,
+            &[
+                (
+                    file.protect.len(),
+                    "protected paths",
+                    file.protect.first().map(Spanned::span),
+                ),
+                (
+                    file.secret.len(),
+                    "secrets",
+                    file.secret.first().map(Spanned::span),
+                ),
+                (
+                    file.rule.len(),
+                    "rules",
+                    file.rule.first().map(Spanned::span),
+                ),
+                (
+                    file.breaker.len(),
+                    "breakers",
+                    file.breaker.first().map(Spanned::span),
+                ),
+            ],
+        );
         let session = self.session(file.session);
         let protect = file
             .protect

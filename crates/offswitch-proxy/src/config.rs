@@ -442,44 +442,42 @@ impl std::ops::DerefMut for Ctx<'_> {
 
 impl Ctx<'_> {
     fn validate(&mut self, file: ConfigFile) -> Config {
-        if *file.version.get_ref() != 1 {
-            self.error(
-                file.version.span(),
-                format!(
-                    "unknown config version {}: this offswitch reads version 1",
-                    file.version.get_ref()
+        self.version(&file.version, "config");
+        self.at_most(
+            MAX_ENTRIES,
+            &[
+                (
+                    file.upstream.len(),
+                    "upstreams",
+                    file.upstream.first().map(Spanned::span),
                 ),
-            );
-        }
-        for (count, what, span) in [
-            (
-                file.upstream.len(),
-                "upstreams",
-                file.upstream.first().map(Spanned::span),
-            ),
-            (
-                file.session.len(),
-                "sessions",
-                file.session.first().map(Spanned::span),
-            ),
-            (
-                file.rule.len(),
-                "rules",
-                file.rule.first().map(Spanned::span),
-            ),
-            (
-                file.budget.len(),
-                "budgets",
-                file.budget.first().map(Spanned::span),
-            ),
-        ] {
-            if count > MAX_ENTRIES {
-                self.error(
-                    span.unwrap_or(0..0),
-                    format!("more than {MAX_ENTRIES} {what}"),
-                );
-            }
-        }
+                (
+                    file.session.len(),
+                    "sessions",
+                    file.session.first().map(Spanned::span),
+                ),
+                (
+                    file.rule.len(),
+                    "rules",
+                    file.rule.first().map(Spanned::span),
+                ),
+                (
+                    file.budget.len(),
+                    "budgets",
+                    file.budget.first().map(Spanned::span),
+                ),
+                (
+                    file.mcp.len(),
+                    "MCP servers",
+                    file.mcp.first().map(Spanned::span),
+                ),
+                (
+                    file.price.len(),
+                    "prices",
+                    file.price.first().map(Spanned::span),
+                ),
+            ],
+        );
         let listen =
             file.listen
                 .as_ref()

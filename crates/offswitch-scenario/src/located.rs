@@ -45,6 +45,31 @@ impl<'a> Located<'a> {
         diagnostics
     }
 
+    /// The file's `version`: this offswitch reads version 1 of every format.
+    pub fn version(&mut self, version: &Spanned<u32>, what: &str) {
+        if *version.get_ref() != 1 {
+            self.error(
+                version.span(),
+                format!(
+                    "unknown {what} version {}: this offswitch reads version 1",
+                    version.get_ref()
+                ),
+            );
+        }
+    }
+
+    /// At most `max` entries of each list: (how many, what they are, where the first is).
+    pub fn at_most(&mut self, max: usize, lists: &[(usize, &str, Option<Range<usize>>)]) {
+        for (count, what, span) in lists {
+            if *count > max {
+                self.error(
+                    span.clone().unwrap_or(0..0),
+                    format!("more than {max} {what}"),
+                );
+            }
+        }
+    }
+
     /// A path glob (`*`, `?`, `**/`).
     pub fn glob(&mut self, glob: &Spanned<String>) -> Option<regex::Regex> {
         match crate::compile_glob(glob.get_ref()) {
