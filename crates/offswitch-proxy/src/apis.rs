@@ -564,6 +564,9 @@ impl StreamState {
             self.dropped_after_end += 1;
             return Flow::Drop;
         }
+        if event.odd {
+            self.poison("an event with a field the standard does not name, or not UTF-8");
+        }
         let data = event.data.trim();
         if !data.is_empty() {
             if self.kind == ApiKind::Chat && data == "[DONE]" {

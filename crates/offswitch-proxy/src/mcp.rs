@@ -69,11 +69,9 @@ pub(crate) async fn post(
             );
         }
     };
-    let mut exchange = McpExchange {
-        proxy: Arc::clone(&proxy),
-        session,
-        server: server.name.clone(),
-        calls: HashMap::new(),
+    let mut exchange = match McpExchange::new(&proxy, session, &server) {
+        Ok(exchange) => exchange,
+        Err(response) => return response,
     };
     // Every call checked before anything is sent.
     let mut refusals = Vec::new();
@@ -173,7 +171,7 @@ pub(crate) async fn post(
         .post(&server.url)
         .header(header::CONTENT_TYPE, "application/json")
         .body(forwarded.to_string());
-    exchange.forward(request, &server, &headers).await
+    exchange.forward_within(request, &server, &headers).await
 }
 
 /// `GET /mcp/<name>`: the server's stream of messages to the client.
@@ -186,14 +184,12 @@ pub(crate) async fn get(
         Ok(found) => found,
         Err(response) => return response,
     };
-    let exchange = McpExchange {
-        proxy: Arc::clone(&proxy),
-        session,
-        server: server.name.clone(),
-        calls: HashMap::new(),
+    let exchange = match McpExchange::new(&proxy, session, &server) {
+        Ok(exchange) => exchange,
+        Err(response) => return response,
     };
     let request = proxy.client.get(&server.url);
-    exchange.forward(request, &server, &headers).await
+    exchange.forward_within(request, &server, &headers).await
 }
 
 /// `DELETE /mcp/<name>`: the client ends its MCP session.
@@ -206,6 +202,14 @@ pub(crate) async fn delete(
         Ok(found) => found,
         Err(response) => return response,
     };
+    if someone_elses(&proxy, &server, &headers, session) {
+        return rpc_error(
+            StatusCode::FORBIDDEN,
+            Value::Null,
+            -32000,
+            "this MCP session belongs to another session of the proxy",
+        );
+    }
     proxy.recorder.record(
         "mcp_request",
         json!({"session": proxy.sessions[session].name, "server": server.name, "method": "(end of session)"}),
@@ -279,9 +283,67 @@ struct McpExchange {
     server: String,
     /// The calls sent, by JSON-RPC id (as JSON text): the tool, and when.
     calls: HashMap<String, (String, Instant, SystemTime)>,
+    /// Its share of the proxy's exchanges at once, held until its reply is done.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl McpExchange {
+    #[allow(clippy::result_large_err)]
+    fn new(
+        proxy: &Arc<Proxy>,
+        session: usize,
+        server: &McpServer,
+    ) -> Result<McpExchange, Response> {
+        let Ok(permit) = proxy.in_flight.clone().try_acquire_owned() else {
+            return Err(rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Value::Null,
+                -32000,
+                &format!(
+                    "the proxy is at its limit of {} exchanges at once",
+                    proxy.config.limits.max_concurrent
+                ),
+            ));
+        };
+        Ok(McpExchange {
+            proxy: Arc::clone(proxy),
+            session,
+            server: server.name.clone(),
+            calls: HashMap::new(),
+            _permit: permit,
+        })
+    }
+
+    /// `forward`, within the exchange's time limit, and only in an MCP session this agent's.
+    async fn forward_within(
+        self,
+        request: reqwest::RequestBuilder,
+        server: &McpServer,
+        headers: &HeaderMap,
+    ) -> Response {
+        if someone_elses(&self.proxy, server, headers, self.session) {
+            self.proxy.recorder.record(
+                "mcp_request",
+                json!({"session": self.session_name(), "server": server.name, "method": "(refused: another session's MCP session)"}),
+            );
+            return rpc_error(
+                StatusCode::FORBIDDEN,
+                Value::Null,
+                -32000,
+                "this MCP session belongs to another session of the proxy",
+            );
+        }
+        let limit = self.proxy.config.limits.max_exchange;
+        match tokio::time::timeout(limit, self.forward(request, server, headers)).await {
+            Ok(response) => response,
+            Err(_) => rpc_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                Value::Null,
+                -32000,
+                &format!("the exchange passed its limit of {}s", limit.as_secs()),
+            ),
+        }
+    }
     fn session_name(&self) -> &str {
         &self.proxy.sessions[self.session].name
     }
@@ -327,6 +389,17 @@ impl McpExchange {
         };
         let status = reply.status();
         let reply_headers = reply.headers().clone();
+        if let Some(id) = reply_headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            let mut sessions = crate::server::lock(&self.proxy.mcp_sessions);
+            if sessions.len() < 100_000 {
+                sessions
+                    .entry(format!("{}\n{id}", server.name))
+                    .or_insert(self.session);
+            }
+        }
         let content_type = reply_headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -366,24 +439,28 @@ impl McpExchange {
             bytes
         } else {
             match serde_json::from_slice::<Value>(&bytes) {
-                Ok(mut value) => {
-                    let changed = match &mut value {
-                        Value::Array(messages) => {
-                            let mut changed = false;
-                            for message in messages.iter_mut() {
-                                changed |= self.check_message(message);
-                            }
-                            changed
-                        }
-                        message => self.check_message(message),
-                    };
-                    if changed {
-                        Bytes::from(value.to_string())
-                    } else {
-                        bytes
+                Ok(mut value) => match self.check_body(&mut value) {
+                    Checked::Same => bytes,
+                    Checked::Changed => Bytes::from(value.to_string()),
+                    Checked::Drop => {
+                        return rpc_error(
+                            StatusCode::BAD_GATEWAY,
+                            Value::Null,
+                            -32000,
+                            "the MCP server's reply held what this proxy does not release",
+                        );
                     }
+                },
+                // An error body that is not JSON is not passed on either: its text would reach
+                // the agent unchecked.
+                Err(_) if !status.is_success() => {
+                    return rpc_error(
+                        StatusCode::BAD_GATEWAY,
+                        Value::Null,
+                        -32000,
+                        &format!("the MCP server answered {status} with a body that is not JSON"),
+                    );
                 }
-                Err(_) if !status.is_success() => bytes,
                 Err(_) => {
                     // Nothing unchecked passes: a reply that cannot be read is not released.
                     for id in self.calls.keys() {
@@ -417,9 +494,12 @@ impl McpExchange {
             usize::try_from(limits.max_response_bytes.min(16 << 20)).unwrap_or(16 << 20),
         );
         let mut total = 0u64;
+        let deadline = Instant::now() + limits.max_exchange;
         loop {
-            let (events, end) = match tokio::time::timeout(limits.idle_timeout, reply.chunk()).await
-            {
+            let wait = limits
+                .idle_timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let (events, end) = match tokio::time::timeout(wait, reply.chunk()).await {
                 Ok(Ok(Some(chunk))) => {
                     total += chunk.len() as u64;
                     if total > limits.max_response_bytes {
@@ -435,32 +515,34 @@ impl McpExchange {
             };
             for event in events {
                 let data = event.data.trim();
-                let raw = if data.is_empty() {
+                let raw = if event.odd {
+                    self.dropped("an event with a field the standard does not name, or not UTF-8");
+                    continue;
+                } else if data.is_empty() {
                     event.raw
                 } else {
                     match serde_json::from_str::<Value>(data) {
-                        Ok(mut message) => {
-                            if self.check_message(&mut message) {
+                        Ok(mut message) => match self.check_body(&mut message) {
+                            Checked::Same => event.raw,
+                            Checked::Changed => {
                                 crate::sse::SseEvent::new(
                                     event.event.as_deref(),
                                     &message.to_string(),
                                 )
                                 .raw
-                            } else {
-                                event.raw
                             }
-                        }
+                            Checked::Drop => continue,
+                        },
                         Err(_) => {
-                            self.proxy.recorder.record(
-                                "mcp_event_dropped",
-                                json!({"session": self.session_name(), "server": self.server, "why": "an event whose data is not JSON"}),
-                            );
+                            self.dropped("an event whose data is not JSON");
                             continue;
                         }
                     }
                 };
-                if sender.send(Ok(raw)).await.is_err() {
-                    return;
+                // A client that stops reading does not hold the exchange forever.
+                match tokio::time::timeout(limits.idle_timeout, sender.send(Ok(raw))).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
                 }
             }
             if end {
@@ -474,68 +556,115 @@ impl McpExchange {
             .await;
     }
 
-    /// Check one message from the server: a tool result against the `mcp_result` rules,
-    /// replaced by an error result when one blocks. Whether it changed.
-    fn check_message(&self, message: &mut Value) -> bool {
+    fn dropped(&self, why: &str) {
+        self.proxy.recorder.record(
+            "mcp_event_dropped",
+            json!({"session": self.session_name(), "server": self.server, "why": why}),
+        );
+    }
+
+    /// A body or event from the server: one message, or a batch of them. Anything but
+    /// JSON-RPC objects is not released.
+    fn check_body(&self, value: &mut Value) -> Checked {
+        match value {
+            Value::Array(messages) if messages.iter().all(Value::is_object) => {
+                let mut changed = false;
+                let mut kept = Vec::new();
+                for mut message in std::mem::take(messages) {
+                    match self.check_message(&mut message) {
+                        Checked::Same => kept.push(message),
+                        Checked::Changed => {
+                            changed = true;
+                            kept.push(message);
+                        }
+                        Checked::Drop => changed = true,
+                    }
+                }
+                *messages = kept;
+                if messages.is_empty() {
+                    Checked::Drop
+                } else if changed {
+                    Checked::Changed
+                } else {
+                    Checked::Same
+                }
+            }
+            Value::Object(_) => self.check_message(value),
+            _ => {
+                self.dropped("a message that is not a JSON-RPC object");
+                Checked::Drop
+            }
+        }
+    }
+
+    /// Check one message from the server against the `mcp_result` rules, whatever it is: a
+    /// tool result, any other result, an error (its message included), a request of the
+    /// server's (sampling, elicitation) or a notification. A blocked response becomes an error
+    /// result saying why; a blocked request or notification is not passed on.
+    fn check_message(&self, message: &mut Value) -> Checked {
         let id = message.get("id").cloned().unwrap_or(Value::Null);
         let is_response = message.get("result").is_some() || message.get("error").is_some();
-        if !is_response {
-            // A request or notification of the server's (progress, sampling, elicitation).
-            self.proxy.recorder.record(
-                "mcp_message",
-                json!({"session": self.session_name(), "server": self.server, "message": message}),
-            );
-            return false;
-        }
-        let known = self.calls.contains_key(&id.to_string());
-        // Tool results are recognised by their shape as well as by id (a resumed GET stream
-        // answers requests this exchange did not send).
-        let tool_result = known
-            || message
-                .get("result")
-                .and_then(|r| r.get("content"))
-                .is_some_and(Value::is_array);
-        if !tool_result {
-            self.proxy.recorder.record(
-                "mcp_response",
-                json!({"session": self.session_name(), "server": self.server, "id": id, "response": message}),
-            );
-            return false;
-        }
-        let result = message.get("result").cloned();
-        let verdicts = match &result {
-            Some(result) => check::check_mcp_result(&self.proxy.config.rules, result),
-            None => Vec::new(),
-        };
-        match check::strongest(&verdicts) {
+        let verdicts = check::check_mcp_result(&self.proxy.config.rules, message);
+        let blocked = match check::strongest(&verdicts) {
             Some(action @ (Action::Block | Action::Kill)) => {
                 let verdict = verdicts
                     .iter()
                     .find(|v| v.action == action)
                     .expect("the strongest");
+                Some((action, verdict.clone()))
+            }
+            _ => None,
+        };
+        if !is_response {
+            // A request or notification of the server's (progress, sampling, elicitation).
+            self.proxy.recorder.record(
+                "mcp_message",
+                json!({"session": self.session_name(), "server": self.server, "message": if blocked.is_some() { json!("(withheld)") } else { message.clone() }, "rules": verdicts_json(&verdicts), "outcome": if blocked.is_some() { "blocked" } else { "passed" }}),
+            );
+            if let Some((action, verdict)) = blocked {
+                if action == Action::Kill {
+                    self.trip(&verdict.rule, &verdict.detail);
+                }
+                return Checked::Drop;
+            }
+            return Checked::Same;
+        }
+        let known = self.calls.contains_key(&id.to_string());
+        let tool_result = known
+            || message
+                .get("result")
+                .and_then(|r| r.get("content"))
+                .is_some_and(Value::is_array);
+        let result = message.get("result").or(message.get("error")).cloned();
+        match blocked {
+            Some((action, verdict)) => {
                 let tool = self
                     .calls
                     .get(&id.to_string())
                     .map_or_else(|| "(unknown)".to_owned(), |c| c.0.clone());
                 let text = format!(
-                    "[offswitch] The result of the tool `{tool}` was withheld by the policy rule `{}`: {}",
+                    "[offswitch] The reply of the MCP server ({tool}) was withheld by the policy rule `{}`: {}",
                     verdict.rule, verdict.detail
                 );
                 if action == Action::Kill {
                     self.trip(&verdict.rule, &text);
                 }
-                self.record_result(&id, "blocked", result, &verdicts);
-                *message = tool_error(id, &text);
-                true
+                self.record_result(&id, "blocked", None, &verdicts);
+                *message = if tool_result {
+                    tool_error(id, &text)
+                } else {
+                    json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32000, "message": text}})
+                };
+                Checked::Changed
             }
-            _ => {
+            None => {
                 let outcome = if message.get("error").is_some() {
                     "error"
                 } else {
                     "passed"
                 };
                 self.record_result(&id, outcome, result, &verdicts);
-                false
+                Checked::Same
             }
         }
     }
@@ -587,6 +716,23 @@ impl McpExchange {
             });
         }
     }
+}
+
+/// Whether the request names an MCP session that another proxy session's request opened.
+fn someone_elses(proxy: &Proxy, server: &McpServer, headers: &HeaderMap, session: usize) -> bool {
+    let Some(id) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    crate::server::lock(&proxy.mcp_sessions)
+        .get(&format!("{}\n{id}", server.name))
+        .is_some_and(|owner| *owner != session)
+}
+
+/// What checking a message from the server decided.
+enum Checked {
+    Same,
+    Changed,
+    Drop,
 }
 
 /// A tool result that says the call failed, with why: what an MCP client shows its model.

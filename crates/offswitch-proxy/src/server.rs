@@ -70,6 +70,9 @@ pub struct Proxy {
     /// Exchanges in flight, at most `limits.max_concurrent`.
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
     pub(crate) telemetry: Option<crate::telemetry::Telemetry>,
+    /// The MCP sessions the servers opened (`Mcp-Session-Id`), each the proxy session's whose
+    /// request opened it: no agent can use another's.
+    pub(crate) mcp_sessions: Mutex<HashMap<String, usize>>,
 }
 
 impl Proxy {
@@ -114,6 +117,7 @@ impl Proxy {
             started: Instant::now(),
             in_flight,
             telemetry,
+            mcp_sessions: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -384,6 +388,20 @@ async fn exchange(proxy: Arc<Proxy>, kind: ApiKind, headers: HeaderMap, body: By
         None if kind == ApiKind::Responses => match route_for(&proxy.routes, ApiKind::Chat, &model)
         {
             Some(route) => match crate::translate::chat_request(&request) {
+                // The prompt rules read what is sent too (translation joins text parts).
+                Ok(chat)
+                    if matches!(
+                        check::strongest(&check::check_prompt(&proxy.config.rules, &chat)),
+                        Some(Action::Block | Action::Kill)
+                    ) =>
+                {
+                    return exchange.refuse(
+                        StatusCode::FORBIDDEN,
+                        "blocked_by_policy",
+                        "the request, as translated for the upstream, was refused by a prompt rule",
+                        Value::Null,
+                    );
+                }
                 Ok(chat) => {
                     forwarded_request = chat;
                     exchange.translated = Some(request.clone());

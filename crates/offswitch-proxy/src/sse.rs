@@ -17,6 +17,9 @@ pub struct SseEvent {
     pub event: Option<String>,
     /// The `data:` lines joined by `\n`.
     pub data: String,
+    /// A line with a field the standard does not name, or bytes that are not UTF-8: a client
+    /// might read it otherwise than the proxy did, so it is not to be released as read.
+    pub odd: bool,
 }
 
 impl SseEvent {
@@ -38,6 +41,7 @@ impl SseEvent {
             raw: Bytes::from(raw),
             event: event.map(str::to_owned),
             data: data.to_owned(),
+            odd: false,
         }
     }
 }
@@ -45,6 +49,9 @@ impl SseEvent {
 /// Splits a byte stream into events.
 pub struct SseParser {
     buffer: BytesMut,
+    /// Whether the stream's first bytes were seen (a byte-order mark there is dropped, as the
+    /// standard says, so that no client reads a field the proxy did not).
+    started: bool,
     /// Where scanning for the end of the current event resumes.
     scanned: usize,
     max_event_bytes: usize,
@@ -57,6 +64,7 @@ impl SseParser {
     pub fn new(max_event_bytes: usize) -> SseParser {
         SseParser {
             buffer: BytesMut::new(),
+            started: false,
             scanned: 0,
             max_event_bytes,
         }
@@ -65,6 +73,16 @@ impl SseParser {
     /// Feed bytes; the events they completed.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, EventTooLarge> {
         self.buffer.extend_from_slice(bytes);
+        if !self.started {
+            const BOM: &[u8] = b"\xEF\xBB\xBF";
+            if self.buffer.len() < BOM.len() && BOM.starts_with(&self.buffer) {
+                return Ok(Vec::new());
+            }
+            self.started = true;
+            if self.buffer.starts_with(BOM) {
+                let _ = self.buffer.split_to(BOM.len());
+            }
+        }
         let mut events = Vec::new();
         while let Some(end) = self.event_end() {
             let raw = self.buffer.split_to(end).freeze();
@@ -124,6 +142,7 @@ fn line_break(bytes: &[u8], i: usize) -> Option<usize> {
 
 fn parse(raw: Bytes) -> SseEvent {
     let text = String::from_utf8_lossy(&raw);
+    let mut odd = std::str::from_utf8(&raw).is_err();
     let mut event = None;
     let mut data: Option<String> = None;
     for line in text.split(['\n', '\r']) {
@@ -143,10 +162,12 @@ fn parse(raw: Bytes) -> SseEvent {
                 }
                 None => data = Some(value.to_owned()),
             },
-            _ => {}
+            "id" | "retry" => {}
+            _ => odd = true,
         }
     }
     SseEvent {
+        odd,
         raw,
         event,
         data: data.unwrap_or_default(),
@@ -182,6 +203,20 @@ mod tests {
                 "split at {split}"
             );
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_dropped_and_unknown_fields_are_odd() {
+        let mut parser = SseParser::new(1 << 20);
+        let mut events = parser.push(b"\xEF\xBB").unwrap();
+        events.extend(
+            parser
+                .push(b"\xBFdata: {\"a\":1}\n\n\xEF\xBB\xBFdata: x\n\nid: 3\ndata: y\n\n")
+                .unwrap(),
+        );
+        let seen: Vec<(&str, bool)> = events.iter().map(|e| (e.data.as_str(), e.odd)).collect();
+        assert_eq!(seen, vec![("{\"a\":1}", false), ("", true), ("y", false)]);
+        assert!(!events[0].raw.starts_with(b"\xEF"));
     }
 
     #[test]

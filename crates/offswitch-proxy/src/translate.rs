@@ -13,9 +13,45 @@ use crate::sse::SseEvent;
 /// A Responses API request as a chat-completions request; `Err` names what cannot be said in
 /// chat completions.
 pub fn chat_request(request: &Value) -> Result<Value, String> {
+    // Every key is translated, or known to change nothing a chat server could honour; any other
+    // (a previous response to continue from, a structured output format, ...) is refused.
+    const TRANSLATED: &[&str] = &[
+        "model",
+        "instructions",
+        "input",
+        "tools",
+        "tool_choice",
+        "max_output_tokens",
+        "temperature",
+        "top_p",
+        "parallel_tool_calls",
+        "user",
+        "stream",
+    ];
+    const DROPPED: &[&str] = &[
+        "store",
+        "include",
+        "prompt_cache_key",
+        "metadata",
+        "reasoning",
+        "service_tier",
+        "safety_identifier",
+    ];
+    for (key, value) in request.as_object().into_iter().flatten() {
+        if !TRANSLATED.contains(&key.as_str())
+            && !DROPPED.contains(&key.as_str())
+            && !value.is_null()
+        {
+            return Err(format!("`{key}` has no chat-completions equivalent"));
+        }
+    }
     let mut messages: Vec<Value> = Vec::new();
-    if let Some(instructions) = request.get("instructions").and_then(Value::as_str) {
-        messages.push(json!({"role": "system", "content": instructions}));
+    match request.get("instructions") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(instructions)) => {
+            messages.push(json!({"role": "system", "content": instructions}));
+        }
+        Some(_) => return Err("`instructions` that are not text".into()),
     }
     match request.get("input") {
         None | Some(Value::Null) => {}
@@ -33,6 +69,12 @@ pub fn chat_request(request: &Value) -> Result<Value, String> {
         request.get("model").cloned().unwrap_or(Value::Null),
     );
     chat.insert("messages".into(), Value::Array(messages));
+    if request
+        .get("tools")
+        .is_some_and(|t| !t.is_null() && !t.is_array())
+    {
+        return Err("`tools` that is not a list".into());
+    }
     if let Some(tools) = request.get("tools").and_then(Value::as_array) {
         let mut translated = Vec::new();
         for tool in tools {
@@ -107,11 +149,10 @@ fn input_item(item: &Value, messages: &mut Vec<Value>) -> Result<(), String> {
                     let mut text = String::new();
                     for part in parts {
                         match part.get("type").and_then(Value::as_str) {
-                            Some("input_text" | "output_text" | "text") => {
-                                text.push_str(
-                                    part.get("text").and_then(Value::as_str).unwrap_or_default(),
-                                );
-                            }
+                            Some("input_text" | "output_text" | "text") => match part.get("text") {
+                                Some(Value::String(part)) => text.push_str(part),
+                                _ => return Err("a text part whose text is not text".into()),
+                            },
                             other => {
                                 return Err(format!(
                                     "content of type {other:?} has no chat-completions equivalent here"
@@ -121,7 +162,8 @@ fn input_item(item: &Value, messages: &mut Vec<Value>) -> Result<(), String> {
                     }
                     text
                 }
-                _ => String::new(),
+                None | Some(Value::Null) => String::new(),
+                Some(_) => return Err("message content that is neither text nor parts".into()),
             };
             messages.push(json!({"role": role, "content": content}));
         }
@@ -149,8 +191,8 @@ fn input_item(item: &Value, messages: &mut Vec<Value>) -> Result<(), String> {
         "function_call_output" => {
             let output = match item.get("output") {
                 Some(Value::String(text)) => text.clone(),
-                Some(other) => other.to_string(),
-                None => String::new(),
+                None | Some(Value::Null) => String::new(),
+                Some(_) => return Err("a function call output that is not text".into()),
             };
             messages.push(
                 json!({"role": "tool", "tool_call_id": item.get("call_id"), "content": output}),
@@ -177,6 +219,19 @@ pub fn response_from_chat(chat: &Value, request: &Value) -> Value {
     if let Some(text) = message["content"].as_str().filter(|t| !t.is_empty()) {
         output.push(message_item(&format!("msg_{id}"), text, "completed"));
     }
+    if let Some(refusal) = message["refusal"].as_str().filter(|t| !t.is_empty()) {
+        output.push(json!({
+            "type": "message", "id": format!("msg_{id}_refusal"), "status": "completed", "role": "assistant",
+            "content": [{"type": "refusal", "refusal": refusal}],
+        }));
+    }
+    if let Some(call) = message.get("function_call").filter(|c| !c.is_null()) {
+        output.push(call_item(
+            &format!("call_{id}"),
+            call["name"].as_str().unwrap_or_default(),
+            call["arguments"].as_str().unwrap_or_default(),
+        ));
+    }
     for call in message["tool_calls"].as_array().into_iter().flatten() {
         output.push(call_item(
             call["id"].as_str().unwrap_or_default(),
@@ -184,7 +239,8 @@ pub fn response_from_chat(chat: &Value, request: &Value) -> Value {
             call["function"]["arguments"].as_str().unwrap_or_default(),
         ));
     }
-    let status = if choice["finish_reason"] == "length" {
+    let reason = choice["finish_reason"].as_str().unwrap_or_default();
+    let status = if matches!(reason, "length" | "content_filter") {
         "incomplete"
     } else {
         "completed"
@@ -200,7 +256,11 @@ pub fn response_from_chat(chat: &Value, request: &Value) -> Value {
         "object": "response",
         "created_at": chat["created"].as_u64().unwrap_or(0),
         "status": status,
-        "incomplete_details": if status == "incomplete" { json!({"reason": "max_output_tokens"}) } else { Value::Null },
+        "incomplete_details": match reason {
+            "length" => json!({"reason": "max_output_tokens"}),
+            "content_filter" => json!({"reason": "content_filter"}),
+            _ => Value::Null,
+        },
         "error": null,
         "model": chat["model"],
         "instructions": request.get("instructions").cloned().unwrap_or(Value::Null),

@@ -394,3 +394,100 @@ async fn a_redirect_does_not_carry_the_key_away() {
         "the proxy followed the redirect"
     );
 }
+
+/// A hostile MCP server: a secret in an error, under an id of another type, in structured
+/// content, in a request of its own to the client, in a batch, behind a byte-order mark; an
+/// error body that is not JSON.
+#[tokio::test]
+async fn an_mcp_server_cannot_slip_a_secret_past_the_result_rules() {
+    let upstream = Upstream::start().await;
+    let config = format!(
+        "[[mcp]]\nname = \"srv\"\nurl = \"{}/mcp\"\n\
+         [[rule]]\nname = \"key-back\"\non = \"mcp_result\"\npattern = 'AKIA[0-9A-Z]{{16}}'\naction = \"block\"\n",
+        upstream.url
+    );
+    let proxy = proxy(&upstream.url, "openai", &config).await;
+    let url = format!("{}/mcp/srv", proxy.url.trim_end_matches("/v1"));
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read", "arguments": {}}});
+    let secret = "AKIAABCDEFGHIJKLMNOP";
+    let sse = |messages: &[Value]| {
+        let mut reply = Reply::sse(
+            &messages
+                .iter()
+                .map(|m| format!("data: {m}\n\n"))
+                .collect::<Vec<_>>(),
+        );
+        reply.chunks[0]
+            .1
+            .splice(0..0, b"\xEF\xBB\xBF".iter().copied());
+        reply
+    };
+    let cases = vec![
+        // An error carrying it.
+        Reply::json(&json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -1, "message": secret}})),
+        // An id of another type, the secret in structured content.
+        Reply::json(
+            &json!({"jsonrpc": "2.0", "id": "1", "result": {"structuredContent": {"k": secret}}}),
+        ),
+        // Behind a byte-order mark, a request of the server's to the client, then a batch.
+        sse(&[
+            json!({"jsonrpc": "2.0", "id": 9, "method": "sampling/createMessage", "params": {"messages": [{"role": "user", "content": {"type": "text", "text": secret}}]}}),
+            json!([{"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": secret}]}}]),
+        ]),
+    ];
+    for (n, reply) in cases.into_iter().enumerate() {
+        upstream.push(reply);
+        let response = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .json(&call)
+            .send()
+            .await
+            .unwrap();
+        let text = response.text().await.unwrap();
+        assert!(!text.contains(secret), "case {n}: {text}");
+        assert!(text.contains("key-back"), "case {n}: {text}");
+    }
+    // An error body that is not JSON.
+    upstream.push(Reply::status(500, secret));
+    let response = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .json(&call)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert!(!response.text().await.unwrap().contains(secret));
+    // The agent's token never reaches the server.
+    assert!(
+        upstream
+            .received()
+            .iter()
+            .all(|r| r.headers.get("authorization").is_none())
+    );
+}
+
+/// Translation: text joined from parts is checked as sent, and what cannot be translated is
+/// refused by name.
+#[tokio::test]
+async fn translation_cannot_be_used_to_dodge_the_rules() {
+    let upstream = Upstream::start().await;
+    let proxy =
+        crate::support::proxy_with(&upstream.url, "openai", "responses = false", RULES).await;
+    let split = json!({"model": "m", "input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "AKIAABCDEF"}, {"type": "input_text", "text": "GHIJKLMNOP"}]}]});
+    assert_eq!(proxy.post("/responses", &split).await.status(), 403);
+    let follow_up = json!({"model": "m", "input": "and then?", "previous_response_id": "resp_1"});
+    let refused = proxy.post("/responses", &follow_up).await;
+    assert_eq!(refused.status(), 400);
+    assert!(
+        refused
+            .text()
+            .await
+            .unwrap()
+            .contains("previous_response_id")
+    );
+    assert!(upstream.received().is_empty());
+}
