@@ -619,8 +619,18 @@ async fn wait_until_answering(sandbox: &Arc<Sandbox>, port: u16) -> Result<(), S
             Some(Err(why)) => last = why,
             None => {}
         }
-        // A server that failed to start says so in its log: no need to wait it out.
-        if server_log(sandbox, port).to_lowercase().contains("error") {
+        // A server that failed to start says so in its log: no need to wait it out. A log not
+        // written yet is no failure: the server may not have opened it ("(no log: ... os error
+        // 2)" once ended this wait at once, under load).
+        let written = sandbox.read_inside(
+            &format!("/tmp/model-server-{port}.log"),
+            inspect::READ_LIMIT,
+        );
+        if written.is_ok_and(|log| {
+            String::from_utf8_lossy(&log)
+                .to_lowercase()
+                .contains("error")
+        }) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
