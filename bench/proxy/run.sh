@@ -7,7 +7,10 @@
 #    (tool-call and prompt rules, a token budget);
 #  - through LiteLLM (its proxy server, logging off, two workers: one per core).
 # Chat completions, streamed (20 chunks) and not, at 1, 16 and 100 concurrent clients, each for
-# a fixed time (crates/offswitch-proxy/examples/bench_load.rs). Writes bench/RESULTS-proxy.md.
+# a fixed time (crates/offswitch-proxy/examples/bench_load.rs): at once (the most the machine
+# can push through, where latency is mostly queueing), and paced (the upstream sends the 20
+# chunks 20 ms apart, like a hosted model streaming 50 tokens a second; the added latency is
+# what an agent waiting on its model sees). Writes bench/RESULTS-proxy.md.
 #
 #   bench/proxy/run.sh [--seconds N]     (default 10)
 set -euo pipefail
@@ -100,6 +103,11 @@ model_list:
       model: openai/m
       api_base: $upstream
       api_key: sk-upstream
+  - model_name: m-paced
+    litellm_params:
+      model: openai/m-paced
+      api_base: $upstream
+      api_key: sk-upstream
 litellm_settings:
   drop_params: true
   set_verbose: false
@@ -114,7 +122,7 @@ wait_for "$work/litellm.log" "Uvicorn running\|Application startup complete"
 
 results=$work/results.jsonl
 : >"$results"
-for mode in whole stream; do
+for mode in whole stream paced; do
     for clients in 1 16 100; do
         for target in direct offswitch litellm; do
             case "$target" in
@@ -143,14 +151,18 @@ out=bench/RESULTS-proxy.md
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 by = {(r["mode"], r["clients"], r["target"]): r["result"] for r in rows}
-print("| mode | clients | target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | errors |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("Latencies from the request to the reply's last byte; for streams also to its first byte.")
+print()
+print("| mode | clients | target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | first byte p50 / p99 ms | added first byte p50 / p99 ms | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for (mode, clients, target), r in by.items():
     direct = by[(mode, clients, "direct")]
     added = lambda key: "" if target == "direct" else f"{r[key] - direct[key]:+.2f}"
-    print(f"| {mode} | {clients} | {target} | {r['throughput_rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {added('p50_ms')} | {added('p99_ms')} | {r['errors']} |")
+    first = f"{r['first_p50_ms']:.2f} / {r['first_p99_ms']:.2f}" if mode != "whole" else ""
+    added_first = f"{added('first_p50_ms')} / {added('first_p99_ms')}" if mode != "whole" and target != "direct" else ""
+    print(f"| {mode} | {clients} | {target} | {r['throughput_rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {added('p50_ms')} | {added('p99_ms')} | {first} | {added_first} | {r['errors']} |")
 print()
-for mode in ("whole", "stream"):
+for mode in ("whole", "stream", "paced"):
     for clients in (1, 16, 100):
         o, l = by[(mode, clients, "offswitch")], by[(mode, clients, "litellm")]
         ratio = o["throughput_rps"] / l["throughput_rps"] if l["throughput_rps"] else float("inf")

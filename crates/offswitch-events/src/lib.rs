@@ -39,6 +39,16 @@ use crate::stream::{Collector, Subscriber};
 /// How often a watch drains its fanotify queue.
 const FILE_POLL: Duration = Duration::from_millis(10);
 
+/// A read of at least this many file events means a burst: the reader then waits [`BURST_WAIT`]
+/// before it reads again, instead of being woken by the next event.
+const BURST: usize = 64;
+
+/// How long the reader lets a burst of file events queue up. A reader woken for every event
+/// makes every write in the sandbox pay for a wake-up (measured: about a third of the file-heavy
+/// workload's recording cost, BENCHMARKS.md); a queued event costs the writer nothing more.
+/// A quiet sandbox's events are still read as they come.
+const BURST_WAIT: Duration = Duration::from_millis(2);
+
 /// What to watch: one sandbox.
 #[derive(Debug, Clone)]
 pub struct WatchSpec {
@@ -66,6 +76,18 @@ pub use crate::opens::MAX_WATCHED_OPENS;
 /// Whether streams can be recorded on this host; `Err` says why not.
 pub fn available() -> Result<(), String> {
     bpf::kernel().map(|_| ())
+}
+
+/// Start loading the kernel recorder in the background, so that a program with other things
+/// to do before its first sandbox (a guard reading its policy and opening its audit log)
+/// does them meanwhile; the first [`Watch::start`] waits for the load to end. Loading takes
+/// a few hundred milliseconds of kernel verification (BENCHMARKS.md).
+pub fn prepare() {
+    let _ = std::thread::Builder::new()
+        .name("offswitch-events-load".into())
+        .spawn(|| {
+            let _ = bpf::kernel();
+        });
 }
 
 /// The recording of one sandbox, from `start` to `finish`.
@@ -464,6 +486,7 @@ fn read_files(
     loop {
         let stopping = stop.raised();
         let batch = files.read();
+        let burst = batch.events.len() >= BURST;
         let opened = opens
             .as_mut()
             .map(opens::OpenWatch::read)
@@ -498,9 +521,16 @@ fn read_files(
             return;
         }
         let opens_fd = opens.as_ref().map_or(-1, opens::OpenWatch::raw_fd);
+        // In a burst, only the stop signal or the timeout ends the wait (a negative fd is
+        // ignored by poll).
+        let (files_fd, wait) = if burst {
+            (-1, BURST_WAIT)
+        } else {
+            (files.raw_fd(), FILE_POLL)
+        };
         let mut poll = [
             libc::pollfd {
-                fd: files.raw_fd(),
+                fd: files_fd,
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -509,7 +539,6 @@ fn read_files(
                 events: libc::POLLIN,
                 revents: 0,
             },
-            // A negative fd is ignored by poll.
             libc::pollfd {
                 fd: opens_fd,
                 events: libc::POLLIN,
@@ -517,7 +546,7 @@ fn read_files(
             },
         ];
         // SAFETY: a valid pollfd array of three entries.
-        unsafe { libc::poll(poll.as_mut_ptr(), 3, FILE_POLL.as_millis() as i32) };
+        unsafe { libc::poll(poll.as_mut_ptr(), 3, wait.as_millis() as i32) };
     }
 }
 

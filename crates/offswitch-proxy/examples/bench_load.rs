@@ -1,9 +1,10 @@
 //! The load generator of the proxy benchmark (`bench/proxy/run.sh`): `C` clients, each sending
 //! chat completions one after another over its own keep-alive connection for a fixed time,
 //! reading every reply to its last byte. Prints one JSON line: requests, errors, throughput, and
-//! the latency percentiles (request sent to last byte).
+//! the latency percentiles (request sent to last byte, and for streams to the first byte).
+//! `paced` streams from the model `m-paced`, whose chunks the mock upstream sends 20 ms apart.
 //!
-//! Usage: `bench_load URL TOKEN CONCURRENCY SECONDS stream|whole`
+//! Usage: `bench_load URL TOKEN CONCURRENCY SECONDS stream|whole|paced`
 
 use std::time::{Duration, Instant};
 
@@ -11,14 +12,15 @@ use std::time::{Duration, Instant};
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, url, token, concurrency, seconds, mode] = args.as_slice() else {
-        eprintln!("usage: bench_load URL TOKEN CONCURRENCY SECONDS stream|whole");
+        eprintln!("usage: bench_load URL TOKEN CONCURRENCY SECONDS stream|whole|paced");
         std::process::exit(2);
     };
     let concurrency: usize = concurrency.parse().expect("a concurrency");
     let seconds: f64 = seconds.parse().expect("seconds");
-    let stream = mode == "stream";
+    let stream = mode == "stream" || mode == "paced";
+    let model = if mode == "paced" { "m-paced" } else { "m" };
     let body = serde_json::json!({
-        "model": "m", "stream": stream, "max_tokens": 32,
+        "model": model, "stream": stream, "max_tokens": 32,
         "messages": [{"role": "user", "content": "Say something short."}],
     })
     .to_string();
@@ -34,53 +36,69 @@ async fn main() {
                 .pool_max_idle_per_host(1)
                 .build()
                 .expect("a client");
-            let send = || async {
-                let response = client
-                    .post(&url)
-                    .bearer_auth(&token)
+            // The time to the reply's first byte, when the reply is whole and successful.
+            let (client, url, token, body) = (&client, &url, &token, &body);
+            let send = move |sent: Instant| async move {
+                let mut response = client
+                    .post(url)
+                    .bearer_auth(token)
                     .header("content-type", "application/json")
                     .body(body.clone())
                     .send()
                     .await?;
                 let ok = response.status().is_success();
-                let bytes = response.bytes().await?;
-                Ok::<bool, reqwest::Error>(ok && !bytes.is_empty())
+                let mut first = None;
+                while let Some(chunk) = response.chunk().await? {
+                    if first.is_none() && !chunk.is_empty() {
+                        first = Some(sent.elapsed());
+                    }
+                }
+                Ok::<Option<Duration>, reqwest::Error>(first.filter(|_| ok))
             };
-            let _ = send().await;
+            let _ = send(Instant::now()).await;
             let mut latencies = Vec::new();
+            let mut firsts = Vec::new();
             let mut errors = 0u64;
             while Instant::now() < deadline {
                 let sent = Instant::now();
-                match send().await {
-                    Ok(true) => latencies.push(sent.elapsed().as_secs_f64() * 1000.0),
+                match send(sent).await {
+                    Ok(Some(first)) => {
+                        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                        firsts.push(first.as_secs_f64() * 1000.0);
+                    }
                     _ => errors += 1,
                 }
             }
-            (latencies, errors)
+            (latencies, firsts, errors)
         }));
     }
     let mut latencies = Vec::new();
+    let mut firsts = Vec::new();
     let mut errors = 0;
     for worker in workers {
-        let (mut l, e) = worker.await.expect("a worker");
+        let (mut l, mut f, e) = worker.await.expect("a worker");
         latencies.append(&mut l);
+        firsts.append(&mut f);
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        if latencies.is_empty() {
+    firsts.sort_by(f64::total_cmp);
+    let quantile = |values: &[f64], q: f64| {
+        if values.is_empty() {
             f64::NAN
         } else {
-            latencies[((latencies.len() - 1) as f64 * q).round() as usize]
+            values[((values.len() - 1) as f64 * q).round() as usize]
         }
     };
+    let at = |q: f64| quantile(&latencies, q);
     println!(
         "{}",
         serde_json::json!({
             "requests": latencies.len(), "errors": errors, "seconds": elapsed,
             "throughput_rps": latencies.len() as f64 / elapsed,
             "p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": at(1.0),
+            "first_p50_ms": quantile(&firsts, 0.5), "first_p99_ms": quantile(&firsts, 0.99),
         })
     );
 }

@@ -1,6 +1,8 @@
 //! A fast OpenAI-compatible upstream for the proxy benchmark (`bench/proxy/run.sh`): every
 //! `POST /v1/chat/completions` gets the same small completion at once, or with `"stream": true`
-//! the same 20 chunks and `[DONE]`. Prints `listening on http://ADDR/v1` and serves until killed.
+//! the same 20 chunks and `[DONE]`. For the model `m-paced` the chunks come one every
+//! [`PACE`], like a hosted model generating 50 tokens a second. Prints
+//! `listening on http://ADDR/v1` and serves until killed.
 //!
 //! Usage: `cargo run --release -p offswitch-proxy --example bench_upstream [ADDR]`
 
@@ -8,6 +10,9 @@ use axum::body::{Body, Bytes};
 use axum::http::header;
 use axum::response::Response;
 use serde_json::{Value, json};
+
+/// The time between two chunks of a paced stream.
+const PACE: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn completion() -> String {
     json!({
@@ -19,44 +24,65 @@ fn completion() -> String {
     .to_string()
 }
 
-fn stream() -> String {
-    let mut out = String::new();
+/// The events of a streamed reply, each a whole `data:` event.
+fn events() -> Vec<String> {
+    let mut out = Vec::new();
     for i in 0..20 {
         let chunk = json!({
             "id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "m",
             "choices": [{"index": 0, "delta": if i == 0 { json!({"role": "assistant", "content": ""}) } else { json!({"content": format!("word{i} ")}) }, "finish_reason": null}],
         });
-        out.push_str(&format!("data: {chunk}\n\n"));
+        out.push(format!("data: {chunk}\n\n"));
     }
     let last = json!({
         "id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "m",
         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 12, "completion_tokens": 20, "total_tokens": 32},
     });
-    out.push_str(&format!("data: {last}\n\ndata: [DONE]\n\n"));
+    out.push(format!("data: {last}\n\ndata: [DONE]\n\n"));
     out
 }
 
+/// The events one [`PACE`] apart, the first at once.
+fn paced() -> Body {
+    let stream = futures::stream::unfold(
+        (events().into_iter(), true),
+        |(mut rest, first)| async move {
+            let event = rest.next()?;
+            if !first {
+                tokio::time::sleep(PACE).await;
+            }
+            Some((Ok::<_, std::io::Error>(Bytes::from(event)), (rest, false)))
+        },
+    );
+    Body::from_stream(stream)
+}
+
 async fn chat(body: Bytes) -> Response {
-    let streamed = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("stream").and_then(Value::as_bool))
+    let request = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+    let streamed = request
+        .get("stream")
+        .and_then(Value::as_bool)
         .unwrap_or(false);
-    let (content_type, text) = if streamed {
-        ("text/event-stream", stream())
+    let model = request.get("model").and_then(Value::as_str).unwrap_or("m");
+    let (content_type, body) = if !streamed {
+        ("application/json", Body::from(completion()))
+    } else if model == "m-paced" {
+        ("text/event-stream", paced())
     } else {
-        ("application/json", completion())
+        ("text/event-stream", Body::from(events().concat()))
     };
     Response::builder()
         .header(header::CONTENT_TYPE, content_type)
-        .body(Body::from(text))
+        .body(body)
         .expect("a response")
 }
 
 async fn models() -> axum::Json<Value> {
-    axum::Json(
-        json!({"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "bench"}]}),
-    )
+    axum::Json(json!({"object": "list", "data": [
+        {"id": "m", "object": "model", "created": 0, "owned_by": "bench"},
+        {"id": "m-paced", "object": "model", "created": 0, "owned_by": "bench"},
+    ]}))
 }
 
 #[tokio::main]

@@ -43,7 +43,7 @@ use std::time::Duration;
 pub use offswitch_core::trial::{FileChange, FileChangeKind};
 pub use offswitch_events::{
     Event, EventKind, EventSource, EventStream, FileOp, Live, Loss, MAX_WATCHED_OPENS, NetOp,
-    Subscription,
+    Subscription, prepare as prepare_recording,
 };
 
 #[derive(Debug, Clone)]

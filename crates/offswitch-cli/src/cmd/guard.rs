@@ -176,6 +176,8 @@ async fn guard(args: RunArgs) -> anyhow::Result<ExitCode> {
             "no command to guard: offswitch guard [OPTIONS] -- <command...>",
         ));
     }
+    // The kernel recorder loads while the policy is read and the audit log opened.
+    offswitch_sandbox::prepare_recording();
     let proxy = match &args.proxy {
         Some(path) => {
             Some(offswitch_proxy::load(path).map_err(|e| super::invalid_input(e.to_string()))?)
