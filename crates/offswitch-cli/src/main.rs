@@ -33,6 +33,9 @@ enum Command {
     Show(cmd::show::Args),
     /// A run's rates beside the published figures (data/published.toml), with intervals.
     Compare(cmd::compare::Args),
+    /// A run's trials for other tools: one row per trial or per label (JSON Lines, CSV), or
+    /// Inspect `.eval` logs.
+    Export(cmd::export::Args),
     /// List, show and validate scenario files.
     #[command(subcommand)]
     Scenarios(cmd::scenarios::Command),
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Report(args) => cmd::report::run(args),
         Command::Show(args) => cmd::show::run(args),
         Command::Compare(args) => cmd::compare::run(args),
+        Command::Export(args) => cmd::export::run(args),
         Command::Scenarios(command) => cmd::scenarios::run(command),
         Command::Models(command) => cmd::models::run(command),
         Command::ServeModel(args) => cmd::serve_model::run(args),

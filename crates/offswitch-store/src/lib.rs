@@ -800,6 +800,11 @@ impl Store {
             .collect())
     }
 
+    /// [`Store::stored_trials`] without the event streams, for exports that never read them.
+    pub fn stored_trials_without_events(&self, run: &str) -> Result<Vec<StoredTrial>, StoreError> {
+        self.current_trials(run, Events::Skip)
+    }
+
     fn current_trials(&self, run: &str, events: Events) -> Result<Vec<StoredTrial>, StoreError> {
         let context = || format!("reading the trials of run {run}");
         // One read transaction, so the trials and their children come from one snapshot even

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod compare;
+pub mod export;
 pub mod guard;
 pub mod models;
 pub mod proxy;
