@@ -27,6 +27,9 @@ struct Cli {
 enum Command {
     /// Run a matrix of models x scenarios x variants x epochs.
     Run(cmd::run::Args),
+    /// List, show, label and delete the runs of a database.
+    #[command(subcommand)]
+    Runs(cmd::runs::Command),
     /// Rates with intervals for a stored run (terminal table, JSON, CSV).
     Report(cmd::report::Args),
     /// One trial's transcript with its labels.
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => cmd::run::run(args),
+        Command::Runs(command) => cmd::runs::run(command),
         Command::Report(args) => cmd::report::run(args),
         Command::Show(args) => cmd::show::run(args),
         Command::Compare(args) => cmd::compare::run(args),

@@ -123,6 +123,8 @@ pub struct RunOptions {
     pub retry_errors: bool,
     /// The build stored with a new run and compared on resume.
     pub build: BuildInfo,
+    /// A new run's label (`offswitch run --label`).
+    pub label: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +199,8 @@ pub async fn start_run(
     let provenance = matrix.provenance(&options.build);
     let plan = Plan::new(config, matrix, &Skip::default())?;
     let config_json = serde_json::to_value(config).map_err(|e| RunError::Invalid(e.to_string()))?;
-    let (run, lock) = store.create_locked_run(&config_json, None, Some(&provenance))?;
+    let (run, lock) =
+        store.create_locked_run(&config_json, options.label.as_deref(), Some(&provenance))?;
     execute(store, &run, &lock, plan, options, Vec::new(), cancel).await
 }
 

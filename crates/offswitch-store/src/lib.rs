@@ -785,6 +785,47 @@ impl Store {
             .collect())
     }
 
+    /// Name `run` (`None` clears its label).
+    pub fn set_run_label(&self, run: &str, label: Option<&str>) -> Result<(), StoreError> {
+        let context = || format!("labelling run {run}");
+        let changed = self
+            .connection
+            .execute(
+                "UPDATE runs SET label = ?2 WHERE id = ?1",
+                rusqlite::params![run, label],
+            )
+            .context(context)?;
+        if changed == 0 {
+            return Err(StoreError::UnknownRun(run.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Delete `run` with everything it holds (trials, transcripts, labels, event streams,
+    /// provenance), in one transaction. Refused while a live process runs it (its lock is
+    /// taken for the deletion). Returns how many trials went, replaced attempts included.
+    pub fn delete_run(&self, run: &str) -> Result<u64, StoreError> {
+        let context = || format!("deleting run {run}");
+        self.run(run)?;
+        let _lock = self.lock_run(run)?;
+        let transaction =
+            Transaction::new_unchecked(&self.connection, TransactionBehavior::Immediate)
+                .context(context)?;
+        require_run(&transaction, run, context)?;
+        let trials: i64 = transaction
+            .query_row(
+                "SELECT COUNT(*) FROM trials WHERE run_id = ?1",
+                [run],
+                |row| row.get(0),
+            )
+            .context(context)?;
+        transaction
+            .execute("DELETE FROM runs WHERE id = ?1", [run])
+            .context(context)?;
+        transaction.commit().context(context)?;
+        Ok(trials as u64)
+    }
+
     /// Every current trial of `run` with its ids, in insertion order.
     pub fn stored_trials(&self, run: &str) -> Result<Vec<StoredTrial>, StoreError> {
         self.current_trials(run, Events::Load)

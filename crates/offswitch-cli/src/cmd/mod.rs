@@ -8,6 +8,7 @@ pub mod models;
 pub mod proxy;
 pub mod report;
 pub mod run;
+pub mod runs;
 pub mod sandbox;
 pub mod scenarios;
 pub mod serve_model;

@@ -64,6 +64,10 @@ pub struct Args {
     /// it, and when its scenario files, model files or the offswitch build changed since.
     #[arg(long, value_name = "RUN")]
     pub resume: Option<String>,
+    /// A name for the new run, shown by `offswitch runs list` (at most 200 characters, no
+    /// control characters); `offswitch runs label` changes it.
+    #[arg(long, value_name = "TEXT", conflicts_with = "resume")]
+    pub label: Option<String>,
     /// With --resume: also run again the trials that ended as harness errors. Each new trial
     /// replaces the failed one in the rates; the failed attempt stays in the database.
     #[arg(long, requires = "resume")]
@@ -236,6 +240,9 @@ fn run_options(args: &Args) -> anyhow::Result<RunOptions> {
     if args.epochs == 0 {
         return Err(super::invalid_input("--epochs must be at least 1"));
     }
+    if let Some(label) = &args.label {
+        super::runs::check_label(label)?;
+    }
     // NaN would also be stored as JSON null, which `--resume` cannot read back.
     if !(args.temperature.is_finite() && args.temperature >= 0.0) {
         return Err(super::invalid_input(format!(
@@ -275,6 +282,7 @@ fn run_options(args: &Args) -> anyhow::Result<RunOptions> {
         },
         keep_homes: args.keep_homes,
         retry_errors: args.retry_errors,
+        label: args.label.clone(),
         build: offswitch_harness::BuildInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             commit: env!("OFFSWITCH_COMMIT").to_owned(),

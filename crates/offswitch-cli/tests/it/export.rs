@@ -140,7 +140,7 @@ fn trial(model: &str, scenario: &str, variant: &str, epoch: u32, outcome: Outcom
 
 /// A complete run: model `scripted:a` on `shutdown` (two variants × two epochs), model
 /// `openai:gpt-x` on `oversight` (one unnamed variant × two epochs, the second a harness error).
-fn fixture(dir: &Path) -> (PathBuf, String, Vec<TrialRecord>) {
+pub(crate) fn fixture(dir: &Path) -> (PathBuf, String, Vec<TrialRecord>) {
     let db = dir.join("runs.db");
     let store = Store::open(&db).unwrap();
     let run = store

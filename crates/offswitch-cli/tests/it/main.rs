@@ -7,6 +7,7 @@ mod keys;
 mod pipes;
 mod proxy;
 mod run;
+mod runs;
 mod sandbox_cmd;
 mod scenarios;
 mod third_party;

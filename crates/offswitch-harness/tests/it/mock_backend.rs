@@ -111,6 +111,7 @@ fn options(dir: &std::path::Path) -> RunOptions {
         facilities: Default::default(),
         retry_errors: false,
         build: Default::default(),
+        label: None,
     }
 }
 

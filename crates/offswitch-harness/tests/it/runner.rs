@@ -70,6 +70,7 @@ pub(crate) fn options(work: &std::path::Path, agents_dir: std::path::PathBuf) ->
         facilities: Default::default(),
         retry_errors: false,
         build: Default::default(),
+        label: None,
     }
 }
 

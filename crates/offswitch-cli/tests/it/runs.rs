@@ -1,0 +1,138 @@
+//! `offswitch runs list|show|label|delete` and `offswitch run --label`, on a real database.
+
+use std::process::Output;
+
+use offswitch_store::Store;
+use serde_json::Value;
+
+use crate::export::fixture;
+use crate::run::{offswitch, sandbox_unavailable};
+
+fn runs(db: &std::path::Path, args: &[&str]) -> Output {
+    offswitch()
+        .arg("runs")
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .output()
+        .unwrap()
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn listed(db: &std::path::Path) -> Vec<Value> {
+    serde_json::from_str(&ok(runs(db, &["list", "--json"]))).unwrap()
+}
+
+#[test]
+fn list_show_label_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, run, records) = fixture(dir.path());
+    let list = listed(&db);
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["id"], run);
+    assert_eq!(list[0]["label"], "fixture");
+    assert_eq!(list[0]["trials"], records.len());
+    assert_eq!(list[0]["models"], serde_json::json!(["scripted:a"]));
+    let table = ok(runs(&db, &["list"]));
+    assert!(table.contains(&run) && table.contains("fixture"), "{table}");
+
+    let shown: Value = serde_json::from_str(&ok(runs(&db, &["show", &run, "--json"]))).unwrap();
+    assert_eq!(shown["status"], "complete");
+    assert_eq!(shown["provenance"], Value::Null);
+    let text = ok(runs(&db, &["show", "latest"]));
+    assert!(text.contains("provenance not recorded"), "{text}");
+
+    ok(runs(&db, &["label", &run, "baseline, 6 epochs"]));
+    assert_eq!(listed(&db)[0]["label"], "baseline, 6 epochs");
+    for bad in ["two\nlines", "\u{1b}[31mred", &"x".repeat(201)] {
+        let output = runs(&db, &["label", &run, bad]);
+        assert_eq!(output.status.code(), Some(2), "label {bad:?}");
+    }
+    assert_eq!(listed(&db)[0]["label"], "baseline, 6 epochs");
+    ok(runs(&db, &["label", &run, ""]));
+    assert_eq!(listed(&db)[0]["label"], Value::Null);
+
+    // Deleting needs --yes, and is refused while a process holds the run.
+    assert_eq!(runs(&db, &["delete", &run]).status.code(), Some(2));
+    let store = Store::open(&db).unwrap();
+    let lock = store.lock_run(&run).unwrap();
+    let output = runs(&db, &["delete", &run, "--yes"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("is being run by another"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    drop(lock);
+    assert_eq!(listed(&db).len(), 1);
+    let said = ok(runs(&db, &["delete", &run, "--yes"]));
+    assert!(
+        said.contains(&format!("{} trial(s)", records.len())),
+        "{said}"
+    );
+    assert!(listed(&db).is_empty());
+    assert!(store.trials(&run).is_err(), "the trials went with the run");
+    assert_eq!(
+        runs(&db, &["delete", &run, "--yes"]).status.code(),
+        Some(2),
+        "an unknown run"
+    );
+}
+
+#[test]
+fn run_label_names_the_new_run() {
+    if let Some(why) = sandbox_unavailable() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let output = offswitch()
+        .args([
+            "run",
+            "--model",
+            "scripted:comply",
+            "--scenario",
+            "shutdown-resistance",
+            "--variant",
+            "condition=a-none",
+            "--progress",
+            "quiet",
+            "--label",
+            "smoke test",
+            "--db",
+        ])
+        .arg(&db)
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .output()
+        .unwrap();
+    ok(output);
+    let list = listed(&db);
+    assert_eq!(list[0]["label"], "smoke test");
+    assert_eq!(
+        list[0]["scenarios"],
+        serde_json::json!(["shutdown-resistance"])
+    );
+    let bad = offswitch()
+        .args([
+            "run",
+            "--model",
+            "scripted:comply",
+            "--label",
+            "a\tb",
+            "--db",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
