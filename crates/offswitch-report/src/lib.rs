@@ -13,6 +13,7 @@
 //! versioned (`REPORT_SCHEMA`).
 
 mod analysis;
+mod closing;
 pub mod published;
 mod render;
 mod reproduction;
@@ -28,6 +29,7 @@ pub use analysis::{
     InterviewRate, ScenarioAnalysis, add_analyses, confessed_by, confession_turn, interview_rates,
     is_interviewed, variant_levels,
 };
+pub use closing::{Closing, render_closing, short_model};
 pub use render::{render_csv, render_json, render_table};
 pub use reproduction::{
     OutputFormat, REPRODUCTION_SCHEMA, Reproduction, ReproductionRow, RunRate, build_reproduction,

@@ -48,6 +48,8 @@ pub struct Scenario {
     pub judges: Vec<Judge>,
     /// Statistics over several variants (`[[analyses]]`).
     pub analyses: Vec<Analysis>,
+    /// The labels a run's closing table shows for this scenario (`headline`), in order.
+    pub headline: Vec<String>,
 }
 
 /// Another machine in the scenario, reachable from the agent's machine over a network link.

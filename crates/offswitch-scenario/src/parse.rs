@@ -355,7 +355,12 @@ const ROOT_KEYS: &[&str] = &[
     "interview",
     "judges",
     "analyses",
+    "headline",
 ];
+
+/// The most headline labels a scenario declares: the closing table's columns, fitting 100
+/// terminal columns.
+pub const MAX_HEADLINE: usize = 4;
 
 fn read_scenario(ctx: &mut Ctx<'_>, root: &DeTable<'_>, span: Range<usize>) -> Option<Scenario> {
     let root = Table::new(root, span, "the scenario");
@@ -414,6 +419,7 @@ fn read_scenario(ctx: &mut Ctx<'_>, root: &DeTable<'_>, span: Range<usize>) -> O
         .opt_table(ctx, "interview", "[interview]")
         .and_then(|t| read_interview(ctx, &t, &detectors, &headlines));
     let analyses = read_analyses(ctx, &root, &factors, &detectors);
+    let headline = read_headline(ctx, &root, &detectors, &headlines);
 
     let (id, id_span) = id?;
     let (system, user) = prompts?;
@@ -445,7 +451,53 @@ fn read_scenario(ctx: &mut Ctx<'_>, root: &DeTable<'_>, span: Range<usize>) -> O
         interview,
         judges,
         analyses,
+        headline,
     })
+}
+
+/// `headline = [...]`: the labels a run's closing table shows for this scenario, each one a
+/// detector's or a judge's headline label, at most [`MAX_HEADLINE`], none twice.
+fn read_headline(
+    ctx: &mut Ctx<'_>,
+    root: &Table<'_, '_>,
+    detectors: &[Detector],
+    judge_headlines: &[String],
+) -> Vec<String> {
+    let Some(names) = root.opt_str_array(ctx, "headline") else {
+        return Vec::new();
+    };
+    if names.len() > MAX_HEADLINE {
+        ctx.error(
+            root.key_span("headline"),
+            format!(
+                "`headline` names {} labels; at most {MAX_HEADLINE} fit the closing table",
+                names.len()
+            ),
+        );
+    }
+    let mut headline: Vec<String> = Vec::new();
+    for (name, span) in names {
+        let known = detectors.iter().any(|d| d.label == name) || judge_headlines.contains(&name);
+        if !known {
+            ctx.error(
+                span,
+                format!(
+                    "unknown label \"{name}\" in `headline`; it names labels the detectors or judges give (defined: {})",
+                    detectors
+                        .iter()
+                        .map(|d| d.label.as_str())
+                        .chain(judge_headlines.iter().map(String::as_str))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        } else if headline.contains(&name) {
+            ctx.error(span, format!("`headline` names \"{name}\" twice"));
+        } else {
+            headline.push(name);
+        }
+    }
+    headline
 }
 
 /// The variable that renders the inbox into a prompt or a file.

@@ -17,14 +17,6 @@ use offswitch_harness::{
 use offswitch_model::{HttpOptions, ResilienceConfig};
 use offswitch_store::Store;
 
-/// The labels the closing table shows when the run has them.
-const SUMMARY_LABELS: &[&str] = &[
-    "sabotage",
-    "attempted_sabotage",
-    "shut_down",
-    "task_success",
-];
-
 /// Exit code of a run that stopped before its matrix was stored: 128 + the signal that stopped
 /// it (130 for Ctrl-C's SIGINT, 143 for SIGTERM), as shells report it; 130 without a signal.
 const EXIT_INTERRUPTED: u8 = 130;
@@ -312,6 +304,29 @@ fn run_error(error: RunError) -> anyhow::Error {
     }
 }
 
+/// Scenario id -> headline labels, for the scenarios of a run's configuration: the shipped
+/// ones by id, the others from their files. A scenario that cannot be read now gets none (its
+/// block then shows its first labels).
+fn headlines(config: &serde_json::Value) -> std::collections::BTreeMap<String, Vec<String>> {
+    let (shipped, _) = offswitch_scenario::load_dir(&offswitch_scenario::builtin_dir());
+    let mut headlines: std::collections::BTreeMap<String, Vec<String>> = shipped
+        .iter()
+        .map(|s| (s.id().to_owned(), s.headline.clone()))
+        .collect();
+    let given = config
+        .get("scenarios")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str);
+    for scenario in given.filter(|s| s.ends_with(".toml") || s.contains('/')) {
+        if let Ok(file) = offswitch_scenario::load_file(std::path::Path::new(scenario)) {
+            headlines.insert(file.id().to_owned(), file.headline.clone());
+        }
+    }
+    headlines
+}
+
 fn print_summary(store: &Store, summary: &RunSummary) -> anyhow::Result<()> {
     let info = store
         .run(&summary.run)
@@ -319,15 +334,7 @@ fn print_summary(store: &Store, summary: &RunSummary) -> anyhow::Result<()> {
     let records = store
         .trials_without_events(&summary.run)
         .map_err(super::report::store_error)?;
-    let seen: Vec<String> = SUMMARY_LABELS
-        .iter()
-        .filter(|name| records.iter().any(|r| r.label(name).is_some()))
-        .map(|name| (*name).to_owned())
-        .collect();
-    let config = offswitch_report::ReportConfig {
-        labels: seen,
-        ..offswitch_report::ReportConfig::default()
-    };
+    let config = offswitch_report::ReportConfig::default();
     let meta = offswitch_report::RunMeta {
         id: info.id.to_string(),
         label: info.label.clone(),
@@ -336,7 +343,23 @@ fn print_summary(store: &Store, summary: &RunSummary) -> anyhow::Result<()> {
     let report = offswitch_report::build_report(meta, &records, &config)
         .map_err(|e| anyhow::anyhow!("failed to build the report: {e}"))?;
     let mut out = super::stdout();
-    write!(out, "{}", offswitch_report::render_table(&report))?;
+    let cached_trials = records
+        .iter()
+        .filter(|record| {
+            record.transcript.iter().any(|entry| {
+                matches!(entry, offswitch_core::TranscriptEntry::Event { kind, .. } if kind == "cache_hit")
+            })
+        })
+        .count() as u64;
+    let closing = offswitch_report::Closing {
+        headline: headlines(&info.config),
+        cached_trials,
+    };
+    write!(
+        out,
+        "{}",
+        offswitch_report::render_closing(&report, &closing)
+    )?;
     let outcomes = summary
         .outcomes
         .iter()

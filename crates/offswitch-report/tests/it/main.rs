@@ -15,6 +15,7 @@ use offswitch_report::{
     render_json, render_reproduction, render_table, render_trial,
 };
 
+mod closing;
 mod indeterminate;
 mod timeline;
 

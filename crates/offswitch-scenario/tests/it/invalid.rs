@@ -41,6 +41,6 @@ fn a_directory_loads_the_valid_files_and_reports_the_rest() {
         c.toml:1:1: missing field `prompts` in the scenario, expected a table [prompts]
         c.toml:1:1: missing field `source` in the scenario, expected a table [source]
         c.toml:1:1: missing field `title` in the scenario, expected a string
-        c.toml:1:1: unknown field `not` in the scenario, expected one of: id, title, category, description, source, prompts, defaults, files, tools, mechanics, factors, limits, task, detectors, hosts, references, emails, interview, judges, analyses
+        c.toml:1:1: unknown field `not` in the scenario, expected one of: id, title, category, description, source, prompts, defaults, files, tools, mechanics, factors, limits, task, detectors, hosts, references, emails, interview, judges, analyses, headline
     "#]].assert_eq(&messages);
 }
