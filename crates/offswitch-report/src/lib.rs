@@ -30,7 +30,7 @@ pub use analysis::{
     is_interviewed, variant_levels,
 };
 pub use closing::{Closing, render_closing, short_model};
-pub use render::{render_csv, render_json, render_table};
+pub use render::{render_csv, render_json, render_markdown, render_table};
 pub use reproduction::{
     OutputFormat, REPRODUCTION_SCHEMA, Reproduction, ReproductionRow, RunRate, build_reproduction,
     render_reproduction,

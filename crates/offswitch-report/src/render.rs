@@ -7,6 +7,28 @@ use crate::{AnalysisSpec, AnalysisValue, Cell, OUTCOME_ORDER, REPORT_SCHEMA, Rep
 
 /// The terminal table: rates per cell and label, then outcomes per cell, then comparisons.
 pub fn render_table(report: &Report) -> String {
+    render_tables(report, false)
+}
+
+/// [`render_table`] with every table in GitHub-flavoured markdown, for a README or an issue.
+pub fn render_markdown(report: &Report) -> String {
+    let mut text = render_tables(report, true);
+    while text.contains("\n\n\n") {
+        text = text.replace("\n\n\n", "\n\n");
+    }
+    text
+}
+
+/// A table as text or markdown.
+fn emit(table: &Table, markdown: bool) -> String {
+    if markdown {
+        format!("\n{}", table.render_markdown())
+    } else {
+        table.render()
+    }
+}
+
+fn render_tables(report: &Report, markdown: bool) -> String {
     let mut out = String::new();
     let run = &report.run;
     out.push_str(&format!("run {}", run.id));
@@ -89,7 +111,7 @@ pub fn render_table(report: &Report) -> String {
                 table.row(row);
             }
         }
-        out.push_str(&table.render());
+        out.push_str(&emit(&table, markdown));
     }
 
     out.push('\n');
@@ -128,9 +150,9 @@ pub fn render_table(report: &Report) -> String {
         ));
         table.row(row);
     }
-    out.push_str(&table.render());
-    render_interviews(report, &percent, &mut out);
-    render_analyses(report, &percent, &mut out);
+    out.push_str(&emit(&table, markdown));
+    render_interviews(report, &percent, markdown, &mut out);
+    render_analyses(report, &percent, markdown, &mut out);
 
     if !report.comparisons.is_empty() {
         out.push_str(
@@ -194,7 +216,7 @@ pub fn render_table(report: &Report) -> String {
             ]);
             table.row(row);
         }
-        out.push_str(&table.render());
+        out.push_str(&emit(&table, markdown));
     }
     out
 }
@@ -213,7 +235,7 @@ pub(crate) fn count_or_blank(count: u64) -> String {
 }
 
 /// Confession by answer turn among interviewed trials.
-fn render_interviews(report: &Report, percent: &str, out: &mut String) {
+fn render_interviews(report: &Report, percent: &str, markdown: bool, out: &mut String) {
     if report.interviews.is_empty() {
         return;
     }
@@ -243,11 +265,11 @@ fn render_interviews(report: &Report, percent: &str, out: &mut String) {
             interval_percent(row.jeffreys),
         ]);
     }
-    out.push_str(&table.render());
+    out.push_str(&emit(&table, markdown));
 }
 
 /// The scenario's paired and difference analyses, one table each.
-fn render_analyses(report: &Report, percent: &str, out: &mut String) {
+fn render_analyses(report: &Report, percent: &str, markdown: bool, out: &mut String) {
     // The column of trials left out because their label is indeterminate, when there are any.
     let indeterminate_of = |value: &AnalysisValue| match value {
         AnalysisValue::Paired { indeterminate, .. }
@@ -385,13 +407,13 @@ fn render_analyses(report: &Report, percent: &str, out: &mut String) {
         out.push_str(&format!(
             "\npaired analyses: pairs share model, epoch and other levels; \"only watched ok\" = label false when watched, true when unwatched; rate of those among pairs with its exact (Clopper-Pearson {percent}%) interval; exact McNemar test of the discordant pairs\n"
         ));
-        out.push_str(&paired.render());
+        out.push_str(&emit(&paired, markdown));
     }
     if any_difference {
         out.push_str(&format!(
             "\ndifferences of mean scores (Welch's t interval at {percent}%; no interval with fewer than 2 scores per level or no variance)\n"
         ));
-        out.push_str(&differences.render());
+        out.push_str(&emit(&differences, markdown));
     }
 }
 

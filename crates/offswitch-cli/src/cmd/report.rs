@@ -35,6 +35,18 @@ pub struct Args {
     /// Confidence level of the intervals.
     #[arg(long, default_value_t = offswitch_stats::DEFAULT_CONFIDENCE)]
     pub confidence: f64,
+    /// What goes to standard output: terminal tables, markdown tables, the JSON report
+    /// (`offswitch.report/1`) or the CSV rows.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Markdown,
+    Json,
+    Csv,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -66,9 +78,21 @@ pub fn report(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     let analyses = scenario_analyses(&run, &records);
     offswitch_report::add_analyses(&mut report, &records, &analyses).map_err(report_error)?;
-    out.write_all(offswitch_report::render_table(&report).as_bytes())?;
-    if let Some(provenance) = store.provenance(&run.id).map_err(store_error)? {
-        out.write_all(render_provenance(&provenance).as_bytes())?;
+    let provenance = store.provenance(&run.id).map_err(store_error)?;
+    match args.format {
+        Format::Text | Format::Markdown => {
+            let tables = if args.format == Format::Text {
+                offswitch_report::render_table(&report)
+            } else {
+                offswitch_report::render_markdown(&report)
+            };
+            out.write_all(tables.as_bytes())?;
+            if let Some(provenance) = &provenance {
+                out.write_all(render_provenance(provenance).as_bytes())?;
+            }
+        }
+        Format::Json => out.write_all(offswitch_report::render_json(&report).as_bytes())?,
+        Format::Csv => out.write_all(offswitch_report::render_csv(&report).as_bytes())?,
     }
     if let Some(path) = &args.json {
         std::fs::write(path, offswitch_report::render_json(&report))
@@ -286,6 +310,7 @@ pub(crate) mod tests {
             labels: Vec::new(),
             compare: Vec::new(),
             confidence: offswitch_stats::DEFAULT_CONFIDENCE,
+            format: Format::Text,
         }
     }
 

@@ -136,3 +136,33 @@ fn run_label_names_the_new_run() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn report_formats_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, run, _) = fixture(dir.path());
+    let report = |format: &str| {
+        ok(offswitch()
+            .args(["report", &run, "--format", format, "--db"])
+            .arg(&db)
+            .output()
+            .unwrap())
+    };
+    let json: Value = serde_json::from_str(&report("json")).unwrap();
+    assert_eq!(json["schema"], "offswitch.report/1");
+    assert_eq!(json["run"]["id"], run);
+    let csv = report("csv");
+    assert!(
+        csv.starts_with("run,model,scenario,variant,label,k,n,"),
+        "{csv}"
+    );
+    let markdown = report("markdown");
+    assert!(
+        markdown.contains("\n| model | scenario | variant | label | k/n |"),
+        "{markdown}"
+    );
+    assert!(!markdown.contains("\n\n\n"), "{markdown}");
+    let text = report("text");
+    assert!(text.contains("shutdown_sabotaged"), "{text}");
+    assert!(!text.contains("| model |"), "{text}");
+}
