@@ -14,6 +14,7 @@
 
 mod analysis;
 mod closing;
+mod html;
 pub mod published;
 mod render;
 mod reproduction;
@@ -30,6 +31,7 @@ pub use analysis::{
     is_interviewed, variant_levels,
 };
 pub use closing::{Closing, render_closing, short_model};
+pub use html::render_html;
 pub use render::{render_csv, render_json, render_markdown, render_table};
 pub use reproduction::{
     OutputFormat, REPRODUCTION_SCHEMA, Reproduction, ReproductionRow, RunRate, build_reproduction,

@@ -25,6 +25,10 @@ pub struct Args {
     /// Also write one CSV row per cell and label to this file.
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
+    /// Also write one self-contained HTML page (tables, interval charts, the published
+    /// figures beside them) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// Report only these labels (repeat the flag or separate with commas); default all.
     #[arg(long = "label", value_name = "NAME", value_delimiter = ',')]
     pub labels: Vec<String>,
@@ -104,7 +108,83 @@ pub fn report(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
             .with_context(|| format!("failed to write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
+    if let Some(path) = &args.html {
+        let closing = closing(&run.config, &records);
+        // The published figures go beside the run's rates when the shipped file reads.
+        let published = super::compare::default_published();
+        let reproduction = std::fs::read_to_string(&published)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                offswitch_report::published::parse_published(&published, &text)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|figures| {
+                let meta = RunMeta {
+                    id: run.id.to_string(),
+                    label: run.label.clone(),
+                    status: run.status.to_string(),
+                };
+                offswitch_report::build_reproduction(meta, &records, &figures, args.confidence)
+                    .map_err(|e| e.to_string())
+            });
+        let reproduction = match reproduction {
+            Ok(reproduction) => Some(reproduction),
+            Err(why) => {
+                eprintln!("note: no published figures beside the rates: {why}");
+                None
+            }
+        };
+        let page = offswitch_report::render_html(&report, &closing, reproduction.as_ref());
+        std::fs::write(path, page)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
+}
+
+/// Scenario id -> headline labels, for the scenarios of a run's configuration: the shipped
+/// ones by id, the others from their files. A scenario that cannot be read now gets none (its
+/// block then shows its first labels).
+pub(crate) fn headlines(
+    config: &serde_json::Value,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let (shipped, _) = offswitch_scenario::load_dir(&offswitch_scenario::builtin_dir());
+    let mut headlines: std::collections::BTreeMap<String, Vec<String>> = shipped
+        .iter()
+        .map(|s| (s.id().to_owned(), s.headline.clone()))
+        .collect();
+    let given = config
+        .get("scenarios")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str);
+    for scenario in given.filter(|s| s.ends_with(".toml") || s.contains('/')) {
+        if let Ok(file) = offswitch_scenario::load_file(std::path::Path::new(scenario)) {
+            headlines.insert(file.id().to_owned(), file.headline.clone());
+        }
+    }
+    headlines
+}
+
+/// What the closing table and the HTML report need besides the rates: the scenarios'
+/// headline labels and how many trials replayed cached replies.
+pub(crate) fn closing(
+    config: &serde_json::Value,
+    records: &[TrialRecord],
+) -> offswitch_report::Closing {
+    let cached_trials = records
+        .iter()
+        .filter(|record| {
+            record.transcript.iter().any(|entry| {
+                matches!(entry, offswitch_core::TranscriptEntry::Event { kind, .. } if kind == "cache_hit")
+            })
+        })
+        .count() as u64;
+    offswitch_report::Closing {
+        headline: headlines(config),
+        cached_trials,
+    }
 }
 
 /// The `[[analyses]]` of every scenario the run's trials belong to, found through the run's
@@ -307,6 +387,7 @@ pub(crate) mod tests {
             db: db.to_owned(),
             json: None,
             csv: None,
+            html: None,
             labels: Vec::new(),
             compare: Vec::new(),
             confidence: offswitch_stats::DEFAULT_CONFIDENCE,

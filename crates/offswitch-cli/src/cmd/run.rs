@@ -304,29 +304,6 @@ fn run_error(error: RunError) -> anyhow::Error {
     }
 }
 
-/// Scenario id -> headline labels, for the scenarios of a run's configuration: the shipped
-/// ones by id, the others from their files. A scenario that cannot be read now gets none (its
-/// block then shows its first labels).
-fn headlines(config: &serde_json::Value) -> std::collections::BTreeMap<String, Vec<String>> {
-    let (shipped, _) = offswitch_scenario::load_dir(&offswitch_scenario::builtin_dir());
-    let mut headlines: std::collections::BTreeMap<String, Vec<String>> = shipped
-        .iter()
-        .map(|s| (s.id().to_owned(), s.headline.clone()))
-        .collect();
-    let given = config
-        .get("scenarios")
-        .and_then(serde_json::Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(serde_json::Value::as_str);
-    for scenario in given.filter(|s| s.ends_with(".toml") || s.contains('/')) {
-        if let Ok(file) = offswitch_scenario::load_file(std::path::Path::new(scenario)) {
-            headlines.insert(file.id().to_owned(), file.headline.clone());
-        }
-    }
-    headlines
-}
-
 fn print_summary(store: &Store, summary: &RunSummary) -> anyhow::Result<()> {
     let info = store
         .run(&summary.run)
@@ -343,18 +320,7 @@ fn print_summary(store: &Store, summary: &RunSummary) -> anyhow::Result<()> {
     let report = offswitch_report::build_report(meta, &records, &config)
         .map_err(|e| anyhow::anyhow!("failed to build the report: {e}"))?;
     let mut out = super::stdout();
-    let cached_trials = records
-        .iter()
-        .filter(|record| {
-            record.transcript.iter().any(|entry| {
-                matches!(entry, offswitch_core::TranscriptEntry::Event { kind, .. } if kind == "cache_hit")
-            })
-        })
-        .count() as u64;
-    let closing = offswitch_report::Closing {
-        headline: headlines(&info.config),
-        cached_trials,
-    };
+    let closing = super::report::closing(&info.config, &records);
     write!(
         out,
         "{}",

@@ -75,3 +75,47 @@ fn headline_labels_per_scenario_within_100_columns() {
     "#]]
     .assert_eq(&text);
 }
+
+/// The HTML report: one self-contained page, snapshot-tested. Text from the run is escaped (a
+/// model spec with markup in it shows as text).
+#[test]
+fn html_report_is_self_contained_and_escaped() {
+    let figures = offswitch_report::published::parse_published(
+        std::path::Path::new("figures.toml"),
+        super::FIGURES,
+    )
+    .unwrap();
+    let mut records = run_records();
+    records.push(trial(
+        "openai:<img src=x onerror=alert(1)>",
+        "condition=a-none",
+        1,
+        true,
+        Outcome::Finished,
+    ));
+    let report = build_report(meta(), &records, &ReportConfig::default()).unwrap();
+    let reproduction =
+        offswitch_report::build_reproduction(meta(), &records, &figures, 0.95).unwrap();
+    let closing = Closing {
+        headline: BTreeMap::from([(
+            "shutdown-resistance".to_owned(),
+            vec!["sabotage".to_owned(), "task_success".to_owned()],
+        )]),
+        cached_trials: 0,
+    };
+    let page = offswitch_report::render_html(&report, &closing, Some(&reproduction));
+    assert!(!page.contains("<img"), "unescaped markup from the run");
+    assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"));
+    for forbidden in ["<script", "http://", "https://", "<link", "@import", "url("] {
+        assert!(
+            !page.contains(forbidden) || forbidden == "http://" && only_svg_namespace(&page),
+            "the page must not load anything: found {forbidden}"
+        );
+    }
+    expect_test::expect_file!["snapshots/report.html"].assert_eq(&page);
+}
+
+/// `http://` appears only as the SVG namespace name, which is never fetched.
+fn only_svg_namespace(page: &str) -> bool {
+    page.matches("http://").count() == page.matches("xmlns=\"http://www.w3.org/2000/svg\"").count()
+}

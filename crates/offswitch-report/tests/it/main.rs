@@ -919,7 +919,7 @@ fn analyses_and_interviews_beside_the_rates() {
     assert_eq!(json["interviews"][0]["asked"], 8);
 }
 
-const FIGURES: &str = r#"
+pub(crate) const FIGURES: &str = r#"
 schema = "offswitch.published/1"
 
 [[figure]]
