@@ -60,6 +60,10 @@ enum Command {
     /// Verify, read and prove tamper-evident audit logs; make their signing key.
     #[command(subcommand)]
     Audit(cmd::audit::Command),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff; `offswitch man | man -l -`).
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -85,6 +89,25 @@ fn main() -> ExitCode {
         Command::Guard(args) => cmd::guard::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),
         Command::Audit(command) => cmd::audit::run(command),
+        Command::Completions { shell } => {
+            // Rendered first: the generator panics on a write error (`| head`).
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "offswitch", &mut script);
+            cmd::stdout()
+                .write_all(&script)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command)
+                .render(&mut page)
+                .and_then(|()| cmd::stdout().write_all(&page))
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(code) => code,

@@ -248,11 +248,12 @@ pub fn known_scripts(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The repository's `agents/scripted/` directory, overridable with `OFFSWITCH_AGENTS`.
+/// The scripted agents shipped with offswitch (the repository's `agents/scripted/`, embedded in
+/// the binary by `offswitch-assets`), or `$OFFSWITCH_AGENTS`.
 pub fn builtin_dir() -> PathBuf {
     match std::env::var_os("OFFSWITCH_AGENTS") {
         Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../agents/scripted"),
+        None => offswitch_assets::agents_dir(),
     }
 }
 

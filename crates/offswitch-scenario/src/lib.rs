@@ -207,17 +207,14 @@ fn invalid_utf8(path: &Path, bytes: &[u8], error: &std::str::Utf8Error) -> Scena
     }
 }
 
-/// The scenarios shipped with offswitch: `$OFFSWITCH_SCENARIOS` if set, else the repository's
-/// top-level `scenarios/` folder.
+/// The scenarios shipped with offswitch: `$OFFSWITCH_SCENARIOS` if set, else the copy of the
+/// repository's `scenarios/` folder embedded in the binary (written to a cache directory on
+/// first use, `offswitch-assets`).
 pub fn builtin_dir() -> PathBuf {
     match std::env::var_os(SCENARIOS_ENV) {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        // The crate sits at `<repo>/crates/offswitch-scenario`.
-        _ => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .ancestors()
-            .nth(2)
-            .unwrap_or(Path::new("."))
-            .join("scenarios"),
+        // Embedded in the binary (`offswitch-assets`), not found through the source tree.
+        _ => offswitch_assets::scenarios_dir(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! the same scenario, condition and label, with intervals and whether they overlap.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use offswitch_report::{OutputFormat, RunMeta};
@@ -73,14 +73,11 @@ pub fn compare(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `$OFFSWITCH_PUBLISHED` if set, else the repository's `data/published.toml`.
+/// The shipped `data/published.toml`, embedded in the binary (`--published` or
+/// `$OFFSWITCH_PUBLISHED` give another file).
 pub fn default_published() -> PathBuf {
-    // The crate sits at `<repo>/crates/offswitch-cli`.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .unwrap_or(Path::new("."))
-        .join("data/published.toml")
+    // Embedded in the binary (`offswitch-assets`), not found through the source tree.
+    offswitch_assets::published_file()
 }
 
 #[cfg(test)]
@@ -88,6 +85,7 @@ mod tests {
     use expect_test::expect;
     use offswitch_core::{Label, Outcome, TrialKey, TrialRecord, Usage};
     use offswitch_store::Store;
+    use std::path::Path;
 
     use super::*;
 

@@ -3,6 +3,7 @@
 mod audit;
 mod export;
 mod guard;
+mod install;
 mod keys;
 mod pipes;
 mod proxy;
