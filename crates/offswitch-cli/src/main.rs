@@ -24,6 +24,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run a matrix of models x scenarios x variants x epochs.
     Run(cmd::run::Args),

@@ -65,6 +65,19 @@ pub struct RunConfig {
     /// whose live monitors run over every trial (`--monitor-policy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitor_policy: Option<String>,
+    /// `--set NAME=VALUE`: scenario defaults (`[defaults]`) replaced in every scenario of the
+    /// run that declares them (a factor level setting the same variable still wins).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// `--token-limit`: every trial's total-token limit, over the scenarios' `max_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_limit: Option<u64>,
+    /// `--time-limit`: every trial's wall-clock limit in seconds, over `wall_time_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit_secs: Option<u64>,
+    /// The command line that made the run, secrets redacted: provenance, never read back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_line: Option<Vec<String>>,
 }
 
 impl Default for RunConfig {
@@ -84,6 +97,10 @@ impl Default for RunConfig {
             no_cache: false,
             judge: None,
             monitor_policy: None,
+            set: BTreeMap::new(),
+            token_limit: None,
+            time_limit_secs: None,
+            command_line: None,
         }
     }
 }
@@ -356,7 +373,27 @@ pub fn matrix(config: &RunConfig, options: &RunOptions) -> Result<Matrix, RunErr
     let mut cells = Vec::new();
     let mut scenarios = Vec::new();
     for name in &config.scenarios {
-        scenarios.push(Arc::new(resolve_scenario(name, &options.scenarios_dir)?));
+        let mut scenario = resolve_scenario(name, &options.scenarios_dir)?;
+        for (variable, value) in &config.set {
+            if let Some(default) = scenario.defaults.get_mut(variable) {
+                value.clone_into(default);
+            }
+        }
+        scenarios.push(Arc::new(scenario));
+    }
+    if let Some(variable) = config
+        .set
+        .keys()
+        .find(|variable| !scenarios.iter().any(|s| s.defaults.contains_key(*variable)))
+    {
+        let known: BTreeSet<&str> = scenarios
+            .iter()
+            .flat_map(|s| s.defaults.keys().map(String::as_str))
+            .collect();
+        return Err(RunError::Invalid(format!(
+            "--set {variable}: no scenario of this run has a default named {variable:?} (they have: {})",
+            known.into_iter().collect::<Vec<_>>().join(", ")
+        )));
     }
     // A filter on a factor applies to the scenarios that have it, so one run can mix studies
     // (`--variant nudge=strong` narrows the Apollo scenarios and leaves the others whole);
@@ -526,6 +563,8 @@ impl Plan {
             overrides: LimitOverrides {
                 max_turns: config.max_turns,
                 disk_mb: config.disk_mb,
+                token_limit: config.token_limit,
+                time_limit_secs: config.time_limit_secs,
             },
             monitors,
             skip: Skip {

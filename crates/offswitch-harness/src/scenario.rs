@@ -19,6 +19,10 @@ pub struct LimitOverrides {
     pub max_turns: Option<u32>,
     /// The size limit of every home, in MiB, over the scenario's `disk_mb`.
     pub disk_mb: Option<u64>,
+    /// Every trial's total-token limit, over the scenario's `max_tokens`.
+    pub token_limit: Option<u64>,
+    /// Every trial's wall-clock limit in seconds, over the scenario's `wall_time_secs`.
+    pub time_limit_secs: Option<u64>,
 }
 
 /// What the model side contributes to a trial.
@@ -103,8 +107,10 @@ pub fn trial_spec(
         }),
         limits: TrialLimits {
             max_turns: overrides.max_turns.unwrap_or(limits.max_turns),
-            max_total_tokens: limits.max_tokens,
-            wall_time: Duration::from_secs(limits.wall_time_secs),
+            max_total_tokens: overrides.token_limit.unwrap_or(limits.max_tokens),
+            wall_time: Duration::from_secs(
+                overrides.time_limit_secs.unwrap_or(limits.wall_time_secs),
+            ),
             exec_timeout: Duration::from_secs(limits.exec_timeout_secs),
             sandbox_memory_bytes: limits
                 .memory_mb

@@ -76,6 +76,21 @@ pub struct Args {
     /// Override the scenarios' turn limit.
     #[arg(long)]
     pub max_turns: Option<u32>,
+    /// Every trial's total-token limit (prompts and replies over the trial), over the
+    /// scenarios' own `max_tokens`.
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub token_limit: Option<u64>,
+    /// Every trial's wall-clock limit, over the scenarios' own: `90s`, `10m`, `1h`.
+    #[arg(long, value_name = "DURATION")]
+    pub time_limit: Option<String>,
+    /// The most tokens a model may generate in one reply (default 512).
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_tokens: Option<u32>,
+    /// Replace a scenario default (`[defaults]` in its file) for every scenario of the run that
+    /// declares it, like Inspect's `-T`: `--set goal="..."`. Repeatable. A factor level that
+    /// sets the same variable still wins in its variants.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
     /// Size limit of every sandbox home, in MiB (default: the scenario's `disk_mb`, else
     /// 1024). Filling it ends the trial as `sandbox_limit` (disk).
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(16..=1 << 20))]
@@ -171,14 +186,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    // Checked before anything runs: a bad `--set` or `--time-limit` is an input error.
+    let config = match &args.resume {
+        Some(_) => None,
+        None => {
+            let mut config = run_config(&args)?;
+            config.monitor_policy = monitor_policy.clone();
+            Some(config)
+        }
+    };
     let result = runtime.block_on(async {
-        match &args.resume {
-            Some(run) => offswitch_harness::resume_run(&store, run, &options, cancel).await,
-            None => {
-                let mut config = run_config(&args);
-                config.monitor_policy = monitor_policy.clone();
-                offswitch_harness::start_run(&store, &config, &options, cancel).await
+        match (&args.resume, &config) {
+            (Some(run), _) => offswitch_harness::resume_run(&store, run, &options, cancel).await,
+            (None, Some(config)) => {
+                offswitch_harness::start_run(&store, config, &options, cancel).await
             }
+            (None, None) => unreachable!("a new run has its configuration"),
         }
     });
     // The runtime may still hold blocking threads of killed execs; do not wait for them, on the
@@ -196,9 +219,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn run_config(args: &Args) -> RunConfig {
+fn run_config(args: &Args) -> anyhow::Result<RunConfig> {
     let defaults = RunConfig::default();
-    RunConfig {
+    let overrides = overrides(args)?;
+    Ok(RunConfig {
         models: if args.models.is_empty() {
             defaults.models.clone()
         } else {
@@ -221,8 +245,81 @@ fn run_config(args: &Args) -> RunConfig {
         temperature: args.temperature,
         no_cache: args.no_cache,
         judge: args.judge.clone(),
+        max_tokens_per_reply: args.max_tokens.unwrap_or(defaults.max_tokens_per_reply),
+        set: overrides.set,
+        token_limit: args.token_limit,
+        time_limit_secs: overrides.time_limit_secs,
+        command_line: Some(redacted(std::env::args())),
         ..defaults
+    })
+}
+
+/// The `--set` and `--time-limit` values, checked.
+struct Overrides {
+    set: std::collections::BTreeMap<String, String>,
+    time_limit_secs: Option<u64>,
+}
+
+/// The largest `--set` value.
+const MAX_SET_VALUE: usize = 64 * 1024;
+
+fn overrides(args: &Args) -> anyhow::Result<Overrides> {
+    let mut set = std::collections::BTreeMap::new();
+    for pair in &args.set {
+        let Some((name, value)) = pair.split_once('=') else {
+            return Err(super::invalid_input(format!(
+                "--set {pair:?}: expected NAME=VALUE"
+            )));
+        };
+        let name = name.trim();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(super::invalid_input(format!(
+                "--set {pair:?}: a name is letters, digits and `_`"
+            )));
+        }
+        if value.len() > MAX_SET_VALUE {
+            return Err(super::invalid_input(format!(
+                "--set {name}: the value is over {MAX_SET_VALUE} bytes"
+            )));
+        }
+        if set.insert(name.to_owned(), value.to_owned()).is_some() {
+            return Err(super::invalid_input(format!("--set {name} is given twice")));
+        }
     }
+    let time_limit_secs = match &args.time_limit {
+        None => None,
+        Some(text) => match offswitch_core::units::parse_duration(text) {
+            Some(duration) if duration.as_secs() >= 1 => Some(duration.as_secs()),
+            _ => {
+                return Err(super::invalid_input(format!(
+                    "--time-limit {text:?}: expected a duration of at least 1s, such as 90s, 10m or 1h"
+                )));
+            }
+        },
+    };
+    Ok(Overrides {
+        set,
+        time_limit_secs,
+    })
+}
+
+/// A command line as stored with a run: credentials in URLs (`https://user:secret@host`) and
+/// anything shaped like an API key (`sk-...`, long tokens after `key`/`token`) replaced by
+/// `***`. Key files are named by path only, and keys have no flag of their own.
+fn redacted(args: impl Iterator<Item = String>) -> Vec<String> {
+    static KEY: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static USERINFO: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        regex::Regex::new(r"(?i)\b(sk|pk|rk|key|token|secret|bearer)[-_][A-Za-z0-9_\-]{12,}")
+            .expect("a valid regex")
+    });
+    let userinfo =
+        USERINFO.get_or_init(|| regex::Regex::new(r"://[^/@\s]+@").expect("a valid regex"));
+    args.map(|arg| {
+        let arg = userinfo.replace_all(&arg, "://***@");
+        key.replace_all(&arg, "***").into_owned()
+    })
+    .collect()
 }
 
 fn run_options(args: &Args) -> anyhow::Result<RunOptions> {
@@ -388,4 +485,39 @@ fn read_api_key(path: &std::path::Path) -> anyhow::Result<String> {
         )));
     }
     Ok(key.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn command_lines_are_stored_without_secrets() {
+        let args = [
+            "offswitch",
+            "run",
+            "--model",
+            "openai:gpt-4o@https://alice:hunter2@llm.internal/v1",
+            "--base-url=http://user:pw@10.0.0.1:8000/v1",
+            "--judge",
+            "openai:sk-proj-AbCdEf0123456789xyz",
+            "--set",
+            "goal=keep the token_limit low",
+            "--label",
+            "Bearer_abcdefghijklmnop",
+        ]
+        .map(str::to_owned);
+        let stored = redacted(args.into_iter()).join(" ");
+        for secret in [
+            "hunter2",
+            "alice",
+            "pw@",
+            "AbCdEf0123456789xyz",
+            "abcdefghijklmnop",
+        ] {
+            assert!(!stored.contains(secret), "{secret} in {stored}");
+        }
+        assert!(stored.contains("https://***@llm.internal/v1"), "{stored}");
+        assert!(stored.contains("goal=keep the token_limit low"), "{stored}");
+    }
 }

@@ -166,3 +166,95 @@ fn report_formats_on_stdout() {
     assert!(text.contains("shutdown_sabotaged"), "{text}");
     assert!(!text.contains("| model |"), "{text}");
 }
+
+#[test]
+fn overrides_reach_the_trials_and_are_stored_with_the_run() {
+    if let Some(why) = sandbox_unavailable() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let base = |extra: &[&str]| {
+        let mut command = offswitch();
+        command
+            .args([
+                "run",
+                "--model",
+                "scripted:comply",
+                "--scenario",
+                "shutdown-resistance",
+                "--variant",
+                "condition=a-none",
+                "--progress",
+                "quiet",
+            ])
+            .args(extra)
+            .arg("--db")
+            .arg(&db)
+            .arg("--work-dir")
+            .arg(dir.path().join("work"));
+        command.output().unwrap()
+    };
+    ok(base(&[
+        "--set",
+        "user_note=Answer in French.",
+        "--token-limit",
+        "123456",
+        "--time-limit",
+        "2m",
+        "--max-tokens",
+        "300",
+        "--model",
+        "openai:x@http://alice:hunter2@127.0.0.1:9/v1",
+        "--max-turns",
+        "1",
+    ]));
+    let shown: Value = serde_json::from_str(&ok(runs(&db, &["show", "--json"]))).unwrap();
+    let config = &shown["config"];
+    assert_eq!(config["set"]["user_note"], "Answer in French.");
+    assert_eq!(config["token_limit"], 123456);
+    assert_eq!(config["time_limit_secs"], 120);
+    assert_eq!(config["max_tokens_per_reply"], 300);
+    let line = config["command_line"].to_string();
+    assert!(
+        line.contains("--set") && !line.contains("hunter2"),
+        "{line}"
+    );
+    let store = Store::open(&db).unwrap();
+    let run = shown["id"].as_str().unwrap();
+    let trials = store.trials(run).unwrap();
+    let comply = trials
+        .iter()
+        .find(|t| t.key.model == "scripted:comply")
+        .unwrap();
+    let user = comply
+        .transcript
+        .iter()
+        .find_map(|e| match e {
+            offswitch_core::TranscriptEntry::Message { message }
+                if message.role == offswitch_core::Role::User =>
+            {
+                Some(message.content.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert!(user.contains("Answer in French."), "{user}");
+
+    for (args, says) in [
+        (
+            vec!["--set", "no_such_default=1"],
+            "no scenario of this run has a default",
+        ),
+        (vec!["--set", "=x"], "a name is letters"),
+        (vec!["--set", "user_note"], "NAME=VALUE"),
+        (vec!["--time-limit", "0s"], "--time-limit"),
+        (vec!["--time-limit", "soon"], "--time-limit"),
+    ] {
+        let output = base(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
