@@ -60,46 +60,15 @@ pub fn render_closing(report: &Report, closing: &Closing) -> String {
         out.push_str("\nno trials stored\n");
         return out;
     }
-    // Blocks in the order the cells come: (scenario, model).
-    let mut blocks: Vec<(&str, &str, Vec<&Cell>)> = Vec::new();
-    for cell in &report.cells {
-        match blocks
-            .iter_mut()
-            .find(|(s, m, _)| *s == cell.scenario && *m == cell.model)
-        {
-            Some((_, _, cells)) => cells.push(cell),
-            None => blocks.push((&cell.scenario, &cell.model, vec![cell])),
-        }
-    }
     let mut any_indeterminate = false;
-    for (scenario, model, cells) in blocks {
-        let declared = closing.headline.get(scenario).filter(|h| !h.is_empty());
-        let columns: Vec<&str> = match declared {
-            Some(headline) => headline
-                .iter()
-                .map(String::as_str)
-                .filter(|name| {
-                    cells
-                        .iter()
-                        .any(|c| c.labels.iter().any(|l| l.name == *name))
-                })
-                .take(MAX_COLUMNS)
-                .collect(),
-            None => {
-                let mut names: Vec<&str> = Vec::new();
-                for cell in &cells {
-                    for label in &cell.labels {
-                        if !names.contains(&label.name.as_str()) {
-                            names.push(&label.name);
-                        }
-                    }
-                }
-                names.truncate(MAX_COLUMNS);
-                names
-            }
-        };
+    for (scenario, model, cells) in blocks(report) {
+        let declared = closing
+            .headline
+            .get(scenario)
+            .is_some_and(|h| !h.is_empty());
+        let columns = headline_columns(closing, scenario, &cells);
         let _ = write!(out, "\n{scenario} · {}", short_model(model));
-        if declared.is_none() {
+        if !declared {
             out.push_str("  (no headline labels declared: the first labels)");
         }
         out.push('\n');
@@ -176,7 +145,56 @@ pub fn render_closing(report: &Report, closing: &Closing) -> String {
     out
 }
 
-fn display(variant: &str) -> &str {
+/// The cells grouped by (scenario, model), in report order.
+pub(crate) fn blocks(report: &Report) -> Vec<(&str, &str, Vec<&Cell>)> {
+    let mut blocks: Vec<(&str, &str, Vec<&Cell>)> = Vec::new();
+    for cell in &report.cells {
+        match blocks
+            .iter_mut()
+            .find(|(s, m, _)| *s == cell.scenario && *m == cell.model)
+        {
+            Some((_, _, cells)) => cells.push(cell),
+            None => blocks.push((&cell.scenario, &cell.model, vec![cell])),
+        }
+    }
+    blocks
+}
+
+/// The label columns of a block: the scenario's headline labels its cells carry, else the
+/// first labels the cells carry; at most [`MAX_COLUMNS`].
+pub(crate) fn headline_columns<'a>(
+    closing: &'a Closing,
+    scenario: &str,
+    cells: &[&'a Cell],
+) -> Vec<&'a str> {
+    let carried = |name: &str| {
+        cells
+            .iter()
+            .any(|c| c.labels.iter().any(|l| l.name == name))
+    };
+    let mut names: Vec<&str> = match closing.headline.get(scenario).filter(|h| !h.is_empty()) {
+        Some(headline) => headline
+            .iter()
+            .map(String::as_str)
+            .filter(|name| carried(name))
+            .collect(),
+        None => {
+            let mut names: Vec<&str> = Vec::new();
+            for cell in cells {
+                for label in &cell.labels {
+                    if !names.contains(&label.name.as_str()) {
+                        names.push(&label.name);
+                    }
+                }
+            }
+            names
+        }
+    };
+    names.truncate(MAX_COLUMNS);
+    names
+}
+
+pub(crate) fn display(variant: &str) -> &str {
     if variant.is_empty() {
         "(default)"
     } else {
@@ -196,7 +214,7 @@ fn rate_cell(rate: &LabelRate) -> String {
     format!("{}/{} [{lower},{upper}]{mark}", p.successes, p.trials)
 }
 
-fn clip(text: &str, width: usize) -> String {
+pub(crate) fn clip(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         text.to_owned()
     } else {

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use crate::closing::short_model;
+use crate::closing::{blocks, clip, display, headline_columns, short_model};
 use crate::{Cell, Closing, LabelRate, Report, Reproduction};
 
 /// The chart's geometry, in SVG user units.
@@ -156,45 +156,6 @@ pub fn render_html(
     out
 }
 
-/// The cells grouped by (scenario, model), in report order.
-fn blocks(report: &Report) -> Vec<(&str, &str, Vec<&Cell>)> {
-    let mut blocks: Vec<(&str, &str, Vec<&Cell>)> = Vec::new();
-    for cell in &report.cells {
-        match blocks
-            .iter_mut()
-            .find(|(s, m, _)| *s == cell.scenario && *m == cell.model)
-        {
-            Some((_, _, cells)) => cells.push(cell),
-            None => blocks.push((&cell.scenario, &cell.model, vec![cell])),
-        }
-    }
-    blocks
-}
-
-/// The scenario's headline labels the cells carry, or their first four labels.
-fn headline_columns<'a>(closing: &'a Closing, scenario: &str, cells: &[&'a Cell]) -> Vec<&'a str> {
-    let carried = |name: &str| cells.iter().any(|c| label_of(c, name).is_some());
-    match closing.headline.get(scenario).filter(|h| !h.is_empty()) {
-        Some(headline) => headline
-            .iter()
-            .map(String::as_str)
-            .filter(|n| carried(n))
-            .collect(),
-        None => {
-            let mut names: Vec<&str> = Vec::new();
-            for cell in cells {
-                for label in &cell.labels {
-                    if !names.contains(&label.name.as_str()) {
-                        names.push(&label.name);
-                    }
-                }
-            }
-            names.truncate(4);
-            names
-        }
-    }
-}
-
 fn label_of<'a>(cell: &'a Cell, name: &str) -> Option<&'a LabelRate> {
     cell.labels.iter().find(|l| l.name == name)
 }
@@ -216,14 +177,6 @@ fn rate_text(rate: &LabelRate) -> String {
         let _ = write!(text, " ({} indeterminate)", rate.indeterminate);
     }
     text
-}
-
-fn display(variant: &str) -> &str {
-    if variant.is_empty() {
-        "(default)"
-    } else {
-        variant
-    }
 }
 
 /// A published figure for a chart row.
@@ -399,15 +352,6 @@ fn reproduction_table(reproduction: &Reproduction) -> String {
     }
     out.push_str("</table>\n");
     out
-}
-
-fn clip(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
-        text.to_owned()
-    } else {
-        let kept: String = text.chars().take(width.saturating_sub(1)).collect();
-        format!("{kept}…")
-    }
 }
 
 /// Text for HTML element content and attribute values.
