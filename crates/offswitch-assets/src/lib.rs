@@ -75,10 +75,12 @@ fn content_hash() -> String {
 
 /// Where the assets directory goes.
 fn cache_base() -> PathBuf {
+    // Only directories that exist: a missing home is not created (as root, it could be
+    // anywhere).
     let absolute = |var: &str| {
         std::env::var_os(var)
             .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
+            .filter(|p| p.is_absolute() && p.is_dir())
     };
     if let Some(cache) = absolute("XDG_CACHE_HOME") {
         return cache.join("offswitch");
@@ -112,6 +114,14 @@ fn materialise(base: &Path) -> io::Result<PathBuf> {
             )));
         }
     }
+    // One process at a time checks and writes: without it, a process could move aside the
+    // copy another has just made and is reading.
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(base.join(".lock"))?;
+    lock.lock()?;
     let dir = base.join(format!("assets-{}", content_hash()));
     if matches(&dir) {
         return Ok(dir);
@@ -224,9 +234,28 @@ mod tests {
         assert_eq!(std::fs::read(&scenario).unwrap(), original);
         assert!(!dir.join("scenarios/extra.toml").exists());
         assert!(dir.join("data/published.toml").exists());
-        // Only the copy is left: no partial or stale directories.
-        let left: Vec<_> = std::fs::read_dir(base.path()).unwrap().collect();
-        assert_eq!(left.len(), 1);
+        // Only the copy (and the lock) is left: no partial or stale directories.
+        let mut left: Vec<String> = std::fs::read_dir(base.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert_eq!(left[0], ".lock");
+    }
+
+    #[test]
+    fn processes_starting_at_once_all_get_a_whole_copy() {
+        let base = tempfile::tempdir().unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let base = base.path().to_owned();
+                std::thread::spawn(move || materialise(&base).map(|dir| matches(&dir)))
+            })
+            .collect();
+        for thread in threads {
+            assert!(thread.join().unwrap().unwrap());
+        }
     }
 
     #[test]

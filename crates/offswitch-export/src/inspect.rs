@@ -11,7 +11,7 @@
 //! Mapping: the scenario is the task, each variant a dataset sample (its id the variant name
 //! when that is a safe member name, else `v<n>`), each epoch an epoch. A trial's labels are
 //! one dict-valued score of the scorer [`INSPECT_SCORER`]: label name -> `true` / `false`, or
-//! `null` when indeterminate, and `<label>_score` for labels with a number; `results` holds
+//! `null` when indeterminate, and `<label>.score` for labels with a number; `results` holds
 //! the mean of each over the trials where it is determinate. The transcript's messages are the
 //! sample's messages (tool calls with their arguments as objects, tool results linked by call
 //! id); the harness's own events (a shutdown fired, a backend retry) go into the sample's
@@ -90,10 +90,15 @@ fn write_one(
         }
     }
     let ids = sample_ids(&variants);
-    let epochs = trials.iter().map(|t| t.record.key.epoch).max().unwrap_or(1);
+    // offswitch counts epochs from 0, Inspect from 1.
+    let epochs = trials
+        .iter()
+        .map(|t| inspect_epoch(t.record))
+        .max()
+        .unwrap_or(1);
     let complete = run.status == "complete"
         && variants.iter().all(|variant| {
-            (1..=epochs).all(|epoch| {
+            (0..epochs).all(|epoch| {
                 trials
                     .iter()
                     .any(|t| t.record.key.variant == *variant && t.record.key.epoch == epoch)
@@ -167,15 +172,63 @@ fn write_one(
         task_id
     );
     let path = dir.join(&file_name);
-    let partial = dir.join(format!(".{file_name}.partial"));
+    // A fresh name, created exclusively (never through a file or link already there), removed
+    // if anything below fails, renamed over the log's name when complete.
+    let partial = dir.join(format!(
+        ".{file_name}.{}.{}.partial",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .map_err(|source| ExportError::File {
+            path: partial.clone(),
+            source,
+        })?;
+    let result = write_members(
+        run, model, trials, &variants, &ids, epochs, status, &spec, &plan, file, &path,
+    )
+    .and_then(|()| {
+        std::fs::rename(&partial, &path).map_err(|source| ExportError::File {
+            path: path.clone(),
+            source,
+        })
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result?;
+    Ok(InspectLog {
+        path,
+        model: model.to_owned(),
+        scenario: scenario.to_owned(),
+        samples: trials.len(),
+    })
+}
+
+/// The members of one log, into `file`.
+#[allow(clippy::too_many_arguments)]
+fn write_members(
+    run: &RunMeta,
+    model: &str,
+    trials: &[&Trial<'_>],
+    variants: &[&str],
+    ids: &[String],
+    epochs: u32,
+    status: &str,
+    spec: &Value,
+    plan: &Value,
+    file: std::fs::File,
+    path: &Path,
+) -> Result<(), ExportError> {
     let zip_error = |source| ExportError::Zip {
-        path: path.clone(),
+        path: path.to_owned(),
         source,
     };
-    let file = std::fs::File::create(&partial).map_err(|source| ExportError::File {
-        path: partial.clone(),
-        source,
-    })?;
     let mut zip = zip::ZipWriter::new(file);
     let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     let member = |zip: &mut zip::ZipWriter<std::fs::File>, name: &str, value: &Value| {
@@ -217,13 +270,13 @@ fn write_one(
                     verdict(label).map(|v| if v { 1.0 } else { 0.0 }),
                 ),
                 (
-                    format!("{}_score", label.name),
+                    score_key(&label.name),
                     label
                         .score
                         .filter(|s| s.is_finite() && !label.indeterminate),
                 ),
             ] {
-                if name.ends_with("_score") && label.score.is_none() {
+                if name == score_key(&label.name) && label.score.is_none() {
                     continue;
                 }
                 if !label_order.contains(&name) {
@@ -241,7 +294,7 @@ fn write_one(
         }
         member(
             &mut zip,
-            &format!("samples/{id}_epoch_{}.json", record.key.epoch),
+            &format!("samples/{id}_epoch_{}.json", inspect_epoch(record)),
             &sample,
         )?;
         summaries.push(summary(&sample));
@@ -290,17 +343,21 @@ fn write_one(
     let mut file = zip.finish().map_err(zip_error)?;
     file.flush()
         .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::rename(&partial, &path))
         .map_err(|source| ExportError::File {
-            path: path.clone(),
+            path: path.to_owned(),
             source,
-        })?;
-    Ok(InspectLog {
-        path,
-        model: model.to_owned(),
-        scenario: scenario.to_owned(),
-        samples: trials.len(),
-    })
+        })
+}
+
+/// The score key of a label's number: `<label>.score` (a label name has no `.`, so it cannot
+/// collide with another label).
+fn score_key(label: &str) -> String {
+    format!("{label}.score")
+}
+
+/// A trial's epoch as Inspect counts them (from 1).
+fn inspect_epoch(record: &TrialRecord) -> u32 {
+    record.key.epoch.saturating_add(1)
 }
 
 /// Member-safe sample ids: the variant name, or `v<n>` (1-based) for one that is empty, long,
@@ -332,6 +389,7 @@ fn sample_ids(variants: &[&str]) -> Vec<String> {
 
 fn safe_name(name: &str) -> String {
     name.chars()
+        .take(80)
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
                 c
@@ -366,7 +424,7 @@ fn sample(run: &RunMeta, trial: &Trial<'_>, id: &str, model: &str) -> Value {
     for label in &record.labels {
         value.insert(label.name.clone(), json!(verdict(label)));
         if let Some(score) = label.score.filter(|s| s.is_finite()) {
-            value.insert(format!("{}_score", label.name), json!(score));
+            value.insert(score_key(&label.name), json!(score));
         }
         if label.indeterminate {
             indeterminate.push(label.name.clone());
@@ -420,7 +478,7 @@ fn sample(run: &RunMeta, trial: &Trial<'_>, id: &str, model: &str) -> Value {
     let ended = record.started_at_ms + record.wall_ms as i64;
     let mut sample = json!({
         "id": id,
-        "epoch": record.key.epoch,
+        "epoch": inspect_epoch(record),
         "input": input,
         "target": "",
         "messages": messages,

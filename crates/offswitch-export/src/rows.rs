@@ -6,7 +6,8 @@
 //! the `indeterminate` column names the indeterminate ones. Verdicts are `true` / `false`,
 //! which pandas reads as booleans. Free text (outcome details, label evidence) can hold what
 //! the agent wrote: a cell that a spreadsheet would run as a formula (starting with `=`, `+`,
-//! `-`, `@`, a tab or a carriage return) gets a leading `'`.
+//! `-`, `@`, a tab or a carriage return) gets a leading `'`, and a field holding a `;` or a tab
+//! is quoted, so that a spreadsheet splitting on those cannot start a cell inside it.
 
 use std::io::Write;
 
@@ -291,7 +292,8 @@ fn write_record(out: &mut dyn Write, fields: impl Iterator<Item = String>) -> st
         if i > 0 {
             line.push(',');
         }
-        if field.contains([',', '"', '\n', '\r']) {
+        // `;` and tabs too: a spreadsheet set to split on them must still see one cell.
+        if field.contains([',', '"', '\n', '\r', ';', '\t']) {
             line.push('"');
             line.push_str(&field.replace('"', "\"\""));
             line.push('"');

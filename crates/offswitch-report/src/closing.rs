@@ -42,13 +42,14 @@ pub fn short_model(spec: &str) -> String {
 pub fn render_closing(report: &Report, closing: &Closing) -> String {
     let mut out = String::new();
     let run = &report.run;
-    let _ = write!(out, "run {}", run.id);
+    let mut first = format!("run {}", run.id);
     if let Some(label) = &run.label {
-        let _ = write!(out, " ({label})");
+        let _ = write!(first, " ({label})");
     }
     let trials: u64 = report.cells.iter().map(|c| c.trials).sum();
     let valid: u64 = report.cells.iter().map(|c| c.valid).sum();
-    let _ = writeln!(out, ", {}: {trials} trials, {valid} valid", run.status);
+    let _ = write!(first, ", {}: {trials} trials, {valid} valid", run.status);
+    let _ = writeln!(out, "{}", clip(&first, WIDTH));
     if closing.cached_trials > 0 {
         let _ = writeln!(
             out,
@@ -67,11 +68,11 @@ pub fn render_closing(report: &Report, closing: &Closing) -> String {
             .get(scenario)
             .is_some_and(|h| !h.is_empty());
         let columns = headline_columns(closing, scenario, &cells);
-        let _ = write!(out, "\n{scenario} · {}", short_model(model));
+        let mut header = format!("{scenario} · {}", short_model(model));
         if !declared {
-            out.push_str("  (no headline labels declared: the first labels)");
+            header.push_str("  (no headline labels declared: the first labels)");
         }
-        out.push('\n');
+        let _ = writeln!(out, "\n{}", clip(&header, WIDTH));
         let n_width = cells
             .iter()
             .map(|c| c.valid.to_string().len())
@@ -114,9 +115,14 @@ pub fn render_closing(report: &Report, closing: &Closing) -> String {
             .iter()
             .map(|c| display(&c.variant).chars().count())
             .max()
-            .unwrap_or(7)
-            .clamp(7, WIDTH.saturating_sub(used).max(7));
-        let mut line = format!("{:<variant_width$}  {:>n_width$}", "variant", "n");
+            .unwrap_or(7);
+        let room = WIDTH.saturating_sub(used).max(3);
+        let variant_width = variant_width.clamp(7.min(room), room);
+        let mut line = format!(
+            "{:<variant_width$}  {:>n_width$}",
+            clip("variant", variant_width),
+            "n"
+        );
         for (name, width) in columns.iter().zip(&widths) {
             let _ = write!(line, "  {:<width$}", clip(name, *width));
         }

@@ -332,7 +332,9 @@ impl Store {
             .map_err(open_error)?;
         let mut store = Store {
             connection,
-            path: path.to_owned(),
+            // The file itself, not a link to it: run locks live beside it, and a second name
+            // for the same database must find the same locks.
+            path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()),
         };
         store.migrate()?;
         store

@@ -109,6 +109,7 @@ pub fn export(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
     match path.filter(|p| p.as_os_str() != "-") {
         None => write(out)?,
         Some(path) => {
+            super::not_a_database(&path, &args.db)?;
             let file = std::fs::File::create(&path)
                 .with_context(|| format!("creating {}", path.display()))?;
             let mut sink = std::io::BufWriter::new(file);

@@ -14,6 +14,34 @@ pub mod scenarios;
 pub mod serve_model;
 pub mod show;
 
+/// Refuse to write an output over a database: the run database itself (`--db`), or any file
+/// that is an SQLite database (a mistyped `--csv offswitch.db` would lose every run).
+pub fn not_a_database(out: &std::path::Path, db: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let same = match (std::fs::metadata(out), std::fs::metadata(db)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    let mut head = [0u8; 16];
+    let sqlite = std::fs::File::open(out)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && &head == b"SQLite format 3\0";
+    if same || sqlite {
+        return Err(invalid_input(format!(
+            "refusing to write over {}: it is {}",
+            out.display(),
+            if same {
+                "the run database"
+            } else {
+                "an SQLite database"
+            }
+        )));
+    }
+    Ok(())
+}
+
 /// Invalid input from the user: a scenario file, an argument, a run id, a damaged database.
 pub const EXIT_INVALID_INPUT: u8 = 2;
 /// Something the machine lacks: the model file, pip, privileges.

@@ -60,6 +60,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// The command with its output going to `out`, so tests can read it.
 pub fn report(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
+    for path in [&args.json, &args.csv, &args.html].into_iter().flatten() {
+        super::not_a_database(path, &args.db)?;
+    }
     let store = open_existing_store(&args.db)?;
     let run = resolve_run(&store, &args.run)?;
     // Rates never look at the event streams, the bulk of a run's database.

@@ -78,18 +78,18 @@ pub struct Args {
     pub max_turns: Option<u32>,
     /// Every trial's total-token limit (prompts and replies over the trial), over the
     /// scenarios' own `max_tokens`.
-    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "resume")]
     pub token_limit: Option<u64>,
     /// Every trial's wall-clock limit, over the scenarios' own: `90s`, `10m`, `1h`.
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", conflicts_with = "resume")]
     pub time_limit: Option<String>,
     /// The most tokens a model may generate in one reply (default 512).
-    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(1..=1_000_000), conflicts_with = "resume")]
     pub max_tokens: Option<u32>,
     /// Replace a scenario default (`[defaults]` in its file) for every scenario of the run that
     /// declares it, like Inspect's `-T`: `--set goal="..."`. Repeatable. A factor level that
     /// sets the same variable still wins in its variants.
-    #[arg(long = "set", value_name = "NAME=VALUE")]
+    #[arg(long = "set", value_name = "NAME=VALUE", conflicts_with = "resume")]
     pub set: Vec<String>,
     /// Size limit of every sandbox home, in MiB (default: the scenario's `disk_mb`, else
     /// 1024). Filling it ends the trial as `sandbox_limit` (disk).
@@ -263,7 +263,32 @@ struct Overrides {
 /// The largest `--set` value.
 const MAX_SET_VALUE: usize = 64 * 1024;
 
+/// A model spec, judge or base URL must not carry credentials: it is stored with every trial
+/// (the trial key), shown in reports and exported. Keys go in `--api-key-file` or the
+/// environment.
+fn check_no_credentials(args: &Args) -> anyhow::Result<()> {
+    let userinfo = regex::Regex::new(r"://[^/@\s]*@").expect("a valid regex");
+    let query_secret =
+        regex::Regex::new(r"(?i)[?&](api[-_]?key|key|token|access[-_]?token|secret|password)=")
+            .expect("a valid regex");
+    let given = args
+        .models
+        .iter()
+        .map(|m| ("--model", m))
+        .chain(args.judge.iter().map(|j| ("--judge", j)))
+        .chain(args.base_url.iter().map(|u| ("--base-url", u)));
+    for (flag, value) in given {
+        if userinfo.is_match(value) || query_secret.is_match(value) {
+            return Err(super::invalid_input(format!(
+                "{flag}: a model address with credentials in it would be stored with every trial and shown in every report; give the key with --api-key-file or OPENAI_API_KEY / ANTHROPIC_API_KEY instead"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn overrides(args: &Args) -> anyhow::Result<Overrides> {
+    check_no_credentials(args)?;
     let mut set = std::collections::BTreeMap::new();
     for pair in &args.set {
         let Some((name, value)) = pair.split_once('=') else {
@@ -310,14 +335,23 @@ fn redacted(args: impl Iterator<Item = String>) -> Vec<String> {
     static KEY: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     static USERINFO: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     let key = KEY.get_or_init(|| {
-        regex::Regex::new(r"(?i)\b(sk|pk|rk|key|token|secret|bearer)[-_][A-Za-z0-9_\-]{12,}")
-            .expect("a valid regex")
+        regex::Regex::new(
+            r"(?i)\b(sk|pk|rk|key|token|secret|bearer|gsk|hf|ghp|gho|xai)[-_][A-Za-z0-9_\-]{12,}|\bAIza[0-9A-Za-z_\-]{20,}|\bAKIA[0-9A-Z]{12,}|([?&](api[-_]?key|key|token|access[-_]?token|secret|password)=)[^&\s]+|\b([A-Z0-9_]*(KEY|TOKEN|SECRET|PASSWORD)=)\S+",
+        )
+        .expect("a valid regex")
     });
     let userinfo =
         USERINFO.get_or_init(|| regex::Regex::new(r"://[^/@\s]+@").expect("a valid regex"));
     args.map(|arg| {
         let arg = userinfo.replace_all(&arg, "://***@");
-        key.replace_all(&arg, "***").into_owned()
+        key.replace_all(&arg, |caps: &regex::Captures<'_>| {
+            // Keep the name of a `name=value` pair, hide the value.
+            match caps.get(2).or_else(|| caps.get(4)) {
+                Some(name) => format!("{}***", name.as_str()),
+                None => "***".to_owned(),
+            }
+        })
+        .into_owned()
     })
     .collect()
 }
@@ -505,6 +539,11 @@ mod tests {
             "goal=keep the token_limit low",
             "--label",
             "Bearer_abcdefghijklmnop",
+            "--base-url",
+            "http://host/v1?api_key=s3cr3tvalue&x=1",
+            "OPENAI_API_KEY=not-an-sk-key-but-secret",
+            "gsk_abcdefghijklmnopqrstu",
+            "AKIAABCDEFGHIJKLMNOP",
         ]
         .map(str::to_owned);
         let stored = redacted(args.into_iter()).join(" ");
@@ -519,5 +558,7 @@ mod tests {
         }
         assert!(stored.contains("https://***@llm.internal/v1"), "{stored}");
         assert!(stored.contains("goal=keep the token_limit low"), "{stored}");
+        assert!(stored.contains("?api_key=***&x=1"), "{stored}");
+        assert!(stored.contains("OPENAI_API_KEY=***"), "{stored}");
     }
 }

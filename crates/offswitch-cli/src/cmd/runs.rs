@@ -73,9 +73,11 @@ pub(crate) fn check_label(label: &str) -> anyhow::Result<()> {
             "a run label is at most {MAX_LABEL} characters"
         )));
     }
-    if label.chars().any(char::is_control) {
+    // Bidirectional overrides and isolates would make a terminal show another text.
+    let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if label.chars().any(|c| c.is_control() || bidi(c)) {
         return Err(super::invalid_input(
-            "a run label cannot hold control characters (line breaks, tabs, escapes)",
+            "a run label cannot hold control characters (line breaks, tabs, escapes) or bidirectional overrides",
         ));
     }
     Ok(())

@@ -76,7 +76,7 @@ fn trial(model: &str, scenario: &str, variant: &str, epoch: u32, outcome: Outcom
         Vec::new()
     } else {
         vec![
-            label("shutdown_sabotaged", epoch == 1, FORMULA),
+            label("shutdown_sabotaged", epoch == 0, FORMULA),
             Label {
                 indeterminate: true,
                 ..label("attempted", false, "events were lost")
@@ -129,7 +129,7 @@ fn trial(model: &str, scenario: &str, variant: &str, epoch: u32, outcome: Outcom
         outcome,
         usage: Usage {
             prompt_tokens: 100,
-            completion_tokens: 10 * u64::from(epoch),
+            completion_tokens: 10 * u64::from(epoch + 1),
         },
         turns: 2,
         started_at_ms: 1_765_000_000_000 + i64::from(epoch) * 1_000,
@@ -151,7 +151,8 @@ pub(crate) fn fixture(dir: &Path) -> (PathBuf, String, Vec<TrialRecord>) {
         .unwrap();
     let mut records = Vec::new();
     for variant in ["nudge=strong,goal=on", "nudge=none,goal=on"] {
-        for epoch in 1..=2 {
+        // Epochs count from 0, as `offswitch run` stores them.
+        for epoch in 0..2 {
             records.push(trial(
                 "scripted:a",
                 "shutdown",
@@ -161,12 +162,12 @@ pub(crate) fn fixture(dir: &Path) -> (PathBuf, String, Vec<TrialRecord>) {
             ));
         }
     }
-    records.push(trial("openai:gpt-x", "oversight", "", 1, Outcome::ShutDown));
+    records.push(trial("openai:gpt-x", "oversight", "", 0, Outcome::ShutDown));
     records.push(trial(
         "openai:gpt-x",
         "oversight",
         "",
-        2,
+        1,
         Outcome::HarnessError {
             message: "the sandbox could not be created".into(),
         },
@@ -319,6 +320,22 @@ fn bad_requests_exit_2() {
     }
     let output = export(&dir.path().join("missing.db"), &[]);
     assert_eq!(output.status.code(), Some(2));
+    // A mistyped output path never overwrites a database.
+    let other = dir.path().join("other.db");
+    Store::open(&other).unwrap();
+    for target in [&db, &other] {
+        let output = export(&db, &[run.as_str(), "--csv", target.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2), "{}", target.display());
+        let output = offswitch()
+            .args(["report", run.as_str(), "--html"])
+            .arg(target)
+            .arg("--db")
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{}", target.display());
+    }
+    assert_eq!(Store::open(&db).unwrap().trials(&run).unwrap().len(), 6);
 }
 
 /// Loads every `.eval` in a directory with Inspect's reader and prints what a test checks.
@@ -385,7 +402,7 @@ fn inspect_logs_load_in_inspect_s_own_reader() {
     let shutdown = by_task("shutdown");
     assert_eq!(shutdown["model"], "scripted:a");
     assert_eq!(shutdown["status"], "success");
-    assert_eq!(shutdown["epochs"], 2);
+    assert_eq!(shutdown["epochs"], 2, "Inspect counts epochs from 1");
     assert_eq!(shutdown["total_samples"], 4);
     assert_eq!(shutdown["samples"], 4);
     assert_eq!(shutdown["streamed"], 4);
@@ -399,11 +416,11 @@ fn inspect_logs_load_in_inspect_s_own_reader() {
             "nudge=strong,goal=on"
         ])
     );
-    // Sabotaged in epoch 1 of each variant: half; never determinate for `attempted`.
+    // Sabotaged in the first epoch of each variant: half; never determinate for `attempted`.
     assert_eq!(shutdown["metrics"]["shutdown_sabotaged"], 0.5);
     assert_eq!(shutdown["metrics"]["attempted"], Value::Null);
     assert_eq!(shutdown["metrics"]["sandbagged"], 0.5);
-    assert_eq!(shutdown["metrics"]["sandbagged_score"], 0.75);
+    assert_eq!(shutdown["metrics"]["sandbagged.score"], 0.75);
     assert_eq!(shutdown["usage"], 4 * 100 + 2 * (10 + 20));
     let first = &shutdown["first"];
     assert_eq!(

@@ -52,7 +52,12 @@ fn list_show_label_and_delete() {
 
     ok(runs(&db, &["label", &run, "baseline, 6 epochs"]));
     assert_eq!(listed(&db)[0]["label"], "baseline, 6 epochs");
-    for bad in ["two\nlines", "\u{1b}[31mred", &"x".repeat(201)] {
+    for bad in [
+        "two\nlines",
+        "\u{1b}[31mred",
+        "abc\u{202e}fed",
+        &"x".repeat(201),
+    ] {
         let output = runs(&db, &["label", &run, bad]);
         assert_eq!(output.status.code(), Some(2), "label {bad:?}");
     }
@@ -205,10 +210,8 @@ fn overrides_reach_the_trials_and_are_stored_with_the_run() {
         "2m",
         "--max-tokens",
         "300",
-        "--model",
-        "openai:x@http://alice:hunter2@127.0.0.1:9/v1",
-        "--max-turns",
-        "1",
+        "--label",
+        "token sk-proj-AbCdEf0123456789xyz in the label",
     ]));
     let shown: Value = serde_json::from_str(&ok(runs(&db, &["show", "--json"]))).unwrap();
     let config = &shown["config"];
@@ -251,6 +254,14 @@ fn overrides_reach_the_trials_and_are_stored_with_the_run() {
         (vec!["--set", "user_note"], "NAME=VALUE"),
         (vec!["--time-limit", "0s"], "--time-limit"),
         (vec!["--time-limit", "soon"], "--time-limit"),
+        (
+            vec!["--model", "openai:x@http://alice:hunter2@127.0.0.1:9/v1"],
+            "credentials",
+        ),
+        (
+            vec!["--judge", "openai:j@http://127.0.0.1:9/v1?api_key=abc"],
+            "credentials",
+        ),
     ] {
         let output = base(&args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");
