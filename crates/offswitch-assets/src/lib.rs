@@ -41,19 +41,33 @@ pub fn published_file() -> PathBuf {
 }
 
 /// The directory the embedded files are written to, written (or repaired) on the first call.
-/// When that fails, a one-line warning says why and the source tree offswitch was built from
-/// is used, where it still exists.
+/// When the cache cannot be used, a one-line warning says why and a private copy in a fresh
+/// temporary directory is used.
 pub fn root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| match materialise(&cache_base()) {
         Ok(dir) => dir,
         Err(error) => {
-            let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            // A private copy of this process's own instead (a fresh directory of the temporary
+            // directory, made with an unpredictable name), never the tree it was built from.
+            let private = std::env::temp_dir().join(format!(
+                "offswitch-assets-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ));
             eprintln!(
-                "warning: cannot write offswitch's shipped scenarios and agents to a cache directory ({error}); reading them from {}",
-                source.display()
+                "warning: cannot keep offswitch's shipped scenarios and agents in a cache directory ({error}); using a private copy in {}",
+                private.display()
             );
-            source
+            match materialise(&private) {
+                Ok(dir) => dir,
+                Err(error) => {
+                    eprintln!("warning: no copy of the shipped files could be written either ({error})");
+                    private
+                }
+            }
         }
     })
 }

@@ -804,12 +804,19 @@ impl Store {
     }
 
     /// Delete `run` with everything it holds (trials, transcripts, labels, event streams,
-    /// provenance), in one transaction. Refused while a live process runs it (its lock is
-    /// taken for the deletion). Returns how many trials went, replaced attempts included.
+    /// provenance), in one transaction, with SQLite's `secure_delete` (the freed pages are
+    /// zeroed) and a checkpoint that empties the write-ahead log. Refused while a live process
+    /// runs it (its lock is taken for the deletion). Returns how many trials went, replaced
+    /// attempts included.
     pub fn delete_run(&self, run: &str) -> Result<u64, StoreError> {
         let context = || format!("deleting run {run}");
         self.run(run)?;
         let _lock = self.lock_run(run)?;
+        // Deleted pages are overwritten with zeros, so what the run held (transcripts, what
+        // an agent wrote) does not stay readable in the file.
+        self.connection
+            .execute_batch("PRAGMA secure_delete = ON;")
+            .context(context)?;
         let transaction =
             Transaction::new_unchecked(&self.connection, TransactionBehavior::Immediate)
                 .context(context)?;
@@ -825,6 +832,10 @@ impl Store {
             .execute("DELETE FROM runs WHERE id = ?1", [run])
             .context(context)?;
         transaction.commit().context(context)?;
+        // And out of the write-ahead log: copy the zeroed pages into the file, empty the log.
+        self.connection
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .context(context)?;
         Ok(trials as u64)
     }
 

@@ -84,6 +84,18 @@ fn list_show_label_and_delete() {
         "{said}"
     );
     assert!(listed(&db).is_empty());
+    // What the run held is gone from the file, not only from the tables.
+    drop(store);
+    for file in [db.clone(), dir.path().join("runs.db-wal")] {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("HYPERLINK"),
+            "{} still holds the evidence",
+            file.display()
+        );
+    }
+    let store = Store::open(&db).unwrap();
     assert!(store.trials(&run).is_err(), "the trials went with the run");
     assert_eq!(
         runs(&db, &["delete", &run, "--yes"]).status.code(),
