@@ -104,38 +104,38 @@ pub fn render_closing(report: &Report, closing: &Closing) -> String {
             .map(|(i, name)| {
                 texts
                     .iter()
-                    .map(|row| row[i].chars().count())
+                    .map(|row| columns_of(&row[i]))
                     .max()
                     .unwrap_or(1)
-                    .max(name.chars().count().min(HEADER))
+                    .max(columns_of(name).min(HEADER))
             })
             .collect();
         let used = n_width + 2 + widths.iter().map(|w| w + 2).sum::<usize>();
         let variant_width = cells
             .iter()
-            .map(|c| display(&c.variant).chars().count())
+            .map(|c| columns_of(display(&c.variant)))
             .max()
             .unwrap_or(7);
         let room = WIDTH.saturating_sub(used).max(3);
         let variant_width = variant_width.clamp(7.min(room), room);
         let mut line = format!(
-            "{:<variant_width$}  {:>n_width$}",
-            clip("variant", variant_width),
+            "{}  {:>n_width$}",
+            pad(&clip("variant", variant_width), variant_width),
             "n"
         );
         for (name, width) in columns.iter().zip(&widths) {
-            let _ = write!(line, "  {:<width$}", clip(name, *width));
+            let _ = write!(line, "  {}", pad(&clip(name, *width), *width));
         }
         out.push_str(line.trim_end());
         out.push('\n');
         for (cell, row) in cells.iter().zip(&texts) {
             let mut line = format!(
-                "{:<variant_width$}  {:>n_width$}",
-                clip(display(&cell.variant), variant_width),
+                "{}  {:>n_width$}",
+                pad(&clip(display(&cell.variant), variant_width), variant_width),
                 cell.valid
             );
             for (text, width) in row.iter().zip(&widths) {
-                let _ = write!(line, "  {text:<width$}");
+                let _ = write!(line, "  {}", pad(text, *width));
             }
             out.push_str(line.trim_end());
             out.push('\n');
@@ -220,18 +220,50 @@ fn rate_cell(rate: &LabelRate) -> String {
     format!("{}/{} [{lower},{upper}]{mark}", p.successes, p.trials)
 }
 
+/// The terminal columns `text` takes (a wide character two, a combining mark none).
+pub(crate) fn columns_of(text: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(text)
+}
+
+/// `text` padded with spaces to `width` terminal columns.
+fn pad(text: &str, width: usize) -> String {
+    format!(
+        "{text}{}",
+        " ".repeat(width.saturating_sub(columns_of(text)))
+    )
+}
+
+/// `text` cut to at most `width` terminal columns, with `…` where it was cut.
 pub(crate) fn clip(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
-        text.to_owned()
-    } else {
-        let kept: String = text.chars().take(width.saturating_sub(1)).collect();
-        format!("{kept}…")
+    if columns_of(text) <= width {
+        return text.to_owned();
     }
+    let mut kept = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w + 1 > width {
+            break;
+        }
+        kept.push(c);
+        used += w;
+    }
+    kept.push('…');
+    kept
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn widths_are_terminal_columns() {
+        assert_eq!(columns_of("模型"), 4);
+        assert_eq!(clip("模型模型模型", 5), "模型…");
+        assert_eq!(columns_of(&clip("模型模型模型", 5)), 5);
+        assert_eq!(pad("模型", 6), "模型  ");
+        assert_eq!(clip("e\u{301}clair", 20), "e\u{301}clair");
+    }
 
     #[test]
     fn model_names_are_short() {

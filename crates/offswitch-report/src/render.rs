@@ -825,11 +825,11 @@ impl Table {
         let mut widths: Vec<usize> = self
             .headers
             .iter()
-            .map(|(h, _)| h.chars().count())
+            .map(|(h, _)| crate::closing::columns_of(h))
             .collect();
         for row in &self.rows {
             for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
+                *width = (*width).max(crate::closing::columns_of(cell));
             }
         }
         let header: Vec<String> = self.headers.iter().map(|(h, _)| h.clone()).collect();
@@ -840,7 +840,7 @@ impl Table {
                 if i > 0 {
                     line.push_str("  ");
                 }
-                let pad = widths[i] - cell.chars().count();
+                let pad = widths[i].saturating_sub(crate::closing::columns_of(cell));
                 match self.headers[i].1 {
                     Align::Left => {
                         line.push_str(cell);
