@@ -50,14 +50,15 @@ pub enum Shape {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("writing the export: {0}")]
+    // The causes are sources, not in the messages: `{:#}` prints the chain once.
+    #[error("writing the export")]
     Io(#[from] std::io::Error),
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     File {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("writing the Inspect log {path}: {source}")]
+    #[error("writing the Inspect log {path}")]
     Zip {
         path: std::path::PathBuf,
         source: zip::result::ZipError,

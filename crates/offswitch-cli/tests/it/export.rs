@@ -336,6 +336,22 @@ fn bad_requests_exit_2() {
         assert_eq!(output.status.code(), Some(2), "{}", target.display());
     }
     assert_eq!(Store::open(&db).unwrap().trials(&run).unwrap().len(), 6);
+    // A directory that cannot be written: one clear message, its cause said once.
+    let output = export(
+        &db,
+        &[
+            run.as_str(),
+            "--format",
+            "inspect",
+            "--out",
+            "/proc/1/no-such-dir",
+        ],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/proc/1/no-such-dir"), "{stderr}");
+    let cause = stderr.rsplit(": ").next().unwrap().trim();
+    assert_eq!(stderr.matches(cause).count(), 1, "{stderr}");
 }
 
 /// Loads every `.eval` in a directory with Inspect's reader and prints what a test checks.
