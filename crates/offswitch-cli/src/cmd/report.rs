@@ -19,14 +19,15 @@ pub struct Args {
     /// The run database.
     #[arg(long, env = "OFFSWITCH_DB", default_value = "offswitch.db")]
     pub db: PathBuf,
-    /// Also write the report as JSON (schema `offswitch.report/1`) to this file.
+    /// Also write the report as JSON (schema `offswitch.report/1`) to this file (`-`: standard
+    /// output).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Also write one CSV row per cell and label to this file.
+    /// Also write one CSV row per cell and label to this file (`-`: standard output).
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
     /// Also write one self-contained HTML page (tables, interval charts, the published
-    /// figures beside them) to this file.
+    /// figures beside them) to this file (`-`: standard output).
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
     /// Report only these labels (repeat the flag or separate with commas); default all.
@@ -61,7 +62,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// The command with its output going to `out`, so tests can read it.
 pub fn report(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
     for path in [&args.json, &args.csv, &args.html].into_iter().flatten() {
-        super::not_a_database(path, &args.db)?;
+        if path.as_os_str() != "-" {
+            super::not_a_database(path, &args.db)?;
+        }
     }
     let store = open_existing_store(&args.db)?;
     let run = resolve_run(&store, &args.run)?;
@@ -102,14 +105,10 @@ pub fn report(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
         Format::Csv => out.write_all(offswitch_report::render_csv(&report).as_bytes())?,
     }
     if let Some(path) = &args.json {
-        std::fs::write(path, offswitch_report::render_json(&report))
-            .with_context(|| format!("failed to write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        emit(path, &offswitch_report::render_json(&report), out)?;
     }
     if let Some(path) = &args.csv {
-        std::fs::write(path, offswitch_report::render_csv(&report))
-            .with_context(|| format!("failed to write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        emit(path, &offswitch_report::render_csv(&report), out)?;
     }
     if let Some(path) = &args.html {
         let closing = closing(&run.config, &records);
@@ -138,9 +137,7 @@ pub fn report(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
             }
         };
         let page = offswitch_report::render_html(&report, &closing, reproduction.as_ref());
-        std::fs::write(path, page)
-            .with_context(|| format!("failed to write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        emit(path, &page, out)?;
     }
     Ok(())
 }
@@ -168,6 +165,17 @@ pub(crate) fn headlines(
         }
     }
     headlines
+}
+
+/// Write `text` to `path`, or after the tables on standard output for `-`.
+fn emit(path: &Path, text: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    if path.as_os_str() == "-" {
+        out.write_all(text.as_bytes())?;
+        return Ok(());
+    }
+    std::fs::write(path, text).with_context(|| format!("failed to write {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
 }
 
 /// What the closing table and the HTML report need besides the rates: the scenarios'

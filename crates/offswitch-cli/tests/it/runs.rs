@@ -182,6 +182,21 @@ fn report_formats_on_stdout() {
     let text = report("text");
     assert!(text.contains("shutdown_sabotaged"), "{text}");
     assert!(!text.contains("| model |"), "{text}");
+    // `-` sends a format to standard output, after nothing else when --format is json.
+    let piped = ok(offswitch()
+        .args(["report", &run, "--format", "json", "--csv", "-", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap());
+    assert!(
+        piped.contains("\"schema\": \"offswitch.report/1\""),
+        "{piped}"
+    );
+    assert!(
+        piped.contains("run,model,scenario,variant,label,k,n,"),
+        "{piped}"
+    );
+    assert!(!std::path::Path::new("-").exists(), "no file named -");
 }
 
 #[test]
