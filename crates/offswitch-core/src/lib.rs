@@ -18,4 +18,5 @@ pub use backend::{
 pub use chat::{Message, Role, ToolCall, ToolParam, ToolSpec};
 pub use trial::{
     FileChange, FileChangeKind, Label, Outcome, TranscriptEntry, TrialKey, TrialRecord,
+    variant_levels,
 };

@@ -28,6 +28,16 @@ impl std::fmt::Display for TrialKey {
     }
 }
 
+/// The `factor=level` pairs of a canonical variant name (or of a `factor=level,...` filter),
+/// in order.
+pub fn variant_levels(variant: &str) -> Vec<(&str, &str)> {
+    variant
+        .split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| part.split_once('=').unwrap_or((part, "")))
+        .collect()
+}
+
 /// One step of a trial as it happened, in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

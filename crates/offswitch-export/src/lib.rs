@@ -65,15 +65,6 @@ pub enum ExportError {
     },
 }
 
-/// The `factor=level` pairs of a canonical variant name.
-pub fn variant_factors(variant: &str) -> Vec<(&str, &str)> {
-    variant
-        .split(',')
-        .filter(|part| !part.is_empty())
-        .map(|part| part.split_once('=').unwrap_or((part, "")))
-        .collect()
-}
-
 /// A label's verdict as data: `Some(bool)`, or `None` when indeterminate.
 fn verdict(label: &offswitch_core::Label) -> Option<bool> {
     (!label.indeterminate).then_some(label.value)

@@ -14,7 +14,9 @@ use std::io::Write;
 use offswitch_core::time::UtcDateTime;
 use serde_json::{Map, Value, json};
 
-use crate::{ExportError, RunMeta, Shape, Trial, variant_factors, verdict, write_line};
+use offswitch_core::variant_levels;
+
+use crate::{ExportError, RunMeta, Shape, Trial, verdict, write_line};
 
 /// The columns every wide row has, in order.
 const WIDE: &[&str] = &[
@@ -89,7 +91,12 @@ fn trial_fields(run: &RunMeta, trial: &Trial<'_>) -> Map<String, Value> {
         "file_changes": record.file_changes.len(),
         "indeterminate": indeterminate,
     });
-    match value {
+    fields(value)
+}
+
+/// The fields of a `json!({...})` row.
+fn fields(row: Value) -> Map<String, Value> {
+    match row {
         Value::Object(map) => map,
         _ => unreachable!("json! of an object"),
     }
@@ -119,7 +126,7 @@ pub fn write_jsonl(
         match shape {
             Shape::Wide => {
                 let mut row = trial_fields(run, trial);
-                let factors: Map<String, Value> = variant_factors(&record.key.variant)
+                let factors: Map<String, Value> = variant_levels(&record.key.variant)
                     .into_iter()
                     .map(|(factor, level)| (factor.to_owned(), json!(level)))
                     .collect();
@@ -171,10 +178,7 @@ fn long_rows(run: &RunMeta, trial: &Trial<'_>) -> Vec<Map<String, Value>> {
                 "score": label.score.filter(|s| s.is_finite()),
                 "detail": label.detail,
             });
-            match value {
-                Value::Object(map) => map,
-                _ => unreachable!("json! of an object"),
-            }
+            fields(value)
         })
         .collect()
 }
@@ -200,7 +204,7 @@ pub fn write_csv(
             let mut labels: Vec<&str> = Vec::new();
             let mut scored: Vec<&str> = Vec::new();
             for trial in trials {
-                for (factor, _) in variant_factors(&trial.record.key.variant) {
+                for (factor, _) in variant_levels(&trial.record.key.variant) {
                     if !factors.contains(&factor) {
                         factors.push(factor);
                     }
@@ -224,7 +228,7 @@ pub fn write_csv(
             for trial in trials {
                 let row = trial_fields(run, trial);
                 let record = trial.record;
-                let levels = variant_factors(&record.key.variant);
+                let levels = variant_levels(&record.key.variant);
                 let fields =
                     WIDE.iter()
                         .map(|c| cell(c, &row[*c]))

@@ -254,14 +254,7 @@ fn confession_turns(record: &TrialRecord) -> impl Iterator<Item = (u32, bool)> +
         .filter_map(|l| confession_turn(&l.name).map(|turn| (turn, l.value)))
 }
 
-/// The `factor=level` pairs of a canonical variant name.
-pub fn variant_levels(variant: &str) -> Vec<(&str, &str)> {
-    variant
-        .split(',')
-        .filter(|part| !part.is_empty())
-        .map(|part| part.split_once('=').unwrap_or((part, "")))
-        .collect()
-}
+pub use offswitch_core::variant_levels;
 
 /// The level of `factor` in `variant`, if it has that factor.
 fn level_of<'a>(variant: &'a str, factor: &str) -> Option<&'a str> {

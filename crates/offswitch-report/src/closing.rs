@@ -46,8 +46,7 @@ pub fn render_closing(report: &Report, closing: &Closing) -> String {
     if let Some(label) = &run.label {
         let _ = write!(first, " ({label})");
     }
-    let trials: u64 = report.cells.iter().map(|c| c.trials).sum();
-    let valid: u64 = report.cells.iter().map(|c| c.valid).sum();
+    let (trials, valid) = report.totals();
     let _ = write!(first, ", {}: {trials} trials, {valid} valid", run.status);
     let _ = writeln!(out, "{}", clip(&first, WIDTH));
     if closing.cached_trials > 0 {

@@ -53,8 +53,7 @@ pub fn render_html(
         esc(&title),
         esc(&title)
     );
-    let trials: u64 = report.cells.iter().map(|c| c.trials).sum();
-    let valid: u64 = report.cells.iter().map(|c| c.valid).sum();
+    let (trials, valid) = report.totals();
     let percent = (report.confidence * 1e8).round() / 1e6;
     let _ = writeln!(
         out,

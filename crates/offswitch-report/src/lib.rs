@@ -92,6 +92,15 @@ pub struct Report {
     pub interviews: Vec<InterviewRate>,
 }
 
+impl Report {
+    /// Every stored trial of the report's cells, and those that count toward rates.
+    pub fn totals(&self) -> (u64, u64) {
+        self.cells.iter().fold((0, 0), |(trials, valid), c| {
+            (trials + c.trials, valid + c.valid)
+        })
+    }
+}
+
 /// One (model, scenario, variant) cell of the run matrix.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cell {

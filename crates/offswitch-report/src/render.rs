@@ -35,8 +35,7 @@ fn render_tables(report: &Report, markdown: bool) -> String {
     if let Some(label) = &run.label {
         out.push_str(&format!(" ({label})"));
     }
-    let trials: u64 = report.cells.iter().map(|c| c.trials).sum();
-    let valid: u64 = report.cells.iter().map(|c| c.valid).sum();
+    let (trials, valid) = report.totals();
     out.push_str(&format!(
         ", {}: {trials} trials, {valid} valid\n\n",
         run.status

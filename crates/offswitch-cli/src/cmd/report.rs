@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use offswitch_core::TrialRecord;
 use offswitch_report::{AnalysisSpec, ReportConfig, ReportError, RunMeta, ScenarioAnalysis};
-use offswitch_scenario::Analysis;
+use offswitch_scenario::{Analysis, Scenario};
 use offswitch_store::{RunInfo, Store, StoreError};
 
 #[derive(clap::Args)]
@@ -86,7 +86,11 @@ pub fn report(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
         offswitch_report::add_comparison(&mut report, &a, &b, &args.labels)
             .map_err(report_error)?;
     }
-    let analyses = scenario_analyses(&run, &records);
+    let (scenarios, missing) = run_scenarios(&run, &records);
+    for id in &missing {
+        eprintln!("note: scenario {id:?} not found; its analyses are not shown");
+    }
+    let analyses = scenario_analyses(&scenarios);
     offswitch_report::add_analyses(&mut report, &records, &analyses).map_err(report_error)?;
     let provenance = store.provenance(&run.id).map_err(store_error)?;
     match args.format {
@@ -111,7 +115,7 @@ pub fn report(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
         emit(path, &offswitch_report::render_csv(&report), out)?;
     }
     if let Some(path) = &args.html {
-        let closing = closing(&run.config, &records);
+        let closing = closing(&scenarios, &records);
         // The published figures go beside the run's rates when the shipped file reads.
         let published = super::compare::default_published();
         let reproduction = std::fs::read_to_string(&published)
@@ -142,31 +146,6 @@ pub fn report(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Scenario id -> headline labels, for the scenarios of a run's configuration: the shipped
-/// ones by id, the others from their files. A scenario that cannot be read now gets none (its
-/// block then shows its first labels).
-pub(crate) fn headlines(
-    config: &serde_json::Value,
-) -> std::collections::BTreeMap<String, Vec<String>> {
-    let (shipped, _) = offswitch_scenario::load_dir(&offswitch_scenario::builtin_dir());
-    let mut headlines: std::collections::BTreeMap<String, Vec<String>> = shipped
-        .iter()
-        .map(|s| (s.id().to_owned(), s.headline.clone()))
-        .collect();
-    let given = config
-        .get("scenarios")
-        .and_then(serde_json::Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(serde_json::Value::as_str);
-    for scenario in given.filter(|s| s.ends_with(".toml") || s.contains('/')) {
-        if let Ok(file) = offswitch_scenario::load_file(std::path::Path::new(scenario)) {
-            headlines.insert(file.id().to_owned(), file.headline.clone());
-        }
-    }
-    headlines
-}
-
 /// Write `text` to `path`, or after the tables on standard output for `-`.
 fn emit(path: &Path, text: &str, out: &mut dyn Write) -> anyhow::Result<()> {
     if path.as_os_str() == "-" {
@@ -179,9 +158,10 @@ fn emit(path: &Path, text: &str, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 /// What the closing table and the HTML report need besides the rates: the scenarios'
-/// headline labels and how many trials replayed cached replies.
+/// headline labels and how many trials replayed cached replies. A scenario not in `scenarios`
+/// gets none (its block then shows its first labels).
 pub(crate) fn closing(
-    config: &serde_json::Value,
+    scenarios: &[Scenario],
     records: &[TrialRecord],
 ) -> offswitch_report::Closing {
     let cached_trials = records
@@ -193,16 +173,22 @@ pub(crate) fn closing(
         })
         .count() as u64;
     offswitch_report::Closing {
-        headline: headlines(config),
+        headline: scenarios
+            .iter()
+            .map(|s| (s.id().to_owned(), s.headline.clone()))
+            .collect(),
         cached_trials,
     }
 }
 
-/// The `[[analyses]]` of every scenario the run's trials belong to, found through the run's
-/// stored scenario list (ids or paths) and the shipped scenarios. A scenario file that is gone
-/// or no longer parses only loses its analyses, with a note on stderr: the rates come from the
-/// store alone.
-fn scenario_analyses(run: &RunInfo, records: &[TrialRecord]) -> Vec<ScenarioAnalysis> {
+/// The scenario files of every scenario the run's trials belong to, found through the run's
+/// stored scenario list (ids or paths) and the shipped scenarios, and the ids of those that
+/// are gone or no longer parse (they only lose their analyses and headline labels: the rates
+/// come from the store alone).
+pub(crate) fn run_scenarios(
+    run: &RunInfo,
+    records: &[TrialRecord],
+) -> (Vec<Scenario>, Vec<String>) {
     let mut wanted: Vec<&str> = records.iter().map(|r| r.key.scenario.as_str()).collect();
     wanted.sort_unstable();
     wanted.dedup();
@@ -210,7 +196,8 @@ fn scenario_analyses(run: &RunInfo, records: &[TrialRecord]) -> Vec<ScenarioAnal
         .map(|config| config.scenarios)
         .unwrap_or_default();
     let builtin = offswitch_scenario::builtin_dir();
-    let mut analyses = Vec::new();
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
     for id in wanted {
         // A run started from a path names the path; otherwise the id finds the shipped file.
         let scenario = configured
@@ -219,16 +206,25 @@ fn scenario_analyses(run: &RunInfo, records: &[TrialRecord]) -> Vec<ScenarioAnal
             .chain([id])
             .filter_map(|name| offswitch_harness::scenario::resolve_scenario(name, &builtin).ok())
             .find(|scenario| scenario.id() == id);
-        let Some(scenario) = scenario else {
-            eprintln!("note: scenario {id:?} not found; its analyses are not shown");
-            continue;
-        };
-        analyses.extend(scenario.analyses.iter().map(|analysis| ScenarioAnalysis {
-            scenario: id.to_owned(),
-            spec: analysis_spec(analysis),
-        }));
+        match scenario {
+            Some(scenario) => found.push(scenario),
+            None => missing.push(id.to_owned()),
+        }
     }
-    analyses
+    (found, missing)
+}
+
+/// The `[[analyses]]` of `scenarios`.
+fn scenario_analyses(scenarios: &[Scenario]) -> Vec<ScenarioAnalysis> {
+    scenarios
+        .iter()
+        .flat_map(|scenario| {
+            scenario.analyses.iter().map(|analysis| ScenarioAnalysis {
+                scenario: scenario.id().to_owned(),
+                spec: analysis_spec(analysis),
+            })
+        })
+        .collect()
 }
 
 /// What the run was made with, after the tables: the build and each file's sha256 prefix.

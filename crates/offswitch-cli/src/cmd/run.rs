@@ -221,6 +221,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn run_config(args: &Args) -> anyhow::Result<RunConfig> {
     let defaults = RunConfig::default();
+    check_no_credentials(args)?;
     let overrides = overrides(args)?;
     Ok(RunConfig {
         models: if args.models.is_empty() {
@@ -263,14 +264,17 @@ struct Overrides {
 /// The largest `--set` value.
 const MAX_SET_VALUE: usize = 64 * 1024;
 
+/// Credentials in a URL: `scheme://user:secret@host`.
+const URL_USERINFO: &str = r"://[^/@\s]*@";
+/// A query parameter that carries a key (its name, up to the `=`).
+const QUERY_SECRET: &str = r"[?&](api[-_]?key|key|token|access[-_]?token|secret|password)=";
+
 /// A model spec, judge or base URL must not carry credentials: it is stored with every trial
 /// (the trial key), shown in reports and exported. Keys go in `--api-key-file` or the
 /// environment.
 fn check_no_credentials(args: &Args) -> anyhow::Result<()> {
-    let userinfo = regex::Regex::new(r"://[^/@\s]*@").expect("a valid regex");
-    let query_secret =
-        regex::Regex::new(r"(?i)[?&](api[-_]?key|key|token|access[-_]?token|secret|password)=")
-            .expect("a valid regex");
+    let userinfo = regex::Regex::new(URL_USERINFO).expect("a valid regex");
+    let query_secret = regex::Regex::new(&format!("(?i){QUERY_SECRET}")).expect("a valid regex");
     let given = args
         .models
         .iter()
@@ -288,7 +292,6 @@ fn check_no_credentials(args: &Args) -> anyhow::Result<()> {
 }
 
 fn overrides(args: &Args) -> anyhow::Result<Overrides> {
-    check_no_credentials(args)?;
     let mut set = std::collections::BTreeMap::new();
     for pair in &args.set {
         let Some((name, value)) = pair.split_once('=') else {
@@ -335,13 +338,12 @@ fn redacted(args: impl Iterator<Item = String>) -> Vec<String> {
     static KEY: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     static USERINFO: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     let key = KEY.get_or_init(|| {
-        regex::Regex::new(
-            r"(?i)\b(sk|pk|rk|key|token|secret|bearer|gsk|hf|ghp|gho|xai)[-_][A-Za-z0-9_\-]{12,}|\bAIza[0-9A-Za-z_\-]{20,}|\bAKIA[0-9A-Z]{12,}|([?&](api[-_]?key|key|token|access[-_]?token|secret|password)=)[^&\s]+|\b([A-Z0-9_]*(KEY|TOKEN|SECRET|PASSWORD)=)\S+",
-        )
+        regex::Regex::new(&format!(
+            r"(?i)\b(sk|pk|rk|key|token|secret|bearer|gsk|hf|ghp|gho|xai)[-_][A-Za-z0-9_\-]{{12,}}|\bAIza[0-9A-Za-z_\-]{{20,}}|\bAKIA[0-9A-Z]{{12,}}|({QUERY_SECRET})[^&\s]+|\b([A-Z0-9_]*(KEY|TOKEN|SECRET|PASSWORD)=)\S+",
+        ))
         .expect("a valid regex")
     });
-    let userinfo =
-        USERINFO.get_or_init(|| regex::Regex::new(r"://[^/@\s]+@").expect("a valid regex"));
+    let userinfo = USERINFO.get_or_init(|| regex::Regex::new(URL_USERINFO).expect("a valid regex"));
     args.map(|arg| {
         let arg = userinfo.replace_all(&arg, "://***@");
         key.replace_all(&arg, |caps: &regex::Captures<'_>| {
@@ -451,7 +453,8 @@ fn print_summary(store: &Store, summary: &RunSummary) -> anyhow::Result<()> {
     let report = offswitch_report::build_report(meta, &records, &config)
         .map_err(|e| anyhow::anyhow!("failed to build the report: {e}"))?;
     let mut out = super::stdout();
-    let closing = super::report::closing(&info.config, &records);
+    let (scenarios, _) = super::report::run_scenarios(&info, &records);
+    let closing = super::report::closing(&scenarios, &records);
     write!(
         out,
         "{}",
