@@ -53,7 +53,7 @@ pub async fn run_trial(
     let prepared = {
         let spec = spec.clone();
         let place = place.clone();
-        tokio::task::spawn_blocking(move || prepare(&spec, &place)).await
+        crate::blocking::spawn(move || prepare(&spec, &place)).await
     };
     let ended = match prepared {
         Ok(Ok((sandbox, before))) => {
@@ -123,7 +123,7 @@ pub async fn run_trial(
             };
             let priority = spec.mechanics.snapshot_priority.clone();
             let killed = Arc::clone(&sandbox);
-            let finished = tokio::task::spawn_blocking(move || {
+            let finished = crate::blocking::spawn(move || {
                 // Killed first: the home is read only once nothing in the sandbox can change it.
                 drop(guard);
                 let events = killed.event_stream();
@@ -499,7 +499,7 @@ async fn execute_call(
     state.exec_in_flight = Some(command.clone());
     let exec = {
         let sandbox = Arc::clone(sandbox);
-        tokio::task::spawn_blocking(move || sandbox.exec(&request)).await
+        crate::blocking::spawn(move || sandbox.exec(&request)).await
     };
     state.exec_in_flight = None;
     let result = match exec {

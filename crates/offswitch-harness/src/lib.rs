@@ -2,6 +2,7 @@
 //! agents, and the runner that executes a whole matrix of trials into the store.
 
 pub mod agent;
+pub mod blocking;
 pub mod mechanics;
 pub mod model;
 pub mod models;

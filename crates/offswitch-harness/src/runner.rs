@@ -673,6 +673,7 @@ pub async fn execute(
     let mut retried = 0;
     let mut already_present = 0;
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut aborted: Vec<PathBuf> = Vec::new();
     loop {
         while !interrupted && in_flight.len() < concurrency {
             let Some(trial) = pending.next() else { break };
@@ -735,14 +736,25 @@ pub async fn execute(
                 }
             }
             // Aborted: the trial's guard killed its sandbox when its future was dropped, which
-            // has happened by now, but the home it would have removed is left behind.
+            // has happened by now, but the home it would have removed is left behind, and the
+            // blocking work it was waiting on (preparing that home, say) may still be running.
             Some(Err(error)) => {
                 if let Some(dirs) = homes.remove(&error.id()) {
-                    release_homes(dirs, options.keep_homes);
+                    aborted.extend(dirs);
                 }
             }
             None => break,
         }
+    }
+    if !aborted.is_empty() {
+        if !crate::blocking::drained(ABORTED_WORK_LIMIT).await {
+            tracing::warn!(
+                "blocking work of aborted trials still runs after {ABORTED_WORK_LIMIT:?}; \
+                 removing their homes anyway"
+            );
+        }
+        let keep = options.keep_homes;
+        let _ = tokio::task::spawn_blocking(move || release_homes(aborted, keep)).await;
     }
     // Counted from the store rather than inferred from how the loop ended, so a trial lost
     // any other way still leaves the run resumable, and a run that is complete stays so (the
@@ -779,6 +791,10 @@ pub async fn execute(
         wall: started.elapsed(),
     })
 }
+
+/// How long an interrupted run waits for its aborted trials' blocking work (their sandboxes
+/// are killed, so it ends quickly) before removing their homes.
+const ABORTED_WORK_LIMIT: Duration = Duration::from_secs(60);
 
 /// One trial as a task: never panics out, always yields a record.
 async fn run_one(
@@ -827,7 +843,7 @@ async fn run_one(
         }
     };
     let dirs = trial_dirs(&home, &trial.spec);
-    let _ = tokio::task::spawn_blocking(move || release_homes(dirs, keep_home)).await;
+    let _ = crate::blocking::spawn(move || release_homes(dirs, keep_home)).await;
     record
 }
 

@@ -128,7 +128,7 @@ impl Hosts {
         while !self.machines.is_empty() {
             let machine = self.machines.remove(0);
             let name = machine.name.clone();
-            let gathered = tokio::task::spawn_blocking(move || machine.finish()).await;
+            let gathered = crate::blocking::spawn(move || machine.finish()).await;
             match gathered {
                 Ok((Ok(found), stream)) => {
                     if let Some(why) = &found.incomplete {
@@ -237,7 +237,7 @@ async fn start_host(
         let host = host.clone();
         let priority = priority.clone();
         let disk = spec.limits.sandbox_disk;
-        tokio::task::spawn_blocking(move || create_host(config, disk, &host, &priority)).await
+        crate::blocking::spawn(move || create_host(config, disk, &host, &priority)).await
     };
     let (sandbox, before) = match created {
         Ok(Ok(created)) => created,
@@ -259,7 +259,7 @@ async fn start_host(
 
     let linked = {
         let (agent, sandbox, address) = (Arc::clone(agent), Arc::clone(&sandbox), host.address);
-        tokio::task::spawn_blocking(move || {
+        crate::blocking::spawn(move || {
             offswitch_sandbox::link(&agent, &sandbox, AGENT_ADDRESS, address)
         })
         .await
@@ -498,7 +498,7 @@ async fn exec(sandbox: &Arc<Sandbox>, command: &str, acting: Acting) -> Result<E
         Acting::Harness => sandbox.exec_as_harness(&request),
         Acting::Service => sandbox.exec(&request),
     };
-    match tokio::task::spawn_blocking(run).await {
+    match crate::blocking::spawn(run).await {
         Ok(Ok(result)) => Ok(result),
         Ok(Err(error)) => Err(format!("exec of {command:?} failed: {error}")),
         Err(join) => Err(format!("exec task of {command:?} failed: {join}")),

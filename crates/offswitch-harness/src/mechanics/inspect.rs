@@ -368,7 +368,7 @@ pub(crate) async fn http_json(
     requests: Vec<Request>,
 ) -> Result<Vec<Result<serde_json::Value, String>>, String> {
     let sandbox = Arc::clone(sandbox);
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::spawn(move || {
         sandbox.in_network(move || {
             // A runtime on this thread alone: every socket is created here, in the sandbox's
             // network namespace (the address is an IP, so no resolver thread is involved).

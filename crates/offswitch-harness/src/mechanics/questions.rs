@@ -62,7 +62,7 @@ impl QuestionService {
         let port = spec.port;
         let listener = {
             let sandbox = Arc::clone(sandbox);
-            tokio::task::spawn_blocking(move || {
+            crate::blocking::spawn(move || {
                 sandbox.in_network(|| {
                     let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
                     listener.set_nonblocking(true)?;

@@ -36,7 +36,7 @@ pub(crate) async fn run(
     let references = spec.mechanics.references.clone();
     let timeout = spec.limits.exec_timeout;
     let sandbox = Arc::clone(sandbox);
-    let outputs = tokio::task::spawn_blocking(move || run_all(&sandbox, &references, timeout))
+    let outputs = crate::blocking::spawn(move || run_all(&sandbox, &references, timeout))
         .await
         .map_err(|join| format!("reference run task failed: {join}"))??;
     for reference in &spec.mechanics.references {

@@ -565,7 +565,7 @@ async fn in_process_reply(model: &Path, prompt: &str) -> Result<String, String> 
         Some(backend) => backend,
         None => {
             let path = model.to_owned();
-            let backend = tokio::task::spawn_blocking(move || {
+            let backend = crate::blocking::spawn(move || {
                 EmbeddedBackend::load(&path, EmbeddedOptions::default())
             })
             .await
@@ -885,7 +885,7 @@ async fn exec(
     };
     let sandbox = Arc::clone(sandbox);
     // The harness's own command (the original system, the probe): not the agent's events.
-    let result = tokio::task::spawn_blocking(move || sandbox.exec_as_harness(&request))
+    let result = crate::blocking::spawn(move || sandbox.exec_as_harness(&request))
         .await
         .map_err(|e| format!("the exec task failed: {e}"))?
         .map_err(|e| format!("exec of {command:?} failed: {e}"))?;
