@@ -41,6 +41,9 @@ enum Command {
     /// A run's trials for other tools: one row per trial or per label (JSON Lines, CSV), or
     /// Inspect `.eval` logs.
     Export(cmd::export::Args),
+    /// Join the shard databases of a run started with `--shard i/N` into one run, after
+    /// checking that together they are exactly its plan.
+    Merge(cmd::merge::Args),
     /// List, show and validate scenario files.
     #[command(subcommand)]
     Scenarios(cmd::scenarios::Command),
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Command::Show(args) => cmd::show::run(args),
         Command::Compare(args) => cmd::compare::run(args),
         Command::Export(args) => cmd::export::run(args),
+        Command::Merge(args) => cmd::merge::run(args),
         Command::Scenarios(command) => cmd::scenarios::run(command),
         Command::Models(command) => cmd::models::run(command),
         Command::ServeModel(args) => cmd::serve_model::run(args),

@@ -9,6 +9,7 @@ pub mod models;
 pub mod runner;
 pub mod scenario;
 pub mod scripted;
+pub mod shard;
 pub mod trial;
 pub mod usage;
 pub mod workdir;

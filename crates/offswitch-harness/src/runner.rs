@@ -34,6 +34,7 @@ use crate::agent::{Evaluator, TrialPlace, TrialSpec, run_trial};
 use crate::model::ModelClient;
 use crate::models::{BuiltModel, ModelBuildError, ModelOptions, build_model};
 use crate::scenario::{LimitOverrides, ModelSide, evaluator, resolve_scenario, trial_spec};
+use crate::shard::{PlanLayout, Shard, decode};
 use crate::workdir::{KEEP_MARKER, Owner, remove_dead_owners};
 
 /// The version tag of the stored run configuration.
@@ -78,6 +79,27 @@ pub struct RunConfig {
     /// The command line that made the run, secrets redacted: provenance, never read back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_line: Option<Vec<String>>,
+    /// `--shard i/N`: this run holds one slice of its plan (see [`crate::shard`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+    /// The whole plan's order, stored with a shard when it starts so that a merge can tell
+    /// which shard owns which trial without the run's scenarios or models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanLayout>,
+}
+
+impl RunConfig {
+    /// Whether `other` describes the same plan: equal in everything but how it was started
+    /// (the command line) and which slice it is. The shards of one run are.
+    pub fn same_plan(&self, other: &RunConfig) -> bool {
+        let plain = |config: &RunConfig| RunConfig {
+            command_line: None,
+            shard: None,
+            plan: None,
+            ..config.clone()
+        };
+        serde_json::to_value(plain(self)).ok() == serde_json::to_value(plain(other)).ok()
+    }
 }
 
 impl Default for RunConfig {
@@ -101,6 +123,8 @@ impl Default for RunConfig {
             token_limit: None,
             time_limit_secs: None,
             command_line: None,
+            shard: None,
+            plan: None,
         }
     }
 }
@@ -142,6 +166,8 @@ pub struct RunOptions {
     pub build: BuildInfo,
     /// A new run's label (`offswitch run --label`).
     pub label: Option<String>,
+    /// A new run's id (`offswitch run --run-id`); drawn at random without one.
+    pub run_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,10 +240,18 @@ pub async fn start_run(
     // Build everything before creating the run, so a bad scenario or model stores nothing.
     let matrix = matrix(config, options)?;
     let provenance = matrix.provenance(&options.build);
-    let plan = Plan::new(config, matrix, &Skip::default())?;
-    let config_json = serde_json::to_value(config).map_err(|e| RunError::Invalid(e.to_string()))?;
-    let (run, lock) =
-        store.create_locked_run(&config_json, options.label.as_deref(), Some(&provenance))?;
+    let mut config = config.clone();
+    if config.shard.is_some() {
+        config.plan = Some(matrix.layout(config.epochs));
+    }
+    let plan = Plan::new(&config, matrix, &Skip::default())?;
+    let config_json =
+        serde_json::to_value(&config).map_err(|e| RunError::Invalid(e.to_string()))?;
+    let label = options.label.as_deref();
+    let (run, lock) = match &options.run_id {
+        Some(id) => store.create_locked_run_with_id(id, &config_json, label, Some(&provenance))?,
+        None => store.create_locked_run(&config_json, label, Some(&provenance))?,
+    };
     execute(store, &run, &lock, plan, options, Vec::new(), cancel).await
 }
 
@@ -249,6 +283,16 @@ pub async fn resume_run(
         None => notes.push(format!(
             "note: run {run} was created before offswitch recorded what a run is made with; resuming without checking that its scenario and model files are unchanged"
         )),
+    }
+    if let Some(stored) = &config.plan
+        && *stored != matrix.layout(config.epochs)
+    {
+        // The provenance check above catches changed files; this, a plan ordered otherwise
+        // (by another offswitch version), which would hand this shard other trials.
+        return Err(RunError::Changed {
+            run: run.to_owned(),
+            changes: vec!["the order of the plan its shards are cut from".into()],
+        });
     }
     let skip = Skip {
         completed: store.completed_keys(run)?,
@@ -291,38 +335,48 @@ pub fn trial_seed(run_seed: u64, key: &TrialKey) -> u64 {
 /// What changed between a run's stored provenance and the current one, one line each; empty
 /// when nothing did.
 pub fn provenance_changes(stored: &Provenance, current: &Provenance) -> Vec<String> {
+    provenance_differences(stored, current, ("when created", "now"))
+}
+
+/// Where provenances `a` and `b` differ, one line each, with the two sides named by
+/// `(a_name, b_name)`; empty when they are equal.
+pub fn provenance_differences(
+    a: &Provenance,
+    b: &Provenance,
+    (a_name, b_name): (&str, &str),
+) -> Vec<String> {
     let mut changes = Vec::new();
-    if stored.offswitch_version != current.offswitch_version {
+    if a.offswitch_version != b.offswitch_version {
         changes.push(format!(
-            "offswitch version: {} when created, {} now",
-            stored.offswitch_version, current.offswitch_version
+            "offswitch version: {} {a_name}, {} {b_name}",
+            a.offswitch_version, b.offswitch_version
         ));
     }
-    if stored.commit != current.commit {
+    if a.commit != b.commit {
         changes.push(format!(
-            "offswitch commit: {} when created, {} now",
-            stored.commit, current.commit
+            "offswitch commit: {} {a_name}, {} {b_name}",
+            a.commit, b.commit
         ));
     }
-    for (what, before, now) in [
-        ("scenario", &stored.scenario_files, &current.scenario_files),
-        ("model", &stored.model_files, &current.model_files),
+    for (what, a_files, b_files) in [
+        ("scenario", &a.scenario_files, &b.scenario_files),
+        ("model", &a.model_files, &b.model_files),
     ] {
-        let names: BTreeSet<&String> = before.keys().chain(now.keys()).collect();
+        let names: BTreeSet<&String> = a_files.keys().chain(b_files.keys()).collect();
         for name in names {
-            match (before.get(name), now.get(name)) {
-                (Some(a), Some(b)) if a != b => changes.push(format!(
-                    "{what} {name}: file sha256 {} when created, {} now",
-                    short_sha(a),
-                    short_sha(b)
+            match (a_files.get(name), b_files.get(name)) {
+                (Some(x), Some(y)) if x != y => changes.push(format!(
+                    "{what} {name}: file sha256 {} {a_name}, {} {b_name}",
+                    short_sha(x),
+                    short_sha(y)
                 )),
-                (Some(a), None) => changes.push(format!(
-                    "{what} {name}: file sha256 {} when created, no file now",
-                    short_sha(a)
+                (Some(x), None) => changes.push(format!(
+                    "{what} {name}: file sha256 {} {a_name}, no file {b_name}",
+                    short_sha(x)
                 )),
-                (None, Some(b)) => changes.push(format!(
-                    "{what} {name}: no file recorded when created, sha256 {} now",
-                    short_sha(b)
+                (None, Some(y)) => changes.push(format!(
+                    "{what} {name}: no file recorded {a_name}, sha256 {} {b_name}",
+                    short_sha(y)
                 )),
                 _ => {}
             }
@@ -343,6 +397,19 @@ pub struct Matrix {
 }
 
 impl Matrix {
+    /// The order of this matrix's plan over `epochs`.
+    pub fn layout(&self, epochs: u32) -> PlanLayout {
+        PlanLayout {
+            models: self.models.iter().map(|m| m.spec.clone()).collect(),
+            cells: self
+                .cells
+                .iter()
+                .map(|(scenario, variant, _)| (scenario.id().to_owned(), variant.name.clone()))
+                .collect(),
+            epochs,
+        }
+    }
+
     /// What trials of this matrix are made with.
     pub fn provenance(&self, build: &BuildInfo) -> Provenance {
         Provenance {
@@ -470,21 +537,24 @@ pub struct Skip {
 /// interrupted run has a balanced sample of every cell. Nothing in it grows with the number of
 /// epochs: `--epochs 100000000` plans in constant memory.
 pub struct Plan {
-    /// Trials in the whole matrix.
+    /// Trials of the run: the whole matrix, or the shard's slice of it.
     pub total: u64,
-    /// Trials of the matrix that are stored and not run again.
+    /// Trials of the run that are stored and not run again.
     pub already_done: u64,
     matrix: Matrix,
     sides: Vec<ModelSide>,
     judge: Option<(Arc<dyn ModelClient>, String)>,
-    epochs: u32,
     seed: u64,
     overrides: LimitOverrides,
     /// The guard policy whose monitors watch every trial, if any.
     monitors: Option<Arc<offswitch_guard::Policy>>,
     skip: Skip,
-    /// The next position: (epoch, model, cell).
-    next: (u32, usize, usize),
+    /// The next position in the whole matrix's order (see [`crate::shard`]).
+    next: u64,
+    /// Positions between two trials of this run: the number of shards.
+    step: u64,
+    /// Trials in the whole matrix.
+    end: u64,
 }
 
 impl Plan {
@@ -512,20 +582,15 @@ impl Plan {
             }
             seen_models.insert(model.spec.clone());
         }
-        let per_epoch = (matrix.models.len() as u64) * (matrix.cells.len() as u64);
-        let total = per_epoch * u64::from(config.epochs);
-        let in_matrix = |key: &TrialKey| {
-            key.epoch < config.epochs
-                && matrix.models.iter().any(|m| m.spec == key.model)
-                && matrix
-                    .cells
-                    .iter()
-                    .any(|(s, v, _)| s.id() == key.scenario && v.name == key.variant)
-        };
+        let layout = matrix.layout(config.epochs);
+        let end = layout.total();
+        let shard = config.shard.unwrap_or(Shard { index: 1, count: 1 });
+        let index = layout.index();
+        let in_run = |key: &TrialKey| index.position(key).is_some_and(|p| shard.holds(p));
         let already_done = skip
             .completed
             .iter()
-            .filter(|key| in_matrix(key) && !skip.retry.contains(*key))
+            .filter(|key| in_run(key) && !skip.retry.contains(*key))
             .count() as u64;
         let sides = matrix
             .models
@@ -553,12 +618,11 @@ impl Plan {
             None => None,
         };
         Ok(Plan {
-            total,
+            total: shard.size(end),
             already_done,
             matrix,
             sides,
             judge,
-            epochs: config.epochs,
             seed: config.seed,
             overrides: LimitOverrides {
                 max_turns: config.max_turns,
@@ -571,7 +635,9 @@ impl Plan {
                 completed: skip.completed.clone(),
                 retry: skip.retry.clone(),
             },
-            next: (0, 0, 0),
+            next: shard.first(),
+            step: u64::from(shard.count),
+            end,
         })
     }
 }
@@ -581,18 +647,12 @@ impl Iterator for Plan {
 
     fn next(&mut self) -> Option<PlannedTrial> {
         loop {
-            let (epoch, model_index, cell_index) = self.next;
-            if epoch >= self.epochs || self.sides.is_empty() || self.matrix.cells.is_empty() {
+            if self.next >= self.end {
                 return None;
             }
-            // Advance: cells innermost, then models, then epochs.
-            self.next = if cell_index + 1 < self.matrix.cells.len() {
-                (epoch, model_index, cell_index + 1)
-            } else if model_index + 1 < self.sides.len() {
-                (epoch, model_index + 1, 0)
-            } else {
-                (epoch + 1, 0, 0)
-            };
+            let (epoch, model_index, cell_index) =
+                decode(self.next, self.sides.len(), self.matrix.cells.len());
+            self.next += self.step;
             let side = &self.sides[model_index];
             let (scenario, variant, evaluate) = &self.matrix.cells[cell_index];
             let key = TrialKey {

@@ -30,6 +30,7 @@
 //!   `Loss` of the stored stream, so a reader of the record never takes the copy for the whole
 //!   stream. The labels were decided on the whole stream, in memory, before it was stored.
 
+mod merge;
 mod schema;
 mod stored;
 
@@ -40,6 +41,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use offswitch_core::{FileChange, Label, TrialKey, TrialRecord, Usage};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
+pub use merge::MergedRun;
 pub use schema::SCHEMA_VERSION;
 
 /// The most events of one stream the store keeps. A trial that unpacks 10,000 files records
@@ -205,7 +207,9 @@ pub enum StoreError {
     },
     #[error("no free run id after 32 random draws")]
     NoFreeRunId,
-    #[error("bad run id {0:?}: it must be non-empty, not `latest`, without `/` or spaces")]
+    #[error(
+        "bad run id {0:?}: a run id is 1 to 100 letters, digits, `-`, `_` or `.`, does not start with `.`, and is not `latest`"
+    )]
     BadRunId(String),
     #[error("run {0:?} already exists")]
     RunExists(String),
@@ -399,6 +403,24 @@ impl Store {
         Err(StoreError::NoFreeRunId)
     }
 
+    /// [`Store::create_locked_run`] with an id chosen by the caller (`--run-id`; the shards
+    /// of one run share theirs). Refused when the id is malformed or taken.
+    pub fn create_locked_run_with_id(
+        &self,
+        id: &str,
+        config: &serde_json::Value,
+        label: Option<&str>,
+        provenance: Option<&Provenance>,
+    ) -> Result<(RunId, RunLock), StoreError> {
+        check_run_id(id)?;
+        let lock = self.lock_run(id)?;
+        if self.insert_run(id, now_ms(), config, label, provenance)? {
+            Ok((RunId(id.to_owned()), lock))
+        } else {
+            Err(StoreError::RunExists(id.to_owned()))
+        }
+    }
+
     /// Take the lock that makes this process the only one running `run`; it is released when
     /// the [`RunLock`] is dropped or the process ends in any way (`kill -9` included), since it
     /// is an OS file lock (`flock`) on `<database>.locks/<run>.lock`. A run another live
@@ -494,9 +516,7 @@ impl Store {
         config: &serde_json::Value,
         label: Option<&str>,
     ) -> Result<RunId, StoreError> {
-        if id.is_empty() || id == "latest" || id.contains(|c: char| c == '/' || c.is_whitespace()) {
-            return Err(StoreError::BadRunId(id.to_owned()));
-        }
+        check_run_id(id)?;
         let result = self.connection.execute(
             "INSERT INTO runs (id, created_at_ms, label, status, config) VALUES (?1, ?2, ?3, 'running', ?4)",
             params![id, now_ms(), label, config.to_string()],
@@ -1521,6 +1541,25 @@ fn is_unique_violation(error: &rusqlite::Error) -> bool {
 }
 
 /// A fresh run id for a run created at `created_at_ms`: `r-<date>-<16 random bits>`.
+/// The most bytes in a run id.
+pub const MAX_RUN_ID: usize = 100;
+
+/// A run id chosen by a caller: 1 to [`MAX_RUN_ID`] bytes of letters, digits, `-`, `_` and
+/// `.` (it names a lock file and a directory of homes, and is typed in commands), not
+/// `latest` (which `report latest` means), not starting with `.`.
+pub fn check_run_id(id: &str) -> Result<(), StoreError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if id.is_empty()
+        || id.len() > MAX_RUN_ID
+        || id == "latest"
+        || id.starts_with('.')
+        || !id.chars().all(allowed)
+    {
+        return Err(StoreError::BadRunId(id.to_owned()));
+    }
+    Ok(())
+}
+
 fn draw_run_id(created_at_ms: i64) -> String {
     format!(
         "r-{}-{:04x}",

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod compare;
 pub mod export;
 pub mod guard;
+pub mod merge;
 pub mod models;
 pub mod proxy;
 pub mod report;

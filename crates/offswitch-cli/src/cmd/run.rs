@@ -60,6 +60,18 @@ pub struct Args {
     /// control characters); `offswitch runs label` changes it.
     #[arg(long, value_name = "TEXT", conflicts_with = "resume")]
     pub label: Option<String>,
+    /// Run one slice of the plan, `I/N` (1-based): the trials at positions I-1, I-1+N, ... of
+    /// the whole plan, which every shard computes alike from the same flags. Each shard goes
+    /// into its own database under one run id (--run-id, else derived from the plan and the
+    /// label); `offswitch merge` joins them. Started again with the same flags, a shard
+    /// continues where it stopped.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard, conflicts_with = "resume")]
+    pub shard: Option<offswitch_harness::shard::Shard>,
+    /// The new run's id (letters, digits, `-`, `_`, `.`; at most 100). If this database holds
+    /// a run of that id with the same plan, it is continued like --resume; with another plan,
+    /// refused.
+    #[arg(long, value_name = "ID", conflicts_with = "resume")]
+    pub run_id: Option<String>,
     /// With --resume: also run again the trials that ended as harness errors. Each new trial
     /// replaces the failed one in the rates; the failed attempt stays in the database.
     #[arg(long, requires = "resume")]
@@ -131,6 +143,10 @@ pub struct Args {
     pub progress: ProgressArg,
 }
 
+fn parse_shard(text: &str) -> Result<offswitch_harness::shard::Shard, String> {
+    text.parse()
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum ToolModeArg {
     Native,
@@ -195,8 +211,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Some(config)
         }
     };
+    // A run of this id already here: the same command started again (a restarted shard)
+    // continues it.
+    let mut options = options;
+    let mut resume = args.resume.clone();
+    if let Some(config) = &config {
+        if options.run_id.is_none() && config.shard.is_some() {
+            options.run_id = Some(derived_run_id(config, args.label.as_deref()));
+        }
+        if let Some(id) = &options.run_id {
+            offswitch_store::check_run_id(id).map_err(super::report::store_error)?;
+            if let Some(existing) = existing_run(&store, id, config)? {
+                eprintln!("{existing}");
+                resume = Some(id.clone());
+            }
+        }
+    }
     let result = runtime.block_on(async {
-        match (&args.resume, &config) {
+        match (&resume, &config) {
             (Some(run), _) => offswitch_harness::resume_run(&store, run, &options, cancel).await,
             (None, Some(config)) => {
                 offswitch_harness::start_run(&store, config, &options, cancel).await
@@ -217,6 +249,60 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_INTERRUPTED)
     })
+}
+
+/// The id of a sharded run started without `--run-id`: the same on every shard of one plan
+/// and label, different for another plan.
+fn derived_run_id(config: &RunConfig, label: Option<&str>) -> String {
+    use sha2::Digest;
+    let plan = RunConfig {
+        command_line: None,
+        shard: None,
+        plan: None,
+        ..config.clone()
+    };
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(serde_json::to_vec(&plan).unwrap_or_default());
+    hasher.update([0]);
+    hasher.update(label.unwrap_or("").as_bytes());
+    let digest = hasher.finalize();
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("run-{hex}")
+}
+
+/// When `id` is already a run in `store`: a note saying it is continued, or a refusal when
+/// that run has another plan or is another shard. `None` when there is no such run.
+fn existing_run(store: &Store, id: &str, config: &RunConfig) -> anyhow::Result<Option<String>> {
+    let info = match store.run(id) {
+        Ok(info) => info,
+        Err(offswitch_store::StoreError::UnknownRun(_)) => return Ok(None),
+        Err(error) => return Err(super::report::store_error(error)),
+    };
+    let stored = offswitch_harness::runner::stored_config(id, &info.config).map_err(run_error)?;
+    let shard = |config: &RunConfig| {
+        config
+            .shard
+            .map_or_else(|| "the whole plan".to_owned(), |s| format!("shard {s}"))
+    };
+    if !stored.same_plan(config) {
+        return Err(super::invalid_input(format!(
+            "run {id} in {} was made with another configuration than this command's; give another --run-id or --db, or --resume {id} to continue the stored run",
+            store.path().display(),
+        )));
+    }
+    if stored.shard != config.shard {
+        return Err(super::invalid_input(format!(
+            "run {id} in {} holds {} of this plan, and this command asks for {}: give each shard its own --db",
+            store.path().display(),
+            shard(&stored),
+            shard(config),
+        )));
+    }
+    Ok(Some(format!(
+        "run {id} ({}) is already in {}: continuing it, like --resume {id}",
+        shard(&stored),
+        store.path().display()
+    )))
 }
 
 fn run_config(args: &Args) -> anyhow::Result<RunConfig> {
@@ -251,6 +337,7 @@ fn run_config(args: &Args) -> anyhow::Result<RunConfig> {
         token_limit: args.token_limit,
         time_limit_secs: overrides.time_limit_secs,
         command_line: Some(redacted(std::env::args())),
+        shard: args.shard,
         ..defaults
     })
 }
@@ -408,6 +495,7 @@ fn run_options(args: &Args) -> anyhow::Result<RunOptions> {
         keep_homes: args.keep_homes,
         retry_errors: args.retry_errors,
         label: args.label.clone(),
+        run_id: args.run_id.clone(),
         build: offswitch_harness::BuildInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             commit: env!("OFFSWITCH_COMMIT").to_owned(),
@@ -494,6 +582,16 @@ fn print_summary(store: &Store, summary: &RunSummary) -> anyhow::Result<()> {
         writeln!(
             out,
             "interrupted; continue with `offswitch run --resume {}`",
+            summary.run
+        )?;
+    }
+    let shard = offswitch_harness::runner::stored_config(summary.run.as_str(), &info.config)
+        .ok()
+        .and_then(|config| config.shard);
+    if let Some(shard) = shard {
+        writeln!(
+            out,
+            "this database holds shard {shard} of run {}; when every shard is done, join them with `offswitch merge OUT.db SHARD.db...`",
             summary.run
         )?;
     }

@@ -11,4 +11,5 @@ mod run;
 mod runs;
 mod sandbox_cmd;
 mod scenarios;
+mod shard;
 mod third_party;

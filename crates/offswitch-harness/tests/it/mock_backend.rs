@@ -112,6 +112,7 @@ fn options(dir: &std::path::Path) -> RunOptions {
         retry_errors: false,
         build: Default::default(),
         label: None,
+        run_id: None,
     }
 }
 

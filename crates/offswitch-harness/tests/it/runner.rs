@@ -71,6 +71,7 @@ pub(crate) fn options(work: &std::path::Path, agents_dir: std::path::PathBuf) ->
         retry_errors: false,
         build: Default::default(),
         label: None,
+        run_id: None,
     }
 }
 

@@ -134,7 +134,7 @@ fn streams() -> Vec<EventStream> {
 }
 
 /// `rich_record(epoch)` with event streams and one indeterminate label.
-fn record_with_events(epoch: u32) -> TrialRecord {
+pub(crate) fn record_with_events(epoch: u32) -> TrialRecord {
     let mut record = rich_record(epoch);
     record.events = streams();
     record.labels.push(Label {

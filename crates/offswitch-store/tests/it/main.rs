@@ -12,7 +12,7 @@ use offswitch_core::{
     FileChange, FileChangeKind, Label, Message, Outcome, ToolCall, TranscriptEntry, TrialKey,
     TrialRecord, Usage,
 };
-use offswitch_store::{Inserted, RunStatus, SCHEMA_VERSION, Store, StoreError};
+use offswitch_store::{Inserted, RunId, RunStatus, SCHEMA_VERSION, Store, StoreError};
 
 mod events;
 
@@ -685,8 +685,103 @@ fn shards_of_a_run_merge_into_one_database() {
     expect![[r#"
         run r-20261122-0001 in [dir]/other.db has a different configuration than the run of that id here
         run "r-20261122-0001" already exists
-        bad run id "a/b": it must be non-empty, not `latest`, without `/` or spaces
+        bad run id "a/b": a run id is 1 to 100 letters, digits, `-`, `_` or `.`, does not start with `.`, and is not `latest`
     "#]].assert_eq(&errors);
+}
+
+#[test]
+fn merge_run_copies_every_trial_row_for_row_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = "run-0123456789ab";
+    let config =
+        serde_json::json!({"models": ["scripted:chmod"], "shard": {"index": 1, "count": 2}});
+    let paths = [dir.path().join("s1.db"), dir.path().join("s2.db")];
+    for (shard, path) in paths.iter().enumerate() {
+        let store = Store::open(path).unwrap();
+        // Another run first, so trial ids in the two shards overlap and must be renumbered.
+        let other = store.create_run(&serde_json::json!({}), None).unwrap();
+        store.insert_trial(&other, &rich_record(99)).unwrap();
+        let (run, _lock) = store
+            .create_locked_run_with_id(id, &config, Some("sharded"), None)
+            .unwrap();
+        for epoch in (0..6).filter(|epoch| epoch % 2 == shard as u32) {
+            let mut record = events::record_with_events(epoch);
+            if epoch == 0 {
+                // A harness error replaced by a retry: both attempts are copied.
+                record.outcome = Outcome::HarnessError {
+                    message: "first attempt".into(),
+                };
+                store.insert_trial(&run, &record).unwrap();
+                store
+                    .replace_trial(&run, &events::record_with_events(epoch))
+                    .unwrap();
+            } else {
+                store.insert_trial(&run, &record).unwrap();
+            }
+        }
+    }
+    let out = Store::open(&dir.path().join("merged.db")).unwrap();
+    let merged = offswitch_store::MergedRun {
+        id: RunId(id.into()),
+        created_at_ms: 42,
+        label: Some("merged".into()),
+        config: serde_json::json!({"models": ["scripted:chmod"]}),
+        provenance: Some(offswitch_store::Provenance {
+            offswitch_version: "0.1.0".into(),
+            commit: "abc".into(),
+            ..Default::default()
+        }),
+    };
+    let sources: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+    assert_eq!(out.merge_run(&merged, &sources).unwrap(), 7);
+    let info = out.run(id).unwrap();
+    assert_eq!(
+        (
+            info.created_at_ms,
+            info.label.as_deref(),
+            info.status,
+            info.trial_count
+        ),
+        (42, Some("merged"), RunStatus::Complete, 6)
+    );
+    assert_eq!(out.provenance(id).unwrap(), merged.provenance);
+    let stored = out.stored_trials(id).unwrap();
+    let mut epochs: Vec<u32> = stored.iter().map(|t| t.record.key.epoch).collect();
+    epochs.sort();
+    assert_eq!(epochs, [0, 1, 2, 3, 4, 5]);
+    for trial in &stored {
+        assert_eq!(
+            trial.record,
+            events::record_with_events(trial.record.key.epoch)
+        );
+    }
+    let attempts = out.attempts(id).unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert!(matches!(
+        attempts[0].record.outcome,
+        Outcome::HarnessError { .. }
+    ));
+    let mut positions: Vec<u32> = stored.iter().chain(&attempts).map(|t| t.index).collect();
+    positions.sort();
+    assert_eq!(positions, [1, 2, 3, 4, 5, 6, 7]);
+
+    // The run is here now: a second merge changes nothing and says why.
+    let error = out.merge_run(&merged, &sources).unwrap_err();
+    assert!(matches!(error, StoreError::RunExists(_)), "{error}");
+    assert_eq!(out.stored_trials(id).unwrap().len(), 6);
+    // A source without the run is not an error of its own (the caller checks the shards);
+    // a source that is not a database is, and leaves nothing behind.
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(&garbage, "not a database at all, just text").unwrap();
+    let other = offswitch_store::MergedRun {
+        id: RunId("run-other".into()),
+        ..merged.clone()
+    };
+    assert!(out.merge_run(&other, &[&paths[0], &garbage]).is_err());
+    assert!(matches!(
+        out.run("run-other"),
+        Err(StoreError::UnknownRun(_))
+    ));
 }
 
 #[test]
