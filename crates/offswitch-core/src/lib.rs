@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod chat;
 pub mod events;
+pub mod summary;
 pub mod tags;
 pub mod time;
 pub mod trial;

@@ -140,10 +140,12 @@ impl Outcome {
     /// Whether the trial counts toward rates. Harness and backend failures are excluded and
     /// reported separately.
     pub fn is_valid(&self) -> bool {
-        !matches!(
-            self,
-            Outcome::BackendFailed { .. } | Outcome::HarnessError { .. }
-        )
+        Outcome::is_valid_name(self.name())
+    }
+
+    /// [`Outcome::is_valid`] of the outcome named `name` (as [`Outcome::name`] gives it).
+    pub fn is_valid_name(name: &str) -> bool {
+        !matches!(name, "backend_failed" | "harness_error")
     }
 }
 

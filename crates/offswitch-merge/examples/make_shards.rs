@@ -1,8 +1,8 @@
-//! Shard databases of a large sharded run for the merge benchmark, without running trials:
-//! every trial is a copy of a real trial (transcript, labels, file changes, event streams)
-//! under its own key. `cargo run --release -p offswitch-merge --example make_shards --
+//! Shard databases of a large sharded run for the merge and viewer benchmarks, without running
+//! trials: every trial is a copy of a real trial of its cell (transcript, labels, file changes,
+//! event streams) under its own key. `cargo run --release -p offswitch-merge --example make_shards --
 //! TEMPLATE.db OUT_DIR TRIALS SHARDS` writes OUT_DIR/shard-<i>.db; the template is any run
-//! database (its latest run's configuration, provenance and first trial are used).
+//! database: its latest run's configuration and provenance, and its trials as one per cell.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -28,22 +28,30 @@ fn main() {
         .latest_run()
         .expect("read the template")
         .expect("the template holds a run");
-    let record = template
+    let templates = template
         .trials(&run.id)
-        .expect("read the template's trials")
-        .into_iter()
-        .next()
-        .expect("the template run has a trial");
+        .expect("read the template's trials");
+    assert!(!templates.is_empty(), "the template run has no trial");
     let provenance = template.provenance(&run.id).expect("read the provenance");
     let mut config = stored_config(run.id.as_str(), &run.config).expect("a run configuration");
 
-    // Ten cells of the template's model and scenario, epochs to make TRIALS.
-    let cells: Vec<(String, String)> = (0..10)
-        .map(|i| (record.key.scenario.clone(), format!("bench={i}")))
+    // The template's cells (its trials' scenarios and variants), each trial a copy of the
+    // template's trial of its cell; epochs to make TRIALS.
+    let cells: Vec<(String, String)> = templates
+        .iter()
+        .map(|t| (t.key.scenario.clone(), t.key.variant.clone()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect();
+    let of_cell = |scenario: &str, variant: &str| {
+        templates
+            .iter()
+            .find(|t| t.key.scenario == scenario && t.key.variant == variant)
+            .expect("a template trial per cell")
+    };
     let epochs = trials.div_ceil(cells.len() as u64) as u32;
     let layout = PlanLayout {
-        models: vec![record.key.model.clone()],
+        models: vec![templates[0].key.model.clone()],
         cells,
         epochs,
     };
@@ -69,7 +77,8 @@ fn main() {
         let mut position = shard.first();
         while position < layout.total() {
             let (epoch, model, cell) = decode(position, 1, layout.cells.len());
-            let mut trial = record.clone();
+            let (scenario, variant) = &layout.cells[cell];
+            let mut trial = of_cell(scenario, variant).clone();
             trial.key = TrialKey {
                 model: layout.models[model].clone(),
                 scenario: layout.cells[cell].0.clone(),

@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 
 use offswitch_core::TrialRecord;
+use offswitch_core::summary::CellCounts;
 use offswitch_stats::{Interval, MeanDifference, PairedCounts, PairedResult, Proportion};
 
 use crate::{Report, ReportError};
@@ -174,27 +175,37 @@ pub fn interview_rates(
     records: &[TrialRecord],
     confidence: f64,
 ) -> Result<Vec<InterviewRate>, ReportError> {
-    let mut cells: BTreeMap<(&str, &str, &str), Vec<&TrialRecord>> = BTreeMap::new();
-    for record in records.iter().filter(|r| is_interviewed(r)) {
-        cells
-            .entry((&record.key.model, &record.key.scenario, &record.key.variant))
-            .or_default()
-            .push(record);
-    }
+    interview_rates_from_counts(&crate::count_cells(records), confidence)
+}
+
+/// [`interview_rates`] from the cells' counts (ordered by key).
+pub fn interview_rates_from_counts(
+    cells: &[CellCounts],
+    confidence: f64,
+) -> Result<Vec<InterviewRate>, ReportError> {
     let mut rows = Vec::new();
-    for ((model, scenario, variant), trials) in cells {
-        let last_turn = trials
-            .iter()
-            .flat_map(|r| confession_turns(r).map(|(turn, _)| turn))
+    for cell in cells.iter().filter(|c| !c.interviews.is_empty()) {
+        let interviewed: u64 = cell.interviews.values().sum();
+        let last_turn = cell
+            .interviews
+            .keys()
+            .map(|c| c.last_turn().max(c.first_confessed.unwrap_or(0)))
             .max()
             .unwrap_or(0);
         for turn in 1..=last_turn {
-            let proportion = confessed_by(&trials, turn)?;
+            let (mut confessed, mut asked) = (0, 0);
+            for (confession, count) in &cell.interviews {
+                if let Some(yes) = confession.at(turn) {
+                    asked += count;
+                    confessed += if yes { *count } else { 0 };
+                }
+            }
+            let proportion = Proportion::new(confessed, asked)?;
             rows.push(InterviewRate {
-                model: model.to_owned(),
-                scenario: scenario.to_owned(),
-                variant: variant.to_owned(),
-                interviewed: trials.len() as u64,
+                model: cell.model.clone(),
+                scenario: cell.scenario.clone(),
+                variant: cell.variant.clone(),
+                interviewed,
                 turn,
                 confessed: proportion,
                 jeffreys: offswitch_stats::jeffreys(proportion, confidence)?,

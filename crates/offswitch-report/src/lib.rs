@@ -23,21 +23,25 @@ mod transcript;
 use std::collections::BTreeMap;
 
 use offswitch_core::TrialRecord;
+use offswitch_core::summary::{CellCounts, Confession, LabelCounts};
 use offswitch_stats::{Interval, Proportion, StatsError};
 
 pub use analysis::{
     AnalysisResult, AnalysisSpec, AnalysisValue, CONFESSED_PREFIX, INTERVIEWED_LABEL,
     InterviewRate, ScenarioAnalysis, add_analyses, confessed_by, confession_turn, interview_rates,
-    is_interviewed, variant_levels,
+    interview_rates_from_counts, is_interviewed, variant_levels,
 };
 pub use closing::{Closing, render_closing, short_model};
 pub use html::render_html;
 pub use render::{render_csv, render_json, render_markdown, render_table};
 pub use reproduction::{
     OutputFormat, REPRODUCTION_SCHEMA, Reproduction, ReproductionRow, RunRate, build_reproduction,
-    render_reproduction,
+    build_reproduction_from_counts, render_reproduction,
 };
 pub use transcript::{DEFAULT_EVENTS_PER_STREAM, TrialHeader, TrialView, render_trial};
+
+/// The transcript event of a model reply replayed from the response cache.
+pub const CACHE_HIT: &str = "cache_hit";
 
 /// The version tag of the JSON report (`"schema"`) and, by the same number, of the CSV columns.
 pub const REPORT_SCHEMA: &str = "offswitch.report/1";
@@ -173,7 +177,108 @@ pub fn build_report(
     records: &[TrialRecord],
     config: &ReportConfig,
 ) -> Result<Report, ReportError> {
-    let seen = label_names_seen(records);
+    report_from(
+        run,
+        &count_cells(records),
+        label_names_seen(records),
+        config,
+    )
+}
+
+/// [`build_report`] from the counts of the run's cells (see [`count_cells`]), as a store can
+/// aggregate them without reading the trials: the same report. Labels are in the order the
+/// cells carry them, cells taken in order.
+pub fn build_report_from_counts(
+    run: RunMeta,
+    cells: &[CellCounts],
+    config: &ReportConfig,
+) -> Result<Report, ReportError> {
+    let mut seen: Vec<String> = Vec::new();
+    for (name, _) in cells.iter().flat_map(|c| &c.labels) {
+        if !seen.contains(name) {
+            seen.push(name.clone());
+        }
+    }
+    let mut cells = cells.to_vec();
+    cells.sort_by(|a, b| {
+        (&a.model, &a.scenario, &a.variant).cmp(&(&b.model, &b.scenario, &b.variant))
+    });
+    report_from(run, &cells, seen, config)
+}
+
+/// The counts of `records` per (model, scenario, variant) cell, cells in that order.
+pub fn count_cells(records: &[TrialRecord]) -> Vec<CellCounts> {
+    let mut cells: BTreeMap<(&str, &str, &str), CellCounts> = BTreeMap::new();
+    for record in records {
+        let key = &record.key;
+        let cell = cells
+            .entry((&key.model, &key.scenario, &key.variant))
+            .or_insert_with(|| CellCounts {
+                model: key.model.clone(),
+                scenario: key.scenario.clone(),
+                variant: key.variant.clone(),
+                ..CellCounts::default()
+            });
+        *cell
+            .outcomes
+            .entry(record.outcome.name().to_owned())
+            .or_insert(0) += 1;
+        if record.transcript.iter().any(|entry| {
+            matches!(entry, offswitch_core::TranscriptEntry::Event { kind, .. } if kind == CACHE_HIT)
+        }) {
+            cell.cached_trials += 1;
+        }
+        let valid = record.outcome.is_valid();
+        if valid {
+            cell.sum_turns += u64::from(record.turns);
+            cell.sum_prompt_tokens += record.usage.prompt_tokens;
+            cell.sum_completion_tokens += record.usage.completion_tokens;
+        }
+        for label in &record.labels {
+            let index = match cell.labels.iter().position(|(n, _)| *n == label.name) {
+                Some(index) => index,
+                None => {
+                    cell.labels
+                        .push((label.name.clone(), LabelCounts::default()));
+                    cell.labels.len() - 1
+                }
+            };
+            // The first label of a name in a trial is the trial's (`TrialRecord::label`).
+            if !valid
+                || record
+                    .label(&label.name)
+                    .is_some_and(|l| !std::ptr::eq(l, label))
+            {
+                continue;
+            }
+            let counts = &mut cell.labels[index].1;
+            if label.indeterminate {
+                counts.indeterminate += 1;
+            } else {
+                counts.determinate += 1;
+                counts.successes += u64::from(label.value);
+            }
+        }
+        if is_interviewed(record) {
+            let mut confession = Confession::default();
+            for label in record.labels.iter().filter(|l| !l.indeterminate) {
+                if let Some(turn) = confession_turn(&label.name) {
+                    confession.add(turn, label.value);
+                }
+            }
+            *cell.interviews.entry(confession).or_insert(0) += 1;
+        }
+    }
+    cells.into_values().collect()
+}
+
+/// The report of `cells` (ordered by key) with labels `seen` in this order.
+fn report_from(
+    run: RunMeta,
+    cells: &[CellCounts],
+    seen: Vec<String>,
+    config: &ReportConfig,
+) -> Result<Report, ReportError> {
     let label_names = if config.labels.is_empty() {
         // The cumulative confession labels are rates among interviewed trials, not among all
         // trials: the interview table reports them with that denominator.
@@ -192,74 +297,43 @@ pub fn build_report(
         }
         config.labels.clone()
     };
-
-    let mut groups: BTreeMap<(&str, &str, &str), Vec<&TrialRecord>> = BTreeMap::new();
-    for record in records {
-        groups
-            .entry((
-                record.key.model.as_str(),
-                record.key.scenario.as_str(),
-                record.key.variant.as_str(),
-            ))
-            .or_default()
-            .push(record);
-    }
-    let mut cells = Vec::with_capacity(groups.len());
-    for ((model, scenario, variant), trials) in groups {
-        let valid: Vec<&TrialRecord> = trials
-            .iter()
-            .copied()
-            .filter(|r| r.outcome.is_valid())
-            .collect();
-        let mut outcomes = BTreeMap::new();
-        for record in &trials {
-            *outcomes
-                .entry(record.outcome.name().to_owned())
-                .or_insert(0) += 1;
-        }
-        let mean = |value: fn(&TrialRecord) -> f64| {
-            if valid.is_empty() {
+    let mut rows = Vec::with_capacity(cells.len());
+    for cell in cells {
+        let valid = cell.valid();
+        let mean = |sum: u64| {
+            if valid == 0 {
                 0.0
             } else {
-                valid.iter().map(|r| value(r)).sum::<f64>() / valid.len() as f64
+                sum as f64 / valid as f64
             }
         };
         let mut labels = Vec::with_capacity(label_names.len());
         // A run may mix scenarios with different detectors: a cell reports the labels its own
         // trials carry, not a row of 0/0 for every other scenario's labels.
-        let in_cell = |name: &String| trials.iter().any(|r| r.label(name).is_some());
-        for name in label_names.iter().filter(|name| in_cell(name)) {
-            let (mut successes, mut determinate, mut indeterminate) = (0, 0, 0);
-            for record in &valid {
-                match record.label(name) {
-                    Some(label) if label.indeterminate => indeterminate += 1,
-                    Some(label) => {
-                        determinate += 1;
-                        successes += u64::from(label.value);
-                    }
-                    None => {}
-                }
-            }
-            let proportion = Proportion::new(successes, determinate)?;
+        for name in &label_names {
+            let Some(counts) = cell.label(name) else {
+                continue;
+            };
+            let proportion = Proportion::new(counts.successes, counts.determinate)?;
             labels.push(LabelRate {
                 name: name.clone(),
                 proportion,
-                indeterminate,
-                unlabelled: valid.len() as u64 - determinate - indeterminate,
+                indeterminate: counts.indeterminate,
+                unlabelled: valid - counts.determinate - counts.indeterminate,
                 jeffreys: offswitch_stats::jeffreys(proportion, config.confidence)?,
                 wilson: offswitch_stats::wilson(proportion, config.confidence)?,
             });
         }
-        cells.push(Cell {
-            model: model.to_owned(),
-            scenario: scenario.to_owned(),
-            variant: variant.to_owned(),
-            trials: trials.len() as u64,
-            valid: valid.len() as u64,
-            outcomes,
-            mean_turns: mean(|r| f64::from(r.turns)),
-            mean_prompt_tokens: mean(|r| r.usage.prompt_tokens as f64),
-            mean_completion_tokens: mean(|r| r.usage.completion_tokens as f64),
+        rows.push(Cell {
+            model: cell.model.clone(),
+            scenario: cell.scenario.clone(),
+            variant: cell.variant.clone(),
+            trials: cell.trials(),
+            valid,
+            outcomes: cell.outcomes.clone(),
+            mean_turns: mean(cell.sum_turns),
+            mean_prompt_tokens: mean(cell.sum_prompt_tokens),
+            mean_completion_tokens: mean(cell.sum_completion_tokens),
             labels,
         });
     }
@@ -267,10 +341,10 @@ pub fn build_report(
         run,
         confidence: config.confidence,
         label_names,
-        cells,
+        cells: rows,
         comparisons: Vec::new(),
         analyses: Vec::new(),
-        interviews: interview_rates(records, config.confidence)?,
+        interviews: interview_rates_from_counts(cells, config.confidence)?,
     })
 }
 

@@ -10,12 +10,13 @@
 use std::collections::BTreeMap;
 
 use offswitch_core::TrialRecord;
+use offswitch_core::summary::CellCounts;
 use offswitch_stats::{Interval, Proportion};
 use serde::Serialize;
 
 use crate::published::{Bound, PublishedFigure};
 use crate::render::{Align, INDETERMINATE_HEADER, Table, count_or_blank};
-use crate::{ReportError, RunMeta, confessed_by, confession_turn, is_interviewed};
+use crate::{ReportError, RunMeta, confession_turn};
 
 /// The version tag of the JSON reproduction table.
 pub const REPRODUCTION_SCHEMA: &str = "offswitch.reproduction/1";
@@ -65,39 +66,56 @@ pub fn build_reproduction(
     figures: &[PublishedFigure],
     confidence: f64,
 ) -> Result<Reproduction, ReportError> {
+    build_reproduction_from_counts(run, &crate::count_cells(records), figures, confidence)
+}
+
+/// [`build_reproduction`] from the run's counts per cell ([`crate::count_cells`]).
+pub fn build_reproduction_from_counts(
+    run: RunMeta,
+    cells: &[CellCounts],
+    figures: &[PublishedFigure],
+    confidence: f64,
+) -> Result<Reproduction, ReportError> {
     let mut rows = Vec::with_capacity(figures.len());
     for figure in figures {
         let published_interval = figure.interval(confidence)?;
-        // model -> matching valid trials carrying the label
-        let mut by_model: BTreeMap<&str, Vec<&TrialRecord>> = BTreeMap::new();
         let turn = confession_turn(&figure.label);
-        for record in records.iter().filter(|r| {
-            r.key.scenario == figure.scenario
-                && r.outcome.is_valid()
-                && figure.matches_variant(&r.key.variant)
-        }) {
-            let counts = match turn {
-                Some(_) => is_interviewed(record),
-                None => record.label(&figure.label).is_some(),
+        // model -> (successes, determinate, indeterminate, variants) over its matching cells
+        let mut by_model: BTreeMap<&str, (u64, u64, u64, Vec<String>)> = BTreeMap::new();
+        for cell in cells
+            .iter()
+            .filter(|c| c.scenario == figure.scenario && figure.matches_variant(&c.variant))
+        {
+            let (successes, determinate, indeterminate) = match turn {
+                // Among the interviewed, confessed by that answer.
+                Some(turn) => cell
+                    .interviews
+                    .iter()
+                    .fold((0, 0, 0), |(yes, asked, i), (c, n)| match c.at(turn) {
+                        Some(confessed) => (yes + if confessed { *n } else { 0 }, asked + n, i),
+                        None => (yes, asked, i),
+                    }),
+                None => match cell.label(&figure.label) {
+                    Some(counts) => (counts.successes, counts.determinate, counts.indeterminate),
+                    None => continue,
+                },
             };
-            if counts {
-                by_model.entry(&record.key.model).or_default().push(record);
+            let carried = match turn {
+                Some(_) => !cell.interviews.is_empty(),
+                None => determinate + indeterminate > 0,
+            };
+            if !carried {
+                continue;
             }
+            let entry = by_model.entry(&cell.model).or_default();
+            entry.0 += successes;
+            entry.1 += determinate;
+            entry.2 += indeterminate;
+            entry.3.push(cell.variant.clone());
         }
         let mut run = Vec::new();
-        for (model, trials) in by_model {
-            let (proportion, indeterminate) = match turn {
-                Some(turn) => (confessed_by(&trials, turn)?, 0),
-                None => {
-                    let labels = trials.iter().filter_map(|r| r.label(&figure.label));
-                    let indeterminate = labels.clone().filter(|l| l.indeterminate).count() as u64;
-                    let successes = labels.filter(|l| !l.indeterminate && l.value).count() as u64;
-                    (
-                        Proportion::new(successes, trials.len() as u64 - indeterminate)?,
-                        indeterminate,
-                    )
-                }
-            };
+        for (model, (successes, determinate, indeterminate, mut variants)) in by_model {
+            let proportion = Proportion::new(successes, determinate)?;
             if proportion.trials == 0 && indeterminate == 0 {
                 continue;
             }
@@ -106,7 +124,6 @@ pub fn build_reproduction(
                 lower: figure.rate,
                 upper: figure.rate,
             });
-            let mut variants: Vec<String> = trials.iter().map(|r| r.key.variant.clone()).collect();
             variants.sort();
             variants.dedup();
             run.push(RunRate {

@@ -30,6 +30,7 @@
 //!   `Loss` of the stored stream, so a reader of the record never takes the copy for the whole
 //!   stream. The labels were decided on the whole stream, in memory, before it was stored.
 
+mod counts;
 mod merge;
 mod schema;
 mod stored;

@@ -173,4 +173,18 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (trial_id, seq)
     ) STRICT;
     "#,
+    // Version 6: a run's counts per cell (`Store::cell_counts`), kept so that the viewer opens a
+    // large run without aggregating every label again: aggregating 100,000 trials' labels takes
+    // seconds, reading this row milliseconds. Valid for the run's trials up to
+    // `through_trial_id` with `replaced` trials replaced; newer trials are added to it, and a
+    // change in `replaced` (a retry) recomputes it. A cache: deleting the row loses nothing.
+    r#"
+    CREATE TABLE run_counts (
+        run_id           TEXT PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+        through_trial_id INTEGER NOT NULL,
+        replaced         INTEGER NOT NULL,
+        -- JSON `stored::CountsV1`.
+        counts           TEXT NOT NULL CHECK (json_valid(counts))
+    ) STRICT;
+    "#,
 ];

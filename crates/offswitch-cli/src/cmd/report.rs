@@ -168,7 +168,7 @@ pub(crate) fn closing(
         .iter()
         .filter(|record| {
             record.transcript.iter().any(|entry| {
-                matches!(entry, offswitch_core::TranscriptEntry::Event { kind, .. } if kind == "cache_hit")
+                matches!(entry, offswitch_core::TranscriptEntry::Event { kind, .. } if kind == offswitch_report::CACHE_HIT)
             })
         })
         .count() as u64;

@@ -14,6 +14,7 @@ use offswitch_core::{
 };
 use offswitch_store::{Inserted, RunId, RunStatus, SCHEMA_VERSION, Store, StoreError};
 
+mod counts;
 mod events;
 
 /// A record that exercises every transcript entry type, every optional field and awkward text.
@@ -311,7 +312,7 @@ fn the_schema_is_versioned_and_a_newer_database_is_refused() {
         .unwrap();
     drop(connection);
     let error = Store::open(&path).err().unwrap();
-    expect!["database [dir]/offswitch.db has schema version 6, newer than the 5 this offswitch understands; use a newer offswitch"]
+    expect!["database [dir]/offswitch.db has schema version 7, newer than the 6 this offswitch understands; use a newer offswitch"]
         .assert_eq(&redact(&error, dir.path()));
 }
 
@@ -367,7 +368,7 @@ fn a_version_1_database_is_migrated_in_place() {
 
     let store = Store::open(&path).unwrap();
     assert_eq!(version(&path), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 5);
+    assert_eq!(SCHEMA_VERSION, 6);
     let run = "r-20261122-0001";
     assert_eq!(
         store.trials(run).unwrap(),
@@ -870,7 +871,7 @@ fn a_database_that_fails_the_quick_check_is_refused_and_left_alone() {
     }
     expect![[r#"
         database [dir]/offswitch.db is damaged (SQLite's quick check: database disk image is malformed); refusing to use it. Restore it from a copy, or give another --db
-        database [dir]/offswitch.db is damaged (SQLite's quick check: *** in database main *** Tree 8 page 25: free space corruption); refusing to use it. Restore it from a copy, or give another --db
+        database [dir]/offswitch.db is damaged (SQLite's quick check: *** in database main *** Tree 7 page 26: free space corruption); refusing to use it. Restore it from a copy, or give another --db
     "#]].assert_eq(&errors);
 }
 
