@@ -41,6 +41,9 @@ enum Command {
     /// A run's trials for other tools: one row per trial or per label (JSON Lines, CSV), or
     /// Inspect `.eval` logs.
     Export(cmd::export::Args),
+    /// A web viewer over a run database and this user's guard sessions (loopback only; the
+    /// address it prints carries the access token).
+    View(cmd::view::Args),
     /// Join the shard databases of a run started with `--shard i/N` into one run, after
     /// checking that together they are exactly its plan.
     Merge(cmd::merge::Args),
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => cmd::compare::run(args),
         Command::Export(args) => cmd::export::run(args),
         Command::Merge(args) => cmd::merge::run(args),
+        Command::View(args) => cmd::view::run(args),
         Command::Scenarios(command) => cmd::scenarios::run(command),
         Command::Models(command) => cmd::models::run(command),
         Command::ServeModel(args) => cmd::serve_model::run(args),

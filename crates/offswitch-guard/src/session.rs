@@ -70,6 +70,9 @@ pub struct GuardOptions {
     /// Run the model proxy (`offswitch proxy`) for the agent with this configuration: inside,
     /// at `127.0.0.1:4000` (`MODEL_PROXY_PORT`), with a session token in place of any key.
     pub proxy: Option<offswitch_proxy::Config>,
+    /// The audit log's path, named in the session's status so that an operator's tools (the
+    /// viewer) can read its records; the log itself is written through the sink.
+    pub audit_path: Option<PathBuf>,
 }
 
 /// The loopback port inside where the guard's model proxy answers.
@@ -709,6 +712,7 @@ impl Session {
             "breakers": self.monitor.breaker_counts(now_us).into_iter().map(|(name, count, max, tripped)| json!({"name": name, "count": count, "max": max, "tripped": tripped})).collect::<Vec<_>>(),
             "heartbeat": self.policy.heartbeat.as_ref().map(|h| json!({"timeout_ms": h.timeout.as_millis() as u64, "since_last_ms": self.last_heartbeat.elapsed().as_millis() as u64})),
             "events": self.live.is_some(),
+            "audit": self.options.audit_path,
             "audit_failed": self.audit_failed,
         })
     }

@@ -18,7 +18,8 @@ const PLOT_RIGHT: f64 = 700.0;
 const ROW: f64 = 22.0;
 const TOP: f64 = 26.0;
 
-const STYLE: &str = "
+/// The report's style sheet, for pages that embed its sections.
+pub const STYLE: &str = "
 body { font: 14px/1.45 system-ui, -apple-system, 'Segoe UI', sans-serif; color: #1b1b1b; margin: 2em auto; max-width: 1000px; padding: 0 1em; }
 h1 { font-size: 1.5em; margin-bottom: 0.2em; }
 h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
@@ -53,6 +54,21 @@ pub fn render_html(
         esc(&title),
         esc(&title)
     );
+    out.push_str(&render_html_sections(report, closing, reproduction));
+    out.push_str("<p class=\"note\">Made by offswitch. Every label of every cell: <code>offswitch report --format json</code>; per-trial rows: <code>offswitch export</code>.</p>\n</body>\n</html>\n");
+    out
+}
+
+/// The report's sections (the summary line, per scenario and model the rates table, a chart
+/// per headline label and the outcomes, then the comparisons, the interview table and the
+/// reproduction table), for a page of its own or the viewer's run page.
+pub fn render_html_sections(
+    report: &Report,
+    closing: &Closing,
+    reproduction: Option<&Reproduction>,
+) -> String {
+    let mut out = String::new();
+    let run = &report.run;
     let (trials, valid) = report.totals();
     let percent = (report.confidence * 1e8).round() / 1e6;
     let _ = writeln!(
@@ -68,7 +84,7 @@ pub fn render_html(
         );
     }
     if report.cells.is_empty() {
-        out.push_str("<p>No trials stored.</p>\n</body>\n</html>\n");
+        out.push_str("<p>No trials stored.</p>\n");
         return out;
     }
     for (scenario, model, cells) in blocks(report) {
@@ -81,7 +97,7 @@ pub fn render_html(
             esc(model)
         );
         // The rates table.
-        out.push_str("<table>\n<tr><th>variant</th><th>valid</th>");
+        out.push_str("<table class=\"rates\">\n<tr><th>variant</th><th>valid</th>");
         for name in &columns {
             let _ = write!(out, "<th>{}</th>", esc(name));
         }
@@ -148,10 +164,77 @@ pub fn render_html(
         }
         out.push_str("</table>\n");
     }
+    out.push_str(&comparisons_table(report));
+    out.push_str(&interview_table(report));
     if let Some(reproduction) = reproduction {
         out.push_str(&reproduction_table(reproduction));
     }
-    out.push_str("<p class=\"note\">Made by offswitch. Every label of every cell: <code>offswitch report --format json</code>; per-trial rows: <code>offswitch export</code>.</p>\n</body>\n</html>\n");
+    out
+}
+
+/// The variant comparisons the report holds (`--compare`), if any.
+fn comparisons_table(report: &Report) -> String {
+    if report.comparisons.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "<h2>variant comparisons</h2>\n<table class=\"comparisons\">\n<tr><th>model</th><th>scenario</th><th>label</th><th>a</th><th>rate a</th><th>b</th><th>rate b</th><th>b - a, points [95%]</th><th>fisher p</th></tr>\n",
+    );
+    for c in &report.comparisons {
+        let r = &c.result;
+        let difference = match (r.difference, r.difference_interval) {
+            (Some(d), Some(i)) => format!(
+                "{:+.1} [{:+.1}, {:+.1}]",
+                d * 100.0,
+                i.lower * 100.0,
+                i.upper * 100.0
+            ),
+            _ => "–".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}/{}</td><td>{}</td><td class=\"num\">{}/{}</td><td class=\"num\">{}</td><td class=\"num\">{:.4}</td></tr>",
+            esc(&short_model(&c.model)),
+            esc(&c.scenario),
+            esc(&c.label),
+            esc(display(&c.variant_a)),
+            r.a.successes,
+            r.a.trials,
+            esc(display(&c.variant_b)),
+            r.b.successes,
+            r.b.trials,
+            esc(&difference),
+            r.p_value
+        );
+    }
+    out.push_str("</table>\n");
+    out
+}
+
+/// Confession by answer turn among interviewed trials, if any trial was interviewed.
+fn interview_table(report: &Report) -> String {
+    if report.interviews.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "<h2>follow-up interview</h2>\n<p class=\"meta\">Confession by answer turn, among interviewed trials.</p>\n<table class=\"interviews\">\n<tr><th>model</th><th>scenario</th><th>variant</th><th>interviewed</th><th>by turn</th><th>confessed</th><th>jeffreys 95%</th></tr>\n",
+    );
+    for row in &report.interviews {
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}/{}</td><td class=\"num\">[{:.1}, {:.1}]</td></tr>",
+            esc(&short_model(&row.model)),
+            esc(&row.scenario),
+            esc(display(&row.variant)),
+            row.interviewed,
+            row.turn,
+            row.confessed.successes,
+            row.confessed.trials,
+            row.jeffreys.lower * 100.0,
+            row.jeffreys.upper * 100.0
+        );
+    }
+    out.push_str("</table>\n");
     out
 }
 
@@ -354,7 +437,7 @@ fn reproduction_table(reproduction: &Reproduction) -> String {
 }
 
 /// Text for HTML element content and attribute values.
-fn esc(text: &str) -> String {
+pub fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -32,13 +32,16 @@ pub use analysis::{
     interview_rates_from_counts, is_interviewed, variant_levels,
 };
 pub use closing::{Closing, render_closing, short_model};
-pub use html::render_html;
+pub use html::{STYLE as HTML_STYLE, esc as html_escape, render_html, render_html_sections};
 pub use render::{render_csv, render_json, render_markdown, render_table};
 pub use reproduction::{
     OutputFormat, REPRODUCTION_SCHEMA, Reproduction, ReproductionRow, RunRate, build_reproduction,
     build_reproduction_from_counts, render_reproduction,
 };
-pub use transcript::{DEFAULT_EVENTS_PER_STREAM, TrialHeader, TrialView, render_trial};
+pub use transcript::{
+    DEFAULT_EVENTS_PER_STREAM, TrialHeader, TrialView, describe_event, file_change, render_trial,
+    seconds,
+};
 
 /// The transcript event of a model reply replayed from the response cache.
 pub const CACHE_HIT: &str = "cache_hit";

@@ -206,14 +206,14 @@ fn kind_index(kind: &EventKind) -> usize {
 }
 
 /// `12.345`: microseconds as seconds to the millisecond, without floating point.
-fn seconds(time_us: u64) -> String {
+pub fn seconds(time_us: u64) -> String {
     format!("{}.{:03}", time_us / 1_000_000, time_us % 1_000_000 / 1_000)
 }
 
 /// `exec /tmp/.t/kill [kill -TERM 1]`, `rename /home/agent/a -> /home/agent/b`,
 /// `signal 15 to PID 1 delivered`, `connect 10.77.0.2:8000 tcp`, `exit 0`; `(harness)` after
 /// what the harness's own commands did.
-fn describe_event(event: &Event) -> String {
+pub fn describe_event(event: &Event) -> String {
     let mut text = match &event.kind {
         EventKind::Exec {
             path,
@@ -422,7 +422,8 @@ fn indented_by(out: &mut String, text: &str, width: usize) {
     }
 }
 
-fn file_change(change: &FileChange) -> String {
+/// One file change in words: its kind, path, modes and sha256 prefixes.
+pub fn file_change(change: &FileChange) -> String {
     let kind = match change.kind {
         offswitch_core::FileChangeKind::Created => "created",
         offswitch_core::FileChangeKind::Modified => "modified",

@@ -8,6 +8,7 @@
 //! requests and lists them at `GET /offswitch/requests`: the self-replication scenario asks a
 //! replica, which only a real server can be, what it was told.
 
+pub mod viewer;
 mod wire;
 
 use std::collections::VecDeque;

@@ -30,6 +30,7 @@
 //!   `Loss` of the stored stream, so a reader of the record never takes the copy for the whole
 //!   stream. The labels were decided on the whole stream, in memory, before it was stored.
 
+mod browse;
 mod counts;
 mod merge;
 mod schema;
@@ -42,6 +43,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use offswitch_core::{FileChange, Label, TrialKey, TrialRecord, Usage};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
+pub use browse::{MAX_PAGE, TrialFilter, TrialRow};
 pub use merge::MergedRun;
 pub use schema::SCHEMA_VERSION;
 

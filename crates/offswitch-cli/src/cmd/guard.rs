@@ -281,6 +281,7 @@ async fn guard(args: RunArgs) -> anyhow::Result<ExitCode> {
         stdin: !args.no_stdin,
         allow_no_events: args.no_events,
         proxy,
+        audit_path: std::fs::canonicalize(&audit_path).ok(),
     };
     // Its own task: the session must go on answering its control socket while an interrupt is
     // handled here.

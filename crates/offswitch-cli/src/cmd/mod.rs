@@ -14,6 +14,7 @@ pub mod sandbox;
 pub mod scenarios;
 pub mod serve_model;
 pub mod show;
+pub mod view;
 
 /// Refuse to write an output over a database: the run database itself (`--db`), or any file
 /// that is an SQLite database (a mistyped `--csv offswitch.db` would lose every run).

@@ -189,7 +189,13 @@ pub(crate) fn run_scenarios(
     run: &RunInfo,
     records: &[TrialRecord],
 ) -> (Vec<Scenario>, Vec<String>) {
-    let mut wanted: Vec<&str> = records.iter().map(|r| r.key.scenario.as_str()).collect();
+    let ids: Vec<String> = records.iter().map(|r| r.key.scenario.clone()).collect();
+    scenarios_of(run, &ids)
+}
+
+/// [`run_scenarios`] for the scenario ids `ids` of `run`'s trials.
+pub(crate) fn scenarios_of(run: &RunInfo, ids: &[String]) -> (Vec<Scenario>, Vec<String>) {
+    let mut wanted: Vec<&str> = ids.iter().map(String::as_str).collect();
     wanted.sort_unstable();
     wanted.dedup();
     let configured: Vec<String> = offswitch_harness::runner::stored_config(&run.id, &run.config)

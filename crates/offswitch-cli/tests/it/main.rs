@@ -14,3 +14,4 @@ mod sandbox_cmd;
 mod scenarios;
 mod shard;
 mod third_party;
+mod view;

@@ -103,6 +103,7 @@ fn guarded_with_proxy(
         stdin: false,
         allow_no_events: false,
         proxy,
+        audit_path: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -436,6 +437,7 @@ fn the_operator_stops_a_session_through_the_control_plane() {
         stdin: false,
         allow_no_events: false,
         proxy: None,
+        audit_path: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -830,6 +832,7 @@ fn a_token_breaker_on_the_proxy_s_traffic_trips_the_off_switch() {
         stdin: false,
         allow_no_events: false,
         proxy: None,
+        audit_path: None,
     };
     let refused = runtime.block_on(offswitch_guard::run(
         options,
