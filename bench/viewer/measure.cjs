@@ -15,7 +15,9 @@
 // with the elapsed time (and the page's visible text, to record an error message) and exits 1.
 //
 // Each run launches a fresh browser with a fresh profile (cold browser cache, no IndexedDB or
-// localStorage left by an earlier run). Needs puppeteer-core (PUPPETEER_CORE, or the directory
+// localStorage left by an earlier run). With LOADS=N in the environment it loads the page N times
+// in that browser, each in a new tab (the later loads with its HTTP cache, IndexedDB and
+// localStorage warm), one JSON line each with "browser_load": i; it stops at the first failure. Needs puppeteer-core (PUPPETEER_CORE, or the directory
 // bench/viewer/run.sh installs it to) and a Chromium (CHROMIUM, default /usr/bin/chromium).
 'use strict';
 
@@ -46,6 +48,7 @@ if (!url || !selectorArg) {
   process.exit(2);
 }
 const timeoutMs = timeoutArg ? Number(timeoutArg) : 180000;
+const loads = Math.max(1, Number(process.env.LOADS || 1));
 const selectors = selectorArg.split(/\|(?!=)/).map((s) => s.trim()).filter(Boolean);
 const puppeteer = loadPuppeteer();
 
@@ -99,20 +102,12 @@ function withTimeout(promise, ms, fallback) {
   ]);
 }
 
-(async () => {
-  const browser = await puppeteer.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    // --no-sandbox: Chromium refuses to start its sandbox as root.
-    args: ['--no-sandbox', '--disable-dev-shm-usage', '--no-first-run', '--no-default-browser-check',
-      '--disable-extensions', '--disable-background-networking', '--disable-component-update'],
-    protocolTimeout: timeoutMs + 60000,
-    defaultViewport: { width: 1400, height: 900 },
-  });
-  let exitCode = 0;
+// One load in a new tab of `browser`: the result object.
+async function measureOnce(browser, index, screenshotPath) {
   const result = { url, selector: selectorArg, matched: null, ok: false };
+  if (loads > 1) result.browser_load = index;
+  const page = await browser.newPage();
   try {
-    const page = await browser.newPage();
     await page.evaluateOnNewDocument(installMark, selectors);
     let crashed = null;
     const failures = [];
@@ -159,25 +154,52 @@ function withTimeout(promise, ms, fallback) {
       js_heap_total_bytes: metrics ? metrics.JSHeapTotalSize : null,
     });
     if (!mark) {
-      exitCode = 1;
       result.elapsed_ms = wall;
       result.error = crashed ? 'page crashed: ' + crashed : 'timeout after ' + timeoutMs + ' ms';
       const text = await withTimeout(page.evaluate(() => document.body ? document.body.innerText : ''), 5000, null);
       if (text) result.page_text = text.replace(/\s+/g, ' ').trim().slice(0, 500);
     }
     if (failures.length) result.failures = failures.slice(0, 10);
-    if (screenshot) {
-      await withTimeout(page.screenshot({ path: screenshot }), 20000, null);
+    if (screenshotPath) {
+      await withTimeout(page.screenshot({ path: screenshotPath }), 20000, null);
     }
   } catch (e) {
-    exitCode = 1;
     result.ok = false;
     result.error = String(e && e.stack || e).slice(0, 500);
   } finally {
-    print(result);
-    await withTimeout(browser.close(), 10000, null);
-    const proc = browser.process();
-    if (proc && proc.exitCode === null) proc.kill('SIGKILL');
+    await withTimeout(page.close(), 10000, null);
   }
+  return result;
+}
+
+(async () => {
+  let exitCode = 0;
+  let browser;
+  try {
+    browser = await puppeteer.launch({
+      executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+      headless: true,
+      // --no-sandbox: Chromium refuses to start its sandbox as root.
+      args: ['--no-sandbox', '--disable-dev-shm-usage', '--no-first-run', '--no-default-browser-check',
+        '--disable-extensions', '--disable-background-networking', '--disable-component-update'],
+      protocolTimeout: timeoutMs + 60000,
+      defaultViewport: { width: 1400, height: 900 },
+    });
+  } catch (e) {
+    print({ url, selector: selectorArg, ok: false, error: 'browser launch: ' + String(e && e.message || e).slice(0, 500) });
+    process.exit(1);
+  }
+  for (let i = 1; i <= loads; i++) {
+    const shot = screenshot && loads > 1 ? screenshot.replace(/(\.png)?$/, '-' + i + '.png') : screenshot;
+    const result = await measureOnce(browser, i, shot);
+    print(result);
+    if (!result.ok) {
+      exitCode = 1;
+      break;
+    }
+  }
+  await withTimeout(browser.close(), 10000, null);
+  const proc = browser.process();
+  if (proc && proc.exitCode === null) proc.kill('SIGKILL');
   process.exit(exitCode);
 })();

@@ -5,7 +5,8 @@
 #                         browser and profile for each load: from navigation start until the page
 #                         shows the run (offswitch: `table.rates` on /runs/<run>; Inspect: the first
 #                         row of the log's sample list, `[role="gridcell"][data-col-id="sampleId"]`).
-#                         Two loads each: the first on a freshly started server, the second warm.
+#                         Three loads each: a new browser on the freshly started server, a new
+#                         browser on the warm server, and that browser again (its caches warm).
 #   server peak memory    the server process's VmHWM (/proc/<pid>/status; its children's added),
 #                         and its process tree's RSS sampled every 100 ms during each load.
 #   the tab               Chromium's JS heap after the render (page.metrics) and the largest
@@ -155,48 +156,58 @@ tree_hwm() {
     echo "$sum"
 }
 
-# measure VIEWER SERVER_PID URL SELECTOR STARTUP_MS: two loads, one JSON line each into $results.
+# measure VIEWER SERVER_PID URL SELECTOR STARTUP_MS: three loads, one JSON line each into $results.
+#   load 1  a new browser, the server freshly started
+#   load 2  a new browser (cold browser caches), the server warm
+#   load 3  a new tab in load 2's browser: its HTTP cache, IndexedDB and localStorage warm
+# The memory samples cover each browser: loads 2 and 3 share theirs.
 measure() {
-    local viewer=$1 server=$2 url=$3 selector=$4 startup_ms=$5 load line rc node_pid
-    local idle_kb
+    local viewer=$1 server=$2 url=$3 selector=$4 startup_ms=$5 run rc node_pid sampler idle_kb
     idle_kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$server/status")
-    for load in 1 2; do
-        local stop=$work/stop-$viewer-$load samples=$work/rss-$viewer-$load.txt
-        node "$repo/bench/viewer/measure.cjs" "$url" "$selector" "$timeout_ms" \
-            "$work/$viewer-$load.png" >"$work/measure-$viewer-$load.json" 2>"$work/measure-$viewer-$load.err" &
+    for run in 1 2; do
+        local stop=$work/stop-$viewer-$run samples=$work/rss-$viewer-$run.txt
+        local json=$work/measure-$viewer-$run.json err=$work/measure-$viewer-$run.err
+        LOADS=$run node "$repo/bench/viewer/measure.cjs" "$url" "$selector" "$timeout_ms" \
+            "$work/$viewer-$run.png" >"$json" 2>"$err" &
         node_pid=$!
         sample_trees "$node_pid" "$stop" "$samples" "$server" "$node_pid" &
-        local sampler=$!
+        sampler=$!
         rc=0
         wait "$node_pid" || rc=$?
         touch "$stop"
         wait "$sampler" 2>/dev/null || true
-        line=$(head -1 "$work/measure-$viewer-$load.json")
-        if [ -z "$line" ]; then
-            line="{\"ok\":false,\"error\":$(head -c 400 "$work/measure-$viewer-$load.err" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.stringify(s)))')}"
-        fi
-        local server_alive=true
+        local server_alive=true hwm=0 tree_peak tab_peak
         kill -0 "$server" 2>/dev/null || server_alive=false
-        local hwm=0
         $server_alive && hwm=$(tree_hwm "$server")
-        local tree_peak tab_peak
         tree_peak=$(awk '$1 > m { m = $1 } END { print m + 0 }' "$samples")
         tab_peak=$(awk '$4 > m { m = $4 } END { print m + 0 }' "$samples")
-        line=$(node -e '
-            const [line, viewer, load, hwm, treePeak, tabPeak, idle, startup, alive, rc] = process.argv.slice(1);
-            const r = JSON.parse(line);
-            if (r.url) r.url = r.url.replace(/([?&]token=)[^&#]*/, "$1...");
-            console.log(JSON.stringify(Object.assign({ viewer, load: +load }, r, {
-              exit_code: +rc, server_alive: alive === "true", server_startup_ms: +startup,
-              server_idle_rss_kb: +idle, server_hwm_kb: +hwm, server_tree_peak_rss_kb: +(treePeak || 0),
-              tab_peak_rss_kb: +(tabPeak || 0) })));' \
-            "$line" "$viewer" "$load" "$hwm" "${tree_peak:-0}" "${tab_peak:-0}" "$idle_kb" "$startup_ms" "$server_alive" "$rc")
-        echo "$line" >>"$results"
-        say "$line"
-        $server_alive || {
-            say "$viewer: the server exited during load $load"
+        node -e '
+            const fs = require("fs");
+            const [json, err, viewer, run, hwm, treePeak, tabPeak, idle, startup, alive, rc] = process.argv.slice(1);
+            let lines = fs.readFileSync(json, "utf8").split("\n").filter(Boolean);
+            if (lines.length === 0) {
+              lines = [JSON.stringify({ ok: false, error: fs.readFileSync(err, "utf8").slice(0, 400) })];
+            }
+            const kinds = ["new browser, server just started", "new browser, server warm", "same browser again (browser caches warm)"];
+            lines.forEach((line, i) => {
+              const r = JSON.parse(line);
+              delete r.browser_load;
+              if (r.url) r.url = r.url.replace(/([?&]token=)[^&#]*/, "$1...");
+              const load = run === "1" ? 1 : 2 + i;
+              console.log(JSON.stringify(Object.assign({ viewer, load, kind: kinds[load - 1] }, r, {
+                exit_code: +rc, server_alive: alive === "true", server_startup_ms: +startup,
+                server_idle_rss_kb: +idle, server_hwm_kb: +hwm, server_tree_peak_rss_kb: +treePeak,
+                tab_peak_rss_kb: +tabPeak })));
+            });' \
+            "$json" "$err" "$viewer" "$run" "$hwm" "${tree_peak:-0}" "${tab_peak:-0}" "$idle_kb" "$startup_ms" \
+            "$server_alive" "$rc" | while IFS= read -r line; do
+            echo "$line" >>"$results"
+            say "$line"
+        done
+        if ! $server_alive; then
+            say "$viewer: the server exited during the measurement (run $run)"
             break
-        }
+        fi
     done
 }
 
@@ -287,8 +298,11 @@ out=bench/RESULTS-viewer.md
     echo "What: time to first render of one run's page (headless Chromium, a fresh browser and"
     echo "profile per load, from navigation start until the run is on screen: \`table.rates\` on"
     echo "offswitch's /runs/$run_id; the first row of the sample list,"
-    echo "\`[role=\"gridcell\"][data-col-id=\"sampleId\"]\`, in Inspect's viewer), two loads each (a freshly"
-    echo "started server, then warm), and each server's peak memory (VmHWM from /proc, children added)."
+    echo "\`[role=\"gridcell\"][data-col-id=\"sampleId\"]\`, in Inspect's viewer), three loads each (1: a new"
+    echo "browser, the server just started; 2: a new browser, the server warm; 3: a new tab in load 2's"
+    echo "browser, its HTTP cache and IndexedDB warm), and each server's peak memory (VmHWM from /proc,"
+    echo "children added). Tab: Chromium's JS heap after the render, and its largest process's peak RSS"
+    echo "(sampled every 100 ms; loads 2 and 3 share a browser)."
     echo "The same run for both: $count trials (copies of one real trial per cell, made by make_shards),"
     echo "exported to Inspect with \`offswitch export --format inspect\`. Command: \`bench/viewer/run.sh\`"
     echo "(measure.cjs: puppeteer-core $puppeteer_version, Debian's chromium)."

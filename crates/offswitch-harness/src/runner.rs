@@ -833,6 +833,8 @@ pub async fn execute(
     if let Some(error) = failure {
         return Err(error);
     }
+    // Keep the run's counts up to date for the viewer (a cache: a failure loses nothing).
+    let _ = store.cell_counts(run);
     if !options.keep_homes {
         // Only this process's directory and the run's, and only when they are empty.
         let _ = std::fs::remove_dir(&homes_dir);

@@ -151,6 +151,9 @@ pub fn merge(
     };
     let paths: Vec<&Path> = shards.iter().map(|s| s.path.as_path()).collect();
     let copied = store.merge_run(&merged, &paths)?;
+    // The merged run's counts, kept for the viewer (one aggregation now rather than at its
+    // first view; a cache, so a failure loses nothing).
+    let _ = store.cell_counts(id.as_str());
     Ok(MergeSummary {
         run: id,
         shards: base.shard.count,

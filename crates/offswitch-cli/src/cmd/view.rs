@@ -54,14 +54,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             super::invalid_input(format!("cannot listen on {address}: {e}"))
         })?;
         let local = listener.local_addr()?;
-        let mut out = super::stdout();
+        // The address is the first line (scripts read it); what follows is for a person, and
+        // a reader that has gone away does not stop the server.
+        let mut out = std::io::stdout();
         writeln!(out, "offswitch view: http://{local}/?token={token}")?;
-        writeln!(
+        out.flush()?;
+        let _ = writeln!(
             out,
             "serving {} on loopback only; the address above carries the access token (Ctrl-C stops)",
             args.db.display()
-        )?;
-        out.flush()?;
+        )
+        .and_then(|()| out.flush());
         tokio::select! {
             served = offswitch_server::viewer::serve(listener, viewer) => served?,
             _ = tokio::signal::ctrl_c() => {}

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `offswitch` binary: one test binary, one module per feature.
 
 mod audit;
+mod browser;
 mod deploy;
 mod export;
 mod guard;

@@ -92,9 +92,17 @@ fn database(dir: &std::path::Path) -> (std::path::PathBuf, String) {
     (db, run.to_string())
 }
 
-/// `offswitch view` on `db`, and the address it printed (with its token).
-pub(crate) fn start_viewer(db: &std::path::Path) -> (Child, String) {
-    let mut child = offswitch()
+/// `offswitch view` on `db` (and the guard sessions of `control`, when given), and the
+/// address it printed (with its token).
+pub(crate) fn start_viewer(
+    db: &std::path::Path,
+    control: Option<&std::path::Path>,
+) -> (Child, String) {
+    let mut command = offswitch();
+    if let Some(control) = control {
+        command.env("OFFSWITCH_GUARD_DIR", control);
+    }
+    let mut child = command
         .args(["view", "--port", "0", "--db"])
         .arg(db)
         .stdout(Stdio::piped())
@@ -102,9 +110,10 @@ pub(crate) fn start_viewer(db: &std::path::Path) -> (Child, String) {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    // The rest of its output, drained so that it never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let url = line
         .trim()
         .strip_prefix("offswitch view: ")
@@ -126,7 +135,7 @@ impl Drop for Killed {
 fn the_viewer_serves_runs_and_trials_behind_its_token() {
     let dir = tempfile::tempdir().unwrap();
     let (db, run) = database(dir.path());
-    let (child, url) = start_viewer(&db);
+    let (child, url) = start_viewer(&db, None);
     let _child = Killed(child);
     let (base, token) = url.split_once("/?token=").unwrap();
     let (base, token) = (base.to_owned(), token.to_owned());

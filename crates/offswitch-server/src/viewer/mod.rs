@@ -129,9 +129,11 @@ async fn authorize(State(viewer): State<Arc<Viewer>>, request: Request, next: Ne
             "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
+    // No address (with its run ids) leaves for another site; and not `no-referrer`, under
+    // which a browser sends `Origin: null` with the page's own form posts.
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response

@@ -33,6 +33,7 @@ pre { white-space: pre-wrap; word-break: break-word; background: #f7f7f7; paddin
 form.inline { display: inline; }
 button { font: inherit; padding: 2px 10px; margin-right: 0.5em; }
 .pager a { margin-right: 0.6em; }
+table.audit td:last-child, table.labels td:last-child { word-break: break-word; }
 ";
 
 /// A page around `body`, with the navigation and, when given, a script.
