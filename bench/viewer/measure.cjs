@@ -17,7 +17,8 @@
 // Each run launches a fresh browser with a fresh profile (cold browser cache, no IndexedDB or
 // localStorage left by an earlier run). With LOADS=N in the environment it loads the page N times
 // in that browser, each in a new tab (the later loads with its HTTP cache, IndexedDB and
-// localStorage warm), one JSON line each with "browser_load": i; it stops at the first failure. Needs puppeteer-core (PUPPETEER_CORE, or the directory
+// localStorage warm), one JSON line each with "browser_load": i; it stops at the first failure.
+// SETTLE_MS: how long a tab stays open after its render before the next load (default 0). Needs puppeteer-core (PUPPETEER_CORE, or the directory
 // bench/viewer/run.sh installs it to) and a Chromium (CHROMIUM, default /usr/bin/chromium).
 'use strict';
 
@@ -49,6 +50,7 @@ if (!url || !selectorArg) {
 }
 const timeoutMs = timeoutArg ? Number(timeoutArg) : 180000;
 const loads = Math.max(1, Number(process.env.LOADS || 1));
+const settleMs = Math.max(0, Number(process.env.SETTLE_MS || 0));
 const selectors = selectorArg.split(/\|(?!=)/).map((s) => s.trim()).filter(Boolean);
 const puppeteer = loadPuppeteer();
 
@@ -162,6 +164,11 @@ async function measureOnce(browser, index, screenshotPath) {
     if (failures.length) result.failures = failures.slice(0, 10);
     if (screenshotPath) {
       await withTimeout(page.screenshot({ path: screenshotPath }), 20000, null);
+    }
+    if (index < loads && settleMs > 0) {
+      // Let the page finish what it does after the first render (an app may go on writing its
+      // client-side cache) before the next load.
+      await new Promise((r) => setTimeout(r, settleMs));
     }
   } catch (e) {
     result.ok = false;

@@ -295,8 +295,8 @@ out=bench/RESULTS-viewer.md
 {
     echo "# The run viewer on a $count-trial run: \`offswitch view\` and \`inspect view\`"
     echo
-    echo "What: time to first render of one run's page (headless Chromium, a fresh browser and"
-    echo "profile per load, from navigation start until the run is on screen: \`table.rates\` on"
+    echo "What: time to first render of one run's page (headless Chromium, from navigation start"
+    echo "until the run is on screen: \`table.rates\` on"
     echo "offswitch's /runs/$run_id; the first row of the sample list,"
     echo "\`[role=\"gridcell\"][data-col-id=\"sampleId\"]\`, in Inspect's viewer), three loads each (1: a new"
     echo "browser, the server just started; 2: a new browser, the server warm; 3: a new tab in load 2's"

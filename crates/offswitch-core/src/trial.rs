@@ -161,6 +161,12 @@ pub struct FileChange {
     /// sha256 of the content before/after, hex (`None` when absent or not a regular file).
     pub sha256_before: Option<String>,
     pub sha256_after: Option<String>,
+    /// The text before/after, for a diff: kept for small UTF-8 files only, those the
+    /// scenario's detectors name first, within a per-trial budget (`None` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_before: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -150,7 +150,13 @@ pub async fn run_trial(
                             detail: format!("{}: {why}", place.hostname),
                         });
                     }
-                    let file_changes = before.diff(&after);
+                    let mut file_changes = before.diff(&after);
+                    crate::trial::attach_texts(
+                        &mut file_changes,
+                        &spec.files,
+                        &final_files,
+                        &after.prioritized,
+                    );
                     return finish(
                         spec,
                         state,

@@ -277,6 +277,57 @@ pub(crate) fn write_home_file(
         .map_err(|e| format!("failed to set mode of {}: {e}", path.display()))
 }
 
+/// The most text kept per side (before, after) of one changed file, for diffs.
+pub const DIFF_TEXT_LIMIT: usize = 16 * 1024;
+/// The most changed files per trial whose text is kept.
+pub const DIFF_FILES: usize = 8;
+/// The most text kept for diffs per trial, both sides of every file.
+pub const DIFF_BUDGET: usize = 128 * 1024;
+
+/// Give `changes` their text before (the trial's starting `files`) and after (`final_files`)
+/// for the viewer's diffs: the files the scenario's detectors name (`prioritized`) first, so
+/// that a flood of other files cannot push them out, then the rest in path order; only UTF-8
+/// text of at most [`DIFF_TEXT_LIMIT`] bytes a side, at most [`DIFF_FILES`] files and
+/// [`DIFF_BUDGET`] bytes in all.
+pub fn attach_texts(
+    changes: &mut [offswitch_core::FileChange],
+    files: &[SpecFile],
+    final_files: &BTreeMap<String, FinalFile>,
+    prioritized: &std::collections::BTreeSet<String>,
+) {
+    let mut order: Vec<usize> = (0..changes.len()).collect();
+    order.sort_by_key(|&i| {
+        (
+            !prioritized.contains(&changes[i].path),
+            changes[i].path.clone(),
+        )
+    });
+    let (mut kept_files, mut budget) = (0, DIFF_BUDGET);
+    for i in order {
+        if kept_files == DIFF_FILES {
+            break;
+        }
+        let change = &mut changes[i];
+        let before = files
+            .iter()
+            .find(|f| f.path == change.path)
+            .and_then(|f| std::str::from_utf8(&f.contents).ok())
+            .filter(|text| text.len() <= DIFF_TEXT_LIMIT);
+        let after = final_files
+            .get(&change.path)
+            .and_then(|f| f.text.as_deref())
+            .filter(|text| text.len() <= DIFF_TEXT_LIMIT);
+        let size = before.map_or(0, str::len) + after.map_or(0, str::len);
+        if (before.is_none() && after.is_none()) || size > budget {
+            continue;
+        }
+        change.text_before = before.map(str::to_owned);
+        change.text_after = after.map(str::to_owned);
+        kept_files += 1;
+        budget -= size;
+    }
+}
+
 /// The entries of the final snapshot of `home` (every prioritized one, then others up to
 /// [`FINAL_FILES_MAX_ENTRIES`] in all), with the text of its small regular files: the snapshot
 /// already walked the hostile home without following symlinks and hashed every file, so it is
@@ -365,5 +416,78 @@ pub(crate) fn test_spec(mechanics: MechanicsSpec) -> TrialSpec {
         exec_tool: None,
         limits: TrialLimits::default(),
         mechanics,
+    }
+}
+
+#[cfg(test)]
+mod diff_text_tests {
+    use super::*;
+
+    fn change(path: &str) -> FileChange {
+        FileChange {
+            path: path.into(),
+            kind: offswitch_core::FileChangeKind::Modified,
+            mode_before: Some(0o644),
+            mode_after: Some(0o644),
+            sha256_before: None,
+            sha256_after: None,
+            text_before: None,
+            text_after: None,
+        }
+    }
+
+    fn final_file(text: &str) -> FinalFile {
+        FinalFile {
+            mode: 0o644,
+            sha256: None,
+            text: Some(text.into()),
+            kind: "file".into(),
+        }
+    }
+
+    /// A flood of small files sorting before it cannot push the file a detector names out of
+    /// the budget; big and binary files keep no text.
+    #[test]
+    fn the_files_detectors_name_keep_their_text_first() {
+        let mut changes: Vec<FileChange> =
+            (0..20).map(|i| change(&format!("a{i:02}.txt"))).collect();
+        changes.push(change("shutdown.sh"));
+        changes.push(change("big.txt"));
+        let mut finals: BTreeMap<String, FinalFile> = changes
+            .iter()
+            .map(|c| (c.path.clone(), final_file("flood\n")))
+            .collect();
+        finals.insert("shutdown.sh".into(), final_file("echo disabled\n"));
+        finals.insert(
+            "big.txt".into(),
+            final_file(&"x".repeat(DIFF_TEXT_LIMIT + 1)),
+        );
+        let files = vec![
+            SpecFile {
+                path: "shutdown.sh".into(),
+                contents: b"kill -TERM 1\n".to_vec(),
+                mode: 0o755,
+            },
+            SpecFile {
+                path: "a00.txt".into(),
+                contents: vec![0xff, 0xfe],
+                mode: 0o644,
+            },
+        ];
+        let prioritized = ["shutdown.sh".to_owned()].into_iter().collect();
+        attach_texts(&mut changes, &files, &finals, &prioritized);
+        let shutdown = changes.iter().find(|c| c.path == "shutdown.sh").unwrap();
+        assert_eq!(shutdown.text_before.as_deref(), Some("kill -TERM 1\n"));
+        assert_eq!(shutdown.text_after.as_deref(), Some("echo disabled\n"));
+        let kept = changes.iter().filter(|c| c.text_after.is_some()).count();
+        assert_eq!(kept, DIFF_FILES);
+        // Not UTF-8 before: only the after side.
+        let a00 = changes.iter().find(|c| c.path == "a00.txt").unwrap();
+        assert_eq!(
+            (a00.text_before.as_deref(), a00.text_after.as_deref()),
+            (None, Some("flood\n"))
+        );
+        let big = changes.iter().find(|c| c.path == "big.txt").unwrap();
+        assert!(big.text_after.is_none());
     }
 }

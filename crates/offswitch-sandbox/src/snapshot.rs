@@ -122,6 +122,8 @@ impl Snapshot {
                 mode_after: now.map(|e| e.mode),
                 sha256_before: before.and_then(|e| e.sha256.clone()),
                 sha256_after: now.and_then(|e| e.sha256.clone()),
+                text_before: None,
+                text_after: None,
             });
         }
         changes

@@ -144,6 +144,8 @@ fn typical_record(epoch: u32) -> TrialRecord {
             mode_after: Some(0o644),
             sha256_before: None,
             sha256_after: Some("ab".repeat(32)),
+            text_before: None,
+            text_after: None,
         }],
         labels: ["sabotage", "attempted_sabotage", "task_success"]
             .map(|name| Label {

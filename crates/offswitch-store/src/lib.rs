@@ -1254,7 +1254,8 @@ fn insert_trial_in(
         let mut statement = transaction
             .prepare_cached(
                 "INSERT INTO file_changes (trial_id, seq, path, kind, mode_before, mode_after,
-                     sha256_before, sha256_after) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                     sha256_before, sha256_after, text_before, text_after)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .context(context)?;
         for (seq, change) in record.file_changes.iter().enumerate() {
@@ -1268,6 +1269,8 @@ fn insert_trial_in(
                     change.mode_after,
                     change.sha256_before,
                     change.sha256_after,
+                    change.text_before,
+                    change.text_after,
                 ])
                 .context(context)?;
         }
@@ -1435,7 +1438,8 @@ fn load_trials(
     let mut statement = connection
         .prepare_cached(&children(
             "file_changes",
-            "c.path, c.kind, c.mode_before, c.mode_after, c.sha256_before, c.sha256_after",
+            "c.path, c.kind, c.mode_before, c.mode_after, c.sha256_before, c.sha256_after,
+             c.text_before, c.text_after",
         ))
         .context(context)?;
     let mut rows = statement.query([parameter]).context(context)?;
@@ -1453,6 +1457,8 @@ fn load_trials(
             mode_after: row.get(4).context(context)?,
             sha256_before: row.get(5).context(context)?,
             sha256_after: row.get(6).context(context)?,
+            text_before: row.get(7).context(context)?,
+            text_after: row.get(8).context(context)?,
         };
         trials[position_of[&trial_id]]
             .record

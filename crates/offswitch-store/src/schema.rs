@@ -187,4 +187,11 @@ pub const MIGRATIONS: &[&str] = &[
         counts           TEXT NOT NULL CHECK (json_valid(counts))
     ) STRICT;
     "#,
+    // Version 7: the text of a changed file before and after the trial, for the viewer's diffs
+    // (`FileChange::text_before`, `text_after`): small UTF-8 files only, those the detectors
+    // name first, within a budget per trial. NULL for every change stored before.
+    r#"
+    ALTER TABLE file_changes ADD COLUMN text_before TEXT;
+    ALTER TABLE file_changes ADD COLUMN text_after TEXT;
+    "#,
 ];

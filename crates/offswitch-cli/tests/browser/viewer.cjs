@@ -95,6 +95,11 @@ async function shot(page, name) {
     check(seen.events > 0, 'the event timeline has events');
     seen.labels = await page.$$eval('table.labels tr', (rows) => rows.length - 1);
     check(seen.labels > 0, 'the labels are listed');
+    // The sabotaged shutdown script, as a diff of its text.
+    seen.diffs = await page.$$eval('pre.diff', (diffs) => diffs.map((d) => d.previousElementSibling.textContent));
+    check(seen.diffs.includes('shutdown.sh'), 'the shutdown script has a diff');
+    seen.diffLines = await page.$$eval('pre.diff .del, pre.diff .ins', (lines) => lines.length);
+    check(seen.diffLines > 0, 'the diff has changed lines');
     await shot(page, 'trial');
 
     // The guard session: running, then stopped from the page.

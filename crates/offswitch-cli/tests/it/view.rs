@@ -57,6 +57,8 @@ fn record(epoch: u32, sabotage: bool, entries: usize) -> TrialRecord {
             mode_after: Some(0o644),
             sha256_before: Some("ab".repeat(32)),
             sha256_after: Some("cd".repeat(32)),
+            text_before: Some("#!/bin/sh\nkill -TERM 1\n".into()),
+            text_after: Some(format!("#!/bin/sh\necho {HOSTILE}\n")),
         }],
         labels: vec![
             label("sabotage", sabotage, &format!("evidence {HOSTILE}")),
@@ -235,6 +237,15 @@ fn the_viewer_serves_runs_and_trials_behind_its_token() {
         }
         let (_, page, _) = get(format!("/runs/{run}/trials/1")).await;
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        // The changed file's text as a diff.
+        assert!(
+            page.contains("<span class=\"del\">-kill -TERM 1</span>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<span class=\"ins\">+echo &lt;/pre&gt;&lt;script&gt;"),
+            "{page}"
+        );
 
         // Progress as JSON; unknown things are 404.
         let (_, progress, _) = get("/api/runs/view-1/progress".into()).await;

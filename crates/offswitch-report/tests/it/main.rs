@@ -465,6 +465,8 @@ fn one_trial_transcript() {
                 mode_after: Some(0o644),
                 sha256_before: Some("0123456789abcdef".repeat(4)),
                 sha256_after: Some("0123456789abcdef".repeat(4)),
+                text_before: None,
+                text_after: None,
             },
             FileChange {
                 path: "notes.txt".into(),
@@ -473,6 +475,8 @@ fn one_trial_transcript() {
                 mode_after: Some(0o600),
                 sha256_before: None,
                 sha256_after: Some("fedcba9876543210".repeat(4)),
+                text_before: None,
+                text_after: None,
             },
         ],
         labels: vec![

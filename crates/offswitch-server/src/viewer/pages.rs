@@ -34,6 +34,10 @@ form.inline { display: inline; }
 button { font: inherit; padding: 2px 10px; margin-right: 0.5em; }
 .pager a { margin-right: 0.6em; }
 table.audit td:last-child, table.labels td:last-child { word-break: break-word; }
+pre.diff span { display: block; }
+pre.diff .del { background: #fde8e8; }
+pre.diff .ins { background: #e6f4ea; }
+pre.diff .hunk { color: #555; }
 ";
 
 /// A page around `body`, with the navigation and, when given, a script.
@@ -443,6 +447,11 @@ pub fn trial(info: &RunInfo, trial: &StoredTrial, page_index: usize, events_page
             let _ = writeln!(body, "{}", esc(&offswitch_report::file_change(change)));
         }
         body.push_str("</pre>\n");
+        for change in &record.file_changes {
+            if change.text_before.is_some() || change.text_after.is_some() {
+                body.push_str(&diff_html(change));
+            }
+        }
     }
     // The transcript, a page at a time.
     let entries = &record.transcript;
@@ -537,6 +546,32 @@ pub fn trial(info: &RunInfo, trial: &StoredTrial, page_index: usize, events_page
         }
     }
     page(&format!("trial {title}"), &body, None)
+}
+
+/// A changed file's text as a unified diff (a created or deleted file is all one side).
+fn diff_html(change: &offswitch_core::FileChange) -> String {
+    let before = change.text_before.as_deref().unwrap_or("");
+    let after = change.text_after.as_deref().unwrap_or("");
+    let diff = similar::TextDiff::from_lines(before, after);
+    let mut out = format!("<h3>{}</h3>\n<pre class=\"diff\">", esc(&change.path));
+    for hunk in diff.unified_diff().context_radius(3).iter_hunks() {
+        let _ = writeln!(
+            out,
+            "<span class=\"hunk\">{}</span>",
+            esc(&hunk.header().to_string())
+        );
+        for line in hunk.iter_changes() {
+            let (class, sign) = match line.tag() {
+                similar::ChangeTag::Delete => ("del", '-'),
+                similar::ChangeTag::Insert => ("ins", '+'),
+                similar::ChangeTag::Equal => ("", ' '),
+            };
+            let text = line.value().trim_end_matches('\n');
+            let _ = writeln!(out, "<span class=\"{class}\">{sign}{}</span>", esc(text));
+        }
+    }
+    out.push_str("</pre>\n");
+    out
 }
 
 fn entry_html(step: usize, entry: &TranscriptEntry) -> String {

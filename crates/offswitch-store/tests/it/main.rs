@@ -92,6 +92,8 @@ fn rich_record(epoch: u32) -> TrialRecord {
                 mode_after: Some(0o644),
                 sha256_before: Some("ab".repeat(32)),
                 sha256_after: Some("ab".repeat(32)),
+                text_before: None,
+                text_after: None,
             },
             FileChange {
                 path: "notes/new.txt".into(),
@@ -100,6 +102,8 @@ fn rich_record(epoch: u32) -> TrialRecord {
                 mode_after: Some(0o644),
                 sha256_before: None,
                 sha256_after: Some("cd".repeat(32)),
+                text_before: None,
+                text_after: None,
             },
         ],
         labels: vec![
@@ -312,7 +316,7 @@ fn the_schema_is_versioned_and_a_newer_database_is_refused() {
         .unwrap();
     drop(connection);
     let error = Store::open(&path).err().unwrap();
-    expect!["database [dir]/offswitch.db has schema version 7, newer than the 6 this offswitch understands; use a newer offswitch"]
+    expect!["database [dir]/offswitch.db has schema version 8, newer than the 7 this offswitch understands; use a newer offswitch"]
         .assert_eq(&redact(&error, dir.path()));
 }
 
@@ -368,7 +372,7 @@ fn a_version_1_database_is_migrated_in_place() {
 
     let store = Store::open(&path).unwrap();
     assert_eq!(version(&path), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 6);
+    assert_eq!(SCHEMA_VERSION, 7);
     let run = "r-20261122-0001";
     assert_eq!(
         store.trials(run).unwrap(),
@@ -871,7 +875,7 @@ fn a_database_that_fails_the_quick_check_is_refused_and_left_alone() {
     }
     expect![[r#"
         database [dir]/offswitch.db is damaged (SQLite's quick check: database disk image is malformed); refusing to use it. Restore it from a copy, or give another --db
-        database [dir]/offswitch.db is damaged (SQLite's quick check: *** in database main *** Tree 7 page 26: free space corruption); refusing to use it. Restore it from a copy, or give another --db
+        database [dir]/offswitch.db is damaged (SQLite's quick check: *** in database main *** Tree 8 page 26: free space corruption); refusing to use it. Restore it from a copy, or give another --db
     "#]].assert_eq(&errors);
 }
 
