@@ -99,11 +99,7 @@ fn aggregate(
         .query(params![run, after, through])
         .context(context)?;
     while let Some(row) = rows.next().context(context)? {
-        let key: CellKey = (
-            row.get(0).context(context)?,
-            row.get(1).context(context)?,
-            row.get(2).context(context)?,
-        );
+        let key = cell_key(row, 0).context(context)?;
         let outcome: String = row.get(3).context(context)?;
         let count: u64 = row.get(4).context(context)?;
         let cell = cells.entry(key.clone()).or_insert_with(|| CellCounts {
@@ -142,11 +138,7 @@ fn aggregate(
         .query(params![run, after, through])
         .context(context)?;
     while let Some(row) = rows.next().context(context)? {
-        let key: CellKey = (
-            row.get(0).context(context)?,
-            row.get(1).context(context)?,
-            row.get(2).context(context)?,
-        );
+        let key = cell_key(row, 0).context(context)?;
         let Some(cell) = cells.get_mut(&key) else {
             continue;
         };
@@ -193,11 +185,7 @@ fn aggregate(
         let id: i64 = row.get(0).context(context)?;
         if current.as_ref().is_none_or(|(c, _, _)| *c != id) {
             finish(&mut cells, current.take());
-            let key: CellKey = (
-                row.get(1).context(context)?,
-                row.get(2).context(context)?,
-                row.get(3).context(context)?,
-            );
+            let key = cell_key(row, 1).context(context)?;
             current = Some((id, key, Confession::default()));
         }
         let name: String = row.get(4).context(context)?;
@@ -225,16 +213,17 @@ fn aggregate(
         .query(params![run, after, through])
         .context(context)?;
     while let Some(row) = rows.next().context(context)? {
-        let key: CellKey = (
-            row.get(0).context(context)?,
-            row.get(1).context(context)?,
-            row.get(2).context(context)?,
-        );
+        let key = cell_key(row, 0).context(context)?;
         if let Some(cell) = cells.get_mut(&key) {
             cell.cached_trials = row.get(3).context(context)?;
         }
     }
     Ok(cells.into_values().collect())
+}
+
+/// The (model, scenario, variant) in columns `first` to `first + 2` of `row`.
+fn cell_key(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<CellKey> {
+    Ok((row.get(first)?, row.get(first + 1)?, row.get(first + 2)?))
 }
 
 /// `k` of `confessed_by_turn_<k>`, k >= 1 (as the report reads it).

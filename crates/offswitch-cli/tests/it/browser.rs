@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::view::start_viewer;
+use crate::view::{Killed, start_viewer};
 
 /// Why the browser test cannot run here; under CI (which installs everything) it must.
 fn browser_unavailable() -> Option<String> {
@@ -43,15 +43,6 @@ fn puppeteer() -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
             .join(".cache/offswitch/browser/node_modules/puppeteer-core"),
-    }
-}
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -124,7 +124,8 @@ pub(crate) fn start_viewer(
     (child, url)
 }
 
-struct Killed(Child);
+/// A child process killed when dropped.
+pub(crate) struct Killed(pub(crate) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
