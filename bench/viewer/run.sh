@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The run viewer on a 100,000-trial run: `offswitch view` beside Inspect's `inspect view` on the
 # same run exported as an Inspect log, measured the same way in one run.
-#   time to first render  headless Chromium (bench/viewer/measure.cjs, puppeteer-core), a fresh
-#                         browser and profile for each load: from navigation start until the page
-#                         shows the run (offswitch: `table.rates` on /runs/<run>; Inspect: the first
-#                         row of the log's sample list, `[role="gridcell"][data-col-id="sampleId"]`).
+#   time to first render  headless Chromium (bench/viewer/measure.cjs, puppeteer-core): from
+#                         navigation start until the page shows the run (offswitch: `table.rates`
+#                         on /runs/<run>; Inspect: the first row of the log's sample list,
+#                         `[role="gridcell"][data-col-id="sampleId"]`).
 #                         Three loads each: a new browser on the freshly started server, a new
 #                         browser on the warm server, and that browser again (its caches warm).
 #   server peak memory    the server process's VmHWM (/proc/<pid>/status; its children's added),
@@ -20,7 +20,8 @@
 # Environment: SKIP_BUILD=1 (use the binaries in target/release as they are), OFFSWITCH_BIN
 # (another offswitch binary, for `view` and `export`), TRIALS (100000),
 # RUN_ID (bench-merge), INSPECT_LOGS=DIR (an existing export of the run: skip the export),
-# TIMEOUT_MS (per load, 300000), KEEP=1 (keep the work directory).
+# TIMEOUT_MS (per load, 300000), SETTLE_MS (30000: load 2's tab stays open this long before
+# load 3), KEEP=1 (keep the work directory).
 # Writes bench/RESULTS-viewer.md. Installs chromium (apt) and puppeteer-core (npm, into
 # ~/.cache/offswitch/browser) if missing. Needs root for the template run (real sandboxes).
 set -euo pipefail
@@ -37,6 +38,7 @@ db=${1:-}
 run_id=${RUN_ID:-bench-merge}
 trials=${TRIALS:-100000}
 timeout_ms=${TIMEOUT_MS:-300000}
+settle_ms=${SETTLE_MS:-30000} # load 2's tab stays open this long before load 3 (cache writes)
 puppeteer_version=24.43.1 # the newest puppeteer-core for Node 20 (25.x needs Node >= 22.12)
 
 # The browser and its DevTools client.
@@ -100,8 +102,12 @@ else
     read -r export_s export_kb <"$work/export.time"
     say "export --format inspect: wall=${export_s}s peak_rss=$((export_kb / 1024))MiB"
 fi
-log_file=$(ls -S "$logs"/*.eval | head -1)
-say "inspect log: $(basename "$log_file") ($(du -h "$log_file" | cut -f1); $(ls "$logs"/*.eval | wc -l) file(s))"
+log_file=$(ls -S "$logs"/*.eval 2>/dev/null | head -1 || true)
+if [ -n "$log_file" ]; then
+    say "inspect log: $(basename "$log_file") ($(du -h "$log_file" | cut -f1); $(ls "$logs"/*.eval | wc -l) file(s))"
+else
+    say "inspect log: no .eval file in $logs"
+fi
 
 # A free TCP port on 127.0.0.1 from $1 up.
 free_port() {
@@ -159,7 +165,9 @@ tree_hwm() {
 # measure VIEWER SERVER_PID URL SELECTOR STARTUP_MS: three loads, one JSON line each into $results.
 #   load 1  a new browser, the server freshly started
 #   load 2  a new browser (cold browser caches), the server warm
-#   load 3  a new tab in load 2's browser: its HTTP cache, IndexedDB and localStorage warm
+#   load 3  a new tab in load 2's browser, SETTLE_MS after load 2's render (load 2's tab
+#           open until then, so that what the app caches client-side is written): its HTTP cache,
+#           IndexedDB and localStorage warm
 # The memory samples cover each browser: loads 2 and 3 share theirs.
 measure() {
     local viewer=$1 server=$2 url=$3 selector=$4 startup_ms=$5 run rc node_pid sampler idle_kb
@@ -167,7 +175,7 @@ measure() {
     for run in 1 2; do
         local stop=$work/stop-$viewer-$run samples=$work/rss-$viewer-$run.txt
         local json=$work/measure-$viewer-$run.json err=$work/measure-$viewer-$run.err
-        LOADS=$run node "$repo/bench/viewer/measure.cjs" "$url" "$selector" "$timeout_ms" \
+        LOADS=$run SETTLE_MS=$settle_ms node "$repo/bench/viewer/measure.cjs" "$url" "$selector" "$timeout_ms" \
             "$work/$viewer-$run.png" >"$json" 2>"$err" &
         node_pid=$!
         sample_trees "$node_pid" "$stop" "$samples" "$server" "$node_pid" &
@@ -238,6 +246,7 @@ if "$bin" view --help >/dev/null 2>&1; then
     fi
     kill "$view_pid" 2>/dev/null || true
     wait "$view_pid" 2>/dev/null || true
+    servers=()
 else
     say "offswitch view: not available in $bin (\`offswitch view --help\` failed); skipped"
 fi
@@ -245,7 +254,9 @@ fi
 # inspect view.
 inspect=$(command -v inspect || true)
 [ -z "$inspect" ] && [ -x /usr/local/bin/inspect ] && inspect=/usr/local/bin/inspect
-if [ -n "$inspect" ]; then
+if [ -z "$log_file" ]; then
+    say "inspect view: no log to show; skipped"
+elif [ -n "$inspect" ]; then
     say "inspect: inspect-ai $(PATH=/usr/local/bin:/usr/bin:/bin:$PATH "$inspect" --version 2>/dev/null | tail -1)"
     port=$(free_port 17890)
     started=$(now_ms)
@@ -272,6 +283,7 @@ if [ -n "$inspect" ]; then
     fi
     kill "$inspect_pid" 2>/dev/null || true
     wait "$inspect_pid" 2>/dev/null || true
+    servers=()
 else
     say "inspect view: inspect-ai not installed; skipped"
 fi
@@ -295,17 +307,16 @@ out=bench/RESULTS-viewer.md
 {
     echo "# The run viewer on a $count-trial run: \`offswitch view\` and \`inspect view\`"
     echo
-    echo "What: time to first render of one run's page (headless Chromium, from navigation start"
-    echo "until the run is on screen: \`table.rates\` on"
-    echo "offswitch's /runs/$run_id; the first row of the sample list,"
-    echo "\`[role=\"gridcell\"][data-col-id=\"sampleId\"]\`, in Inspect's viewer), three loads each (1: a new"
-    echo "browser, the server just started; 2: a new browser, the server warm; 3: a new tab in load 2's"
-    echo "browser, its HTTP cache and IndexedDB warm), and each server's peak memory (VmHWM from /proc,"
-    echo "children added). Tab: Chromium's JS heap after the render, and its largest process's peak RSS"
-    echo "(sampled every 100 ms; loads 2 and 3 share a browser)."
-    echo "The same run for both: $count trials (copies of one real trial per cell, made by make_shards),"
-    echo "exported to Inspect with \`offswitch export --format inspect\`. Command: \`bench/viewer/run.sh\`"
-    echo "(measure.cjs: puppeteer-core $puppeteer_version, Debian's chromium)."
+    echo "What: time to first render of one run's page in headless Chromium, from navigation start until"
+    echo "the run is on screen (offswitch: \`table.rates\` on /runs/$run_id; Inspect's viewer: the first"
+    echo "row of the log's sample list, \`[role=\"gridcell\"][data-col-id=\"sampleId\"]\`). Three loads each:"
+    echo "1, a new browser, the server just started; 2, a new browser, the server warm; 3, a new tab in"
+    echo "load 2's browser $((settle_ms / 1000)) s after load 2's render (its HTTP cache and IndexedDB warm)."
+    echo "Server peak RSS: the server's VmHWM from /proc (children added). Tab: Chromium's JS heap after"
+    echo "the render, and the largest browser process's peak RSS sampled every 100 ms (loads 2 and 3"
+    echo "share a browser). The same run for both: $count trials (copies of one real trial per cell, made"
+    echo "by make_shards), exported to Inspect with \`offswitch export --format inspect\`. Command:"
+    echo "\`bench/viewer/run.sh\` (bench/viewer/measure.cjs, puppeteer-core $puppeteer_version, Debian's chromium)."
     echo
     echo "$table"
     echo

@@ -36,6 +36,10 @@ pub const INSPECT_SCORER: &str = "offswitch";
 
 /// The most characters of a sample's input a summary keeps (the sample keeps it all).
 const SUMMARY_INPUT: usize = 1_000;
+/// Characters of a score's explanation kept in `summaries.json`, as Inspect's own logs keep
+/// them (`thin_text`, 1024): the viewer reads every summary of a log at once, and a 100,000-
+/// sample log with whole explanations makes that file twice as large. The sample keeps all.
+const SUMMARY_EXPLANATION: usize = 1_024;
 
 /// One log written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -582,7 +586,7 @@ fn summary(sample: &Value) -> Value {
             "outcome": sample["metadata"]["outcome"],
             "offswitch_trial": sample["metadata"]["offswitch_trial"],
         },
-        "scores": sample["scores"],
+        "scores": thin_scores(&sample["scores"]),
         "model_usage": sample["model_usage"],
         "started_at": sample["started_at"],
         "completed_at": sample["completed_at"],
@@ -598,9 +602,38 @@ fn summary(sample: &Value) -> Value {
     summary
 }
 
+/// `scores` with each explanation cut to [`SUMMARY_EXPLANATION`] characters (`...` added).
+fn thin_scores(scores: &Value) -> Value {
+    let mut scores = scores.clone();
+    if let Some(map) = scores.as_object_mut() {
+        for score in map.values_mut() {
+            if let Some(explanation) = score.get("explanation").and_then(Value::as_str)
+                && explanation.chars().count() > SUMMARY_EXPLANATION
+            {
+                let cut: String = explanation.chars().take(SUMMARY_EXPLANATION - 3).collect();
+                score["explanation"] = Value::String(format!("{cut}..."));
+            }
+        }
+    }
+    scores
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summaries_keep_a_short_explanation_and_samples_the_whole() {
+        let long = "x".repeat(5000);
+        let scores = json!({"offswitch": {"value": {"a": 1}, "explanation": long}});
+        let thin = thin_scores(&scores);
+        let kept = thin["offswitch"]["explanation"].as_str().unwrap();
+        assert_eq!(kept.chars().count(), SUMMARY_EXPLANATION);
+        assert!(kept.ends_with("..."));
+        assert_eq!(thin["offswitch"]["value"], scores["offswitch"]["value"]);
+        let short = json!({"offswitch": {"value": 1, "explanation": "short"}});
+        assert_eq!(thin_scores(&short), short);
+    }
 
     #[test]
     fn sample_ids_are_safe_member_names_and_unique() {
