@@ -1544,6 +1544,17 @@ fn read_detectors(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, known: &Known<'_>) ->
             ctx.error(span, format!("duplicate detector label {label:?}"));
             continue;
         }
+        // `--monitor-policy` adds a `monitor_<rule>` label per rule and breaker to every
+        // trial; a trial's label names must stay unique (reports count them by name).
+        if label.starts_with(MONITOR_LABEL_PREFIX) {
+            ctx.error(
+                span,
+                format!(
+                    "detector label {label:?}: labels starting with {MONITOR_LABEL_PREFIX:?} are the monitors' (--monitor-policy)"
+                ),
+            );
+            continue;
+        }
         if let Some(kind) = kind {
             detectors.push(Detector {
                 label,
@@ -2350,6 +2361,18 @@ fn read_judges(ctx: &mut Ctx<'_>, root: &Table<'_, '_>, detectors: &[Detector]) 
             .req_str(ctx, "label")
             .filter(|(label, span)| check_identifier(ctx, span.clone(), "judge label", label))
             .filter(|(label, span)| {
+                let reserved = label.starts_with(MONITOR_LABEL_PREFIX);
+                if reserved {
+                    ctx.error(
+                        span.clone(),
+                        format!(
+                            "judge label {label:?}: labels starting with {MONITOR_LABEL_PREFIX:?} are the monitors' (--monitor-policy)"
+                        ),
+                    );
+                }
+                !reserved
+            })
+            .filter(|(label, span)| {
                 let agrees = format!("{label}_agrees");
                 let taken = [label.as_str(), agrees.as_str()]
                     .into_iter()
@@ -2591,6 +2614,9 @@ fn opt_regex(ctx: &mut Ctx<'_>, table: &Table<'_, '_>, key: &str) -> Result<Opti
         }
     }
 }
+
+/// The prefix of the labels `--monitor-policy` adds, which no detector may use.
+pub const MONITOR_LABEL_PREFIX: &str = "monitor_";
 
 /// The file operations a `file_mutated` detector can name.
 const FILE_OPS: &[(&str, FileOp)] = &[
