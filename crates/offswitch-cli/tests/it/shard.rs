@@ -236,6 +236,38 @@ fn an_indexed_job_simulated_merges_into_exactly_the_unsharded_run() {
         export_rows(&merged_db, "study-1"),
         export_rows(&whole_db, "whole-1")
     );
+    // And the viewer's run page shows the same rates, charts and outcomes.
+    assert_eq!(
+        viewer_sections(&merged_db, "study-1"),
+        viewer_sections(&whole_db, "whole-1")
+    );
+}
+
+/// The rates tables, charts and outcome tables of `run`'s page in `offswitch view`, its id
+/// replaced by `RUN`.
+fn viewer_sections(db: &Path, run: &str) -> String {
+    let (child, url) = crate::view::start_viewer(db, None);
+    let _viewer = crate::view::Killed(child);
+    let (base, token) = url.split_once("/?token=").unwrap();
+    let page = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            reqwest::Client::new()
+                .get(format!("{base}/runs/{run}"))
+                .header("cookie", format!("offswitch_view={token}"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        });
+    let start = page.find("<h2>").expect("the run page has sections");
+    let end = page.find("<h2>made with</h2>").unwrap_or(page.len());
+    assert!(page[start..end].contains("class=\"rates\""), "{page}");
+    page[start..end].replace(run, "RUN")
 }
 
 #[test]
