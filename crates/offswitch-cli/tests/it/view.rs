@@ -177,6 +177,13 @@ fn the_viewer_serves_runs_and_trials_behind_its_token() {
             cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
             "{cookie}"
         );
+        // The redirect never leaves this server.
+        let response = plain
+            .get(format!("{base}//evil.example/x?token={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["location"], "/");
         let get = |path: String| {
             let request = plain
                 .get(format!("{base}{path}"))

@@ -102,7 +102,13 @@ async fn authorize(State(viewer): State<Arc<Viewer>>, request: Request, next: Ne
             .split('&')
             .filter(|pair| !pair.starts_with("token="))
             .collect();
-        let mut location = request.uri().path().to_owned();
+        // Only a path of this server: `//host/...` would send the browser elsewhere.
+        let path = request.uri().path();
+        let mut location = if path.starts_with("//") {
+            "/".to_owned()
+        } else {
+            path.to_owned()
+        };
         if !rest.is_empty() {
             location.push('?');
             location.push_str(&rest.join("&"));
