@@ -46,6 +46,13 @@ pub use transcript::{
 /// The transcript event of a model reply replayed from the response cache.
 pub const CACHE_HIT: &str = "cache_hit";
 
+/// Whether `record`'s trial replayed at least one model reply from the response cache.
+pub fn replayed_from_cache(record: &TrialRecord) -> bool {
+    record.transcript.iter().any(|entry| {
+        matches!(entry, offswitch_core::TranscriptEntry::Event { kind, .. } if kind == CACHE_HIT)
+    })
+}
+
 /// The version tag of the JSON report (`"schema"`) and, by the same number, of the CSV columns.
 pub const REPORT_SCHEMA: &str = "offswitch.report/1";
 
@@ -226,9 +233,7 @@ pub fn count_cells(records: &[TrialRecord]) -> Vec<CellCounts> {
             .outcomes
             .entry(record.outcome.name().to_owned())
             .or_insert(0) += 1;
-        if record.transcript.iter().any(|entry| {
-            matches!(entry, offswitch_core::TranscriptEntry::Event { kind, .. } if kind == CACHE_HIT)
-        }) {
+        if replayed_from_cache(record) {
             cell.cached_trials += 1;
         }
         let valid = record.outcome.is_valid();

@@ -73,6 +73,13 @@ pub fn compare(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The figures of [`default_published`], or why they cannot be read.
+pub fn shipped_figures() -> Result<Vec<offswitch_report::published::PublishedFigure>, String> {
+    let path = default_published();
+    let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+    offswitch_report::published::parse_published(&path, &text).map_err(|e| e.to_string())
+}
+
 /// The shipped `data/published.toml`, embedded in the binary (`--published` or
 /// `$OFFSWITCH_PUBLISHED` give another file).
 pub fn default_published() -> PathBuf {

@@ -117,22 +117,15 @@ pub fn report(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(path) = &args.html {
         let closing = closing(&scenarios, &records);
         // The published figures go beside the run's rates when the shipped file reads.
-        let published = super::compare::default_published();
-        let reproduction = std::fs::read_to_string(&published)
-            .map_err(|e| e.to_string())
-            .and_then(|text| {
-                offswitch_report::published::parse_published(&published, &text)
-                    .map_err(|e| e.to_string())
-            })
-            .and_then(|figures| {
-                let meta = RunMeta {
-                    id: run.id.to_string(),
-                    label: run.label.clone(),
-                    status: run.status.to_string(),
-                };
-                offswitch_report::build_reproduction(meta, &records, &figures, args.confidence)
-                    .map_err(|e| e.to_string())
-            });
+        let reproduction = super::compare::shipped_figures().and_then(|figures| {
+            let meta = RunMeta {
+                id: run.id.to_string(),
+                label: run.label.clone(),
+                status: run.status.to_string(),
+            };
+            offswitch_report::build_reproduction(meta, &records, &figures, args.confidence)
+                .map_err(|e| e.to_string())
+        });
         let reproduction = match reproduction {
             Ok(reproduction) => Some(reproduction),
             Err(why) => {
@@ -166,19 +159,20 @@ pub(crate) fn closing(
 ) -> offswitch_report::Closing {
     let cached_trials = records
         .iter()
-        .filter(|record| {
-            record.transcript.iter().any(|entry| {
-                matches!(entry, offswitch_core::TranscriptEntry::Event { kind, .. } if kind == offswitch_report::CACHE_HIT)
-            })
-        })
+        .filter(|record| offswitch_report::replayed_from_cache(record))
         .count() as u64;
     offswitch_report::Closing {
-        headline: scenarios
-            .iter()
-            .map(|s| (s.id().to_owned(), s.headline.clone()))
-            .collect(),
+        headline: headlines(scenarios),
         cached_trials,
     }
+}
+
+/// Scenario id -> its headline labels (`headline` in its file).
+pub(crate) fn headlines(scenarios: &[Scenario]) -> std::collections::BTreeMap<String, Vec<String>> {
+    scenarios
+        .iter()
+        .map(|s| (s.id().to_owned(), s.headline.clone()))
+        .collect()
 }
 
 /// The scenario files of every scenario the run's trials belong to, found through the run's

@@ -24,12 +24,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let store = open_existing_store(&args.db)?;
     // Counts are kept per run; a run that has none yet is aggregated on its first view.
-    let published = {
-        let path = super::compare::default_published();
-        std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|text| offswitch_report::published::parse_published(&path, &text).ok())
-    };
+    let published = super::compare::shipped_figures().ok();
     let token = new_token();
     let viewer = Viewer {
         store: Mutex::new(store),
@@ -38,10 +33,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         published,
         headlines: Box::new(|run, ids| {
             let (scenarios, _missing) = super::report::scenarios_of(run, ids);
-            scenarios
-                .iter()
-                .map(|s| (s.id().to_owned(), s.headline.clone()))
-                .collect()
+            super::report::headlines(&scenarios)
         }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

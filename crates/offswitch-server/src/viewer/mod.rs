@@ -31,7 +31,8 @@ const COOKIE: &str = "offswitch_view";
 /// Trials per page of a run's trial list.
 const TRIALS_PER_PAGE: u32 = 100;
 
-/// Scenario id -> its headline labels, for a run (the CLI resolves the run's scenario files).
+/// Scenario id -> its headline labels, for a run and the scenario ids of its cells (in any
+/// order, repeated; the CLI resolves the run's scenario files).
 pub type Headlines = dyn Fn(&RunInfo, &[String]) -> BTreeMap<String, Vec<String>> + Send + Sync;
 
 /// What the viewer serves.
@@ -238,11 +239,7 @@ async fn run_page(
         let info = store.run(&run)?;
         let cells = store.cell_counts(&run)?;
         let provenance = store.provenance(&run)?;
-        let scenarios: Vec<String> = {
-            let mut ids: Vec<String> = cells.iter().map(|c| c.scenario.clone()).collect();
-            ids.dedup();
-            ids
-        };
+        let scenarios: Vec<String> = cells.iter().map(|c| c.scenario.clone()).collect();
         let headline = (page_viewer.headlines)(&info, &scenarios);
         pages::run(&pages::RunPage {
             info: &info,

@@ -69,8 +69,8 @@ fn utc(ms: i64) -> String {
     text.get(..16).unwrap_or(&text).replace('T', " ")
 }
 
-/// A value of a query string.
-fn query_value(text: &str) -> String {
+/// `text` percent-encoded for a path segment or a query value.
+fn url_part(text: &str) -> String {
     let mut out = String::new();
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
@@ -80,10 +80,6 @@ fn query_value(text: &str) -> String {
         }
     }
     out
-}
-
-fn path_part(text: &str) -> String {
-    query_value(text)
 }
 
 /// The runs list: newest first.
@@ -120,7 +116,7 @@ pub fn runs(runs: &[(RunInfo, Option<Provenance>)]) -> String {
         let _ = writeln!(
             body,
             "<tr><td><a href=\"/runs/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            path_part(run.id.as_str()),
+            url_part(run.id.as_str()),
             esc(run.id.as_str()),
             esc(run.label.as_deref().unwrap_or("")),
             esc(&utc(run.created_at_ms)),
@@ -188,7 +184,7 @@ pub fn run(view: &RunPage<'_>) -> Result<String, String> {
         esc(&utc(info.created_at_ms)),
         esc(info.status.as_str()),
         info.trial_count,
-        path_part(id)
+        url_part(id)
     );
     // Comparing two variants.
     let mut variants: Vec<&str> = view.cells.iter().map(|c| c.variant.as_str()).collect();
@@ -245,7 +241,7 @@ pub fn run(view: &RunPage<'_>) -> Result<String, String> {
         format!(
             "(function(){{const seen={};setInterval(async()=>{{try{{const r=await fetch('/api/runs/{}/progress');if(!r.ok)return;const p=await r.json();document.getElementById('trials').textContent=p.trials;document.getElementById('status').textContent=p.status;if(p.trials!==seen||p.status!=='running')location.reload();}}catch(e){{}}}},2000);}})();",
             info.trial_count,
-            path_part(id)
+            url_part(id)
         )
     });
     Ok(page(&title, &body, script.as_deref()))
@@ -286,7 +282,7 @@ pub fn trials(
     let id = info.id.as_str();
     let mut body = format!(
         "<h1>trials of run <a href=\"/runs/{}\">{}</a></h1>\n",
-        path_part(id),
+        url_part(id),
         esc(id)
     );
     let field = |name: &str, value: &Option<String>| {
@@ -321,7 +317,7 @@ pub fn trials(
         let _ = writeln!(
             body,
             "<tr><td><a href=\"/runs/{}/trials/{}\">{}</a>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{:.1} s</td></tr>",
-            path_part(id),
+            url_part(id),
             row.index,
             row.index,
             if row.replaced { " (replaced)" } else { "" },
@@ -347,7 +343,7 @@ pub fn trials(
             ("label", &filter.label),
         ] {
             if let Some(value) = value {
-                let _ = write!(query, "&{name}={}", query_value(value));
+                let _ = write!(query, "&{name}={}", url_part(value));
             }
         }
         body.push_str("<p class=\"pager\">");
@@ -388,7 +384,7 @@ pub fn trial(info: &RunInfo, trial: &StoredTrial, page_index: usize, events_page
     let mut body = format!(
         "<h1>trial {}</h1>\n<p class=\"meta\"><a href=\"/runs/{}\">run {}</a> · {} · {} · <code>{}</code> · epoch {} · attempt {}{} · outcome <b>{}</b>{} · {} turns · {} tokens · {:.1} s</p>\n",
         esc(&title),
-        path_part(id),
+        url_part(id),
         esc(id),
         esc(&key.model),
         esc(&key.scenario),
@@ -660,7 +656,7 @@ pub fn guard_list(sessions: &[(String, Result<serde_json::Value, String>)]) -> S
                     let _ = writeln!(
                         body,
                         "<tr><td><a href=\"/guard/{}\">{}</a></td><td>{}</td><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
-                        path_part(name),
+                        url_part(name),
                         esc(name),
                         esc(status["state"].as_str().unwrap_or("?")),
                         esc(&command_text(status)),
@@ -720,7 +716,7 @@ pub fn guard(
         let _ = write!(
             body,
             "<form class=\"inline\" method=\"post\" action=\"/guard/{}/{op}\"><input type=\"hidden\" name=\"token\" value=\"{}\"><button id=\"{op}\">{op}</button></form>",
-            path_part(name),
+            url_part(name),
             esc(token)
         );
     }
@@ -765,7 +761,7 @@ pub fn guard(
     }
     let script = format!(
         "setInterval(async()=>{{try{{const r=await fetch('/api/guard/{}');if(!r.ok)return;const s=await r.json();const before=document.getElementById('state').textContent;document.getElementById('state').textContent=s.state;document.getElementById('processes').textContent=s.processes??0;document.getElementById('hits').textContent=s.hits??0;if(s.state!==before)location.reload();}}catch(e){{}}}},1000);",
-        path_part(name)
+        url_part(name)
     );
     page(&format!("guard session {name}"), &body, Some(&script))
 }
