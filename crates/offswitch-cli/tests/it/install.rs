@@ -19,7 +19,8 @@ fn installed(dir: &Path) -> impl Fn(&[&str]) -> std::process::Output {
     std::fs::create_dir_all(&home).unwrap();
     std::fs::create_dir_all(&empty).unwrap();
     move |args: &[&str]| {
-        Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .args(args)
             .current_dir(&empty)
             .env_clear()
@@ -28,9 +29,19 @@ fn installed(dir: &Path) -> impl Fn(&[&str]) -> std::process::Output {
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             )
             .env("HOME", &home)
-            .env("OFFSWITCH_CACHE", "/nonexistent-cache")
-            .output()
-            .unwrap()
+            .env("OFFSWITCH_CACHE", "/nonexistent-cache");
+        // Another test of this process that forks while the copy is being written holds a
+        // writable descriptor of it until its child execs: exec meanwhile fails with
+        // ETXTBSY ("text file busy"). That window is short; wait it out.
+        for _ in 0..100 {
+            match command.output() {
+                Err(error) if error.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                result => return result.unwrap(),
+            }
+        }
+        command.output().unwrap()
     }
 }
 
