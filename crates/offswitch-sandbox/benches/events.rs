@@ -7,8 +7,10 @@
 //! - exec-heavy: 1,000 short execs (`/bin/true`, one process each);
 //! - file-heavy: unpack a 10,000-file tar archive in the home, then delete it.
 //!
-//! Usage: `cargo bench -p offswitch-sandbox --bench events -- [--runs N]` (root; strace must be
-//! installed for its column, `bench/events/run.sh` installs it).
+//! Usage: `cargo bench -p offswitch-sandbox --bench events -- [--runs N] [--only exec|file]
+//! [--mode off|on|strace] [--no-strace]` (root; strace must be installed for its column,
+//! `bench/events/run.sh` installs it). `--only` and `--mode` narrow the run for profiling one
+//! cell (for instance under `perf record`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,6 +31,14 @@ enum Mode {
 }
 
 impl Mode {
+    fn flag(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::On => "on",
+            Mode::Strace => "strace",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Mode::Off => "recording off",
@@ -47,13 +57,19 @@ struct Workload {
 
 fn main() {
     let mut runs = 10;
+    let mut only = None;
+    let mut mode_only: Option<String> = None;
+    let mut strace = Path::new("/usr/bin/strace").is_file();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        if arg == "--runs" {
-            runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N");
+        match arg.as_str() {
+            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--only" => only = Some(args.next().expect("--only exec|file")),
+            "--no-strace" => strace = false,
+            "--mode" => mode_only = Some(args.next().expect("--mode off|on|strace")),
+            _ => {}
         }
     }
-    let strace = Path::new("/usr/bin/strace").is_file();
     let scratch =
         std::env::temp_dir().join(format!("offswitch-events-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
@@ -79,13 +95,22 @@ fn main() {
             .unwrap_or_default()
             .trim()
     );
-    let modes: Vec<Mode> = if strace {
+    let mut modes: Vec<Mode> = if strace {
         vec![Mode::Off, Mode::On, Mode::Strace]
     } else {
-        println!("(strace is not installed: its column is left out)\n");
+        println!("(strace is not installed or not asked for: its column is left out)\n");
         vec![Mode::Off, Mode::On]
     };
+    if let Some(name) = &mode_only {
+        modes.retain(|mode| mode.flag() == name);
+    }
     for workload in &workloads {
+        if only
+            .as_deref()
+            .is_some_and(|only| !workload.name.starts_with(only))
+        {
+            continue;
+        }
         let mut times: Vec<Vec<Duration>> = vec![Vec::new(); modes.len()];
         let mut failures = Vec::new();
         for run in 0..runs {
