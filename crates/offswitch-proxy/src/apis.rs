@@ -615,10 +615,10 @@ impl StreamState {
             }
             let delta = match choice.get("delta") {
                 None | Some(Value::Null) => None,
-                Some(Value::Object(delta)) => Some(delta.clone()),
+                Some(Value::Object(delta)) => Some(delta),
                 Some(_) => return self.poison("a delta that is not an object"),
             };
-            for (key, value) in delta.iter().flatten() {
+            for (key, value) in delta.into_iter().flatten() {
                 match key.as_str() {
                     "content" => match value {
                         Value::String(text) => self.chat.choices[index].content.push_str(text),

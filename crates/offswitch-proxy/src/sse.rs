@@ -108,6 +108,14 @@ impl SseParser {
         let bytes = &self.buffer[..];
         let mut i = self.scanned;
         while i < bytes.len() {
+            // Jump to the next line-break byte: most of an event is its data.
+            match memchr::memchr2(b'\n', b'\r', &bytes[i..]) {
+                Some(at) => i += at,
+                None => {
+                    i = bytes.len();
+                    break;
+                }
+            }
             let first = line_break(bytes, i);
             if let Some(after_first) = first {
                 if after_first >= bytes.len() {
@@ -141,8 +149,10 @@ fn line_break(bytes: &[u8], i: usize) -> Option<usize> {
 }
 
 fn parse(raw: Bytes) -> SseEvent {
-    let text = String::from_utf8_lossy(&raw);
-    let mut odd = std::str::from_utf8(&raw).is_err();
+    let (text, mut odd) = match std::str::from_utf8(&raw) {
+        Ok(text) => (std::borrow::Cow::Borrowed(text), false),
+        Err(_) => (String::from_utf8_lossy(&raw), true),
+    };
     let mut event = None;
     let mut data: Option<String> = None;
     for line in text.split(['\n', '\r']) {
