@@ -74,6 +74,11 @@ enum Command {
     Man,
 }
 
+/// mimalloc instead of glibc's malloc: the proxy's hot path spent a fifth of its time in glibc's
+/// allocator, much of it on arena locks shared by the runtime's threads (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
