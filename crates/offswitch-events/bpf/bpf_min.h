@@ -22,6 +22,23 @@
  * one level): the address is computed with a relocatable offset. */
 #define CORE_ADDR(ptr, field) ((const void *)__builtin_preserve_access_index(&(ptr)->field))
 
+/*
+ * A field read through a kernel pointer with bpf_probe_read_kernel at its CO-RE
+ * address (0 when the read fails, a NULL pointer included). The programs follow
+ * every pointer this way rather than by a load through a typed pointer: loading
+ * a pointer field through a trusted pointer (a task, a tracepoint argument)
+ * makes the verifier search the kernel's whole BTF by name up to four times
+ * (btf_nested_type_is_trusted, a linear scan on this kernel), and those
+ * searches were most of the time the programs took to load. To the verifier the
+ * value is a number, so whatever it points to is read with KREAD too.
+ */
+#define KREAD(ptr, field) ({                                                        \
+	typeof((ptr)->field) __kread;                                              \
+	__builtin_memset(&__kread, 0, sizeof(__kread));                            \
+	bpf_probe_read_kernel(&__kread, sizeof(__kread), CORE_ADDR(ptr, field));    \
+	__kread;                                                                    \
+})
+
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) = (void *)2;
 static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;

@@ -194,7 +194,7 @@ static __always_inline void put_scratch(struct scratch *s)
 static __always_inline __u32 pid_nr_at(struct pid *pid, __u32 level, void **ns)
 {
 	struct upid u = {};
-	if (!pid || pid->level < level)
+	if (!pid || KREAD(pid, level) < level)
 		return 0;
 	/* numbers[] is a flexible array: relocate its offset, index by hand
 	 * (sizeof(struct upid) == 16 on every 64-bit kernel). */
@@ -207,9 +207,10 @@ static __always_inline __u32 pid_nr_at(struct pid *pid, __u32 level, void **ns)
 /* Common header for the task `t` (normally current). */
 static __always_inline void fill_hdr(struct ev_hdr *h, __u32 kind, __u64 sandbox, struct task_struct *t)
 {
-	struct pid *tp = t->group_leader->thread_pid;
-	struct task_struct *parent = t->real_parent;
-	__u32 level = tp ? tp->level : 0;
+	struct task_struct *leader = KREAD(t, group_leader);
+	struct pid *tp = KREAD(leader, thread_pid);
+	struct task_struct *parent = KREAD(t, real_parent);
+	__u32 level = tp ? KREAD(tp, level) : 0;
 	void *ns = NULL, *pns = NULL;
 
 	h->kind = kind;
@@ -218,24 +219,25 @@ static __always_inline void fill_hdr(struct ev_hdr *h, __u32 kind, __u64 sandbox
 	h->sandbox_cg = sandbox;
 	h->pid = t->pid;
 	h->tgid = t->tgid;
-	h->ppid = parent->tgid;
+	h->ppid = KREAD(parent, tgid);
 	h->ns_pid = pid_nr_at(tp, level, &ns);
-	h->ns_ppid = pid_nr_at(parent->thread_pid, level, &pns);
+	h->ns_ppid = pid_nr_at(KREAD(parent, thread_pid), level, &pns);
 	if (pns != ns) /* parent lives in another (ancestor) pid namespace */
 		h->ns_ppid = 0;
-	h->uid = t->real_cred->uid.val;
+	struct cred *cred = (void *)KREAD(t, real_cred); /* not const: KREAD writes a copy */
+	h->uid = KREAD(cred, uid.val);
 	bpf_probe_read_kernel(h->comm, sizeof(h->comm), t->comm);
 }
 
 /* inode/fs identity of a dentry (inode may be absent: negative dentry). */
 static __always_inline void fill_file_id(struct file_id *f, struct dentry *d)
 {
-	struct inode *ino = d->d_inode;
-	struct super_block *sb = d->d_sb;
-	f->ino = ino ? ino->i_ino : 0;
-	f->mode = ino ? ino->i_mode : 0;
-	f->dev = sb->s_dev;
-	f->fs_magic = sb->s_magic;
+	struct inode *ino = KREAD(d, d_inode);
+	struct super_block *sb = KREAD(d, d_sb);
+	f->ino = ino ? KREAD(ino, i_ino) : 0;
+	f->mode = ino ? KREAD(ino, i_mode) : 0;
+	f->dev = KREAD(sb, s_dev);
+	f->fs_magic = KREAD(sb, s_magic);
 	f->path_flags = 0;
 	f->depth = 0;
 }
@@ -258,10 +260,10 @@ static __always_inline __u32 put_path(char *data, __u32 off, struct dentry *d, s
 	__u32 i;
 
 	for (i = 0; i < MAX_DEPTH; i++) {
-		struct dentry *parent = d->d_parent;
+		struct dentry *parent = KREAD(d, d_parent);
 		if (!parent || parent == d) /* root of this filesystem */
 			break;
-		long n = bpf_probe_read_kernel_str(data + (off & DATA_MASK), NAME_BYTES, d->d_name.name);
+		long n = bpf_probe_read_kernel_str(data + (off & DATA_MASK), NAME_BYTES, KREAD(d, d_name.name));
 		if (n <= 0)
 			break;
 		off += n;
@@ -337,39 +339,41 @@ int handle_exec(__u64 *ctx)
 	e->argc = bprm->argc;
 	e->args_flags = 0;
 
-	n = bpf_probe_read_kernel_str(data, NAME_BYTES, bprm->filename);
+	n = bpf_probe_read_kernel_str(data, NAME_BYTES, KREAD(bprm, filename));
 	e->filename_len = n > 0 ? n : 0;
 	off += e->filename_len;
-	n = bpf_probe_read_kernel_str(data + (off & DATA_MASK), NAME_BYTES, bprm->interp);
+	n = bpf_probe_read_kernel_str(data + (off & DATA_MASK), NAME_BYTES, KREAD(bprm, interp));
 	e->interp_len = n > 0 ? n : 0;
 	off += e->interp_len;
 
 	/* bprm->executable is only set for binfmt_misc 'O' (execfd); for a
 	 * #! script the script's struct file is already released here, only
 	 * bprm->filename names it.  bprm->file is what is really mapped. */
-	struct file *exe = bprm->executable;
-	struct file *file = bprm->file;
+	struct file *exe = KREAD(bprm, executable);
+	struct file *file = KREAD(bprm, file);
 	__builtin_memset(&e->exe, 0, sizeof(e->exe));
 	__builtin_memset(&e->file, 0, sizeof(e->file));
 	e->exe_path_len = 0;
 	if (exe) {
-		fill_file_id(&e->exe, exe->f_path.dentry);
-		e->exe_path_len = put_path(data, off, exe->f_path.dentry, &e->exe);
+		struct dentry *dentry = KREAD(exe, f_path.dentry);
+		fill_file_id(&e->exe, dentry);
+		e->exe_path_len = put_path(data, off, dentry, &e->exe);
 		off += RELOAD(e->exe_path_len);
 	}
 	e->file_path_len = 0;
 	if (file) {
-		fill_file_id(&e->file, file->f_path.dentry);
-		e->file_path_len = put_path(data, off, file->f_path.dentry, &e->file);
+		struct dentry *dentry = KREAD(file, f_path.dentry);
+		fill_file_id(&e->file, dentry);
+		e->file_path_len = put_path(data, off, dentry, &e->file);
 		off += RELOAD(e->file_path_len);
 	}
 
 	/* The working directory, to resolve a relative name (./next_question). */
 	__builtin_memset(&e->cwd, 0, sizeof(e->cwd));
 	e->cwd_path_len = 0;
-	struct fs_struct *fs = p->fs;
+	struct fs_struct *fs = KREAD(p, fs);
 	if (fs) {
-		struct dentry *pwd = fs->pwd.dentry;
+		struct dentry *pwd = KREAD(fs, pwd.dentry);
 		if (pwd) {
 			fill_file_id(&e->cwd, pwd);
 			e->cwd_path_len = put_path(data, off, pwd, &e->cwd);
@@ -379,8 +383,8 @@ int handle_exec(__u64 *ctx)
 
 	/* argv: the new image's mm is current->mm now; its arg pages were
 	 * written by the kernel during execve, so they are present. */
-	struct mm_struct *mm = p->mm;
-	unsigned long as = mm->arg_start, ae = mm->arg_end;
+	struct mm_struct *mm = KREAD(p, mm);
+	unsigned long as = KREAD(mm, arg_start), ae = KREAD(mm, arg_end);
 	__u64 total = ae > as ? ae - as : 0;
 	__u32 len = total;
 	e->args_total = total;
@@ -429,8 +433,8 @@ int handle_fork(__u64 *ctx)
 	void *ns;
 	fill_hdr(&e->h, EV_FORK, sandbox, parent);
 	e->child_pid = child->pid;
-	struct pid *cp = child->thread_pid;
-	e->child_ns_pid = pid_nr_at(cp, cp ? cp->level : 0, &ns);
+	struct pid *cp = KREAD(child, thread_pid);
+	e->child_ns_pid = pid_nr_at(cp, cp ? KREAD(cp, level) : 0, &ns);
 	submit(&e->h, sizeof(*e), EV_FORK);
 	put_scratch(s);
 	return 0;
@@ -577,9 +581,9 @@ int handle_sys_exit(__u64 *ctx)
 	}
 	__builtin_memset(&e->cwd, 0, sizeof(e->cwd));
 	e->cwd_path_len = 0;
-	struct fs_struct *fs = task->fs;
+	struct fs_struct *fs = KREAD(task, fs);
 	if (fs) {
-		struct dentry *pwd = fs->pwd.dentry;
+		struct dentry *pwd = KREAD(fs, pwd.dentry);
 		if (pwd) {
 			fill_file_id(&e->cwd, pwd);
 			e->cwd_path_len = put_path(data, off, pwd, &e->cwd);
@@ -628,8 +632,9 @@ int handle_signal_generate(__u64 *ctx)
 	fill_hdr(&e->h, EV_SIGNAL, sandbox, bpf_get_current_task_btf());
 	e->target_pid = target->pid;
 	e->target_tgid = tgid;
-	struct pid *tp = target->group_leader->thread_pid;
-	e->target_ns_pid = pid_nr_at(tp, tp ? tp->level : 0, &ns);
+	struct task_struct *leader = KREAD(target, group_leader);
+	struct pid *tp = KREAD(leader, thread_pid);
+	e->target_ns_pid = pid_nr_at(tp, tp ? KREAD(tp, level) : 0, &ns);
 	e->sig = sig;
 	e->si_code = 0;
 	if (info > 1) /* SEND_SIG_NOINFO (0) / SEND_SIG_PRIV (1) are not pointers */
@@ -638,7 +643,10 @@ int handle_signal_generate(__u64 *ctx)
 	else
 		e->si_code = info ? 0x80 /* SI_KERNEL */ : 0 /* SI_USER */;
 	e->target_watched = pid1_of ? 1 : 0;
-	e->target_cgroup = target->cgroups->dfl_cgrp->kn->id;
+	struct css_set *cgroups = KREAD(target, cgroups);
+	struct cgroup *dfl = KREAD(cgroups, dfl_cgrp);
+	struct kernfs_node *kn = KREAD(dfl, kn);
+	e->target_cgroup = KREAD(kn, id);
 	e->group = (__u32)ctx[3];
 	e->result = (int)ctx[4];
 	submit(&e->h, sizeof(*e), EV_SIGNAL);
