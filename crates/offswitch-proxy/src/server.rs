@@ -19,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
 use crate::apis::{self, ApiKind, Call, Flow, StreamState};
 use crate::budget::{Spending, Use};
@@ -827,230 +826,285 @@ impl Exchange {
 
     /// A streamed reply: events released as they come until a tool call begins, then held
     /// until the reply is complete and its calls checked.
+    /// A streamed reply. Its events are read, checked and released as the client's body asks
+    /// for them, inside the client connection's task: no task or channel between the upstream
+    /// and the client, which cost every event a second wake-up. The events of one upstream read
+    /// go out together, byte for byte as they came.
     async fn stream(self, reply: reqwest::Response, request_bytes: usize) -> Response {
         let status = reply.status();
         let headers = reply.headers().clone();
-        let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-        tokio::spawn(self.pump(reply, sender, request_bytes));
-        let body = Body::from_stream(futures::stream::unfold(
-            receiver,
-            |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
-        ));
+        let pump = Pump::new(self, reply, request_bytes);
+        let body = Body::from_stream(futures::stream::unfold(pump, |mut pump| async move {
+            pump.next().await.map(|item| (item, pump))
+        }));
         let mut response = Response::new(body);
         *response.status_mut() = status;
         copy_headers(&headers, response.headers_mut());
         response
     }
+}
 
-    async fn pump(
-        mut self,
-        mut reply: reqwest::Response,
-        sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
-        request_bytes: usize,
-    ) {
-        let limits = self.proxy.config.limits.clone();
-        let mut outlet = Outlet {
-            sender,
-            translator: self
+/// One streamed reply on its way from the upstream to the client. It is recorded once: when
+/// the client's body ends, or, if the client goes first (the body is dropped), as
+/// `client_disconnected`.
+struct Pump {
+    exchange: Exchange,
+    reply: reqwest::Response,
+    request_bytes: usize,
+    limits: crate::config::Limits,
+    parser: SseParser,
+    state: StreamState,
+    /// A Responses API client's stream is translated from chat-completions events.
+    translator: Option<crate::translate::StreamTranslator>,
+    /// Events held until the reply's tool calls are complete and checked.
+    held: Vec<SseEvent>,
+    /// The held events were checked and released (or replaced).
+    decided: bool,
+    /// Bytes read from the upstream.
+    total: u64,
+    first_byte: Option<Duration>,
+    /// Why the stream ended before its end, if it did.
+    ending: Option<String>,
+    deadline: Instant,
+    /// What the client gets next: released bytes, then, for a stream that failed, an error
+    /// (so that the client sees the stream fail, not end).
+    out: std::collections::VecDeque<Result<Bytes, std::io::Error>>,
+    /// The upstream's stream is over and its end was handled.
+    over: bool,
+    recorded: bool,
+}
+
+impl Pump {
+    fn new(exchange: Exchange, reply: reqwest::Response, request_bytes: usize) -> Pump {
+        let limits = exchange.proxy.config.limits.clone();
+        Pump {
+            translator: exchange
                 .translated
                 .as_ref()
                 .map(crate::translate::StreamTranslator::new),
-        };
-        let mut parser = SseParser::new(
-            usize::try_from(limits.max_response_bytes.min(16 << 20)).unwrap_or(16 << 20),
-        );
-        let mut state = StreamState::new(self.kind);
-        let mut held: Vec<SseEvent> = Vec::new();
-        let mut decided = false;
-        let mut total = 0u64;
-        let mut first_byte = None;
-        let mut client_gone = false;
-        let mut ending: Option<String> = None;
-        let mut ended = false;
-        let deadline = self.received + limits.max_exchange;
-        while !ended && !client_gone {
-            // The idle timeout between reads, and the whole exchange's limit.
-            let wait = limits
-                .idle_timeout
-                .min(deadline.saturating_duration_since(Instant::now()));
-            let events = match tokio::time::timeout(wait, reply.chunk()).await {
-                Ok(Ok(Some(chunk))) => {
-                    first_byte.get_or_insert_with(|| self.received.elapsed());
-                    total += chunk.len() as u64;
-                    if total > limits.max_response_bytes {
-                        ending = Some(format!(
-                            "the reply passed {} bytes",
-                            limits.max_response_bytes
-                        ));
-                        break;
-                    }
-                    match parser.push(&chunk) {
-                        Ok(events) => events,
-                        Err(too_large) => {
-                            ending = Some(format!("an event passed {} bytes", too_large.0));
-                            break;
-                        }
-                    }
+            parser: SseParser::new(
+                usize::try_from(limits.max_response_bytes.min(16 << 20)).unwrap_or(16 << 20),
+            ),
+            state: StreamState::new(exchange.kind),
+            deadline: exchange.received + limits.max_exchange,
+            exchange,
+            reply,
+            request_bytes,
+            limits,
+            held: Vec::new(),
+            decided: false,
+            total: 0,
+            first_byte: None,
+            ending: None,
+            out: std::collections::VecDeque::new(),
+            over: false,
+            recorded: false,
+        }
+    }
+
+    /// The next bytes for the client; `None` once the stream is over (and recorded).
+    async fn next(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        loop {
+            if let Some(item) = self.out.pop_front() {
+                if item.is_err() {
+                    // The body ends with this error and is dropped at once: record it first.
+                    self.record(false);
                 }
-                // The end: an event left without its blank line is still read (and checked)
-                // as one; nothing goes out that was not.
-                Ok(Ok(None)) => {
-                    ended = true;
-                    parser.finish().into_iter().collect()
-                }
-                Ok(Err(e)) => {
-                    ending = Some(format!("the upstream's stream failed: {e}"));
-                    break;
-                }
-                Err(_) if Instant::now() >= deadline => {
-                    ending = Some(format!(
-                        "the exchange passed its limit of {}s",
-                        limits.max_exchange.as_secs()
+                return Some(item);
+            }
+            if self.over {
+                self.record(false);
+                return None;
+            }
+            self.step().await;
+        }
+    }
+
+    /// Read once from the upstream; check the events that completed and queue what may go.
+    async fn step(&mut self) {
+        // The idle timeout between reads, and the whole exchange's limit.
+        let wait = self
+            .limits
+            .idle_timeout
+            .min(self.deadline.saturating_duration_since(Instant::now()));
+        let mut upstream_ended = false;
+        let events = match tokio::time::timeout(wait, self.reply.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                self.first_byte
+                    .get_or_insert_with(|| self.exchange.received.elapsed());
+                self.total += chunk.len() as u64;
+                if self.total > self.limits.max_response_bytes {
+                    return self.end(format!(
+                        "the reply passed {} bytes",
+                        self.limits.max_response_bytes
                     ));
-                    break;
                 }
-                Err(_) => {
-                    ending = Some(format!(
-                        "the upstream sent nothing for {}s",
-                        limits.idle_timeout.as_secs()
-                    ));
-                    break;
-                }
-            };
-            for event in events {
-                match state.on_event(&event) {
-                    Flow::Drop => continue,
-                    Flow::Release if !decided => {
-                        if !outlet.send(event).await {
-                            client_gone = true;
-                            break;
-                        }
-                    }
-                    _ if decided => {}
-                    _ => held.push(event),
-                }
-                if state.done() && !decided && state.holding() {
-                    decided = true;
-                    if !self.release_checked(&state, &mut held, &mut outlet).await {
-                        client_gone = true;
-                        break;
+                match self.parser.push(&chunk) {
+                    Ok(events) => events,
+                    Err(too_large) => {
+                        return self.end(format!("an event passed {} bytes", too_large.0));
                     }
                 }
             }
+            // The end: an event left without its blank line is still read (and checked) as
+            // one; nothing goes out that was not.
+            Ok(Ok(None)) => {
+                upstream_ended = true;
+                self.parser.finish().into_iter().collect()
+            }
+            Ok(Err(e)) => return self.end(format!("the upstream's stream failed: {e}")),
+            Err(_) if Instant::now() >= self.deadline => {
+                return self.end(format!(
+                    "the exchange passed its limit of {}s",
+                    self.limits.max_exchange.as_secs()
+                ));
+            }
+            Err(_) => {
+                return self.end(format!(
+                    "the upstream sent nothing for {}s",
+                    self.limits.idle_timeout.as_secs()
+                ));
+            }
+        };
+        let mut released = Vec::new();
+        for event in events {
+            match self.state.on_event(&event) {
+                Flow::Drop => continue,
+                Flow::Release if !self.decided => self.release(event, &mut released),
+                _ if self.decided => {}
+                _ => self.held.push(event),
+            }
+            if self.state.done() && !self.decided && self.state.holding() {
+                self.decided = true;
+                self.release_checked(&mut released);
+            }
         }
-        if ending.is_none()
-            && !client_gone
-            && !decided
-            && state.holding()
-            && state.complete_at_end()
-            && !self.release_checked(&state, &mut held, &mut outlet).await
-        {
-            client_gone = true;
+        if upstream_ended {
+            if !self.decided && self.state.holding() && self.state.complete_at_end() {
+                self.release_checked(&mut released);
+            }
+            self.finish(&mut released);
         }
-        let complete = state.done() || state.complete_at_end();
-        if complete
-            && !client_gone
-            && ending.is_none()
-            && state.uncheckable().is_none()
-            && held.is_empty()
-        {
-            // A translated stream ends with the Responses API's own closing events.
-            client_gone = !outlet.finish().await;
+        self.queue(released);
+        if upstream_ended {
+            self.fail_if_incomplete();
         }
-        let unchecked = state.uncheckable().map(str::to_owned);
-        // A stream that ended before its reply was complete, or that could not be checked,
-        // never releases what it held; the client sees the stream fail, not end.
-        let withheld = held.len();
-        if !client_gone && (ending.is_some() || !complete || unchecked.is_some()) {
+    }
+
+    /// The stream ended early (`why`): nothing held goes out, and the client sees it fail.
+    fn end(&mut self, why: String) {
+        self.ending = Some(why);
+        self.fail_if_incomplete();
+    }
+
+    /// The upstream's stream is over. A reply that ended before it was complete, or that
+    /// could not be checked, never releases what it held: the client's stream fails.
+    fn fail_if_incomplete(&mut self) {
+        self.over = true;
+        let complete = self.state.done() || self.state.complete_at_end();
+        let unchecked = self.state.uncheckable();
+        if self.ending.is_some() || !complete || unchecked.is_some() {
             let why = unchecked
-                .as_ref()
                 .map(|why| format!("the reply could not be checked: {why}"))
-                .or_else(|| ending.clone())
+                .or_else(|| self.ending.clone())
                 .unwrap_or_else(|| "the upstream's stream ended early".into());
-            let _ = outlet.sender.send(Err(std::io::Error::other(why))).await;
+            self.out.push_back(Err(std::io::Error::other(why)));
         }
-        drop(outlet);
-        let spent = self.spend(state.usage(), request_bytes, total as usize);
+    }
+
+    /// A complete, checked reply whose held events are all out: a translated stream ends with
+    /// the Responses API's own closing events.
+    fn finish(&mut self, released: &mut Vec<SseEvent>) {
+        let complete = self.state.done() || self.state.complete_at_end();
+        if complete
+            && self.ending.is_none()
+            && self.state.uncheckable().is_none()
+            && self.held.is_empty()
+            && let Some(translator) = &mut self.translator
+        {
+            released.extend(translator.finish());
+        }
+    }
+
+    /// An event that may go, translated first if the client speaks another API.
+    fn release(&mut self, event: SseEvent, released: &mut Vec<SseEvent>) {
+        match &mut self.translator {
+            Some(translator) => released.extend(translator.translate(&event)),
+            None => released.push(event),
+        }
+    }
+
+    /// The reply is complete: check its calls and release what was held, as it came or with
+    /// the blocked calls replaced. Nothing is released from a reply that could not be checked.
+    fn release_checked(&mut self, released: &mut Vec<SseEvent>) {
+        if self.state.uncheckable().is_some() {
+            return;
+        }
+        let blocked = self.exchange.check_calls(&self.state.calls());
+        let out = self.state.rewrite(std::mem::take(&mut self.held), &blocked);
+        self.exchange.blocked = blocked;
+        for event in out {
+            self.release(event, released);
+        }
+    }
+
+    /// Released events as one piece of the client's body, byte for byte.
+    fn queue(&mut self, released: Vec<SseEvent>) {
+        match released.len() {
+            0 => {}
+            1 => {
+                let event = released.into_iter().next().expect("one event");
+                self.out.push_back(Ok(event.raw));
+            }
+            _ => {
+                let mut bytes = Vec::with_capacity(released.iter().map(|e| e.raw.len()).sum());
+                for event in &released {
+                    bytes.extend_from_slice(&event.raw);
+                }
+                self.out.push_back(Ok(Bytes::from(bytes)));
+            }
+        }
+    }
+
+    fn record(&mut self, client_gone: bool) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let complete = self.state.done() || self.state.complete_at_end();
+        let unchecked = self.state.uncheckable().map(str::to_owned);
+        let spent =
+            self.exchange
+                .spend(self.state.usage(), self.request_bytes, self.total as usize);
         let outcome = if client_gone {
             "client_disconnected"
         } else if unchecked.is_some() {
             "unchecked"
         } else if !complete {
             "truncated"
-        } else if self.blocked.is_empty() {
+        } else if self.exchange.blocked.is_empty() {
             "passed"
         } else {
             "blocked"
         };
-        self.record_response(json!({
+        self.exchange.record_response(json!({
             "outcome": outcome,
             "status": 200,
-            "first_byte_ms": first_byte.map(|d| d.as_millis() as u64),
+            "first_byte_ms": self.first_byte.map(|d| d.as_millis() as u64),
             "usage": spent,
-            "withheld_events": withheld,
-            "dropped_after_end": state.dropped_after_end,
+            "withheld_events": self.held.len(),
+            "dropped_after_end": self.state.dropped_after_end,
             "uncheckable": unchecked,
-            "ending": ending,
-            "response": state.reassembled(),
+            "ending": self.ending,
+            "response": self.state.reassembled(),
         }));
     }
-
-    /// The reply is complete: check its calls and send what was held, as it came or with the
-    /// blocked calls replaced. Nothing is sent from a reply that could not be checked.
-    /// `false` when the client is gone.
-    async fn release_checked(
-        &mut self,
-        state: &StreamState,
-        held: &mut Vec<SseEvent>,
-        outlet: &mut Outlet,
-    ) -> bool {
-        if state.uncheckable().is_some() {
-            return true;
-        }
-        let blocked = self.check_calls(&state.calls());
-        let out = state.rewrite(std::mem::take(held), &blocked);
-        self.blocked = blocked;
-        for event in out {
-            if !outlet.send(event).await {
-                return false;
-            }
-        }
-        true
-    }
 }
 
-/// Where released events go: to the client as they came, or translated first.
-struct Outlet {
-    sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
-    translator: Option<crate::translate::StreamTranslator>,
-}
-
-impl Outlet {
-    /// `false` when the client is gone.
-    async fn send(&mut self, event: SseEvent) -> bool {
-        let events = match &mut self.translator {
-            Some(translator) => translator.translate(&event),
-            None => vec![event],
-        };
-        for event in events {
-            if self.sender.send(Ok(event.raw)).await.is_err() {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// The translation's closing events, if they were not written yet.
-    async fn finish(&mut self) -> bool {
-        let Some(translator) = &mut self.translator else {
-            return true;
-        };
-        for event in translator.finish() {
-            if self.sender.send(Ok(event.raw)).await.is_err() {
-                return false;
-            }
-        }
-        true
+/// A client that went away before its stream's end drops the body: the exchange is recorded
+/// as it stood.
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.record(true);
     }
 }
 
