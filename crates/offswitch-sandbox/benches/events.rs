@@ -20,6 +20,11 @@ use offswitch_sandbox::{
     SandboxConfig, create_home, remove_home, set_event_recording,
 };
 
+/// The allocator the `offswitch` binary ships with: the recorder's reader threads allocate per
+/// event, and they share the two cores with the workload.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EXECS: usize = 1000;
 const FILES: usize = 10_000;
 
