@@ -8,6 +8,7 @@
 #                     [--seconds N] [--rounds N]      (defaults: stream, 100, 5, 3)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/proxy/config.sh
 [ $# -ge 2 ] || { echo "usage: $0 OFFSWITCH_A OFFSWITCH_B [--mode M] [--clients N] [--seconds N] [--rounds N]" >&2; exit 2; }
 a=$(realpath "$1") b=$(realpath "$2"); shift 2
 mode=stream clients=100 seconds=5 rounds=3
@@ -35,35 +36,7 @@ trap cleanup EXIT
 pids+=($!)
 echo -n "sk-bench-session-token" >"$work/token"
 start() { # binary port name
-    cat >"$work/$3.toml" <<TOML
-version = 1
-listen = "127.0.0.1:$2"
-[[upstream]]
-name = "mock"
-url = "http://127.0.0.1:4630/v1"
-api = "openai"
-[[session]]
-name = "bench"
-token_file = "$work/token"
-[[rule]]
-name = "no-force-delete"
-on = "tool_call"
-tool = "*shell*"
-pattern = 'rm\s+-[a-zA-Z]*[rR]'
-action = "block"
-[[rule]]
-name = "key-leaving"
-on = "prompt"
-pattern = '(sk-live-[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16})'
-action = "block"
-[[budget]]
-name = "tokens"
-metric = "tokens"
-max = 1000000000000
-per = "1h"
-[limits]
-max_concurrent = 1000
-TOML
+    proxy_config "$work/$3.toml" "127.0.0.1:$2" http://127.0.0.1:4630/v1 "$work/token"
     OFFSWITCH_HOME=$work/home-$3 "$1" proxy --policy "$work/$3.toml" --audit "$work/$3.audit" \
         >"$work/$3.log" 2>&1 &
     pids+=($!)

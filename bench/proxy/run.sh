@@ -15,6 +15,7 @@
 #   bench/proxy/run.sh [--seconds N]     (default 10)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/proxy/config.sh
 root=$(pwd)
 seconds=10
 while [ $# -gt 0 ]; do
@@ -63,35 +64,7 @@ wait_for "$work/upstream.log" "listening on"
 upstream=http://127.0.0.1:4610/v1
 
 echo -n "sk-bench-session-token" >"$work/token"
-cat >"$work/proxy.toml" <<TOML
-version = 1
-listen = "127.0.0.1:4611"
-[[upstream]]
-name = "mock"
-url = "$upstream"
-api = "openai"
-[[session]]
-name = "bench"
-token_file = "$work/token"
-[[rule]]
-name = "no-force-delete"
-on = "tool_call"
-tool = "*shell*"
-pattern = 'rm\s+-[a-zA-Z]*[rR]'
-action = "block"
-[[rule]]
-name = "key-leaving"
-on = "prompt"
-pattern = '(sk-live-[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16})'
-action = "block"
-[[budget]]
-name = "tokens"
-metric = "tokens"
-max = 1000000000000
-per = "1h"
-[limits]
-max_concurrent = 1000
-TOML
+proxy_config "$work/proxy.toml" 127.0.0.1:4611 "$upstream" "$work/token"
 "$offswitch" proxy --policy "$work/proxy.toml" --audit "$work/proxy.audit" >"$work/proxy.log" 2>&1 &
 pids+=($!)
 wait_for "$work/proxy.log" "listening on"

@@ -987,19 +987,19 @@ impl Pump {
         }
         self.queue(released);
         if upstream_ended {
-            self.fail_if_incomplete();
+            self.close();
         }
     }
 
     /// The stream ended early (`why`): nothing held goes out, and the client sees it fail.
     fn end(&mut self, why: String) {
         self.ending = Some(why);
-        self.fail_if_incomplete();
+        self.close();
     }
 
     /// The upstream's stream is over. A reply that ended before it was complete, or that
     /// could not be checked, never releases what it held: the client's stream fails.
-    fn fail_if_incomplete(&mut self) {
+    fn close(&mut self) {
         self.over = true;
         let complete = self.state.done() || self.state.complete_at_end();
         let unchecked = self.state.uncheckable();
