@@ -1,5 +1,6 @@
 //! The writer: appends records and signed checkpoints to a new log, never rewriting a line, and
-//! hands each checkpoint to the witness.
+//! hands each checkpoint to the witness. Syncing and witnessing run on a thread of their own, in
+//! checkpoint order, so that appending never waits for them.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -66,7 +67,8 @@ pub struct AuditWriter {
     file: File,
     key: AuditKey,
     log_id: LogId,
-    witness: Option<WitnessSink>,
+    /// Syncs the log and hands checkpoints to the witness, in order, on its own thread.
+    sealer: Sealer,
     checkpoint_every: u64,
     frontier: Frontier,
     chain_head: Hash,
@@ -135,12 +137,13 @@ impl AuditWriter {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;
         }
+        let sealer = Sealer::start(&file, witness, path)?;
         let mut writer = Self {
             path: path.to_owned(),
             file,
             key: key.clone(),
             log_id,
-            witness,
+            sealer,
             checkpoint_every: options.checkpoint_every,
             frontier: Frontier::new(),
             chain_head: genesis_link(&header_line),
@@ -149,7 +152,7 @@ impl AuditWriter {
             broken: false,
             entry: Vec::new(),
         };
-        writer.write_checkpoint(false)?;
+        writer.write_checkpoint(false, Wait::Yes)?;
         Ok(writer)
     }
 
@@ -165,8 +168,10 @@ impl AuditWriter {
 
     /// Append a record and return its sequence number (0, 1, 2, ...). The line reaches the
     /// operating system before this returns; every `checkpoint_every` records a checkpoint is
-    /// written and synced. A witness failure at that checkpoint is an error although the
-    /// record and the checkpoint are in the log.
+    /// written, and synced and witnessed on the sealer's thread (an append never waits for the
+    /// disk or the witness, unless two checkpoints are still waiting). A failure there is
+    /// returned by the next append, whose record is in the log all the same: a failed witness
+    /// as [`AuditError::Witness`], a failed sync by breaking the writer.
     pub fn append(&mut self, kind: &str, body: &serde_json::Value) -> Result<u64, AuditError> {
         if self.broken {
             return Err(AuditError::WriterBroken {
@@ -194,23 +199,54 @@ impl AuditWriter {
         self.chain_head = link;
         self.since_checkpoint += 1;
         if self.checkpoint_every > 0 && self.since_checkpoint >= self.checkpoint_every {
-            self.write_checkpoint(false)?;
+            self.write_checkpoint(false, Wait::No)?;
         }
+        // An earlier checkpoint's sync or witness failed on the sealer's thread: this record
+        // is in the log, and the caller learns it now.
+        self.sealer_failure()?;
         Ok(seq)
     }
 
-    /// Write, sync and witness a checkpoint of every record so far.
+    /// Write, sync and witness a checkpoint of every record so far; returns once it is synced
+    /// and witnessed (the checkpoints `append` writes every `checkpoint_every` records are
+    /// synced and witnessed on the sealer's thread, so that no append waits for the disk or
+    /// the witness; a failure there is returned by a later call).
     pub fn checkpoint(&mut self) -> Result<Checkpoint, AuditError> {
-        self.write_checkpoint(false)
+        self.write_checkpoint(false, Wait::Yes)
     }
 
     /// Close the log with a final checkpoint (`closed: true`). A writer dropped without this
     /// leaves the log like a crash does: records after the last checkpoint unsealed.
     pub fn finish(mut self) -> Result<Checkpoint, AuditError> {
-        self.write_checkpoint(true)
+        self.write_checkpoint(true, Wait::Yes)
     }
 
-    fn write_checkpoint(&mut self, closed: bool) -> Result<Checkpoint, AuditError> {
+    /// The first failure of the sealer's thread not reported yet. A failed sync breaks the
+    /// writer (the log's end is not known to be on disk); a failed witness does not.
+    fn sealer_failure(&mut self) -> Result<(), AuditError> {
+        match lock(&self.sealer.failed).take() {
+            None => Ok(()),
+            Some(error) => {
+                if !matches!(error, AuditError::Witness { .. }) {
+                    self.broken = true;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The sealer's thread is gone (it only ends with the writer, so a panic): nothing more is
+    /// known to reach the disk.
+    fn sealer_gone(&mut self) -> AuditError {
+        self.broken = true;
+        AuditError::Io {
+            action: "sync",
+            path: self.path.clone(),
+            source: std::io::Error::other("the checkpoint thread stopped"),
+        }
+    }
+
+    fn write_checkpoint(&mut self, closed: bool, wait: Wait) -> Result<Checkpoint, AuditError> {
         if self.broken {
             return Err(AuditError::WriterBroken {
                 path: self.path.clone(),
@@ -230,17 +266,40 @@ impl AuditWriter {
         let mut line = checkpoint.to_line().into_bytes();
         line.push(b'\n');
         self.write_line(&line)?;
-        self.file.sync_data().map_err(|source| {
-            self.broken = true;
-            io_error("sync", &self.path, source)
-        })?;
         self.next_checkpoint += 1;
         self.since_checkpoint = 0;
-        if let Some(witness) = &mut self.witness {
-            witness.send(&line).map_err(|reason| AuditError::Witness {
-                number: checkpoint.number,
-                reason,
-            })?;
+        let (done, result) = match wait {
+            Wait::Yes => {
+                let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+                (Some(sender), Some(receiver))
+            }
+            Wait::No => (None, None),
+        };
+        let seal = Seal {
+            number: checkpoint.number,
+            line,
+            done,
+        };
+        if self.sealer.jobs.send(seal).is_err() {
+            return Err(self.sealer_gone());
+        }
+        if let Some(result) = result {
+            let outcome = result.recv();
+            // Everything before this checkpoint was sealed first (one thread, in order): a
+            // failure of one of those is reported first.
+            self.sealer_failure()?;
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    if !matches!(error, AuditError::Witness { .. }) {
+                        self.broken = true;
+                    }
+                    return Err(error);
+                }
+                Err(_) => {
+                    return Err(self.sealer_gone());
+                }
+            }
         }
         Ok(checkpoint)
     }
@@ -253,6 +312,100 @@ impl AuditWriter {
             io_error("write", &self.path, source)
         })
     }
+}
+
+/// Whether a checkpoint's writer waits for it to be synced and witnessed.
+#[derive(Clone, Copy)]
+enum Wait {
+    Yes,
+    No,
+}
+
+/// One checkpoint to seal: the log synced up to it, then its line to the witness.
+struct Seal {
+    number: u64,
+    line: Vec<u8>,
+    /// Where a waiting writer gets the outcome.
+    done: Option<std::sync::mpsc::SyncSender<Result<(), AuditError>>>,
+}
+
+/// The thread that syncs the log and feeds the witness, one checkpoint after another. A sync
+/// and a witness (a file synced, or a command run) take milliseconds to seconds; a guard or a
+/// proxy appending a record must not wait for them. At most [`SEALS_QUEUED`] checkpoints wait:
+/// past that an append waits, so a slow disk or witness bounds the backlog.
+struct Sealer {
+    jobs: std::sync::mpsc::SyncSender<Seal>,
+    /// A failure of a checkpoint nobody waited for, for the writer's next call.
+    failed: std::sync::Arc<std::sync::Mutex<Option<AuditError>>>,
+}
+
+const SEALS_QUEUED: usize = 2;
+
+impl Sealer {
+    fn start(file: &File, witness: Option<WitnessSink>, path: &Path) -> Result<Sealer, AuditError> {
+        let log = file
+            .try_clone()
+            .map_err(|source| io_error("open a second descriptor of", path, source))?;
+        let (jobs, receiver) = std::sync::mpsc::sync_channel::<Seal>(SEALS_QUEUED);
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let shared = std::sync::Arc::clone(&failed);
+        let log_path = path.to_owned();
+        std::thread::Builder::new()
+            .name("offswitch-audit-seal".into())
+            .spawn(move || {
+                let mut witness = witness;
+                let mut broken = false;
+                // Ends when the writer is gone (its sender dropped) and the queue is empty.
+                for seal in receiver {
+                    let result = if broken {
+                        Err(AuditError::WriterBroken {
+                            path: log_path.clone(),
+                        })
+                    } else {
+                        seal_one(&log, &log_path, witness.as_mut(), &seal)
+                    };
+                    if let Err(AuditError::Io { .. }) = &result {
+                        broken = true;
+                    }
+                    match (seal.done, result) {
+                        (Some(done), result) => {
+                            let _ = done.send(result);
+                        }
+                        (None, Err(error)) => {
+                            lock(&shared).get_or_insert(error);
+                        }
+                        (None, Ok(())) => {}
+                    }
+                }
+            })
+            .map_err(|source| io_error("start the checkpoint thread for", path, source))?;
+        Ok(Sealer { jobs, failed })
+    }
+}
+
+fn seal_one(
+    log: &File,
+    path: &Path,
+    witness: Option<&mut WitnessSink>,
+    seal: &Seal,
+) -> Result<(), AuditError> {
+    log.sync_data()
+        .map_err(|source| io_error("sync", path, source))?;
+    if let Some(witness) = witness {
+        witness
+            .send(&seal.line)
+            .map_err(|reason| AuditError::Witness {
+                number: seal.number,
+                reason,
+            })?;
+    }
+    Ok(())
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 enum WitnessSink {

@@ -120,6 +120,110 @@ fn a_witness_command_that_hangs_is_killed_with_its_children() {
     }
 }
 
+/// The checkpoints `append` writes are witnessed on the sealer's thread: a witness that does
+/// not answer holds up no append, and `finish` waits for every checkpoint to be witnessed.
+#[test]
+fn appends_do_not_wait_for_a_slow_witness_and_finish_waits_for_all() {
+    let (_dir, dir) = temp();
+    let path = dir.join("log.jsonl");
+    let copy = dir.join("copied.jsonl");
+    let gate = dir.join("gate");
+    // The witness copies a checkpoint only once the gate exists (bounded by its timeout).
+    let script = format!(
+        "while [ ! -e '{}' ]; do sleep 0.01; done; cat >> '{}'",
+        gate.display(),
+        copy.display()
+    );
+    std::fs::write(&gate, "").unwrap();
+    let mut writer = AuditWriter::create(
+        &path,
+        &key(),
+        Options {
+            checkpoint_every: 100,
+            witness: Some(shell(&script, Duration::from_secs(60))),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    // `create` waited for checkpoint 0.
+    let witnessed = || {
+        std::fs::read_to_string(&copy)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(witnessed(), 1);
+    std::fs::remove_file(&gate).unwrap();
+    for index in 0..150 {
+        writer.append("kernel_event", &kernel_event(index)).unwrap();
+    }
+    // Checkpoint 1 (after record 100) is written, and its witness is still at the gate:
+    // every append returned all the same.
+    assert_eq!(witnessed(), 1);
+    assert_eq!(verify_trusted(&path, None).checkpoints, 2);
+    std::fs::write(&gate, "").unwrap();
+    let last = writer.finish().unwrap();
+    assert_eq!((last.number, last.tree_size), (2, 150));
+    assert_eq!(witnessed(), 3);
+    let report = verify_trusted(&path, Some(&copy));
+    assert!(report.ok(), "{}", report.render());
+}
+
+/// A witness that fails on a checkpoint nobody waited for: the next append says so (its own
+/// record is in the log), and the writer goes on.
+#[test]
+fn a_failed_witness_of_an_automatic_checkpoint_is_reported_by_a_later_append() {
+    let (_dir, dir) = temp();
+    let path = dir.join("log.jsonl");
+    let ok = dir.join("ok");
+    let script = format!("cat > /dev/null; [ -e '{}' ] || exit 5", ok.display());
+    std::fs::write(&ok, "").unwrap();
+    let mut writer = AuditWriter::create(
+        &path,
+        &key(),
+        Options {
+            checkpoint_every: 1000,
+            witness: Some(shell(&script, Duration::from_secs(60))),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    std::fs::remove_file(&ok).unwrap();
+    // Checkpoint 1 goes to the witness with record 1,000; its failure arrives with a later
+    // append, long before checkpoint 2 (the witness runs in milliseconds; from record 1,000 on
+    // the loop waits 2 ms an append, for at most 990 appends).
+    let mut index = 0;
+    let error = loop {
+        assert!(index < 1990, "no append reported the failed witness");
+        match writer.append("kernel_event", &kernel_event(index)) {
+            Ok(seq) => assert_eq!(seq, index),
+            Err(error) => break error,
+        }
+        if index >= 1000 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        index += 1;
+    };
+    assert!(
+        index >= 999,
+        "an append failed before checkpoint 1: {error}"
+    );
+    assert!(
+        matches!(&error, AuditError::Witness { number: 1, reason } if reason.contains("exit status: 5")),
+        "{error}"
+    );
+    // The failing append's record is in the log, and the writer goes on.
+    std::fs::write(&ok, "").unwrap();
+    let next = writer
+        .append("kernel_event", &kernel_event(index + 1))
+        .unwrap();
+    assert_eq!(next, index + 1);
+    writer.finish().unwrap();
+    let report = verify_trusted(&path, None);
+    assert!(report.ok(), "{}", report.render());
+    assert_eq!(report.records, index + 2);
+}
+
 #[test]
 fn one_witness_file_serves_several_logs() {
     let (_dir, dir) = temp();
