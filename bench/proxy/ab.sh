@@ -8,7 +8,7 @@
 #                     [--seconds N] [--rounds N]      (defaults: stream, 100, 5, 3)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-. bench/proxy/config.sh
+. bench/proxy/common.sh
 [ $# -ge 2 ] || { echo "usage: $0 OFFSWITCH_A OFFSWITCH_B [--mode M] [--clients N] [--seconds N] [--rounds N]" >&2; exit 2; }
 a=$(realpath "$1") b=$(realpath "$2"); shift 2
 mode=stream clients=100 seconds=5 rounds=3
@@ -24,12 +24,6 @@ done
 cargo build --release -q -p offswitch-proxy --examples
 examples=$(pwd)/target/release/examples
 work=$(mktemp -d /var/tmp/offswitch-proxy-ab.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
 trap cleanup EXIT
 
 "$examples/bench_upstream" 127.0.0.1:4630 >"$work/upstream.log" 2>&1 &

@@ -15,7 +15,7 @@
 #   bench/proxy/run.sh [--seconds N]     (default 10)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-. bench/proxy/config.sh
+. bench/proxy/common.sh
 root=$(pwd)
 seconds=10
 while [ $# -gt 0 ]; do
@@ -37,12 +37,6 @@ cargo build --release -q -p offswitch-proxy --examples
 offswitch=$root/target/release/offswitch
 examples=$root/target/release/examples
 work=$(mktemp -d /var/tmp/offswitch-proxy-bench.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
 trap cleanup EXIT
 export OFFSWITCH_HOME=$work/home
 

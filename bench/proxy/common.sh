@@ -1,5 +1,16 @@
-# Sourced by run.sh and ab.sh: the proxy configuration both benchmark, so that they measure the
-# same policy (a tool-call rule, a prompt rule, a token budget with a window).
+# Sourced by run.sh and ab.sh: what both need, so that they measure the same thing.
+#
+# The servers a script starts go in `pids`, its scratch directory is `work`; `cleanup` (set as the
+# EXIT trap) stops the one and removes the other.
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+
+# The proxy configuration both benchmark: a tool-call rule, a prompt rule, a token budget with a
+# window.
 #
 #   proxy_config FILE LISTEN_ADDR UPSTREAM_URL TOKEN_FILE
 proxy_config() {
