@@ -221,18 +221,22 @@ impl AuditWriter {
         self.write_checkpoint(true, Wait::Yes)
     }
 
-    /// The first failure of the sealer's thread not reported yet. A failed sync breaks the
-    /// writer (the log's end is not known to be on disk); a failed witness does not.
+    /// The first failure of the sealer's thread not reported yet.
     fn sealer_failure(&mut self) -> Result<(), AuditError> {
-        match lock(&self.sealer.failed).take() {
+        let failed = lock(&self.sealer.failed).take();
+        match failed {
             None => Ok(()),
-            Some(error) => {
-                if !matches!(error, AuditError::Witness { .. }) {
-                    self.broken = true;
-                }
-                Err(error)
-            }
+            Some(error) => Err(self.sealing_failed(error)),
         }
+    }
+
+    /// A checkpoint's sync or witness failed: a failed sync breaks the writer (the log's end
+    /// is not known to be on disk); a failed witness does not (the checkpoint is in the log).
+    fn sealing_failed(&mut self, error: AuditError) -> AuditError {
+        if !matches!(error, AuditError::Witness { .. }) {
+            self.broken = true;
+        }
+        error
     }
 
     /// The sealer's thread is gone (it only ends with the writer, so a panic): nothing more is
@@ -290,12 +294,7 @@ impl AuditWriter {
             self.sealer_failure()?;
             match outcome {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    if !matches!(error, AuditError::Witness { .. }) {
-                        self.broken = true;
-                    }
-                    return Err(error);
-                }
+                Ok(Err(error)) => return Err(self.sealing_failed(error)),
                 Err(_) => {
                     return Err(self.sealer_gone());
                 }

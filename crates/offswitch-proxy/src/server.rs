@@ -997,11 +997,16 @@ impl Pump {
         self.close();
     }
 
+    /// The reply is complete: its end was seen, or its API needs none.
+    fn complete(&self) -> bool {
+        self.state.done() || self.state.complete_at_end()
+    }
+
     /// The upstream's stream is over. A reply that ended before it was complete, or that
     /// could not be checked, never releases what it held: the client's stream fails.
     fn close(&mut self) {
         self.over = true;
-        let complete = self.state.done() || self.state.complete_at_end();
+        let complete = self.complete();
         let unchecked = self.state.uncheckable();
         if self.ending.is_some() || !complete || unchecked.is_some() {
             let why = unchecked
@@ -1015,7 +1020,7 @@ impl Pump {
     /// A complete, checked reply whose held events are all out: a translated stream ends with
     /// the Responses API's own closing events.
     fn finish(&mut self, released: &mut Vec<SseEvent>) {
-        let complete = self.state.done() || self.state.complete_at_end();
+        let complete = self.complete();
         if complete
             && self.ending.is_none()
             && self.state.uncheckable().is_none()
@@ -1070,7 +1075,7 @@ impl Pump {
         if std::mem::replace(&mut self.recorded, true) {
             return;
         }
-        let complete = self.state.done() || self.state.complete_at_end();
+        let complete = self.complete();
         let unchecked = self.state.uncheckable().map(str::to_owned);
         let spent =
             self.exchange
