@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Event capture overhead (issue 10): an exec-heavy and a file-heavy workload inside a real
-# sandbox with the event stream off, on, and under strace (the familiar peer), interleaved in
-# one run; each recorded run is checked for lost or missing events. Writes
+# sandbox with the event stream off, on, and under strace (the familiar peer), and the file-heavy
+# one also with a bare fanotify group whose events are thrown away (the kernel's floor),
+# interleaved in one run; each recorded run is checked for lost or missing events. Writes
 # bench/RESULTS-events.md. Needs root (cgroups, eBPF, fanotify); installs strace if missing.
 #
 #   bench/events/run.sh [--runs N]     (default: 10)

@@ -138,6 +138,11 @@ impl FileWatch {
         self.fd.as_raw_fd()
     }
 
+    /// The group alone, for a caller that reads its events itself.
+    pub(crate) fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// Watch the filesystem whose root is at `host_path`, which the sandbox sees at `inside`.
     pub(crate) fn add(&mut self, inside: &str, host_path: &Path) -> io::Result<()> {
         let c_path = CString::new(host_path.as_os_str().as_bytes()).map_err(io::Error::other)?;

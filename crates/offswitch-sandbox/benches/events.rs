@@ -4,11 +4,20 @@
 //! alike. With recording on, each run also checks that no event was lost and that every exec
 //! and every file of the workload is in the stream.
 //!
+//! A fourth column, `kernel`, is the floor under recording file events: recording off, and a
+//! bare fanotify group made and marked exactly as the recorder's on the home, whose events a
+//! thread reads every 2 ms and throws away. What it costs is what the kernel charges each change
+//! in the sandbox, whatever the reader does.
+//!
+//! Besides the median of each mode, the overhead is given as the median of the run-by-run ratio
+//! to the recording-off run next to it: this VM's speed wanders by a third over seconds (a fixed
+//! Python loop: 395-576 ms), and a pair shares its moment.
+//!
 //! - exec-heavy: 1,000 short execs (`/bin/true`, one process each);
 //! - file-heavy: unpack a 10,000-file tar archive in the home, then delete it.
 //!
 //! Usage: `cargo bench -p offswitch-sandbox --bench events -- [--runs N] [--only exec|file]
-//! [--mode off|on|strace] [--no-strace]` (root; strace must be installed for its column,
+//! [--mode off|on|kernel|strace] [--no-strace]` (root; strace must be installed for its column,
 //! `bench/events/run.sh` installs it). `--only` and `--mode` narrow the run for profiling one
 //! cell (for instance under `perf record`).
 
@@ -32,6 +41,7 @@ const FILES: usize = 10_000;
 enum Mode {
     Off,
     On,
+    Kernel,
     Strace,
 }
 
@@ -40,6 +50,7 @@ impl Mode {
         match self {
             Mode::Off => "off",
             Mode::On => "on",
+            Mode::Kernel => "kernel",
             Mode::Strace => "strace",
         }
     }
@@ -48,6 +59,7 @@ impl Mode {
         match self {
             Mode::Off => "recording off",
             Mode::On => "recording on",
+            Mode::Kernel => "kernel: fanotify alone, events discarded (recording off)",
             Mode::Strace => "strace -f (recording off)",
         }
     }
@@ -58,6 +70,8 @@ struct Workload {
     command: String,
     /// Checks a stream recorded with recording on: `Err` says what is missing.
     check: fn(&offswitch_sandbox::EventStream) -> Result<(), String>,
+    /// Whether it changes files (the `kernel` column measures file events only).
+    changes_files: bool,
 }
 
 fn main() {
@@ -71,7 +85,7 @@ fn main() {
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--only" => only = Some(args.next().expect("--only exec|file")),
             "--no-strace" => strace = false,
-            "--mode" => mode_only = Some(args.next().expect("--mode off|on|strace")),
+            "--mode" => mode_only = Some(args.next().expect("--mode off|on|kernel|strace")),
             _ => {}
         }
     }
@@ -84,11 +98,13 @@ fn main() {
             name: "exec-heavy: 1,000 execs of /bin/true",
             command: format!("i=0; while [ $i -lt {EXECS} ]; do /bin/true; i=$((i+1)); done"),
             check: check_execs,
+            changes_files: false,
         },
         Workload {
             name: "file-heavy: untar 10,000 files, then delete them",
             command: "mkdir -p x && tar xf archive.tar -C x && rm -rf x".into(),
             check: check_files,
+            changes_files: true,
         },
     ];
     println!("## Event capture overhead\n");
@@ -100,12 +116,12 @@ fn main() {
             .unwrap_or_default()
             .trim()
     );
-    let mut modes: Vec<Mode> = if strace {
-        vec![Mode::Off, Mode::On, Mode::Strace]
+    let mut modes: Vec<Mode> = vec![Mode::Off, Mode::On, Mode::Kernel];
+    if strace {
+        modes.push(Mode::Strace);
     } else {
         println!("(strace is not installed or not asked for: its column is left out)\n");
-        vec![Mode::Off, Mode::On]
-    };
+    }
     if let Some(name) = &mode_only {
         modes.retain(|mode| mode.flag() == name);
     }
@@ -116,29 +132,50 @@ fn main() {
         {
             continue;
         }
-        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); modes.len()];
+        let modes: Vec<Mode> = modes
+            .iter()
+            .copied()
+            .filter(|mode| *mode != Mode::Kernel || workload.changes_files)
+            .collect();
+        // results[mode][run]: None where that run failed.
+        let mut results: Vec<Vec<Option<Duration>>> = vec![Vec::new(); modes.len()];
         let mut failures = Vec::new();
         for run in 0..runs {
             for (index, mode) in modes.iter().enumerate() {
-                match one(&scratch, &archive, workload, *mode, run) {
-                    Ok(time) => times[index].push(time),
-                    Err(error) => failures.push(format!("{} run {run}: {error}", mode.name())),
+                let result = one(&scratch, &archive, workload, *mode, run);
+                if let Err(error) = &result {
+                    failures.push(format!("{} run {run}: {error}", mode.name()));
                 }
+                results[index].push(result.ok());
             }
         }
+        let times: Vec<Vec<Duration>> = results
+            .iter()
+            .map(|runs| runs.iter().flatten().copied().collect())
+            .collect();
         println!("### {}\n", workload.name);
-        println!("| mode | median | p90 | min | vs. off (median) |");
-        println!("|---|---|---|---|---|");
-        let off = median(&times[0]);
+        println!("| mode | median | p90 | min | vs. off (medians) | vs. off (paired, median) |");
+        println!("|---|---|---|---|---|---|");
+        let off_index = modes.iter().position(|m| *m == Mode::Off);
         for (index, mode) in modes.iter().enumerate() {
             let median = median(&times[index]);
+            let (by_median, paired) = match off_index {
+                Some(off) => (
+                    format!(
+                        "{:+.1}%",
+                        (ms(median) / ms(self::median(&times[off])) - 1.0) * 100.0
+                    ),
+                    paired_overhead(&results[index], &results[off])
+                        .map_or("-".into(), |p| format!("{:+.1}%", p * 100.0)),
+                ),
+                None => ("-".into(), "-".into()),
+            };
             println!(
-                "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:+.1}% |",
+                "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {by_median} | {paired} |",
                 mode.name(),
                 ms(median),
                 ms(percentile(&times[index], 0.9)),
                 ms(times[index].iter().min().copied().unwrap_or_default()),
-                (ms(median) / ms(off) - 1.0) * 100.0
             );
         }
         if failures.is_empty() {
@@ -191,6 +228,11 @@ fn one(
         ),
         _ => workload.command.clone(),
     };
+    let bare = if mode == Mode::Kernel {
+        Some(BareReader::start(&home)?)
+    } else {
+        None
+    };
     let started = Instant::now();
     let result = sandbox
         .exec(&ExecRequest {
@@ -201,6 +243,12 @@ fn one(
         })
         .map_err(|e| e.to_string())?;
     let elapsed = started.elapsed();
+    if let Some(bare) = bare {
+        let read = bare.stop();
+        if read == 0 {
+            return Err("the bare fanotify group saw no events".into());
+        }
+    }
     if result.status != ExecStatus::Exited(0) {
         return Err(format!(
             "ended {:?}: {}",
@@ -224,6 +272,65 @@ fn one(
     drop(sandbox);
     remove_home(&home).map_err(|e| e.to_string())?;
     checked.map(|()| elapsed)
+}
+
+/// A bare fanotify group on the home (`offswitch_events::bare_file_group`) and a thread that
+/// reads it every 2 ms (the recorder's wait in a burst) and throws the events away.
+struct BareReader {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl BareReader {
+    fn start(home: &Path) -> Result<BareReader, String> {
+        use std::os::fd::AsRawFd;
+        let group = offswitch_events::bare_file_group(home).map_err(|e| e.to_string())?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut buffer = vec![0u8; 256 * 1024];
+            let mut read = 0u64;
+            loop {
+                let last = stopping.load(std::sync::atomic::Ordering::Acquire);
+                loop {
+                    // SAFETY: reading into a buffer we own from the group we own (non-blocking).
+                    let n = unsafe {
+                        libc::read(group.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len())
+                    };
+                    if n <= 0 {
+                        break;
+                    }
+                    read += n as u64;
+                }
+                if last {
+                    return read;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Ok(BareReader {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stop after a last drain; the bytes of events read.
+    fn stop(mut self) -> u64 {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.thread
+            .take()
+            .map_or(0, |thread| thread.join().unwrap_or(0))
+    }
+}
+
+impl Drop for BareReader {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 fn check_execs(stream: &offswitch_sandbox::EventStream) -> Result<(), String> {
@@ -286,6 +393,24 @@ fn make_archive(scratch: &Path) -> PathBuf {
 
 fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+/// The median over runs of `mode`'s time over the recording-off time of the same run, minus
+/// one; runs where either failed are left out.
+fn paired_overhead(mode: &[Option<Duration>], off: &[Option<Duration>]) -> Option<f64> {
+    let mut ratios: Vec<f64> = mode
+        .iter()
+        .zip(off)
+        .filter_map(|(m, o)| Some(ms((*m)?) / ms((*o)?) - 1.0))
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    Some(
+        ratios[(ratios.len() - 1) / 2]
+            + (ratios[ratios.len() / 2] - ratios[(ratios.len() - 1) / 2]) / 2.0,
+    )
 }
 
 fn median(times: &[Duration]) -> Duration {
