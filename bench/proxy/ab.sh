@@ -59,7 +59,8 @@ for _ in $(seq "$rounds"); do
 import json, sys
 target, before, after, hz, r = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5])
 cpu = "" if target == "direct" else f"  CPU/exchange {(after - before) / hz / max(r['requests'], 1) * 1e6:6.0f} us"
-print(f"{target:6} {r['throughput_rps']:8.0f} req/s  p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  first byte p50 {r['first_p50_ms']:6.2f} ms{cpu}")
+transit = "" if r.get("event_transit_p50_ms") is None else f"  event transit p50 {r['event_transit_p50_ms']:.3f} p99 {r['event_transit_p99_ms']:.3f} end p50 {r['end_transit_p50_ms']:.3f} ms"
+print(f"{target:6} {r['throughput_rps']:8.0f} req/s  p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  first byte p50 {r['first_p50_ms']:6.2f} ms{cpu}{transit}")
 PY
     done
 done

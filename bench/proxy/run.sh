@@ -129,6 +129,27 @@ for (mode, clients, target), r in by.items():
     added_first = f"{added('first_p50_ms')} / {added('first_p99_ms')}" if mode != "whole" and target != "direct" else ""
     print(f"| {mode} | {clients} | {target} | {r['throughput_rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {added('p50_ms')} | {added('p99_ms')} | {first} | {added_first} | {r['errors']} |")
 print()
+print("Paced streams, event by event: each event carries the time the upstream handed it over; its transit is")
+print("from then until the client read it, and the end's is from the last event's send to the client's last byte")
+print("(the pacing's timer jitter is out of both). A proxy that rewrites events drops the stamp: no figure.")
+print()
+print("| clients | target | event transit p50 / p99 ms | added p50 / p99 ms | end transit p50 / p99 ms | added p50 / p99 ms |")
+print("|---|---|---|---|---|---|")
+for (mode, clients, target), r in by.items():
+    if mode != "paced":
+        continue
+    direct = by[(mode, clients, "direct")]
+    def pair(prefix, of=r):
+        p50, p99 = of.get(f"{prefix}_p50_ms"), of.get(f"{prefix}_p99_ms")
+        return None if p50 is None or p50 != p50 else (p50, p99)
+    def added(prefix):
+        mine, theirs = pair(prefix), pair(prefix, direct)
+        if target == "direct" or mine is None or theirs is None:
+            return ""
+        return f"{mine[0] - theirs[0]:+.3f} / {mine[1] - theirs[1]:+.3f}"
+    show = lambda p: "-" if p is None else f"{p[0]:.3f} / {p[1]:.3f}"
+    print(f"| {clients} | {target} | {show(pair('event_transit'))} | {added('event_transit')} | {show(pair('end_transit'))} | {added('end_transit')} |")
+print()
 for mode in ("whole", "stream", "paced"):
     for clients in (1, 16, 100):
         o, l = by[(mode, clients, "offswitch")], by[(mode, clients, "litellm")]

@@ -43,7 +43,10 @@ fn events() -> Vec<String> {
     out
 }
 
-/// The events one [`PACE`] apart, the first at once.
+/// The events one [`PACE`] apart, the first at once. Each carries the wall-clock time it is
+/// handed to the server, in microseconds, as a top-level `"sent_us"` (a key no client reads):
+/// `bench_load` subtracts it from when the event arrives, so the transit of each event is
+/// measured apart from the pacing's timer jitter.
 fn paced() -> Body {
     let stream = futures::stream::unfold(
         (events().into_iter(), true),
@@ -52,6 +55,10 @@ fn paced() -> Body {
             if !first {
                 tokio::time::sleep(PACE).await;
             }
+            let sent_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros());
+            let event = event.replacen("{\"id\"", &format!("{{\"sent_us\":{sent_us},\"id\""), 1);
             Some((Ok::<_, std::io::Error>(Bytes::from(event)), (rest, false)))
         },
     );
@@ -95,5 +102,11 @@ async fn main() -> std::io::Result<()> {
     let router = axum::Router::new()
         .route("/v1/chat/completions", axum::routing::post(chat))
         .route("/v1/models", axum::routing::get(models));
+    // As model servers do (uvicorn, vLLM): a paced event goes out when written, not held back
+    // by Nagle's algorithm until the previous one is acknowledged.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
     axum::serve(listener, router).await
 }
