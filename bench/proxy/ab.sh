@@ -4,7 +4,7 @@
 # /proc/PID/stat), which is steadier than throughput on a shared machine. For checking that a
 # change to the proxy's hot path helps.
 #
-#   bench/proxy/ab.sh OFFSWITCH_A OFFSWITCH_B [--mode whole|stream|paced] [--clients N]
+#   bench/proxy/ab.sh OFFSWITCH_A OFFSWITCH_B [--mode whole|stream|paced|paced-lockstep] [--clients N]
 #                     [--seconds N] [--rounds N]      (defaults: stream, 100, 5, 3)
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -10,7 +10,9 @@
 # a fixed time (crates/offswitch-proxy/examples/bench_load.rs): at once (the most the machine
 # can push through, where latency is mostly queueing), and paced (the upstream sends the 20
 # chunks 20 ms apart, like a hosted model streaming 50 tokens a second; the added latency is
-# what an agent waiting on its model sees). Writes bench/RESULTS-proxy.md.
+# what an agent waiting on its model sees): with the clients' starts spread over one reply, as
+# independent agents' requests come, and at 100 clients also in lockstep (every request of the
+# hundred arrives in one burst). Writes bench/RESULTS-proxy.md.
 #
 #   bench/proxy/run.sh [--seconds N]     (default 10)
 set -euo pipefail
@@ -89,8 +91,9 @@ wait_for "$work/litellm.log" "Uvicorn running\|Application startup complete"
 
 results=$work/results.jsonl
 : >"$results"
-for mode in whole stream paced; do
+for mode in whole stream paced paced-lockstep; do
     for clients in 1 16 100; do
+        [ "$mode" = paced-lockstep ] && [ "$clients" != 100 ] && continue
         for target in direct offswitch litellm; do
             case "$target" in
                 direct) url=$upstream ;;
@@ -133,10 +136,10 @@ print("Paced streams, event by event: each event carries the time the upstream h
 print("from then until the client read it, and the end's is from the last event's send to the client's last byte")
 print("(the pacing's timer jitter is out of both). A proxy that rewrites events drops the stamp: no figure.")
 print()
-print("| clients | target | event transit p50 / p99 ms | added p50 / p99 ms | end transit p50 / p99 ms | added p50 / p99 ms |")
-print("|---|---|---|---|---|---|")
+print("| mode | clients | target | event transit p50 / p99 ms | added p50 / p99 ms | end transit p50 / p99 ms | added p50 / p99 ms |")
+print("|---|---|---|---|---|---|---|")
 for (mode, clients, target), r in by.items():
-    if mode != "paced":
+    if not mode.startswith("paced"):
         continue
     direct = by[(mode, clients, "direct")]
     def pair(prefix, of=r):
@@ -148,10 +151,12 @@ for (mode, clients, target), r in by.items():
             return ""
         return f"{mine[0] - theirs[0]:+.3f} / {mine[1] - theirs[1]:+.3f}"
     show = lambda p: "-" if p is None else f"{p[0]:.3f} / {p[1]:.3f}"
-    print(f"| {clients} | {target} | {show(pair('event_transit'))} | {added('event_transit')} | {show(pair('end_transit'))} | {added('end_transit')} |")
+    print(f"| {mode} | {clients} | {target} | {show(pair('event_transit'))} | {added('event_transit')} | {show(pair('end_transit'))} | {added('end_transit')} |")
 print()
-for mode in ("whole", "stream", "paced"):
+for mode in ("whole", "stream", "paced", "paced-lockstep"):
     for clients in (1, 16, 100):
+        if (mode, clients, "offswitch") not in by:
+            continue
         o, l = by[(mode, clients, "offswitch")], by[(mode, clients, "litellm")]
         ratio = o["throughput_rps"] / l["throughput_rps"] if l["throughput_rps"] else float("inf")
         print(f"- {mode}, {clients} clients: offswitch {o['throughput_rps']:.0f} req/s, LiteLLM {l['throughput_rps']:.0f} req/s ({ratio:.1f}x)")

@@ -2,9 +2,12 @@
 //! chat completions one after another over its own keep-alive connection for a fixed time,
 //! reading every reply to its last byte. Prints one JSON line: requests, errors, throughput, and
 //! the latency percentiles (request sent to last byte, and for streams to the first byte).
-//! `paced` streams from the model `m-paced`, whose chunks the mock upstream sends 20 ms apart.
+//! `paced` streams from the model `m-paced`, whose chunks the mock upstream sends 20 ms apart,
+//! with the clients' starts spread over one reply's length, as independent agents' requests
+//! arrive; `paced-lockstep` starts them all at once, and, each sending its next request when its
+//! reply ends, they stay in step: every request arrives in one burst with the others.
 //!
-//! Usage: `bench_load URL TOKEN CONCURRENCY SECONDS stream|whole|paced`
+//! Usage: `bench_load URL TOKEN CONCURRENCY SECONDS stream|whole|paced|paced-lockstep`
 
 use std::time::{Duration, Instant};
 
@@ -12,13 +15,22 @@ use std::time::{Duration, Instant};
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, url, token, concurrency, seconds, mode] = args.as_slice() else {
-        eprintln!("usage: bench_load URL TOKEN CONCURRENCY SECONDS stream|whole|paced");
+        eprintln!(
+            "usage: bench_load URL TOKEN CONCURRENCY SECONDS stream|whole|paced|paced-lockstep"
+        );
         std::process::exit(2);
     };
     let concurrency: usize = concurrency.parse().expect("a concurrency");
     let seconds: f64 = seconds.parse().expect("seconds");
-    let stream = mode == "stream" || mode == "paced";
-    let model = if mode == "paced" { "m-paced" } else { "m" };
+    let paced = mode == "paced" || mode == "paced-lockstep";
+    let stream = mode == "stream" || paced;
+    let model = if paced { "m-paced" } else { "m" };
+    // One paced reply's length (21 events, 20 ms apart), over which `paced` spreads the starts.
+    let spread = if mode == "paced" {
+        Duration::from_millis(420)
+    } else {
+        Duration::ZERO
+    };
     let body = serde_json::json!({
         "model": model, "stream": stream, "max_tokens": 32,
         "messages": [{"role": "user", "content": "Say something short."}],
@@ -29,9 +41,11 @@ async fn main() {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..concurrency {
+    for client in 0..concurrency {
         let (url, token, body) = (url.clone(), token.clone(), body.clone());
+        let start = spread * client as u32 / concurrency as u32;
         workers.push(tokio::spawn(async move {
+            tokio::time::sleep(start).await;
             let client = reqwest::Client::builder()
                 .pool_max_idle_per_host(1)
                 .build()
