@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 use offswitch_sandbox::{ExecRequest, ExecStatus, Limits, NetworkMode, Sandbox, SandboxConfig};
 
+/// The allocator the `offswitch` binary ships with, so that what is measured is what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let mut runs = 200;
     let mut kill_runs = 30;
