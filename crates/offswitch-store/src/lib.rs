@@ -8,7 +8,10 @@
 //!   because the data is already handed to the operating system; only a power loss or kernel
 //!   crash can roll back the last transactions. The test `trials_survive_kill_9` checks this.
 //! - A database that fails SQLite's `quick_check` is refused at open ([`StoreError::Damaged`]),
-//!   before anything is written to it.
+//!   before anything is written to it. Commands that only read open with [`Store::open_to_read`]
+//!   instead: no whole-file check (it reads every page: a minute for a cold 2.7 GB database),
+//!   and SQLite's `query_only`, so nothing can be written through that store; damage a read
+//!   runs into is still an error ([`StoreError::is_damage`]).
 //! - The schema is versioned with `PRAGMA user_version` and explicit migrations (`schema.rs`);
 //!   a database newer than the code is refused rather than misread.
 //! - Stored formats are the `*V1` types of `stored.rs`, converted explicitly from the domain
@@ -248,6 +251,42 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether SQLite found the file damaged: at open ([`StoreError::Damaged`]), or in a read
+    /// or write that reached a damaged page.
+    pub fn is_damage(&self) -> bool {
+        let corrupt = |source: &rusqlite::Error| {
+            matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            )
+        };
+        match self {
+            StoreError::Damaged { .. } => true,
+            StoreError::Open { source, .. }
+            | StoreError::Migrate { source, .. }
+            | StoreError::Sqlite { source, .. } => corrupt(source),
+            _ => false,
+        }
+    }
+}
+
+/// `Damaged` for an error that says the file is damaged, else what `otherwise` makes of it.
+fn damage_or(
+    source: rusqlite::Error,
+    path: &Path,
+    otherwise: impl FnOnce(rusqlite::Error) -> StoreError,
+) -> StoreError {
+    if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt) {
+        StoreError::Damaged {
+            path: path.to_owned(),
+            findings: source.to_string(),
+        }
+    } else {
+        otherwise(source)
+    }
+}
+
 /// What [`Store::insert_trial_once`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
@@ -302,16 +341,7 @@ impl Store {
         // version again inside its transaction, against a concurrent upgrade.
         let version: u32 = connection
             .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(|source| {
-                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt) {
-                    StoreError::Damaged {
-                        path: path.to_owned(),
-                        findings: source.to_string(),
-                    }
-                } else {
-                    open_error(source)
-                }
-            })?;
+            .map_err(|source| damage_or(source, path, open_error))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
                 path: path.to_owned(),
@@ -349,6 +379,44 @@ impl Store {
             .execute_batch("PRAGMA foreign_keys = ON;")
             .map_err(open_error)?;
         Ok(store)
+    }
+
+    /// Open an existing database to read it, without the whole-file check of [`Store::open`]
+    /// and with SQLite's `query_only` on: any write through this store fails. A database that
+    /// is not at [`SCHEMA_VERSION`] (one to migrate, or a new file) or not in WAL mode is opened
+    /// by [`Store::open`] instead, checked and brought up to date; a newer one is refused.
+    pub fn open_to_read(path: &Path) -> Result<Store, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let connection = Connection::open(path).map_err(open_error)?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_error)?;
+        let header = |sql: &str| -> Result<String, StoreError> {
+            connection
+                .query_row(sql, [], |row| row.get::<_, rusqlite::types::Value>(0))
+                .map(|value| match value {
+                    rusqlite::types::Value::Integer(n) => n.to_string(),
+                    rusqlite::types::Value::Text(text) => text,
+                    _ => String::new(),
+                })
+                .map_err(|source| damage_or(source, path, open_error))
+        };
+        let version = header("PRAGMA user_version")?;
+        let journal_mode = header("PRAGMA journal_mode")?;
+        if version != SCHEMA_VERSION.to_string() || !journal_mode.eq_ignore_ascii_case("wal") {
+            drop(connection);
+            return Store::open(path);
+        }
+        connection
+            .execute_batch("PRAGMA foreign_keys = ON; PRAGMA query_only = ON;")
+            .map_err(open_error)?;
+        Ok(Store {
+            connection,
+            path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -1121,17 +1189,10 @@ fn check_integrity(connection: &Connection, path: &Path) -> Result<(), StoreErro
     // SQLite may give up on a badly damaged file (its schema pages, say) with an error instead
     // of findings; that is damage too.
     let error = |source: rusqlite::Error| {
-        if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt) {
-            StoreError::Damaged {
-                path: path.to_owned(),
-                findings: source.to_string(),
-            }
-        } else {
-            StoreError::Open {
-                path: path.to_owned(),
-                source,
-            }
-        }
+        damage_or(source, path, |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })
     };
     let findings: Vec<String> = {
         let mut statement = connection

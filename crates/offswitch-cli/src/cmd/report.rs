@@ -282,15 +282,29 @@ fn analysis_spec(analysis: &Analysis) -> AnalysisSpec {
     }
 }
 
-/// Open the database for reading; a missing file is the user's mistake, not a new database.
+/// Open the database for a command that only reads it ([`Store::open_to_read`]: no whole-file
+/// check, and no write can go through it); a missing file is the user's mistake, not a new
+/// database.
 pub(crate) fn open_existing_store(db: &Path) -> anyhow::Result<Store> {
-    if !db.exists() {
-        return Err(super::invalid_input(format!(
-            "no run database at {} (give --db PATH or set OFFSWITCH_DB)",
-            db.display()
-        )));
-    }
+    require_database(db)?;
+    Store::open_to_read(db).map_err(store_error)
+}
+
+/// Open the database for a command that changes it (the viewer too: it keeps each run's counts
+/// in the database): checked whole first ([`Store::open`]).
+pub(crate) fn open_existing_store_checked(db: &Path) -> anyhow::Result<Store> {
+    require_database(db)?;
     Store::open(db).map_err(store_error)
+}
+
+fn require_database(db: &Path) -> anyhow::Result<()> {
+    if db.exists() {
+        return Ok(());
+    }
+    Err(super::invalid_input(format!(
+        "no run database at {} (give --db PATH or set OFFSWITCH_DB)",
+        db.display()
+    )))
 }
 
 /// `latest` or a run id, as stored.
@@ -326,9 +340,15 @@ pub(crate) fn resolve_run(store: &Store, run: &str) -> anyhow::Result<RunInfo> {
     }
 }
 
-/// Store errors the user caused (a wrong id, a database from a newer offswitch) exit with 2.
+/// Store errors the user caused (a wrong id, a database from a newer offswitch) exit with 2, as
+/// does a damaged file, wherever the damage is found.
 pub(crate) fn store_error(error: StoreError) -> anyhow::Error {
     match error {
+        error if error.is_damage() && !matches!(error, StoreError::Damaged { .. }) => {
+            super::invalid_input(format!(
+                "{error}: the database is damaged. Restore it from a copy, or give another --db"
+            ))
+        }
         StoreError::UnknownRun(_)
         | StoreError::UnknownTrial(_)
         | StoreError::BadTrialReference(_)

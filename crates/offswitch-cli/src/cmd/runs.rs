@@ -9,7 +9,7 @@ use offswitch_core::time::UtcDateTime;
 use offswitch_store::RunInfo;
 use serde_json::{Value, json};
 
-use super::report::{open_existing_store, resolve_run, store_error};
+use super::report::{open_existing_store, open_existing_store_checked, resolve_run, store_error};
 
 /// The longest run label.
 const MAX_LABEL: usize = 200;
@@ -172,7 +172,7 @@ pub fn runs(command: Command, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         Command::Label { run, label, db } => {
             check_label(&label)?;
-            let store = open_existing_store(&db.db)?;
+            let store = open_existing_store_checked(&db.db)?;
             let info = resolve_run(&store, &run)?;
             let label = Some(label.trim()).filter(|l| !l.is_empty());
             store.set_run_label(&info.id, label).map_err(store_error)?;
@@ -182,7 +182,7 @@ pub fn runs(command: Command, out: &mut dyn Write) -> anyhow::Result<()> {
             }
         }
         Command::Delete { run, db, yes } => {
-            let store = open_existing_store(&db.db)?;
+            let store = open_existing_store_checked(&db.db)?;
             let info = resolve_run(&store, &run)?;
             if !yes {
                 return Err(super::invalid_input(format!(

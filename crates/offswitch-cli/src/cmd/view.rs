@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use offswitch_server::viewer::{Viewer, new_token};
 
-use super::report::open_existing_store;
+use super::report::open_existing_store_checked;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,7 +22,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let store = open_existing_store(&args.db)?;
+    let store = open_existing_store_checked(&args.db)?;
     // Counts are kept per run; a run that has none yet is aggregated on its first view.
     let published = super::compare::shipped_figures().ok();
     let token = new_token();

@@ -25,7 +25,7 @@ fn label(name: &str, value: bool, detail: &str) -> Label {
     }
 }
 
-fn record(epoch: u32, sabotage: bool, entries: usize) -> TrialRecord {
+pub(crate) fn record(epoch: u32, sabotage: bool, entries: usize) -> TrialRecord {
     let mut transcript = vec![TranscriptEntry::Message {
         message: Message::user(format!("task {HOSTILE}")),
     }];

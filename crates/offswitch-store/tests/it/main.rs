@@ -344,6 +344,59 @@ fn a_newer_database_is_refused_before_anything_is_written_to_it() {
     assert_eq!(names, vec!["offswitch.db".to_owned()]);
 }
 
+/// `open_to_read` reads what `open` reads, and no write goes through it; an older database is
+/// brought up to date first (by `open`), a newer one refused as by `open`.
+#[test]
+fn a_database_opened_to_read_is_read_and_never_written() {
+    let (dir, path) = temp_db();
+    let store = Store::open(&path).unwrap();
+    let run = store.create_run(&serde_json::json!({}), None).unwrap();
+    store.insert_trial(&run, &rich_record(0)).unwrap();
+    drop(store);
+    let before = std::fs::read(&path).unwrap();
+    let reader = Store::open_to_read(&path).unwrap();
+    assert_eq!(reader.trials(&run).unwrap(), vec![rich_record(0)]);
+    let error = reader.create_run(&serde_json::json!({}), None).unwrap_err();
+    assert!(error.to_string().contains("readonly"), "{error}");
+    let error = reader.insert_trial(&run, &rich_record(1)).unwrap_err();
+    assert!(error.to_string().contains("readonly"), "{error}");
+    drop(reader);
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+
+    let old = dir.path().join("v1.db");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/data/v1.db"),
+        &old,
+    )
+    .unwrap();
+    let reader = Store::open_to_read(&old).unwrap();
+    assert_eq!(version_of(&old), SCHEMA_VERSION);
+    assert_eq!(reader.trials("r-20261122-0001").unwrap().len(), 2);
+
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(&format!("PRAGMA user_version = {}", SCHEMA_VERSION + 1))
+        .unwrap();
+    let error = Store::open_to_read(&path).err().unwrap();
+    assert!(matches!(error, StoreError::TooNew { .. }), "{error}");
+}
+
+/// Opened to read, a damaged database is not checked whole: a read that reaches the damage
+/// fails as damage (`is_damage`), and the file is left as it was.
+#[test]
+fn a_damaged_database_opened_to_read_fails_the_reads_that_reach_the_damage() {
+    let (_dir, path) = temp_db();
+    damaged_database(&path, Damage::WholePage);
+    let before = std::fs::read(&path).unwrap();
+    let reader = Store::open_to_read(&path).unwrap();
+    let run = reader.runs().unwrap()[0].id.clone();
+    let error = reader.trials(&run).unwrap_err();
+    assert!(error.is_damage(), "{error}");
+    assert!(!StoreError::UnknownRun(run.to_string()).is_damage());
+    drop(reader);
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
 /// The same records as stored by a version-1 database, which has no scores.
 fn without_scores(mut record: TrialRecord) -> TrialRecord {
     for label in &mut record.labels {
