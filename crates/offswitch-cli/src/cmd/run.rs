@@ -529,8 +529,10 @@ fn print_summary(store: &Store, summary: &RunSummary) -> anyhow::Result<()> {
     let info = store
         .run(&summary.run)
         .map_err(super::report::store_error)?;
-    let records = store
-        .trials_without_events(&summary.run)
+    // From the run's counts, which the store keeps up to date, not from its trials: a run of
+    // 100,000 trials would be read whole (minutes and gigabytes) for a table of rates.
+    let cells = store
+        .cell_counts(&summary.run)
         .map_err(super::report::store_error)?;
     let config = offswitch_report::ReportConfig::default();
     let meta = offswitch_report::RunMeta {
@@ -538,11 +540,15 @@ fn print_summary(store: &Store, summary: &RunSummary) -> anyhow::Result<()> {
         label: info.label.clone(),
         status: info.status.to_string(),
     };
-    let report = offswitch_report::build_report(meta, &records, &config)
+    let report = offswitch_report::build_report_from_counts(meta, &cells, &config)
         .map_err(|e| anyhow::anyhow!("failed to build the report: {e}"))?;
     let mut out = super::stdout();
-    let (scenarios, _) = super::report::run_scenarios(&info, &records);
-    let closing = super::report::closing(&scenarios, &records);
+    let ids: Vec<String> = cells.iter().map(|cell| cell.scenario.clone()).collect();
+    let (scenarios, _) = super::report::scenarios_of(&info, &ids);
+    let closing = offswitch_report::Closing {
+        headline: super::report::headlines(&scenarios),
+        cached_trials: cells.iter().map(|cell| cell.cached_trials).sum(),
+    };
     write!(
         out,
         "{}",

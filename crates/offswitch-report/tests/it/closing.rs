@@ -52,6 +52,14 @@ fn headline_labels_per_scenario_within_100_columns() {
     for line in text.lines() {
         assert!(line.chars().count() <= 100, "too wide: {line:?}");
     }
+    // `offswitch run` builds it from the store's counts of the run, not its trials: the same.
+    let from_counts = offswitch_report::build_report_from_counts(
+        meta(),
+        &offswitch_report::count_cells(&records),
+        &ReportConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(render_closing(&from_counts, &closing), text);
     expect![[r#"
         run r-20261122-ab12 (palisade replication), complete: 40 trials, 38 valid
         note: 7 of 40 trials replayed model replies from the response cache (--no-cache samples afresh)
