@@ -67,7 +67,9 @@ async fn main() {
                     if first.is_none() && !chunk.is_empty() {
                         first = Some(sent.elapsed());
                     }
-                    transit.arrived(&chunk);
+                    if paced {
+                        transit.arrived(&chunk);
+                    }
                 }
                 transit.ended();
                 Ok::<_, reqwest::Error>((first.filter(|_| ok), transit))

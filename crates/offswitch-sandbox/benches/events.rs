@@ -284,6 +284,12 @@ struct BareReader {
 impl BareReader {
     fn start(home: &Path) -> Result<BareReader, String> {
         use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        // A filesystem mark on a home that is not a mount of its own would watch the host's.
+        let device = |path: &Path| std::fs::metadata(path).map(|m| m.dev()).ok();
+        if home.parent().and_then(device) == device(home) {
+            return Err(format!("{} is not a mount of its own", home.display()));
+        }
         let group = offswitch_events::bare_file_group(home).map_err(|e| e.to_string())?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping = std::sync::Arc::clone(&stop);

@@ -9,9 +9,10 @@
 //!   crash can roll back the last transactions. The test `trials_survive_kill_9` checks this.
 //! - A database that fails SQLite's `quick_check` is refused at open ([`StoreError::Damaged`]),
 //!   before anything is written to it. Commands that only read open with [`Store::open_to_read`]
-//!   instead: no whole-file check (it reads every page: a minute for a cold 2.7 GB database),
-//!   and SQLite's `query_only`, so nothing can be written through that store; damage a read
-//!   runs into is still an error ([`StoreError::is_damage`]).
+//!   instead: no whole-file check (it reads every page: `runs list` took 33 s on a cold 2.7 GB
+//!   database), SQLite's `query_only` and no checkpoint when it closes, so nothing is written to
+//!   the file through that store (a database to migrate is opened by [`Store::open`]); damage a
+//!   read runs into is still an error ([`StoreError::is_damage`]).
 //! - The schema is versioned with `PRAGMA user_version` and explicit migrations (`schema.rs`);
 //!   a database newer than the code is refused rather than misread.
 //! - Stored formats are the `*V1` types of `stored.rs`, converted explicitly from the domain
@@ -256,10 +257,7 @@ impl StoreError {
     /// or write that reached a damaged page.
     pub fn is_damage(&self) -> bool {
         let corrupt = |source: &rusqlite::Error| {
-            matches!(
-                source.sqlite_error_code(),
-                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
-            )
+            source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt)
         };
         match self {
             StoreError::Damaged { .. } => true,
@@ -391,6 +389,14 @@ impl Store {
             source,
         };
         let connection = Connection::open(path).map_err(open_error)?;
+        // `query_only` stops writes through the connection, but the last connection to close
+        // would still copy the WAL into the file (what a killed writer left there): not this one.
+        connection
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )
+            .map_err(open_error)?;
         connection
             .busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_error)?;

@@ -363,6 +363,33 @@ fn a_database_opened_to_read_is_read_and_never_written() {
     drop(reader);
     assert_eq!(std::fs::read(&path).unwrap(), before);
 
+    // A writer killed before it closed leaves committed pages in the WAL: a reader reads them
+    // and leaves them there (closing it must not copy them into the file).
+    let writer = rusqlite::Connection::open(&path).unwrap();
+    writer
+        .set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .unwrap();
+    writer
+        .execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = 0; UPDATE runs SET label = 'in the wal' WHERE id = '{run}'"
+        ))
+        .unwrap();
+    drop(writer);
+    let wal = path.with_extension("db-wal");
+    let (file, wal_before) = (std::fs::read(&path).unwrap(), std::fs::read(&wal).unwrap());
+    assert!(!wal_before.is_empty());
+    let reader = Store::open_to_read(&path).unwrap();
+    assert_eq!(
+        reader.run(&run).unwrap().label.as_deref(),
+        Some("in the wal")
+    );
+    drop(reader);
+    assert_eq!(std::fs::read(&path).unwrap(), file);
+    assert_eq!(std::fs::read(&wal).unwrap(), wal_before);
+
     let old = dir.path().join("v1.db");
     std::fs::copy(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/data/v1.db"),
