@@ -269,6 +269,20 @@ impl StoreError {
     }
 }
 
+/// A connection to the database at `path` that waits for other connections' locks.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let connection = Connection::open(path).map_err(open_error)?;
+    // Readers and the writer may hold locks briefly; waiting beats failing.
+    connection
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(open_error)?;
+    Ok(connection)
+}
+
 /// `Damaged` for an error that says the file is damaged, else what `otherwise` makes of it.
 fn damage_or(
     source: rusqlite::Error,
@@ -329,11 +343,7 @@ impl Store {
             path: path.to_owned(),
             source,
         };
-        let connection = Connection::open(path).map_err(open_error)?;
-        // Readers and the writer may hold locks briefly; waiting beats failing.
-        connection
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(open_error)?;
+        let connection = connect(path)?;
         // Refuse a database from a newer offswitch before changing anything in it: switching
         // the journal mode is a write that an older reader must not make. `migrate` checks the
         // version again inside its transaction, against a concurrent upgrade.
@@ -388,7 +398,7 @@ impl Store {
             path: path.to_owned(),
             source,
         };
-        let connection = Connection::open(path).map_err(open_error)?;
+        let connection = connect(path)?;
         // `query_only` stops writes through the connection, but the last connection to close
         // would still copy the WAL into the file (what a killed writer left there): not this one.
         connection
@@ -396,9 +406,6 @@ impl Store {
                 rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
                 true,
             )
-            .map_err(open_error)?;
-        connection
-            .busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_error)?;
         let header = |sql: &str| -> Result<String, StoreError> {
             connection
