@@ -874,7 +874,7 @@ impl Store {
             &transaction,
             "t.run_id = ?1 AND t.replaced = 1",
             run,
-            Events::Load,
+            Parts::All,
         )?;
         transaction.commit().context(context)?;
         Ok(trials)
@@ -945,14 +945,25 @@ impl Store {
 
     /// Every current trial of `run` with its ids, in insertion order.
     pub fn stored_trials(&self, run: &str) -> Result<Vec<StoredTrial>, StoreError> {
-        self.current_trials(run, Events::Load)
+        self.current_trials(run, Parts::All)
     }
 
     /// [`Store::trials`] without the event streams (`events` left empty), for readers that
     /// never look at them, such as the rate tables: a run's streams can run to gigabytes.
     pub fn trials_without_events(&self, run: &str) -> Result<Vec<TrialRecord>, StoreError> {
         Ok(self
-            .current_trials(run, Events::Skip)?
+            .current_trials(run, Parts::NoEvents)?
+            .into_iter()
+            .map(|trial| trial.record)
+            .collect())
+    }
+
+    /// What the rate tables, comparisons and analyses read of `run`'s current trials: keys,
+    /// outcomes, labels, usage and turns, with only the transcript's `cache_hit` events and no
+    /// file changes or event streams (a 100,000-trial run's transcripts take gigabytes).
+    pub fn trial_summaries(&self, run: &str) -> Result<Vec<TrialRecord>, StoreError> {
+        Ok(self
+            .current_trials(run, Parts::Summary)?
             .into_iter()
             .map(|trial| trial.record)
             .collect())
@@ -960,21 +971,16 @@ impl Store {
 
     /// [`Store::stored_trials`] without the event streams, for exports that never read them.
     pub fn stored_trials_without_events(&self, run: &str) -> Result<Vec<StoredTrial>, StoreError> {
-        self.current_trials(run, Events::Skip)
+        self.current_trials(run, Parts::NoEvents)
     }
 
-    fn current_trials(&self, run: &str, events: Events) -> Result<Vec<StoredTrial>, StoreError> {
+    fn current_trials(&self, run: &str, parts: Parts) -> Result<Vec<StoredTrial>, StoreError> {
         let context = || format!("reading the trials of run {run}");
         // One read transaction, so the trials and their children come from one snapshot even
         // while the runner keeps inserting.
         let transaction = self.connection.unchecked_transaction().context(context)?;
         require_run(&transaction, run, context)?;
-        let trials = load_trials(
-            &transaction,
-            "t.run_id = ?1 AND t.replaced = 0",
-            run,
-            events,
-        )?;
+        let trials = load_trials(&transaction, "t.run_id = ?1 AND t.replaced = 0", run, parts)?;
         transaction.commit().context(context)?;
         Ok(trials)
     }
@@ -1006,7 +1012,7 @@ impl Store {
         let Some(trial_id) = trial_id else {
             return Err(StoreError::UnknownTrial(reference.to_owned()));
         };
-        let mut trials = load_trials(&transaction, "t.id = ?1", trial_id, Events::Load)?;
+        let mut trials = load_trials(&transaction, "t.id = ?1", trial_id, Parts::All)?;
         transaction.commit().context(context)?;
         trials
             .pop()
@@ -1396,7 +1402,7 @@ fn load_trials(
     connection: &Connection,
     filter: &str,
     parameter: impl rusqlite::ToSql + Copy,
-    events: Events,
+    parts: Parts,
 ) -> Result<Vec<StoredTrial>, StoreError> {
     let context = || "reading trials".to_owned();
     let mut statement = connection
@@ -1483,16 +1489,24 @@ fn load_trials(
     if trials.is_empty() {
         return Ok(trials);
     }
-    let children = |table: &str, columns: &str| {
+    // The rows of one child table, `also` a further condition on them.
+    let children = |table: &str, columns: &str, also: &str| {
         format!(
             "SELECT c.trial_id, {columns} FROM {table} c JOIN trials t ON t.id = c.trial_id
-             WHERE {filter} ORDER BY c.trial_id, c.seq"
+             WHERE {filter}{also} ORDER BY c.trial_id, c.seq"
         )
     };
 
-    let mut statement = connection
-        .prepare_cached(&children("transcript_entries", "c.body"))
-        .context(context)?;
+    // A summary keeps only the entries that say a reply came from the response cache.
+    let transcript = match parts {
+        Parts::Summary => children(
+            "transcript_entries",
+            "c.body",
+            " AND json_extract(c.body, '$.kind') = 'cache_hit'",
+        ),
+        Parts::All | Parts::NoEvents => children("transcript_entries", "c.body", ""),
+    };
+    let mut statement = connection.prepare_cached(&transcript).context(context)?;
     let mut rows = statement.query([parameter]).context(context)?;
     while let Some(row) = rows.next().context(context)? {
         let trial_id: i64 = row.get(0).context(context)?;
@@ -1509,43 +1523,48 @@ fn load_trials(
     drop(rows);
     drop(statement);
 
-    let mut statement = connection
-        .prepare_cached(&children(
-            "file_changes",
-            "c.path, c.kind, c.mode_before, c.mode_after, c.sha256_before, c.sha256_after,
-             c.text_before, c.text_after",
-        ))
-        .context(context)?;
-    let mut rows = statement.query([parameter]).context(context)?;
-    while let Some(row) = rows.next().context(context)? {
-        let trial_id: i64 = row.get(0).context(context)?;
-        let kind: String = row.get(2).context(context)?;
-        let kind = stored::parse_file_change_kind(&kind).map_err(|detail| StoreError::Corrupt {
-            row: format!("trial {trial_id}"),
-            detail,
-        })?;
-        let change = FileChange {
-            path: row.get(1).context(context)?,
-            kind,
-            mode_before: row.get(3).context(context)?,
-            mode_after: row.get(4).context(context)?,
-            sha256_before: row.get(5).context(context)?,
-            sha256_after: row.get(6).context(context)?,
-            text_before: row.get(7).context(context)?,
-            text_after: row.get(8).context(context)?,
-        };
-        trials[position_of[&trial_id]]
-            .record
-            .file_changes
-            .push(change);
+    if parts != Parts::Summary {
+        let mut statement = connection
+            .prepare_cached(&children(
+                "file_changes",
+                "c.path, c.kind, c.mode_before, c.mode_after, c.sha256_before, c.sha256_after,
+                 c.text_before, c.text_after",
+                "",
+            ))
+            .context(context)?;
+        let mut rows = statement.query([parameter]).context(context)?;
+        while let Some(row) = rows.next().context(context)? {
+            let trial_id: i64 = row.get(0).context(context)?;
+            let kind: String = row.get(2).context(context)?;
+            let kind =
+                stored::parse_file_change_kind(&kind).map_err(|detail| StoreError::Corrupt {
+                    row: format!("trial {trial_id}"),
+                    detail,
+                })?;
+            let change = FileChange {
+                path: row.get(1).context(context)?,
+                kind,
+                mode_before: row.get(3).context(context)?,
+                mode_after: row.get(4).context(context)?,
+                sha256_before: row.get(5).context(context)?,
+                sha256_after: row.get(6).context(context)?,
+                text_before: row.get(7).context(context)?,
+                text_after: row.get(8).context(context)?,
+            };
+            trials[position_of[&trial_id]]
+                .record
+                .file_changes
+                .push(change);
+        }
+        drop(rows);
+        drop(statement);
     }
-    drop(rows);
-    drop(statement);
 
     let mut statement = connection
         .prepare_cached(&children(
             "labels",
             "c.name, c.value, c.detail, c.score, c.indeterminate",
+            "",
         ))
         .context(context)?;
     let mut rows = statement.query([parameter]).context(context)?;
@@ -1563,13 +1582,14 @@ fn load_trials(
     drop(rows);
     drop(statement);
 
-    if events == Events::Skip {
+    if parts != Parts::All {
         return Ok(trials);
     }
     let mut statement = connection
         .prepare_cached(&children(
             "event_streams",
             "c.seq, c.host, c.unavailable, c.lost, c.events",
+            "",
         ))
         .context(context)?;
     let mut rows = statement.query([parameter]).context(context)?;
@@ -1593,12 +1613,15 @@ fn load_trials(
     Ok(trials)
 }
 
-/// Whether [`load_trials`] reads the event streams, the bulk of a trial that has them.
+/// What of a trial [`load_trials`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Events {
-    Load,
-    /// Left empty, for readers that never look at them (rates).
-    Skip,
+enum Parts {
+    All,
+    /// All but the event streams, the bulk of a trial that has them (left empty).
+    NoEvents,
+    /// What rates and analyses read: keys, outcomes, labels, usage, turns, and of the
+    /// transcript only its `cache_hit` events; no file changes, no event streams.
+    Summary,
 }
 
 trait SqliteContext<T> {

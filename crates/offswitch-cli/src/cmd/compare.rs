@@ -55,7 +55,7 @@ pub fn compare(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
         .map_err(|error| super::invalid_input(error.to_string()))?;
     let store = open_existing_store(&args.db)?;
     let run = resolve_run(&store, &args.run)?;
-    let records = store.trials_without_events(&run.id).map_err(store_error)?;
+    let records = store.trial_summaries(&run.id).map_err(store_error)?;
     let meta = RunMeta {
         id: run.id.to_string(),
         label: run.label.clone(),

@@ -69,7 +69,7 @@ pub fn report(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let store = open_existing_store(&args.db)?;
     let run = resolve_run(&store, &args.run)?;
     // Rates never look at the event streams, the bulk of a run's database.
-    let records = store.trials_without_events(&run.id).map_err(store_error)?;
+    let records = store.trial_summaries(&run.id).map_err(store_error)?;
     let config = ReportConfig {
         labels: args.labels.clone(),
         confidence: args.confidence,

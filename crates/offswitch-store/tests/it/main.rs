@@ -408,6 +408,38 @@ fn a_database_opened_to_read_is_read_and_never_written() {
     assert!(matches!(error, StoreError::TooNew { .. }), "{error}");
 }
 
+/// What the rate tables read: the whole record but its transcript (only its cache hits remain),
+/// file changes and event streams.
+#[test]
+fn trial_summaries_keep_what_rates_read_and_the_cache_hits() {
+    let (_dir, path) = temp_db();
+    let store = Store::open(&path).unwrap();
+    let run = store.create_run(&serde_json::json!({}), None).unwrap();
+    let cache_hit = TranscriptEntry::Event {
+        kind: "cache_hit".into(),
+        detail: "the reply to turn 1 came from the response cache".into(),
+    };
+    let mut cached = rich_record(0);
+    cached.transcript.insert(1, cache_hit.clone());
+    store.insert_trial(&run, &cached).unwrap();
+    store.insert_trial(&run, &rich_record(1)).unwrap();
+    let summaries = store.trial_summaries(&run).unwrap();
+    let summary = |mut record: TrialRecord, transcript: Vec<TranscriptEntry>| {
+        assert!(!record.file_changes.is_empty() && record.transcript.len() > 3);
+        record.transcript = transcript;
+        record.file_changes.clear();
+        record.events.clear();
+        record
+    };
+    assert_eq!(
+        summaries,
+        vec![
+            summary(cached, vec![cache_hit]),
+            summary(rich_record(1), Vec::new())
+        ]
+    );
+}
+
 /// Opened to read, a damaged database is not checked whole: a read that reaches the damage
 /// fails as damage (`is_damage`), and the file is left as it was.
 #[test]
