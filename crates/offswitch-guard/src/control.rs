@@ -43,6 +43,9 @@ pub struct Request {
     /// The peer's uid, for the audit log.
     pub uid: u32,
     pub reply: oneshot::Sender<serde_json::Value>,
+    /// Resolves once the answer is written to the peer (or cannot be): a session that ends
+    /// right after answering (a stop) waits for it, so the operator gets the answer.
+    pub written: oneshot::Receiver<()>,
 }
 
 /// The directory of the sessions' sockets: `$OFFSWITCH_GUARD_DIR`, else `/run/offswitch/guard`
@@ -132,20 +135,33 @@ async fn answer(stream: UnixStream, sender: mpsc::Sender<Request>) -> Result<(),
     let answer = match serde_json::from_str::<RequestLine>(line.trim()) {
         Ok(request) => {
             let (reply, answer) = oneshot::channel();
-            sender
+            let (written, written_receiver) = oneshot::channel();
+            let sent = sender
                 .send(Request {
                     op: request.op,
                     uid,
                     reply,
+                    written: written_receiver,
                 })
-                .await
-                .map_err(|_| "the session has ended".to_owned())?;
-            answer
-                .await
-                .unwrap_or_else(|_| serde_json::json!({"error": "the session has ended"}))
+                .await;
+            let answer = match sent {
+                Ok(()) => answer.await.ok(),
+                Err(_) => None,
+            }
+            .unwrap_or_else(|| serde_json::json!({"error": "the session has ended"}));
+            let result = write_answer(&mut write, &answer).await;
+            let _ = written.send(());
+            return result;
         }
         Err(error) => serde_json::json!({"error": format!("bad request: {error}")}),
     };
+    write_answer(&mut write, &answer).await
+}
+
+async fn write_answer(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    answer: &serde_json::Value,
+) -> Result<(), String> {
     let mut text = answer.to_string();
     text.push('\n');
     write

@@ -253,6 +253,8 @@ struct Session {
     monitor: Monitor,
     live: Option<offswitch_sandbox::Subscription>,
     control: tokio::sync::mpsc::Receiver<control::Request>,
+    /// Answers handed to the control socket and not yet written to their operator.
+    answering: Vec<tokio::sync::oneshot::Receiver<()>>,
     socket: PathBuf,
     net: tokio::sync::mpsc::UnboundedReceiver<crate::net::NetRecord>,
     net_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -413,6 +415,7 @@ impl Session {
             monitor,
             live,
             control,
+            answering: Vec::new(),
             socket,
             net,
             net_tasks,
@@ -695,6 +698,13 @@ impl Session {
             }
         };
         let _ = request.reply.send(answer);
+        self.answering.retain_mut(|written| {
+            matches!(
+                written.try_recv(),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+            )
+        });
+        self.answering.push(request.written);
     }
 
     fn status(&self) -> serde_json::Value {
@@ -918,6 +928,12 @@ impl Session {
             }),
         );
         let _ = std::fs::remove_file(&self.socket);
+        // An operator's stop is answered before the session ends (bounded: a peer that does
+        // not read its answer does not hold the session).
+        let answered = Instant::now() + Duration::from_secs(2);
+        for written in std::mem::take(&mut self.answering) {
+            let _ = tokio::time::timeout_at(answered.into(), written).await;
+        }
         if let Err(e) = self.audit.finish() {
             return Err(GuardError::Failed(format!("sealing the audit log: {e}")));
         }

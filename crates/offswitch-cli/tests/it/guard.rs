@@ -178,7 +178,12 @@ fn an_operator_stops_a_session_from_another_process() {
         .args(["guard", "stop", "op-test"])
         .output()
         .unwrap();
-    let answer: serde_json::Value = serde_json::from_slice(&stop.stdout).unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&stop.stdout).unwrap_or_else(|e| {
+        panic!(
+            "the stop's answer: {e}; stderr: {}",
+            String::from_utf8_lossy(&stop.stderr)
+        )
+    });
     assert_eq!(answer["survivors"], 0, "{answer}");
     assert!(stop.status.success());
     let status = session.wait().unwrap();
