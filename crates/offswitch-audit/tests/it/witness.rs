@@ -2,18 +2,34 @@
 //! writer's errors, and a timeout kills its whole process group), and a witness file that
 //! serves several logs.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use offswitch_audit::{AuditError, AuditWriter, Options, Witness, WitnessCommand};
 
 use crate::{kernel_event, key, redacted, temp, verify_trusted, write_log};
 
-fn shell(script: &str, timeout: Duration) -> Witness {
-    Witness::Command(WitnessCommand {
-        program: "/bin/sh".into(),
-        args: vec!["-c".into(), script.into()],
-        timeout,
-    })
+/// A new log at `path`, a checkpoint every `every` records, each given on stdin to the shell
+/// `script`, which has `timeout` to finish.
+fn with_witness(
+    path: &Path,
+    every: u64,
+    script: &str,
+    timeout: Duration,
+) -> Result<AuditWriter, AuditError> {
+    AuditWriter::create(
+        path,
+        &key(),
+        Options {
+            checkpoint_every: every,
+            witness: Some(Witness::Command(WitnessCommand {
+                program: "/bin/sh".into(),
+                args: vec!["-c".into(), script.into()],
+                timeout,
+            })),
+            ..Options::default()
+        },
+    )
 }
 
 #[test]
@@ -22,16 +38,7 @@ fn a_witness_command_receives_every_checkpoint_and_its_copy_verifies_the_log() {
     let path = dir.join("log.jsonl");
     let copy = dir.join("copied.jsonl");
     let script = format!("cat >> '{}'", copy.display());
-    let mut writer = AuditWriter::create(
-        &path,
-        &key(),
-        Options {
-            checkpoint_every: 2,
-            witness: Some(shell(&script, Duration::from_secs(10))),
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let mut writer = with_witness(&path, 2, &script, Duration::from_secs(10)).unwrap();
     for index in 0..5 {
         writer.append("kernel_event", &kernel_event(index)).unwrap();
     }
@@ -47,13 +54,11 @@ fn a_witness_command_receives_every_checkpoint_and_its_copy_verifies_the_log() {
 fn a_failing_witness_command_is_an_error_but_the_log_keeps_its_checkpoint() {
     let (_dir, dir) = temp();
     let path = dir.join("log.jsonl");
-    let error = AuditWriter::create(
+    let error = with_witness(
         &path,
-        &key(),
-        Options {
-            witness: Some(shell("cat > /dev/null; exit 3", Duration::from_secs(10))),
-            ..Options::default()
-        },
+        Options::default().checkpoint_every,
+        "cat > /dev/null; exit 3",
+        Duration::from_secs(10),
     )
     .err()
     .unwrap();
@@ -73,13 +78,11 @@ fn a_witness_command_that_hangs_is_killed_with_its_children() {
     // The witness starts a child that would outlive it, then hangs.
     let script = format!("sleep 300 & echo $! > '{}'; sleep 300", pid_file.display());
     let started = Instant::now();
-    let error = AuditWriter::create(
+    let error = with_witness(
         &path,
-        &key(),
-        Options {
-            witness: Some(shell(&script, Duration::from_millis(300))),
-            ..Options::default()
-        },
+        Options::default().checkpoint_every,
+        &script,
+        Duration::from_millis(300),
     )
     .err()
     .unwrap();
@@ -135,16 +138,7 @@ fn appends_do_not_wait_for_a_slow_witness_and_finish_waits_for_all() {
         copy.display()
     );
     std::fs::write(&gate, "").unwrap();
-    let mut writer = AuditWriter::create(
-        &path,
-        &key(),
-        Options {
-            checkpoint_every: 100,
-            witness: Some(shell(&script, Duration::from_secs(60))),
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let mut writer = with_witness(&path, 100, &script, Duration::from_secs(60)).unwrap();
     // `create` waited for checkpoint 0.
     let witnessed = || {
         std::fs::read_to_string(&copy)
@@ -178,16 +172,7 @@ fn a_failed_witness_of_an_automatic_checkpoint_is_reported_by_a_later_append() {
     let ok = dir.join("ok");
     let script = format!("cat > /dev/null; [ -e '{}' ] || exit 5", ok.display());
     std::fs::write(&ok, "").unwrap();
-    let mut writer = AuditWriter::create(
-        &path,
-        &key(),
-        Options {
-            checkpoint_every: 1000,
-            witness: Some(shell(&script, Duration::from_secs(60))),
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let mut writer = with_witness(&path, 1000, &script, Duration::from_secs(60)).unwrap();
     std::fs::remove_file(&ok).unwrap();
     // Checkpoint 1 goes to the witness with record 1,000; its failure arrives with a later
     // append, long before checkpoint 2 (the witness runs in milliseconds; from record 1,000 on
