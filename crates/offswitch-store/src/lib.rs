@@ -407,19 +407,14 @@ impl Store {
                 true,
             )
             .map_err(open_error)?;
-        let header = |sql: &str| -> Result<String, StoreError> {
-            connection
-                .query_row(sql, [], |row| row.get::<_, rusqlite::types::Value>(0))
-                .map(|value| match value {
-                    rusqlite::types::Value::Integer(n) => n.to_string(),
-                    rusqlite::types::Value::Text(text) => text,
-                    _ => String::new(),
-                })
-                .map_err(|source| damage_or(source, path, open_error))
-        };
-        let version = header("PRAGMA user_version")?;
-        let journal_mode = header("PRAGMA journal_mode")?;
-        if version != SCHEMA_VERSION.to_string() || !journal_mode.eq_ignore_ascii_case("wal") {
+        let damage = |source| damage_or(source, path, open_error);
+        let version: u32 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(damage)?;
+        let journal_mode: String = connection
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .map_err(damage)?;
+        if version != SCHEMA_VERSION || !journal_mode.eq_ignore_ascii_case("wal") {
             drop(connection);
             return Store::open(path);
         }
@@ -948,16 +943,6 @@ impl Store {
         self.current_trials(run, Parts::All)
     }
 
-    /// [`Store::trials`] without the event streams (`events` left empty), for readers that
-    /// never look at them, such as the rate tables: a run's streams can run to gigabytes.
-    pub fn trials_without_events(&self, run: &str) -> Result<Vec<TrialRecord>, StoreError> {
-        Ok(self
-            .current_trials(run, Parts::NoEvents)?
-            .into_iter()
-            .map(|trial| trial.record)
-            .collect())
-    }
-
     /// What the rate tables, comparisons and analyses read of `run`'s current trials: keys,
     /// outcomes, labels, usage and turns, with only the transcript's `cache_hit` events and no
     /// file changes or event streams (a 100,000-trial run's transcripts take gigabytes).
@@ -969,7 +954,8 @@ impl Store {
             .collect())
     }
 
-    /// [`Store::stored_trials`] without the event streams, for exports that never read them.
+    /// [`Store::stored_trials`] without the event streams (`events` left empty), for exports
+    /// that never read them: a run's streams can run to gigabytes.
     pub fn stored_trials_without_events(&self, run: &str) -> Result<Vec<StoredTrial>, StoreError> {
         self.current_trials(run, Parts::NoEvents)
     }

@@ -169,10 +169,13 @@ fn streams_losses_and_indeterminate_labels_read_back_equal() {
         reader.trial_by_id(id).unwrap().record,
         record_with_events(0)
     );
-    // The rates' reader skips the streams and keeps everything else.
+    // The exports' reader skips the streams and keeps everything else.
     let mut without = record_with_events(0);
     without.events.clear();
-    assert_eq!(reader.trials_without_events(&run).unwrap()[0], without);
+    assert_eq!(
+        reader.stored_trials_without_events(&run).unwrap()[0].record,
+        without
+    );
 
     // The stored form, pinned: changing it is a deliberate act with a migration.
     let connection = rusqlite::Connection::open(&path).unwrap();
@@ -454,7 +457,7 @@ fn an_event_row_that_cannot_be_read_back_is_a_located_error() {
             .unwrap();
         errors.push_str(&(store.trials(&run).unwrap_err().to_string() + "\n"));
         // The rates never read the streams, so they still work.
-        assert_eq!(store.trials_without_events(&run).unwrap().len(), 1);
+        assert_eq!(store.trial_summaries(&run).unwrap().len(), 1);
     }
     expect![[r#"
         corrupt database row (trial 1): event stream 0: unknown event kind "teleport"
