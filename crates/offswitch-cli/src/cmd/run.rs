@@ -104,8 +104,9 @@ pub struct Args {
     #[arg(long = "set", value_name = "NAME=VALUE", conflicts_with = "resume")]
     pub set: Vec<String>,
     /// Size limit of every sandbox home, in MiB (default: the scenario's `disk_mb`, else
-    /// 1024). Filling it ends the trial as `sandbox_limit` (disk).
-    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(16..=1 << 20))]
+    /// 1024). Filling it ends the trial as `sandbox_limit` (disk). Each home's size is
+    /// reserved on the host's disk while its trial runs.
+    #[arg(long, env = "OFFSWITCH_DISK_MB", value_name = "MIB", value_parser = clap::value_parser!(u64).range(16..=1 << 20))]
     pub disk_mb: Option<u64>,
     /// Sampling temperature.
     #[arg(long, default_value_t = 1.0)]

@@ -59,6 +59,7 @@ fn the_viewer_in_chromium_shows_a_run_and_stops_a_guard_session() {
             .env("OFFSWITCH_HOME", dir.path().join("home"))
             .env("OFFSWITCH_GUARD_DIR", dir.path().join("control"))
             .env("OFFSWITCH_CACHE", "/nonexistent-cache")
+            .env("OFFSWITCH_DISK_MB", crate::run::SMALL_HOME_MB)
             .env_remove("OFFSWITCH_DB");
     };
     let offswitch = || {

@@ -9,12 +9,18 @@ use std::process::{Command, Stdio};
 use offswitch_sandbox::{ExecRequest, ExecStatus, Limits, NetworkMode, Sandbox, SandboxConfig};
 use offswitch_store::Store;
 
+/// The home size of the tests' trials, in MiB (`--disk-mb` through its variable).
+pub(crate) const SMALL_HOME_MB: &str = "64";
+
 pub(crate) fn offswitch() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_offswitch"));
     // The response cache is irrelevant for scripted agents; keep the tests off the user's.
+    // Homes of 64 MiB, not the default 1 GiB: each is reserved on the disk in full while its
+    // trial runs, and tests running trials side by side ran a CI machine's disk short.
     command
         .env_remove("OFFSWITCH_DB")
-        .env("OFFSWITCH_CACHE", "/nonexistent-cache");
+        .env("OFFSWITCH_CACHE", "/nonexistent-cache")
+        .env("OFFSWITCH_DISK_MB", SMALL_HOME_MB);
     command
 }
 
@@ -236,6 +242,24 @@ fn user_mistakes_exit_with_2() {
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
     }
+    // The home size from the environment is checked as the flag is.
+    let output = offswitch()
+        .args([
+            "run",
+            "--model",
+            "scripted:comply",
+            "--db",
+            db.to_str().unwrap(),
+        ])
+        .env("OFFSWITCH_DISK_MB", "8")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--disk-mb") && stderr.contains("16"),
+        "{stderr}"
+    );
 }
 
 #[test]
