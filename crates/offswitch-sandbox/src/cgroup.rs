@@ -94,6 +94,85 @@ pub struct SandboxCgroups {
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
+/// A process as the owner of the sandbox cgroups it makes, which are named after it
+/// (`<pid>.<start>.<pid namespace>-<sequence>`): its pid, when it started (clock ticks since
+/// boot, field 22 of `/proc/<pid>/stat`) and its pid namespace's inode number. A pid alone is
+/// reused, and in another pid namespace (another container on the host) it is another
+/// process's: two offswitch processes that are each PID 1 of a container share the host's
+/// cgroup tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    pid: u32,
+    start: u64,
+    pid_namespace: u64,
+}
+
+impl Owner {
+    /// This process (read once).
+    fn this_process() -> Owner {
+        static THIS: std::sync::OnceLock<Owner> = std::sync::OnceLock::new();
+        *THIS.get_or_init(|| {
+            use std::os::unix::fs::MetadataExt;
+            let pid = std::process::id();
+            Owner {
+                pid,
+                start: start_ticks(pid).unwrap_or(0),
+                pid_namespace: fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino()),
+            }
+        })
+    }
+
+    fn name_prefix(&self) -> String {
+        format!("{}.{}.{}", self.pid, self.start, self.pid_namespace)
+    }
+
+    /// Whether the cgroup `name` was made by a process that is gone, as far as this process
+    /// (`self`) can tell: one of its own pid namespace whose pid is free or was reused since,
+    /// or (names without an owner's start and namespace, from older versions) whose pid is
+    /// free. A cgroup of another pid namespace is never judged stale.
+    fn outlived(&self, name: &str, start_of: impl Fn(u32) -> Option<u64>) -> bool {
+        let Some((owner, _sequence)) = name.rsplit_once('-') else {
+            return false;
+        };
+        let parts: Vec<&str> = owner.split('.').collect();
+        match parts[..] {
+            [pid] => pid
+                .parse::<u32>()
+                .is_ok_and(|pid| pid != self.pid && start_of(pid).is_none()),
+            [pid, start, namespace] => {
+                let (Ok(pid), Ok(start), Ok(namespace)) = (
+                    pid.parse::<u32>(),
+                    start.parse::<u64>(),
+                    namespace.parse::<u64>(),
+                ) else {
+                    return false;
+                };
+                let owner = Owner {
+                    pid,
+                    start,
+                    pid_namespace: namespace,
+                };
+                owner != *self && namespace == self.pid_namespace && start_of(pid) != Some(start)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The start time of process `pid` (field 22 of its stat line), `None` when there is no such
+/// process or its line cannot be parsed.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces and parentheses itself;
+    // the fields after its last `)` start at field 3, so the start time (22) is the 20th.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
 /// Why a cgroup operation failed, with the file it touched.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {source}")]
@@ -128,7 +207,7 @@ impl SandboxCgroups {
         let mut cgroups = SandboxCgroups {
             name: format!(
                 "{}-{}",
-                std::process::id(),
+                Owner::this_process().name_prefix(),
                 SEQUENCE.fetch_add(1, Ordering::Relaxed)
             ),
             v2: None,
@@ -517,8 +596,10 @@ fn wait_unpopulated(events: &Path, mut init_pidfd: Option<RawFd>, timeout: Durat
 }
 
 /// Remove empty sandbox cgroups left by processes that no longer exist (their names start
-/// with the creating process's pid). Non-empty ones fail to remove and stay.
+/// with the creating process's pid, start time and pid namespace: [`Owner`]). Non-empty ones
+/// fail to remove and stay.
 pub fn sweep_stale(layout: &CgroupLayout) {
+    let me = Owner::this_process();
     let roots = [
         &layout.v2,
         &layout.v1_memory,
@@ -531,15 +612,11 @@ pub fn sweep_stale(layout: &CgroupLayout) {
             continue;
         };
         for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name
+            if entry
+                .file_name()
                 .to_str()
-                .and_then(|n| n.split('-').next())
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                .is_some_and(|name| me.outlived(name, start_ticks))
+            {
                 let _ = fs::remove_dir(entry.path());
             }
         }
@@ -557,4 +634,46 @@ fn read_key(path: &Path, key: &str) -> u64 {
             (name == key).then(|| value.trim().parse().ok())?
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which cgroups a sweep takes for stale: only its own pid namespace's, of owners gone
+    /// (a pid that is free, or reused by a process started later), never its own.
+    #[test]
+    fn only_cgroups_of_owners_gone_from_this_namespace_are_stale() {
+        let me = Owner {
+            pid: 40,
+            start: 1000,
+            pid_namespace: 7,
+        };
+        // Live processes of this namespace: 40 (me) and 41, started at 1000 and 2000.
+        let start_of = |pid: u32| match pid {
+            40 => Some(1000),
+            41 => Some(2000),
+            _ => None,
+        };
+        let cases = [
+            ("40.1000.7-3", false),  // mine
+            ("41.2000.7-0", false),  // a live process's
+            ("41.1500.7-0", true),   // pid 41 was reused: its owner is gone
+            ("42.900.7-1", true),    // pid 42 is free
+            ("42.900.8-1", false),   // another namespace's: cannot tell
+            ("1.5.8-11", false),     // PID 1 of another container
+            ("42-4", true),          // an older version's name, pid free
+            ("41-4", false),         // an older version's name, pid taken
+            ("40-4", false),         // an older version's name, my pid
+            ("x.1.7-1", false),      // not a name offswitch makes
+            ("cgroup.procs", false), // the parent's own files
+        ];
+        for (name, stale) in cases {
+            assert_eq!(me.outlived(name, start_of), stale, "{name}");
+        }
+        let this = Owner::this_process();
+        assert_eq!(this.pid, std::process::id());
+        assert!(this.start > 0 && this.pid_namespace > 0, "{this:?}");
+        assert!(!this.outlived(&format!("{}-0", this.name_prefix()), start_ticks));
+    }
 }
