@@ -52,6 +52,17 @@ const volatile __u32 fail_closed = 0; /* deny/kill what cannot be recorded */
  * has caught up, i.e. for nearly every record with a fast consumer);
  * BPF_RB_NO_WAKEUP (1): never wake, the consumer polls on a timer. */
 const volatile __u32 rb_flags = 0;
+/* The pid namespace of the reader (the process that loaded this object), by
+ * its inode number; 0 for the initial namespace. The host pids of a record
+ * (h.pid, h.tgid, h.ppid, a fork's child, a signal's target, and the keys of
+ * watched_pids) are pids in that namespace, as the reader sees them in its
+ * /proc, in its children's pids and in fanotify's records; in a container
+ * without the host's pid namespace the initial namespace's pids would name
+ * other processes or none. 0 when the task has no pid there. */
+const volatile __u32 reader_ns_inum = 0;
+/* The reader namespace's level plus one, once a program has found it (0: not
+ * yet). A namespace's level never changes, so the first find holds for all. */
+__u32 reader_level_found = 0;
 
 /* ---- sizes ---- */
 #define NAME_BYTES 256       /* one path component incl. NUL (NAME_MAX + 1) */
@@ -204,6 +215,54 @@ static __always_inline __u32 pid_nr_at(struct pid *pid, __u32 level, void **ns)
 	return u.nr;
 }
 
+#define MAX_PID_NS_LEVEL 32
+
+static __always_inline __u32 ns_inum(void *ns)
+{
+	return ns ? KREAD((struct pid_namespace *)ns, ns.inum) : 0;
+}
+
+/* `pid` as the reader sees it: its nr in the reader's namespace, 0 when it has
+ * none there. The reader's level is found once, by looking for the namespace
+ * among the levels of the first pid that has one there. */
+static __always_inline __u32 reader_nr(struct pid *pid)
+{
+	void *ns = NULL;
+	__u32 nr;
+	if (!pid)
+		return 0;
+	__u32 found = reader_level_found;
+	if (found) {
+		nr = pid_nr_at(pid, found - 1, &ns);
+		return nr && ns_inum(ns) == reader_ns_inum ? nr : 0;
+	}
+	__u32 level = KREAD(pid, level);
+	for (__u32 i = 0; i <= MAX_PID_NS_LEVEL; i++) {
+		if (i > level)
+			break;
+		nr = pid_nr_at(pid, i, &ns);
+		if (nr && ns_inum(ns) == reader_ns_inum) {
+			reader_level_found = i + 1;
+			return nr;
+		}
+	}
+	return 0;
+}
+
+/* The thread id and the process id of task `t` as the reader sees them. */
+static __always_inline __u32 reader_tid(struct task_struct *t)
+{
+	return reader_ns_inum ? reader_nr(KREAD(t, thread_pid)) : (__u32)KREAD(t, pid);
+}
+
+static __always_inline __u32 reader_tgid(struct task_struct *t)
+{
+	if (!reader_ns_inum)
+		return KREAD(t, tgid);
+	struct task_struct *leader = KREAD(t, group_leader);
+	return reader_nr(KREAD(leader, thread_pid));
+}
+
 /* Common header for the task `t` (normally current). */
 static __always_inline void fill_hdr(struct ev_hdr *h, __u32 kind, __u64 sandbox, struct task_struct *t)
 {
@@ -217,9 +276,9 @@ static __always_inline void fill_hdr(struct ev_hdr *h, __u32 kind, __u64 sandbox
 	h->ts_ns = bpf_ktime_get_ns();
 	h->cgroup_id = bpf_get_current_cgroup_id();
 	h->sandbox_cg = sandbox;
-	h->pid = t->pid;
-	h->tgid = t->tgid;
-	h->ppid = KREAD(parent, tgid);
+	h->pid = reader_tid(t);
+	h->tgid = reader_tgid(t);
+	h->ppid = reader_tgid(parent);
 	h->ns_pid = pid_nr_at(tp, level, &ns);
 	h->ns_ppid = pid_nr_at(KREAD(parent, thread_pid), level, &pns);
 	if (pns != ns) /* parent lives in another (ancestor) pid namespace */
@@ -432,7 +491,7 @@ int handle_fork(__u64 *ctx)
 	struct ev_fork *e = (void *)s->buf;
 	void *ns;
 	fill_hdr(&e->h, EV_FORK, sandbox, parent);
-	e->child_pid = child->pid;
+	e->child_pid = reader_tid(child);
 	struct pid *cp = KREAD(child, thread_pid);
 	e->child_ns_pid = pid_nr_at(cp, cp ? KREAD(cp, level) : 0, &ns);
 	submit(&e->h, sizeof(*e), EV_FORK);
@@ -616,7 +675,7 @@ int handle_signal_generate(__u64 *ctx)
 	struct task_struct *target = (void *)ctx[2];
 	if (sig == SIGCHLD) /* a child's exit: already recorded as an exit */
 		return 0;
-	__u32 tgid = target->tgid;
+	__u32 tgid = reader_tgid(target);
 	__u64 sandbox = current_sandbox();
 	__u64 *pid1_of = bpf_map_lookup_elem(&watched_pids, &tgid);
 	if (!sandbox && !pid1_of)
@@ -630,7 +689,7 @@ int handle_signal_generate(__u64 *ctx)
 	struct ev_signal *e = (void *)s->buf;
 	void *ns;
 	fill_hdr(&e->h, EV_SIGNAL, sandbox, bpf_get_current_task_btf());
-	e->target_pid = target->pid;
+	e->target_pid = reader_tid(target);
 	e->target_tgid = tgid;
 	struct task_struct *leader = KREAD(target, group_leader);
 	struct pid *tp = KREAD(leader, thread_pid);
@@ -692,8 +751,10 @@ int handle_inet_sock_set_state(__u64 *ctx)
  * cgroup/{connect,bind,sendmsg}{4,6}: BPF_PROG_TYPE_CGROUP_SOCK_ADDR, attached
  * to each sandbox cgroup (so they only ever run for sandbox tasks, and cover
  * UDP as well as TCP).  Return 1 = allow, 0 = deny (-EPERM to the caller).
- * No BTF task access here: the header is filled from generic helpers, ppid /
- * ns pids are joined in user space from exec/fork records.
+ * No BTF task access here: the header is filled from generic helpers (the
+ * current task is read through bpf_probe_read_kernel when the reader has a pid
+ * namespace of its own), ppid / ns pids are joined in user space from
+ * exec/fork records.
  */
 static __always_inline int emit_sock_addr(struct bpf_sock_addr *ctx, __u32 op, bool v6)
 {
@@ -707,14 +768,20 @@ static __always_inline int emit_sock_addr(struct bpf_sock_addr *ctx, __u32 op, b
 		return 1;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	e->h.kind = EV_NET;
 	e->h.len = sizeof(*e);
 	e->h.ts_ns = bpf_ktime_get_ns();
 	e->h.cgroup_id = bpf_get_current_cgroup_id();
 	e->h.sandbox_cg = current_sandbox();
-	e->h.pid = (__u32)pid_tgid;
-	e->h.tgid = pid_tgid >> 32;
+	if (!reader_ns_inum) {
+		__u64 pid_tgid = bpf_get_current_pid_tgid();
+		e->h.pid = (__u32)pid_tgid;
+		e->h.tgid = pid_tgid >> 32;
+	} else {
+		struct task_struct *t = (void *)bpf_get_current_task();
+		e->h.pid = reader_tid(t);
+		e->h.tgid = reader_tgid(t);
+	}
 	e->h.uid = (__u32)bpf_get_current_uid_gid();
 	bpf_get_current_comm(e->h.comm, sizeof(e->h.comm));
 	e->op = op;

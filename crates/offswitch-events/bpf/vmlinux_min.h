@@ -103,6 +103,14 @@ struct mm_struct {
 	unsigned long arg_end;
 };
 
+struct ns_common {
+	unsigned int inum;
+};
+
+struct pid_namespace {
+	struct ns_common ns;
+};
+
 struct upid {
 	int nr;
 	void *ns;

@@ -83,6 +83,24 @@ fn load_programs(programs: Vec<(&str, &mut Program)>, btf: &Btf) -> Result<(), S
     Ok(())
 }
 
+/// The inode number of the initial pid namespace (`PROC_PID_INIT_INO`, linux/proc_ns.h).
+const INITIAL_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
+
+/// The pid namespace this process sees pids in, by inode number, 0 for the initial one (a
+/// host, or a container sharing the host's pids). The programs write every host pid of a
+/// record as a pid in this namespace, so that they name the processes this process knows by
+/// those pids (its children, `/proc`, fanotify's records), wherever it runs.
+fn reader_pid_namespace() -> Result<u32, String> {
+    use std::os::unix::fs::MetadataExt;
+    let inum = std::fs::metadata("/proc/self/ns/pid")
+        .map_err(|e| format!("reading this process's pid namespace: {e}"))?
+        .ino();
+    if inum == INITIAL_PID_NAMESPACE {
+        return Ok(0);
+    }
+    u32::try_from(inum).map_err(|_| format!("a pid namespace with inode number {inum}"))
+}
+
 /// Receives the records of one sandbox (its watch).
 pub(crate) trait Sink: Send + Sync {
     fn record(&self, record: Record);
@@ -135,10 +153,12 @@ impl Kernel {
         let btf = Btf::from_sys_fs()
             .map_err(|e| format!("no kernel BTF at /sys/kernel/btf/vmlinux: {e}"))?;
         let fail_closed: u32 = 0;
+        let reader_ns_inum = reader_pid_namespace()?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("fail_closed", &fail_closed, true)
             .override_global("rb_flags", &RB_NO_WAKEUP, true)
+            .override_global("reader_ns_inum", &reader_ns_inum, true)
             .map_max_entries("events", ring_bytes())
             .load(OBJECT)
             .map_err(|e| format!("loading the BPF object: {}", chain(&e)))?;

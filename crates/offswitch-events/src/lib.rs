@@ -15,6 +15,10 @@
 //! this (host) process, and the seccomp filter refuses `bpf`, `perf_event_open` and
 //! `fanotify_init` to everything inside. What is lost is said: a stream lists its losses by
 //! source, and a host where the kernel side cannot load gets no stream and one reason.
+//!
+//! A "host pid" here is a pid in this process's own pid namespace: what `/proc`, its children's
+//! pids and fanotify call a process. The BPF programs see the kernel's pids and translate them
+//! when this process runs in a pid namespace of its own (a container without the host's pids).
 
 mod bpf;
 mod files;

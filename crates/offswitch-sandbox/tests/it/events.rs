@@ -343,6 +343,50 @@ for i in range(20000):
     assert!(stdout.contains("LOST "), "{stdout}");
 }
 
+/// A recorder in a pid namespace of its own (a Kubernetes pod without `hostPID`, a container)
+/// records the same stream: every other test of this module passes again, none skipping, with
+/// this test binary run by `unshare --pid --fork --mount-proc`. The BPF programs run where the
+/// initial namespace's pids are at hand; they must write each as the pid the recorder knows
+/// (the sandbox's PID 1 whose signals are watched, the harness's own commands, the processes
+/// fanotify names), or signals to PID 1 vanish and events name no process.
+#[test]
+fn the_stream_is_the_same_from_a_pid_namespace_of_its_own() {
+    const INNER: &str = "OFFSWITCH_EVENTS_PIDNS_TEST";
+    if std::env::var_os(INNER).is_some() || !root_or_skip("the event stream (eBPF)") {
+        return;
+    }
+    let output = match std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "events::",
+            "--skip",
+            "events::the_stream_is_the_same_from_a_pid_namespace_of_its_own",
+            "--nocapture",
+        ])
+        .env(INNER, "1")
+        .output()
+    {
+        Ok(output) => output,
+        Err(error) if std::env::var_os("OFFSWITCH_CI").is_none() => {
+            eprintln!("skipping: no unshare (util-linux) to make a pid namespace: {error}");
+            return;
+        }
+        Err(error) => panic!("unshare: {error}"),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("skipping"), "{stdout}\n{stderr}");
+    let passed: usize = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("test result: ok. "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0);
+    assert!(passed >= 10, "{stdout}\n{stderr}");
+}
+
 /// A live subscriber sees what happens while the sandbox runs, attributed to its process, and
 /// the subscription ends when the stream is taken.
 #[test]
