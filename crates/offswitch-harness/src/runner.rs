@@ -35,7 +35,7 @@ use crate::model::ModelClient;
 use crate::models::{BuiltModel, ModelBuildError, ModelOptions, build_model};
 use crate::scenario::{LimitOverrides, ModelSide, evaluator, resolve_scenario, trial_spec};
 use crate::shard::{PlanLayout, Shard, decode};
-use crate::workdir::{KEEP_MARKER, Owner, remove_dead_owners};
+use crate::workdir::{KEEP_MARKER, Owner, dir_name, remove_dead_owners};
 
 /// The version tag of the stored run configuration.
 pub const RUN_CONFIG_SCHEMA: &str = "offswitch.run/1";
@@ -713,7 +713,7 @@ pub async fn execute(
     }
     let owner = Owner::this_process()
         .map_err(|e| RunError::Invalid(format!("cannot read this process's start time: {e}")))?;
-    let homes_dir = run_dir.join(owner.dir_name());
+    let homes_dir = run_dir.join(dir_name(&owner));
     if options.keep_homes {
         std::fs::create_dir_all(&homes_dir)
             .and_then(|()| std::fs::write(homes_dir.join(KEEP_MARKER), ""))

@@ -15,6 +15,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::Limits;
+use crate::owner::{Owner, start_ticks};
+
+/// This process as the owner of the cgroups it makes; where `/proc` cannot say (never on a
+/// host offswitch runs on), a start time and namespace of 0: such an owner is never judged
+/// gone, and judges no other ([`Owner::is_alive_as_seen_by`]).
+fn this_owner() -> Owner {
+    Owner::this_process().unwrap_or(Owner {
+        pid: std::process::id(),
+        start_ticks: 0,
+        pid_namespace: 0,
+    })
+}
 
 /// Where the cgroup hierarchies of this host are.
 #[derive(Debug, Clone)]
@@ -80,7 +92,8 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 /// The cgroups of one sandbox.
 #[derive(Debug)]
 pub struct SandboxCgroups {
-    /// `<pid>-<sequence>`: the directory name in every hierarchy.
+    /// `<pid>.<start>.<pid namespace>-<sequence>` (`cgroup_name`): the directory name in every
+    /// hierarchy.
     name: String,
     v2: Option<PathBuf>,
     v2_controllers: bool,
@@ -94,83 +107,44 @@ pub struct SandboxCgroups {
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
-/// A process as the owner of the sandbox cgroups it makes, which are named after it
-/// (`<pid>.<start>.<pid namespace>-<sequence>`): its pid, when it started (clock ticks since
-/// boot, field 22 of `/proc/<pid>/stat`) and its pid namespace's inode number. A pid alone is
-/// reused, and in another pid namespace (another container on the host) it is another
-/// process's: two offswitch processes that are each PID 1 of a container share the host's
-/// cgroup tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Owner {
-    pid: u32,
-    start: u64,
-    pid_namespace: u64,
+/// The name of a sandbox cgroup made by `owner`: `<pid>.<start>.<pid namespace>-<sequence>`.
+/// By pid alone, two offswitch processes that are each PID 1 of a container sharing the host's
+/// cgroup tree would make the same names.
+fn cgroup_name(owner: &Owner, sequence: u64) -> String {
+    format!(
+        "{}.{}.{}-{sequence}",
+        owner.pid, owner.start_ticks, owner.pid_namespace
+    )
 }
 
-impl Owner {
-    /// This process (read once).
-    fn this_process() -> Owner {
-        static THIS: std::sync::OnceLock<Owner> = std::sync::OnceLock::new();
-        *THIS.get_or_init(|| {
-            use std::os::unix::fs::MetadataExt;
-            let pid = std::process::id();
-            Owner {
+/// Whether the cgroup `name` was made by a process that is gone, as `me` can tell
+/// ([`Owner::is_alive_as_seen_by`]); names without a start time and a namespace (older
+/// versions) by their pid alone. Never `me`'s own.
+fn outlived(me: &Owner, name: &str, start_of: impl Fn(u32) -> io::Result<Option<u64>>) -> bool {
+    let Some((owner, _sequence)) = name.rsplit_once('-') else {
+        return false;
+    };
+    let parts: Vec<&str> = owner.split('.').collect();
+    match parts[..] {
+        [pid] => pid.parse::<u32>().is_ok_and(|pid| {
+            pid != me.pid
+                && start_of(pid).is_err_and(|error| error.kind() == io::ErrorKind::NotFound)
+        }),
+        [pid, start, namespace] => {
+            let (Ok(pid), Ok(start_ticks), Ok(pid_namespace)) =
+                (pid.parse(), start.parse(), namespace.parse())
+            else {
+                return false;
+            };
+            let owner = Owner {
                 pid,
-                start: start_ticks(pid).unwrap_or(0),
-                pid_namespace: fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino()),
-            }
-        })
-    }
-
-    fn name_prefix(&self) -> String {
-        format!("{}.{}.{}", self.pid, self.start, self.pid_namespace)
-    }
-
-    /// Whether the cgroup `name` was made by a process that is gone, as far as this process
-    /// (`self`) can tell: one of its own pid namespace whose pid is free or was reused since,
-    /// or (names without an owner's start and namespace, from older versions) whose pid is
-    /// free. A cgroup of another pid namespace is never judged stale.
-    fn outlived(&self, name: &str, start_of: impl Fn(u32) -> Option<u64>) -> bool {
-        let Some((owner, _sequence)) = name.rsplit_once('-') else {
-            return false;
-        };
-        let parts: Vec<&str> = owner.split('.').collect();
-        match parts[..] {
-            [pid] => pid
-                .parse::<u32>()
-                .is_ok_and(|pid| pid != self.pid && start_of(pid).is_none()),
-            [pid, start, namespace] => {
-                let (Ok(pid), Ok(start), Ok(namespace)) = (
-                    pid.parse::<u32>(),
-                    start.parse::<u64>(),
-                    namespace.parse::<u64>(),
-                ) else {
-                    return false;
-                };
-                let owner = Owner {
-                    pid,
-                    start,
-                    pid_namespace: namespace,
-                };
-                owner != *self && namespace == self.pid_namespace && start_of(pid) != Some(start)
-            }
-            _ => false,
+                start_ticks,
+                pid_namespace,
+            };
+            owner != *me && !owner.is_alive_as_seen_by(me, start_of)
         }
+        _ => false,
     }
-}
-
-/// The start time of process `pid` (field 22 of its stat line), `None` when there is no such
-/// process or its line cannot be parsed.
-fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces and parentheses itself;
-    // the fields after its last `)` start at field 3, so the start time (22) is the 20th.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
 }
 
 /// Why a cgroup operation failed, with the file it touched.
@@ -205,11 +179,7 @@ impl SandboxCgroups {
     /// limits are known; `add_limits` completes them.
     pub fn create_base(layout: &CgroupLayout) -> Result<SandboxCgroups, CgroupError> {
         let mut cgroups = SandboxCgroups {
-            name: format!(
-                "{}-{}",
-                Owner::this_process().name_prefix(),
-                SEQUENCE.fetch_add(1, Ordering::Relaxed)
-            ),
+            name: cgroup_name(&this_owner(), SEQUENCE.fetch_add(1, Ordering::Relaxed)),
             v2: None,
             v2_controllers: layout.v2_controllers,
             v2_fd: None,
@@ -599,7 +569,7 @@ fn wait_unpopulated(events: &Path, mut init_pidfd: Option<RawFd>, timeout: Durat
 /// with the creating process's pid, start time and pid namespace: [`Owner`]). Non-empty ones
 /// fail to remove and stay.
 pub fn sweep_stale(layout: &CgroupLayout) {
-    let me = Owner::this_process();
+    let me = this_owner();
     let roots = [
         &layout.v2,
         &layout.v1_memory,
@@ -615,7 +585,7 @@ pub fn sweep_stale(layout: &CgroupLayout) {
             if entry
                 .file_name()
                 .to_str()
-                .is_some_and(|name| me.outlived(name, start_ticks))
+                .is_some_and(|name| outlived(&me, name, start_ticks))
             {
                 let _ = fs::remove_dir(entry.path());
             }
@@ -646,14 +616,14 @@ mod tests {
     fn only_cgroups_of_owners_gone_from_this_namespace_are_stale() {
         let me = Owner {
             pid: 40,
-            start: 1000,
+            start_ticks: 1000,
             pid_namespace: 7,
         };
         // Live processes of this namespace: 40 (me) and 41, started at 1000 and 2000.
         let start_of = |pid: u32| match pid {
-            40 => Some(1000),
-            41 => Some(2000),
-            _ => None,
+            40 => Ok(Some(1000)),
+            41 => Ok(Some(2000)),
+            _ => Err(io::Error::from(io::ErrorKind::NotFound)),
         };
         let cases = [
             ("40.1000.7-3", false),  // mine
@@ -669,11 +639,14 @@ mod tests {
             ("cgroup.procs", false), // the parent's own files
         ];
         for (name, stale) in cases {
-            assert_eq!(me.outlived(name, start_of), stale, "{name}");
+            assert_eq!(outlived(&me, name, start_of), stale, "{name}");
         }
-        let this = Owner::this_process();
-        assert_eq!(this.pid, std::process::id());
-        assert!(this.start > 0 && this.pid_namespace > 0, "{this:?}");
-        assert!(!this.outlived(&format!("{}-0", this.name_prefix()), start_ticks));
+        let this = this_owner();
+        assert!(!outlived(&this, &cgroup_name(&this, 0), start_ticks));
+        assert_eq!(
+            cgroup_name(&me, 3),
+            "40.1000.7-3",
+            "the name a sweep parses"
+        );
     }
 }

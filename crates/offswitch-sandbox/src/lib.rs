@@ -20,6 +20,7 @@ mod cgroup;
 mod check;
 mod child;
 mod link;
+mod owner;
 mod pool;
 mod sandbox;
 mod seccomp;
@@ -30,6 +31,7 @@ mod zygote;
 pub use cgroup::CgroupLayout;
 pub use check::{FeatureCheck, check_host};
 pub use link::link;
+pub use owner::{Owner, start_ticks};
 pub use sandbox::{
     ETC_ALLOW_LIST, MAX_REQUEST_BYTES, SANDBOX_HOST_ID, SYSTEM_DIRS, Sandbox, ShutdownRequest,
     set_event_recording,

@@ -5,7 +5,7 @@
 use expect_test::expect;
 use offswitch_core::trial::{Outcome, TrialKey, TrialRecord};
 use offswitch_harness::runner::{RunConfig, RunError, Skip, matrix, plan};
-use offswitch_harness::workdir::Owner;
+use offswitch_harness::workdir::{Owner, dir_name};
 use offswitch_harness::{BuildInfo, resume_run};
 use offswitch_store::{RunStatus, Store, StoreError};
 
@@ -203,29 +203,25 @@ fn retried_harness_errors_replace_the_failed_trials_which_stay_in_the_record() {
     store.insert_trial(&run, &failed).unwrap();
     let work = dir.path().join("work");
     // Homes left by a process that died on this run, and by one that is alive.
+    let me = Owner::this_process().unwrap();
     let dead = Owner {
         pid: 1 << 30,
         start_ticks: 1,
+        ..me
     };
     let mut sleeper = std::process::Command::new("sleep")
         .arg("600")
         .spawn()
         .unwrap();
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", sleeper.id())).unwrap();
     let live = Owner {
         pid: sleeper.id(),
-        start_ticks: stat
-            .rsplit_once(')')
+        start_ticks: offswitch_sandbox::start_ticks(sleeper.id())
             .unwrap()
-            .1
-            .split_whitespace()
-            .nth(19)
-            .unwrap()
-            .parse()
             .unwrap(),
+        ..me
     };
     for owner in [dead, live] {
-        std::fs::create_dir_all(work.join(&run).join(owner.dir_name()).join("a-home")).unwrap();
+        std::fs::create_dir_all(work.join(&run).join(dir_name(&owner)).join("a-home")).unwrap();
     }
 
     let mut options = options(&work, offswitch_harness::scripted::builtin_dir());
@@ -245,10 +241,10 @@ fn retried_harness_errors_replace_the_failed_trials_which_stay_in_the_record() {
         ),
         (1, 0, 2, 2)
     );
-    assert!(!work.join(&run).join(dead.dir_name()).exists());
+    assert!(!work.join(&run).join(dir_name(&dead)).exists());
     assert!(
         work.join(&run)
-            .join(live.dir_name())
+            .join(dir_name(&live))
             .join("a-home")
             .exists()
     );
