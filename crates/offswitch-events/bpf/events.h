@@ -79,7 +79,9 @@ struct file_id {
 
 struct ev_exec {
 	struct ev_hdr h;
-	__u32 old_pid;      /* host tid that called execve (!= pid if a thread exec'd) */
+	__u32 old_pid;      /* host tid that called execve (!= pid if a thread exec'd;
+	                     * 0 then when the reader has a pid namespace of its own:
+	                     * that thread's pid is gone, it cannot be translated) */
 	__s32 argc;
 	__u32 args_total;   /* mm->arg_end - mm->arg_start */
 	__u32 args_len;     /* bytes of argv copied into data */

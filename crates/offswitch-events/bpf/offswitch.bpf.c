@@ -394,7 +394,12 @@ int handle_exec(__u64 *ctx)
 	long n;
 
 	fill_hdr(&e->h, EV_EXEC, sandbox, p);
-	e->old_pid = old_pid;
+	/* The kernel's tid: the exec'ing thread's own, or a thread's that exec'd
+	 * and took over the leader's pid, whose pid is gone by now. */
+	if (!reader_ns_inum)
+		e->old_pid = old_pid;
+	else
+		e->old_pid = old_pid == (__u32)KREAD(p, pid) ? e->h.pid : 0;
 	e->argc = bprm->argc;
 	e->args_flags = 0;
 

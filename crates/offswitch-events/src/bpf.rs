@@ -90,8 +90,12 @@ const INITIAL_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
 /// host, or a container sharing the host's pids). The programs write every host pid of a
 /// record as a pid in this namespace, so that they name the processes this process knows by
 /// those pids (its children, `/proc`, fanotify's records), wherever it runs.
+///
+/// `/proc` must be this namespace's: a sandbox's PID 1 and the harness's commands are found in
+/// it by the pids this process knows them by.
 fn reader_pid_namespace() -> Result<u32, String> {
     use std::os::unix::fs::MetadataExt;
+    crate::proc_is_this_namespaces()?;
     let inum = std::fs::metadata("/proc/self/ns/pid")
         .map_err(|e| format!("reading this process's pid namespace: {e}"))?
         .ino();

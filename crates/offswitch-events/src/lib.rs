@@ -77,6 +77,23 @@ pub struct WatchSpec {
 
 pub use crate::opens::MAX_WATCHED_OPENS;
 
+/// `Ok` when `/proc` belongs to this process's pid namespace, as everything that looks a
+/// process up by the pid this process knows it by (a sandbox's PID 1, the harness's commands,
+/// the recorder's records) needs. Under `unshare --pid` without `--mount-proc`, or in a
+/// container that kept another namespace's `/proc`, it would name other processes.
+pub fn proc_is_this_namespaces() -> Result<(), String> {
+    let me = std::process::id();
+    let seen = std::fs::read_link("/proc/self").map_err(|e| format!("reading /proc/self: {e}"))?;
+    if seen.to_str() == Some(me.to_string().as_str()) {
+        return Ok(());
+    }
+    Err(format!(
+        "/proc belongs to another pid namespace than this process's (/proc/self is {}, this \
+         process is {me}): mount a proc of this process's namespace (unshare --mount-proc)",
+        seen.display()
+    ))
+}
+
 /// Whether streams can be recorded on this host; `Err` says why not.
 pub fn available() -> Result<(), String> {
     bpf::kernel().map(|_| ())

@@ -123,14 +123,27 @@ impl ResponseCache {
             .await
             .map_err(write_error)?;
         // Unique per process and call, so concurrent writers of the same key never share a
-        // temporary file; the last rename wins with a complete entry either way.
+        // temporary file (a random part too: processes in other pid namespaces sharing the
+        // cache, such as shard pods, can have the same pid); the last rename wins with a
+        // complete entry either way.
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let temp = parent.join(format!(
-            ".{key}.{}.{}.tmp",
+            ".{key}.{}.{}.{:016x}.tmp",
             std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u64>()
         ));
-        if let Err(e) = tokio::fs::write(&temp, &bytes).await {
+        let written = async {
+            use tokio::io::AsyncWriteExt;
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp)
+                .await?;
+            file.write_all(&bytes).await?;
+            file.flush().await
+        };
+        if let Err(e) = written.await {
             let _ = tokio::fs::remove_file(&temp).await;
             return Err(write_error(e));
         }

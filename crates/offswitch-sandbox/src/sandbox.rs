@@ -144,6 +144,10 @@ impl Sandbox {
             config.home.display()
         )))?;
         let host = host();
+        if host.root {
+            // PID 1's maps, root and namespaces are opened by its pid.
+            offswitch_events::proc_is_this_namespaces().map_err(SandboxError::Unsupported)?;
+        }
         let binds = crate::binds::resolve(&config.ro_binds, host)?;
         check_protected(&config.protect, &home)?;
         if config.home_idmap.is_some() && !host.root {

@@ -385,6 +385,30 @@ fn the_stream_is_the_same_from_a_pid_namespace_of_its_own() {
         .and_then(|count| count.parse().ok())
         .unwrap_or(0);
     assert!(passed >= 10, "{stdout}\n{stderr}");
+
+    // With the namespace but the parent's /proc (no --mount-proc), every pid offswitch knows
+    // would name another process there: making a sandbox is refused, and says why.
+    let output = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "events::signals_to_pid_1_and_network_use_are_recorded",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(INNER, "1")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{all}");
+    assert!(
+        all.contains("/proc belongs to another pid namespace"),
+        "{all}"
+    );
 }
 
 /// A live subscriber sees what happens while the sandbox runs, attributed to its process, and
