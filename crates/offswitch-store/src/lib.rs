@@ -193,8 +193,9 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
     #[error(
-        "database {path} is damaged (SQLite's quick check: {findings}); refusing to use it. Restore it from a copy, or give another --db"
+        "database {path} is damaged ({findings}); refusing to use it. Restore it from a copy, or give another --db"
     )]
+    /// `findings`: what found the damage and what it said.
     Damaged { path: PathBuf, findings: String },
     #[error("database {path} cannot use WAL journal mode (it stays in {journal_mode:?} mode)")]
     NotWal { path: PathBuf, journal_mode: String },
@@ -287,12 +288,13 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
 fn damage_or(
     source: rusqlite::Error,
     path: &Path,
+    found_by: &str,
     otherwise: impl FnOnce(rusqlite::Error) -> StoreError,
 ) -> StoreError {
     if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt) {
         StoreError::Damaged {
             path: path.to_owned(),
-            findings: source.to_string(),
+            findings: format!("{found_by}: {source}"),
         }
     } else {
         otherwise(source)
@@ -349,7 +351,7 @@ impl Store {
         // version again inside its transaction, against a concurrent upgrade.
         let version: u32 = connection
             .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(|source| damage_or(source, path, open_error))?;
+            .map_err(|source| damage_or(source, path, "reading its schema version", open_error))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
                 path: path.to_owned(),
@@ -407,7 +409,7 @@ impl Store {
                 true,
             )
             .map_err(open_error)?;
-        let damage = |source| damage_or(source, path, open_error);
+        let damage = |source| damage_or(source, path, "reading its header", open_error);
         let version: u32 = connection
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(damage)?;
@@ -1194,9 +1196,11 @@ fn check_integrity(connection: &Connection, path: &Path) -> Result<(), StoreErro
     // SQLite may give up on a badly damaged file (its schema pages, say) with an error instead
     // of findings; that is damage too.
     let error = |source: rusqlite::Error| {
-        damage_or(source, path, |source| StoreError::Open {
-            path: path.to_owned(),
-            source,
+        damage_or(source, path, "SQLite's quick check", |source| {
+            StoreError::Open {
+                path: path.to_owned(),
+                source,
+            }
         })
     };
     let findings: Vec<String> = {
@@ -1213,11 +1217,12 @@ fn check_integrity(connection: &Connection, path: &Path) -> Result<(), StoreErro
     }
     Err(StoreError::Damaged {
         path: path.to_owned(),
-        findings: findings
-            .iter()
-            .map(|finding| finding.replace('\n', " "))
-            .collect::<Vec<_>>()
-            .join("; "),
+        findings: "SQLite's quick check: ".to_owned()
+            + &findings
+                .iter()
+                .map(|finding| finding.replace('\n', " "))
+                .collect::<Vec<_>>()
+                .join("; "),
     })
 }
 
