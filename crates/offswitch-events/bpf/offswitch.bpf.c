@@ -222,11 +222,13 @@ static __always_inline __u32 ns_inum(void *ns)
 	return ns ? KREAD((struct pid_namespace *)ns, ns.inum) : 0;
 }
 
-/* `pid` as the reader sees it: its nr in the reader's namespace, 0 when it has
- * none there. The reader's level is found once, by looking for the namespace
- * among the levels of the first pid that has one there. */
-static __always_inline __u32 reader_nr(struct pid *pid)
+/* `pid` (a struct pid's address) as the reader sees it: its nr in the reader's
+ * namespace, 0 when it has none there. The reader's level is found once, by
+ * looking for the namespace among the levels of the first pid that has one
+ * there. A global function: the verifier checks it once, not at every call. */
+__attribute__((noinline)) __u32 reader_nr_at(__u64 address)
 {
+	struct pid *pid = (struct pid *)address;
 	void *ns = NULL;
 	__u32 nr;
 	if (!pid)
@@ -247,6 +249,11 @@ static __always_inline __u32 reader_nr(struct pid *pid)
 		}
 	}
 	return 0;
+}
+
+static __always_inline __u32 reader_nr(struct pid *pid)
+{
+	return reader_nr_at((__u64)pid);
 }
 
 /* The thread id and the process id of task `t` as the reader sees them. */
