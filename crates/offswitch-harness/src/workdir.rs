@@ -82,11 +82,7 @@ mod tests {
             .arg("600")
             .spawn()
             .unwrap();
-        let other = Owner {
-            pid: child.id(),
-            start_ticks: offswitch_sandbox::start_ticks(child.id()).unwrap().unwrap(),
-            ..me
-        };
+        let other = Owner::of_process(child.id()).unwrap();
         let reused = Owner {
             start_ticks: me.start_ticks + 1,
             ..me

@@ -31,7 +31,7 @@ mod zygote;
 pub use cgroup::CgroupLayout;
 pub use check::{FeatureCheck, check_host};
 pub use link::link;
-pub use owner::{Owner, start_ticks};
+pub use owner::Owner;
 pub use sandbox::{
     ETC_ALLOW_LIST, MAX_REQUEST_BYTES, SANDBOX_HOST_ID, SYSTEM_DIRS, Sandbox, ShutdownRequest,
     set_event_recording,

@@ -23,23 +23,26 @@ impl Owner {
     /// This process (read once).
     pub fn this_process() -> io::Result<Owner> {
         static THIS: std::sync::OnceLock<Result<Owner, String>> = std::sync::OnceLock::new();
-        THIS.get_or_init(|| {
-            use std::os::unix::fs::MetadataExt;
-            let pid = std::process::id();
-            let start_ticks = start_ticks(pid)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("no start time in /proc/{pid}/stat"))?;
-            let pid_namespace = std::fs::metadata("/proc/self/ns/pid")
-                .map_err(|e| format!("/proc/self/ns/pid: {e}"))?
-                .ino();
-            Ok(Owner {
-                pid,
-                start_ticks,
-                pid_namespace,
-            })
+        THIS.get_or_init(|| Owner::of_process(std::process::id()).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(io::Error::other)
+    }
+
+    /// Process `pid` of this process's pid namespace, as it is now.
+    pub fn of_process(pid: u32) -> io::Result<Owner> {
+        use std::os::unix::fs::MetadataExt;
+        let start_ticks = start_ticks(pid)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("no start time in /proc/{pid}/stat"),
+            )
+        })?;
+        let pid_namespace = std::fs::metadata(format!("/proc/{pid}/ns/pid"))?.ino();
+        Ok(Owner {
+            pid,
+            start_ticks,
+            pid_namespace,
         })
-        .clone()
-        .map_err(io::Error::other)
     }
 
     /// Whether this owner may still be running, as far as this process can tell: an owner of
@@ -75,7 +78,7 @@ impl Owner {
 
 /// The start time of process `pid` in this process's pid namespace: `Ok(None)` when its stat
 /// line cannot be parsed, `Err(NotFound)` when there is no such process.
-pub fn start_ticks(pid: u32) -> io::Result<Option<u64>> {
+pub(crate) fn start_ticks(pid: u32) -> io::Result<Option<u64>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) is in parentheses and may hold spaces and parentheses itself;
     // the fields after its last `)` start at field 3, so the start time (22) is the 20th.
@@ -99,11 +102,8 @@ mod tests {
             .arg("600")
             .spawn()
             .unwrap();
-        let other = Owner {
-            pid: child.id(),
-            start_ticks: start_ticks(child.id()).unwrap().unwrap(),
-            ..me
-        };
+        let other = Owner::of_process(child.id()).unwrap();
+        assert_eq!(other.pid_namespace, me.pid_namespace);
         assert!(other.is_alive());
         // The same pid started at another time: a reused pid, its owner gone.
         assert!(

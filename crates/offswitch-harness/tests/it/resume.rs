@@ -213,13 +213,7 @@ fn retried_harness_errors_replace_the_failed_trials_which_stay_in_the_record() {
         .arg("600")
         .spawn()
         .unwrap();
-    let live = Owner {
-        pid: sleeper.id(),
-        start_ticks: offswitch_sandbox::start_ticks(sleeper.id())
-            .unwrap()
-            .unwrap(),
-        ..me
-    };
+    let live = Owner::of_process(sleeper.id()).unwrap();
     for owner in [dead, live] {
         std::fs::create_dir_all(work.join(&run).join(dir_name(&owner)).join("a-home")).unwrap();
     }
