@@ -93,7 +93,7 @@ const INITIAL_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
 ///
 /// `/proc` must be this namespace's: a sandbox's PID 1 and the harness's commands are found in
 /// it by the pids this process knows them by.
-fn reader_pid_namespace() -> Result<u32, String> {
+pub(crate) fn reader_pid_namespace() -> Result<u32, String> {
     use std::os::unix::fs::MetadataExt;
     crate::proc_is_this_namespaces()?;
     let inum = std::fs::metadata("/proc/self/ns/pid")

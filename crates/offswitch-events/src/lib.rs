@@ -94,6 +94,12 @@ pub fn proc_is_this_namespaces() -> Result<(), String> {
     ))
 }
 
+/// Whether this process runs in a pid namespace of its own rather than the host's (a container
+/// without the host's pids): the recorder then writes every pid as this namespace sees it.
+pub fn in_own_pid_namespace() -> bool {
+    bpf::reader_pid_namespace().is_ok_and(|inum| inum != 0)
+}
+
 /// Whether streams can be recorded on this host; `Err` says why not.
 pub fn available() -> Result<(), String> {
     bpf::kernel().map(|_| ())

@@ -162,10 +162,17 @@ pub fn check_host(scratch_home: &std::path::Path) -> Vec<FeatureCheck> {
         Ok(()) => FeatureCheck {
             name: "event stream",
             works: true,
-            detail: "eBPF tracepoints record execs, forks, exits, signals to PID 1 and \
-                connections by cgroup; fanotify records file changes on each home volume, /tmp \
-                and /dev/shm"
-                .into(),
+            detail: format!(
+                "eBPF tracepoints record execs, forks, exits, signals to PID 1 and connections \
+                 by cgroup; fanotify records file changes on each home volume, /tmp and \
+                 /dev/shm{}",
+                if offswitch_events::in_own_pid_namespace() {
+                    "; pids as this process's own pid namespace sees them (not the host's: \
+                     translated in the kernel)"
+                } else {
+                    ""
+                }
+            ),
         },
         Err(reason) => FeatureCheck {
             name: "event stream",

@@ -5,6 +5,10 @@ use offswitch_sandbox::{EventKind, EventStream, FileOp, Limits, NetOp};
 
 use crate::support::{root_or_skip, run, sandbox_configured, sandbox_with};
 
+/// Set in the run of this module's tests in a pid namespace of its own
+/// (`the_stream_is_the_same_from_a_pid_namespace_of_its_own`).
+const PIDNS_INNER: &str = "OFFSWITCH_EVENTS_PIDNS_TEST";
+
 /// The stream of a sandbox that ran `commands`, after its kill; `None` (with the reason
 /// printed) where this host records none.
 fn stream_of(commands: &[&str]) -> Option<EventStream> {
@@ -351,8 +355,7 @@ for i in range(20000):
 /// fanotify names), or signals to PID 1 vanish and events name no process.
 #[test]
 fn the_stream_is_the_same_from_a_pid_namespace_of_its_own() {
-    const INNER: &str = "OFFSWITCH_EVENTS_PIDNS_TEST";
-    if std::env::var_os(INNER).is_some() || !root_or_skip("the event stream (eBPF)") {
+    if std::env::var_os(PIDNS_INNER).is_some() || !root_or_skip("the event stream (eBPF)") {
         return;
     }
     let output = match std::process::Command::new("unshare")
@@ -364,7 +367,7 @@ fn the_stream_is_the_same_from_a_pid_namespace_of_its_own() {
             "events::the_stream_is_the_same_from_a_pid_namespace_of_its_own",
             "--nocapture",
         ])
-        .env(INNER, "1")
+        .env(PIDNS_INNER, "1")
         .output()
     {
         Ok(output) => output,
@@ -396,7 +399,7 @@ fn the_stream_is_the_same_from_a_pid_namespace_of_its_own() {
             "--exact",
             "--nocapture",
         ])
-        .env(INNER, "1")
+        .env(PIDNS_INNER, "1")
         .output()
         .unwrap();
     let all = format!(
@@ -408,6 +411,31 @@ fn the_stream_is_the_same_from_a_pid_namespace_of_its_own() {
     assert!(
         all.contains("/proc belongs to another pid namespace"),
         "{all}"
+    );
+}
+
+/// `sandbox check` says when pids are a container's own: in the pid namespace run of the test
+/// above, and not on a host.
+#[test]
+fn the_check_says_whose_pids_the_stream_names() {
+    if !root_or_skip("the event stream (eBPF)") {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let checks = offswitch_sandbox::check_host(scratch.path());
+    let Some(stream) = checks.iter().find(|check| check.name == "event stream") else {
+        panic!("no event stream line: {checks:?}");
+    };
+    if !stream.works {
+        eprintln!("skipping: no event stream here: {}", stream.detail);
+        return;
+    }
+    let in_namespace = std::env::var_os(PIDNS_INNER).is_some();
+    assert_eq!(
+        stream.detail.contains("own pid namespace"),
+        in_namespace,
+        "{}",
+        stream.detail
     );
 }
 
