@@ -132,6 +132,69 @@ fn a_session_exits_with_the_command_s_status_and_its_log_verifies() {
     assert!(kinds.contains(&"command_end".to_owned()), "{kinds:?}");
 }
 
+/// In a container without the host's pids (here `unshare --pid --mount-proc`), the guard sees
+/// the same things: a signal to the sandbox's PID 1 trips the default policy's kill, with the
+/// process that sent it named, and a detached process is reported with its parent. Pids the
+/// kernel gave in the host's namespace would match neither PID 1 nor any process here.
+#[test]
+fn a_guard_in_a_pid_namespace_of_its_own_sees_what_it_sees_on_a_host() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let audit = dir.path().join("session.audit");
+    let mut command = Command::new("unshare");
+    command
+        .args(["--pid", "--fork", "--mount-proc", "--"])
+        .arg(env!("CARGO_BIN_EXE_offswitch"))
+        .env("OFFSWITCH_HOME", dir.path().join("offswitch-home"))
+        .env("OFFSWITCH_GUARD_DIR", dir.path().join("control"))
+        .arg("guard")
+        .arg("--audit")
+        .arg(&audit)
+        .arg("--project")
+        .arg(&project)
+        .args(["--name", "pidns-test", "--no-stdin", "--"])
+        .args([
+            "sh",
+            "-c",
+            "echo start; (sleep 300 &); sleep 0.5; kill -USR1 1; sleep 5; echo not-stopped",
+        ]);
+    let output = match command.output() {
+        Ok(output) => output,
+        Err(error) if std::env::var_os("OFFSWITCH_CI").is_none() => {
+            eprintln!("skipping: no unshare (util-linux) to make a pid namespace: {error}");
+            return;
+        }
+        Err(error) => panic!("unshare: {error}"),
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(125), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "start\n",
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("kill: signals-supervisor: pid ")
+            && stderr.contains("(/usr/bin/sh) sent signal 10 to the sandbox's PID 1"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("alert: detached: process ") && stderr.contains("outlived its parent"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("0 survivor(s)"), "{stderr}");
+    let verify = offswitch(dir.path())
+        .args(["audit", "verify"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    assert_eq!(verify.status.code(), Some(0), "{verify:?}");
+}
+
 #[test]
 fn an_operator_stops_a_session_from_another_process() {
     if !is_root() {
