@@ -144,9 +144,8 @@ impl Sandbox {
             config.home.display()
         )))?;
         let host = host();
-        if host.root {
-            // PID 1's maps, root and namespaces are opened by its pid.
-            offswitch_events::proc_is_this_namespaces().map_err(SandboxError::Unsupported)?;
+        if let Some(why) = &host.foreign_proc {
+            return Err(SandboxError::Unsupported(why.clone()));
         }
         let binds = crate::binds::resolve(&config.ro_binds, host)?;
         check_protected(&config.protect, &home)?;
@@ -1336,6 +1335,10 @@ pub(crate) struct Host {
     pub system_entries: Vec<(String, Option<PathBuf>)>,
     pub etc_entries: Vec<(String, EtcKind)>,
     pub dev_nodes: Vec<String>,
+    /// Why `/proc` cannot be used here, as root: it belongs to another pid namespace than this
+    /// process's, where PID 1's maps, root and namespaces, opened by its pid, would be another
+    /// process's.
+    pub foreign_proc: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -1411,6 +1414,9 @@ pub(crate) fn host() -> &'static Host {
             system_entries,
             etc_entries,
             dev_nodes,
+            foreign_proc: root
+                .then(offswitch_events::proc_is_this_namespaces)
+                .and_then(Result::err),
         }
     })
 }
